@@ -1,0 +1,104 @@
+"""Settings: defaults, then a TOML config file, then ``EVR_*`` environment variables.
+
+Every setting has an embedded default good for one force on one machine. A config
+file (``--config FILE`` or ``DATA/evr.toml``) and environment variables named
+``EVR_<SETTING>`` (upper case) override it, in that order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+DEFAULT_DATA_DIR = Path("./evr-data")
+
+
+@dataclass
+class Settings:
+    data_dir: Path = DEFAULT_DATA_DIR
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: SQLAlchemy URL; SQLite under ``data_dir`` when empty.
+    database_url: str = ""
+    #: Base URL victims reach the service on, e.g. ``https://evr.force.police.uk``.
+    #: When empty, join links are built from the request's own host and scheme.
+    public_url: str = ""
+    #: A never-opened link dies after this many hours.
+    link_ttl_hours: float = 48.0
+    #: The browser binding cookie lives this long (days).
+    binding_cookie_days: float = 30.0
+    session_ttl_hours: float = 12.0
+    #: Failed logins for one user name before it is locked for ``login_lockout_minutes``.
+    login_max_failures: int = 5
+    login_lockout_minutes: float = 15.0
+    #: Delay added per failed login (seconds, doubled each failure, capped at 4 s).
+    login_failure_delay: float = 0.25
+    #: ``outbox`` (staff read it through the API) or ``notify`` (HTTP gateway).
+    notifier: str = "outbox"
+    notify_url: str = ""
+    notify_api_key: str = ""
+    notify_sms_template: str = ""
+    notify_email_template: str = ""
+    #: STUN/TURN servers handed to the server's peer connections, comma separated.
+    ice_servers: str = ""
+    turn_username: str = ""
+    turn_password: str = ""
+    #: Signalling limits: bytes per text frame, and messages per second per socket.
+    ws_max_message: int = 64 * 1024
+    ws_max_rate: float = 20.0
+    ws_burst: int = 60
+    #: Force ``Secure`` cookies even when the request did not arrive over HTTPS
+    #: (behind a TLS-terminating proxy).
+    secure_cookies: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'evr.sqlite3').resolve()}"
+
+    @classmethod
+    def load(
+        cls,
+        data_dir: Path | str | None = None,
+        config_file: Path | str | None = None,
+        environ: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> "Settings":
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        data = Path(data_dir or environ.get("EVR_DATA_DIR") or DEFAULT_DATA_DIR)
+        path = Path(config_file) if config_file else data / "evr.toml"
+        if config_file or path.exists():
+            with open(path, "rb") as f:
+                values.update(tomllib.load(f))
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "extra"}
+        for name in fields:
+            env = environ.get(f"EVR_{name.upper()}")
+            if env is not None:
+                values[name] = env
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        values["data_dir"] = data
+        known = {k: _coerce(fields[k].type, v) for k, v in values.items() if k in fields}
+        extra = {k: v for k, v in values.items() if k not in fields}
+        return cls(**known, extra=extra)
+
+
+def _coerce(kind: Any, value: Any) -> Any:
+    kind = str(kind)
+    if not isinstance(value, str):
+        return Path(value) if kind == "Path" else value
+    if kind == "bool":
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    if kind == "int":
+        return int(value)
+    if kind == "float":
+        return float(value)
+    if kind == "Path":
+        return Path(value)
+    return value

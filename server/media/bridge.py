@@ -1,0 +1,326 @@
+"""The media bridge: one room per consultation, one peer connection per participant.
+
+Each participant's received audio and video go, still encoded, to the outgoing
+tracks of the participants that watch them (see :meth:`Room.source_for`). Keyframe
+requests from a watcher travel upstream to its source, rate-limited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Optional
+
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.sdp import SessionDescription, candidate_from_sdp
+
+from .passthrough import EncodedFrame, RelayTrack, attach_sink, on_keyframe_request, send_pli
+
+log = logging.getLogger(__name__)
+
+KINDS = ("audio", "video")
+#: The codec every leg is pinned to, per kind (RTX rides along with VP8).
+PINNED = {"audio": ("audio/opus",), "video": ("video/vp8", "video/rtx")}
+#: At most one keyframe request upstream per this many seconds.
+PLI_INTERVAL = 0.3
+#: Time allowed for tearing down one peer connection.
+TEARDOWN_TIMEOUT = 1.5
+
+
+class OfferError(ValueError):
+    """An offer the bridge cannot accept; ``code`` goes into the error message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class MediaCounters:
+    audio_in_packets: int = 0
+    video_in_frames: int = 0
+    audio_out_packets: int = 0
+    video_out_frames: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class Leg:
+    """One peer connection of one participant (replaced on every rejoin)."""
+
+    def __init__(self, pc: RTCPeerConnection) -> None:
+        self.pc = pc
+        self.receivers: dict[str, RTCRtpReceiver] = {}
+        self.senders: dict[str, RTCRtpSender] = {}
+        self.tracks: dict[str, RelayTrack] = {}
+        self.counters = MediaCounters()
+
+    @property
+    def connected(self) -> bool:
+        return self.pc.connectionState not in ("failed", "closed")
+
+    async def close(self) -> None:
+        for track in self.tracks.values():
+            track.stop()
+        try:
+            await asyncio.wait_for(self.pc.close(), TEARDOWN_TIMEOUT)
+        except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - teardown must finish
+            log.warning("peer connection teardown did not finish cleanly", exc_info=True)
+
+
+@dataclass
+class Participant:
+    key: str
+    role: str
+    user_id: Optional[int] = None
+    joined_seq: int = 0
+    leg: Optional[Leg] = None
+    counters: MediaCounters = field(default_factory=MediaCounters)
+    #: Outgoing tracks (of other participants' legs) fed from this participant.
+    watchers: dict[str, set[RelayTrack]] = field(default_factory=lambda: {k: set() for k in KINDS})
+    last_pli: float = 0.0
+
+    @property
+    def is_staff(self) -> bool:
+        return self.role != "victim"
+
+    @property
+    def connected(self) -> bool:
+        return self.leg is not None and self.leg.connected
+
+    def request_keyframe(self) -> None:
+        now = time.monotonic()
+        if self.leg is None or now - self.last_pli < PLI_INTERVAL:
+            return
+        receiver = self.leg.receivers.get("video")
+        if receiver is not None and send_pli(receiver):
+            self.last_pli = now
+
+
+StateListener = Callable[["Room"], Awaitable[None]]
+
+
+class Room:
+    """The live side of one consultation."""
+
+    def __init__(self, consultation_id: str, ice_servers: list[RTCIceServer], on_change: StateListener) -> None:
+        self.id = consultation_id
+        self.ice_servers = ice_servers
+        self.participants: dict[str, Participant] = {}
+        self.paused = False
+        self.closed = False
+        self._on_change = on_change
+        self._seq = 0
+
+    # -- participants -------------------------------------------------------
+
+    def participant(self, key: str, role: str, user_id: Optional[int] = None) -> Participant:
+        p = self.participants.get(key)
+        if p is None:
+            self._seq += 1
+            p = self.participants[key] = Participant(key, role, user_id, self._seq)
+        return p
+
+    def source_for(self, watcher: Participant) -> Optional[Participant]:
+        """Whom a participant sees and hears: staff watch the victim; the victim
+        watches the first member of staff who joined and is still connected."""
+        if watcher.is_staff:
+            victim = self.participants.get("victim")
+            return victim if victim is not None and victim is not watcher else None
+        staff = [p for p in self.participants.values() if p.is_staff and p.leg is not None]
+        return min(staff, key=lambda p: p.joined_seq) if staff else None
+
+    def _reroute(self) -> None:
+        """Point every outgoing track at its participant's current source."""
+        for p in self.participants.values():
+            for watched in self.participants.values():
+                for kind in KINDS:
+                    track = p.leg.tracks.get(kind) if p.leg else None
+                    subscribed = track is not None and track in watched.watchers[kind]
+                    wanted = track is not None and self.source_for(p) is watched
+                    if subscribed and not wanted:
+                        watched.watchers[kind].discard(track)
+                    elif wanted and not subscribed:
+                        watched.watchers[kind].add(track)
+                        track.restart()
+        for p in self.participants.values():
+            for kind in KINDS:
+                p.watchers[kind] = {t for t in p.watchers[kind] if t.readyState == "live"}
+
+    # -- media --------------------------------------------------------------
+
+    def _forward(self, source: Participant, leg: Leg, kind: str, frame: EncodedFrame) -> None:
+        if kind == "audio":
+            leg.counters.audio_in_packets += 1
+        else:
+            leg.counters.video_in_frames += 1
+        if self.paused or source.leg is not leg:
+            return
+        for track in source.watchers[kind]:
+            track.push(frame, leg)
+
+    async def connect(self, p: Participant, offer_sdp: str) -> str:
+        """Accept an offer from ``p``; replace its previous leg; return the answer SDP."""
+        if self.closed:
+            raise OfferError("closed", "This consultation is closed.")
+        _check_offer(offer_sdp)
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=self.ice_servers or None))
+        leg = Leg(pc)
+        try:
+            for kind in KINDS:
+                transceiver = pc.addTransceiver(kind, direction="sendrecv")
+                caps = RTCRtpSender.getCapabilities(kind)
+                transceiver.setCodecPreferences([c for c in caps.codecs if c.mimeType.lower() in PINNED[kind]])
+                track = RelayTrack(
+                    kind,
+                    request_keyframe=self._keyframe_requester(p, kind),
+                    on_sent=self._sent_counter(leg, kind),
+                )
+                transceiver.sender.replaceTrack(track)
+                on_keyframe_request(transceiver.sender, track.request_keyframe)
+                leg.tracks[kind] = track
+                leg.senders[kind] = transceiver.sender
+                leg.receivers[kind] = transceiver.receiver
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            except Exception as exc:  # aiortc raises several types for bad SDP
+                raise OfferError("bad_sdp", f"The offer could not be used: {_short(exc)}") from exc
+            if len(pc.getTransceivers()) != 2:
+                raise OfferError("bad_sdp", "The offer must carry one audio and one video transceiver.")
+            for kind in KINDS:
+                attach_sink(leg.receivers[kind], kind, self._frame_handler(p, leg, kind))
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)
+        except BaseException:
+            await leg.close()
+            raise
+        if self.closed:  # closed while the answer was being made
+            await leg.close()
+            raise OfferError("closed", "This consultation is closed.")
+
+        old, p.leg = p.leg, leg
+        p.counters = leg.counters
+        pc.on("connectionstatechange", lambda: self._leg_state_changed(p, leg))
+        self._reroute()
+        if old is not None:
+            await old.close()
+        await self._on_change(self)
+        return pc.localDescription.sdp
+
+    async def add_candidate(self, p: Participant, candidate: Optional[dict[str, Any]]) -> None:
+        if p.leg is None:
+            raise OfferError("no_offer", "Send an offer before candidates.")
+        if candidate is None:
+            await p.leg.pc.addIceCandidate(None)
+            return
+        text = candidate.get("candidate")
+        if not isinstance(text, str):
+            raise OfferError("bad_candidate", "candidate.candidate must be a string.")
+        if not text:  # an empty candidate also means end of candidates
+            await p.leg.pc.addIceCandidate(None)
+            return
+        try:
+            parsed = candidate_from_sdp(text.removeprefix("candidate:"))
+        except (ValueError, IndexError) as exc:
+            raise OfferError("bad_candidate", "The candidate could not be parsed.") from exc
+        parsed.sdpMid = candidate.get("sdpMid")
+        parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
+        await p.leg.pc.addIceCandidate(parsed)
+
+    async def disconnect(self, p: Participant) -> None:
+        """The participant left (or its socket dropped): drop its leg, keep its counters."""
+        leg, p.leg = p.leg, None
+        if leg is None:
+            return
+        self._reroute()
+        await leg.close()
+        if not self.closed:
+            await self._on_change(self)
+
+    def _leg_state_changed(self, p: Participant, leg: Leg) -> None:
+        if p.leg is leg and not self.closed:
+            log.info("consultation %s: %s connection %s", self.id, p.role, leg.pc.connectionState)
+            if leg.pc.connectionState == "connected":
+                for watched in self.participants.values():
+                    if self.source_for(p) is watched:
+                        watched.request_keyframe()
+            asyncio.ensure_future(self._on_change(self))
+
+    def _frame_handler(self, p: Participant, leg: Leg, kind: str) -> Callable[[EncodedFrame], None]:
+        return lambda frame: self._forward(p, leg, kind, frame)
+
+    def _keyframe_requester(self, watcher: Participant, kind: str) -> Callable[[], None]:
+        def request() -> None:
+            if kind == "video":
+                source = self.source_for(watcher)
+                if source is not None:
+                    source.request_keyframe()
+
+        return request
+
+    @staticmethod
+    def _sent_counter(leg: Leg, kind: str) -> Callable[[EncodedFrame], None]:
+        def count(_frame: EncodedFrame) -> None:
+            if kind == "audio":
+                leg.counters.audio_out_packets += 1
+            else:
+                leg.counters.video_out_frames += 1
+
+        return count
+
+    # -- pause and close ----------------------------------------------------
+
+    def set_paused(self, paused: bool) -> None:
+        if self.paused == paused:
+            return
+        self.paused = paused
+        if not paused:  # everyone needs a fresh picture after a break
+            for p in self.participants.values():
+                for track in (p.leg.tracks.values() if p.leg else ()):
+                    track.restart()
+
+    async def close(self) -> None:
+        """Tear down every peer connection of this room."""
+        self.closed = True
+        legs = [p.leg for p in self.participants.values() if p.leg is not None]
+        for p in self.participants.values():
+            p.leg = None
+            for kind in KINDS:
+                p.watchers[kind].clear()
+        await asyncio.gather(*(leg.close() for leg in legs))
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [
+            {"role": p.role, "connected": p.connected, "media": p.counters.as_dict()}
+            for p in sorted(self.participants.values(), key=lambda p: p.joined_seq)
+        ]
+
+
+def _check_offer(sdp: str) -> None:
+    if not isinstance(sdp, str) or not sdp.strip():
+        raise OfferError("bad_sdp", "The offer has no SDP.")
+    try:
+        description = SessionDescription.parse(sdp)
+    except Exception as exc:  # noqa: BLE001 - the parser raises many types
+        raise OfferError("bad_sdp", f"The offer's SDP could not be parsed: {_short(exc)}") from exc
+    kinds = sorted(m.kind for m in description.media)
+    if kinds != ["audio", "video"]:
+        raise OfferError("bad_sdp", "The offer must carry exactly one audio and one video transceiver.")
+    for media in description.media:
+        if not media.ice.usernameFragment or not media.dtls or not media.dtls.fingerprints:
+            raise OfferError("bad_sdp", f"The {media.kind} section lacks ICE or DTLS parameters.")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:200]

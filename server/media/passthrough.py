@@ -1,0 +1,208 @@
+"""Passthrough hooks into aiortc: encoded frames in, encoded frames out, no codec runs.
+
+aiortc decodes every received frame in a per-receiver thread and encodes every
+frame it sends. These hooks (private API of aiortc 1.16.0, pinned in
+pyproject.toml and exercised by tests/test_passthrough.py) change that:
+
+- a receiver's decoder queue is replaced by an :class:`EncodedFrameSink`, which is
+  handed each complete encoded frame from the jitter buffer on the event loop and
+  passes it on as an :class:`EncodedFrame`; the decoder thread exits at once;
+- an :class:`RelayTrack` given to an ``RTCRtpSender`` yields ``EncodedFrame``
+  objects, which the sender packetizes with the codec's ``pack()``;
+- the sender's keyframe request (a PLI/FIR from the far end) is routed to a
+  callback instead of a flag only an encoder reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Callable, Optional
+
+from aiortc import RTCRtpReceiver, RTCRtpSender, rtcrtpreceiver
+from aiortc.jitterbuffer import JitterBuffer
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+log = logging.getLogger(__name__)
+
+#: RTP clock rates of the pinned codecs.
+CLOCK_RATE = {"audio": 48000, "video": 90000}
+TIME_BASE = {kind: Fraction(1, rate) for kind, rate in CLOCK_RATE.items()}
+
+
+@dataclass(slots=True)
+class EncodedFrame:
+    """One complete encoded frame (a VP8 frame or an Opus packet).
+
+    Duck-typed as the ``av.Packet`` that aiortc's ``pack()`` reads: ``bytes()``,
+    ``pts`` and ``time_base``. Nothing on the live path copies ``data``.
+    """
+
+    data: bytes
+    pts: int
+    time_base: Fraction
+    is_keyframe: bool
+    #: Monotonic arrival time at the server (seconds).
+    arrival: float
+
+    def __bytes__(self) -> bytes:
+        return self.data
+
+
+def vp8_is_keyframe(data: bytes) -> bool:
+    """The P bit of a VP8 frame tag is 0 for a keyframe (RFC 6386, 9.1)."""
+    return bool(data) and not data[0] & 0x01
+
+
+class EncodedFrameSink:
+    """Stands in for a receiver's decoder queue (``queue.Queue.put`` is all it needs)."""
+
+    def __init__(self, kind: str, on_frame: Callable[[EncodedFrame], None], track_queue: asyncio.Queue) -> None:
+        self.kind = kind
+        self.on_frame = on_frame
+        self.track_queue = track_queue
+
+    def put(self, item: Optional[tuple[Any, Any]]) -> None:
+        if item is None:  # the receiver stopped: end its track
+            self.track_queue.put_nowait(None)
+            return
+        codec, jitter_frame = item
+        data = jitter_frame.data
+        keyframe = vp8_is_keyframe(data) if self.kind == "video" else True
+        self.on_frame(
+            EncodedFrame(data, jitter_frame.timestamp, TIME_BASE[self.kind], keyframe, time.monotonic())
+        )
+
+
+_stock_decoder_worker = rtcrtpreceiver.decoder_worker
+
+
+def _decoder_worker(loop: Any, input_q: Any, output_q: Any, decode_error: Any) -> None:
+    if isinstance(input_q, EncodedFrameSink):
+        return  # passthrough receiver: nothing to decode, the thread ends here
+    _stock_decoder_worker(loop, input_q, output_q, decode_error)
+
+
+def install() -> None:
+    """Make receivers with a sink skip their decoder thread (others keep decoding)."""
+    rtcrtpreceiver.decoder_worker = _decoder_worker
+
+
+def attach_sink(receiver: RTCRtpReceiver, kind: str, on_frame: Callable[[EncodedFrame], None]) -> None:
+    """Make ``receiver`` pass encoded frames to ``on_frame``; call before it starts."""
+    install()
+    if receiver.track is None:
+        raise RuntimeError("receiver has no track yet: attach after setRemoteDescription")
+    receiver._RTCRtpReceiver__decoder_queue = EncodedFrameSink(kind, on_frame, receiver.track._queue)  # type: ignore[attr-defined]
+    if kind == "audio":
+        # The stock audio buffer (capacity 16, prefetch 4) adds ~80 ms; this one ~20 ms.
+        receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=4, prefetch=0)  # type: ignore[attr-defined]
+
+
+_pli_tasks: set[asyncio.Task[None]] = set()
+
+
+def send_pli(receiver: RTCRtpReceiver) -> bool:
+    """Ask the far end of ``receiver`` for a keyframe. False when nothing has arrived yet."""
+    sources = receiver.getSynchronizationSources()
+    if not sources:
+        return False
+    task = asyncio.ensure_future(receiver._send_rtcp_pli(sources[0].source))
+    _pli_tasks.add(task)
+    task.add_done_callback(_pli_tasks.discard)
+    return True
+
+
+def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
+    """Route a PLI/FIR received by ``sender`` to ``callback``."""
+    sender._send_keyframe = callback  # type: ignore[method-assign]
+
+
+class RelayTrack(MediaStreamTrack):
+    """An outgoing track fed with encoded frames from another participant.
+
+    - The queue is bounded: when the sender falls behind, the oldest frames are
+      dropped (counted) and video waits for the next keyframe.
+    - Video starts at a keyframe; until one comes, a keyframe is requested upstream.
+    - Timestamps are rewritten so the outgoing stream stays monotonic when its
+      source rejoins or changes: the jump is replaced by the wall-clock gap.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        request_keyframe: Callable[[], None],
+        on_sent: Callable[[EncodedFrame], None],
+        max_queue: int = 64,
+    ) -> None:
+        super().__init__()
+        self.kind = kind
+        self.request_keyframe = request_keyframe
+        self._on_sent = on_sent
+        self._frames: deque[EncodedFrame] = deque()
+        self._max_queue = max_queue
+        self._waiter: Optional[asyncio.Future[None]] = None
+        self._need_keyframe = kind == "video"
+        self._clock = CLOCK_RATE[kind]
+        self._epoch: object = None
+        self._delta = 0
+        self._last_pts: Optional[int] = None
+        self._last_arrival = 0.0
+        self.dropped = 0
+
+    def push(self, frame: EncodedFrame, epoch: object) -> None:
+        """Queue a frame from the source connection ``epoch`` (any hashable identity)."""
+        if self.readyState != "live":
+            return
+        if self._need_keyframe:
+            if not frame.is_keyframe:
+                self.request_keyframe()
+                return
+            self._need_keyframe = False
+        if epoch is not self._epoch:
+            self._epoch = epoch
+            if self._last_pts is None:
+                self._delta = -frame.pts
+            else:
+                gap = max(1, round((frame.arrival - self._last_arrival) * self._clock))
+                self._delta = self._last_pts + gap - frame.pts
+        pts = frame.pts + self._delta
+        self._last_pts = pts
+        self._last_arrival = frame.arrival
+        if len(self._frames) >= self._max_queue:
+            self.dropped += len(self._frames)
+            self._frames.clear()
+            if self.kind == "video":
+                self._need_keyframe = True
+                self.request_keyframe()
+                return
+        self._frames.append(EncodedFrame(frame.data, pts, frame.time_base, frame.is_keyframe, frame.arrival))
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def restart(self) -> None:
+        """The source changed: wait for a keyframe from the new one."""
+        if self.kind == "video":
+            self._need_keyframe = True
+            self._frames.clear()
+            self.request_keyframe()
+
+    async def recv(self) -> EncodedFrame:  # type: ignore[override]
+        while not self._frames:
+            if self.readyState != "live":
+                raise MediaStreamError
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        frame = self._frames.popleft()
+        self._on_sent(frame)
+        return frame
+
+    def stop(self) -> None:
+        super().stop()
+        self._frames.clear()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)

@@ -1,0 +1,83 @@
+"""HTML responses: the pages from web/, and plain message pages for refused links.
+
+Every victim-facing page is neutral ("Video appointment"), has a quick exit, and
+says what to do next.
+"""
+
+from __future__ import annotations
+
+import html
+from functools import lru_cache
+from pathlib import Path
+
+from aiohttp import web
+
+import evr.web
+
+#: The pages, scripts and styles (the ``web/`` folder, installed as ``evr.web``).
+WEB_DIR = Path(evr.web.__file__).resolve().parent
+
+HELP = "If you need the police, call 101. In an emergency call 999."
+
+MESSAGE_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="referrer" content="no-referrer">
+<title>Video appointment</title>
+<link rel="stylesheet" href="/static/style.css">
+<script type="module" src="/static/quickexit.js"></script>
+</head>
+<body>
+<a class="quick-exit" id="quick-exit" href="/static/neutral.html">Quick exit</a>
+<main class="message-page">
+<h1>{title}</h1>
+<p>{text}</p>
+<p>{help}</p>
+</main>
+</body>
+</html>
+"""
+
+
+@lru_cache(maxsize=8)
+def _read(name: str) -> str:
+    return (WEB_DIR / name).read_text(encoding="utf-8")
+
+
+def _html(body: str, status: int = 200) -> web.Response:
+    return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
+
+
+def victim() -> web.Response:
+    return _html(_read("victim.html"))
+
+
+async def console(_request: web.Request) -> web.Response:
+    return _html(_read("console.html"))
+
+
+def message(status: int, title: str, text: str) -> web.Response:
+    return _html(MESSAGE_PAGE.format(title=html.escape(title), text=html.escape(text), help=HELP), status)
+
+
+def link_unknown() -> web.Response:
+    return message(404, "Link not recognised", "Check that you opened the whole link from your message.")
+
+
+def link_closed() -> web.Response:
+    return message(410, "This appointment has ended", "This link has been closed and cannot be used again.")
+
+
+def link_expired() -> web.Response:
+    return message(410, "This link has expired", "Ask for a new appointment link.")
+
+
+def link_in_use() -> web.Response:
+    return message(
+        403,
+        "This link is in use on another device",
+        "For your safety the link works only on the phone or browser that opened it first. "
+        "Open it on that device, or ask for a new link.",
+    )

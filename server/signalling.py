@@ -1,0 +1,233 @@
+"""WebSocket signalling and the hub that keeps every live consultation's room.
+
+One JSON object per text frame. Client → server: ``offer``, ``candidate``,
+``pause``, ``resume``. Server → client: ``answer``, ``state``, ``closed``, ``error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from aiohttp import WSCloseCode, WSMsgType, web
+from aiortc import RTCIceServer
+
+from .config import Settings
+from .db import Consultation
+from .media.bridge import OfferError, Participant, Room
+from .timeutil import Clock
+
+log = logging.getLogger(__name__)
+
+CLOSE_CONSULTATION_CLOSED = 4000
+CLOSE_REPLACED = 4001
+#: Frames up to this size are read and answered with an error when over the
+#: contract's 64 KiB; anything larger is abuse and closes the socket (1008).
+HARD_FRAME_LIMIT = 1024 * 1024
+
+
+class SignallingSocket(web.WebSocketResponse):
+    """aiohttp closes an over-limit frame with 1009; the contract says abuse is 1008."""
+
+    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True) -> bool:
+        if code == WSCloseCode.MESSAGE_TOO_BIG:
+            code = WSCloseCode.POLICY_VIOLATION
+        return await super().close(code=code, message=message, drain=drain)
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+@dataclass(eq=False)
+class Client:
+    ws: web.WebSocketResponse
+    participant: Participant
+    staff_id: Optional[int] = None
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if not self.ws.closed:
+            try:
+                await self.ws.send_json(message)
+            except (ConnectionError, RuntimeError):
+                pass
+
+
+class Hub:
+    """Live rooms, their sockets, and the consultation status they drive."""
+
+    def __init__(self, settings: Settings, clock: Clock, db_factory: Any) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.db_factory = db_factory
+        self.rooms: dict[str, Room] = {}
+        self.clients: dict[str, set[Client]] = {}
+        self.status: dict[str, str] = {}
+        self.ice_servers = _ice_servers(settings)
+
+    def room(self, consultation: Consultation) -> Room:
+        room = self.rooms.get(consultation.id)
+        if room is None:
+            room = self.rooms[consultation.id] = Room(consultation.id, self.ice_servers, self._changed)
+            room.paused = consultation.status == "paused"
+            self.status[consultation.id] = consultation.status
+            self.clients[consultation.id] = set()
+        return room
+
+    def participants(self, consultation_id: str) -> list[dict[str, Any]]:
+        room = self.rooms.get(consultation_id)
+        return room.snapshot() if room else []
+
+    async def _changed(self, room: Room) -> None:
+        """Work out the status, store it when it changed, and tell every client."""
+        if room.closed:
+            return
+        old = self.status.get(room.id, "waiting")
+        victim = room.participants.get("victim")
+        staff_on = any(p.is_staff and p.connected for p in room.participants.values())
+        if room.paused:
+            status = "paused"
+        elif old in ("live", "paused") or (victim is not None and victim.connected and staff_on):
+            status = "live"
+        else:
+            status = "waiting"
+        if status != old:
+            self.status[room.id] = status
+            async with self.db_factory() as db:
+                consultation = await db.get(Consultation, room.id)
+                if consultation is not None and consultation.status != "closed":
+                    consultation.status = status
+                    await db.commit()
+            log.info("consultation %s: %s -> %s", room.id, old, status)
+        await self.broadcast(room.id, self.state_message(room.id))
+
+    def state_message(self, consultation_id: str) -> dict[str, Any]:
+        room = self.rooms.get(consultation_id)
+        participants = [{"role": p["role"], "connected": p["connected"]} for p in self.participants(consultation_id)]
+        return {
+            "type": "state",
+            "status": self.status.get(consultation_id, "waiting"),
+            "participants": participants,
+            "paused": bool(room and room.paused),
+            # No recording runs yet: the recording issue turns this on when it does.
+            "recording": False,
+        }
+
+    async def broadcast(self, consultation_id: str, message: dict[str, Any]) -> None:
+        clients = list(self.clients.get(consultation_id, ()))
+        await asyncio.gather(*(client.send(message) for client in clients))
+
+    async def close(self, consultation_id: str) -> None:
+        """Tell every client ``closed``, close their sockets (4000), tear the room down."""
+        room = self.rooms.pop(consultation_id, None)
+        clients = self.clients.pop(consultation_id, set())
+        self.status.pop(consultation_id, None)
+        await asyncio.gather(*(c.send({"type": "closed"}) for c in clients))
+        await asyncio.gather(
+            *(c.ws.close(code=CLOSE_CONSULTATION_CLOSED, message=b"consultation closed") for c in clients),
+            return_exceptions=True,
+        )
+        if room is not None:
+            await room.close()
+
+    async def shutdown(self) -> None:
+        for consultation_id in list(self.rooms):
+            room = self.rooms.pop(consultation_id)
+            clients = self.clients.pop(consultation_id, set())
+            await asyncio.gather(*(c.ws.close(code=WSCloseCode.GOING_AWAY) for c in clients), return_exceptions=True)
+            await room.close()
+
+    async def serve(self, request: web.Request, consultation: Consultation, participant: Participant,
+                    staff_id: Optional[int] = None) -> web.WebSocketResponse:
+        """Run one signalling socket until it closes."""
+        ws = SignallingSocket(max_msg_size=HARD_FRAME_LIMIT, heartbeat=25.0)
+        await ws.prepare(request)
+        room = self.room(consultation)
+        client = Client(ws, participant, staff_id)
+        for other in [c for c in self.clients[consultation.id] if c.participant is participant]:
+            # One socket per participant: a new one replaces the old (rejoin).
+            await other.send({"type": "error", "code": "replaced", "message": "Joined again from a new connection."})
+            await other.ws.close(code=CLOSE_REPLACED, message=b"replaced")
+            self.clients[consultation.id].discard(other)
+        self.clients[consultation.id].add(client)
+        await client.send(self.state_message(consultation.id))
+        bucket = TokenBucket(self.settings.ws_max_rate, self.settings.ws_burst)
+        try:
+            async for msg in ws:
+                if not bucket.take():
+                    log.warning("consultation %s: %s socket flooded; closing", consultation.id, participant.role)
+                    await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"too many messages")
+                    break
+                if msg.type == WSMsgType.TEXT:
+                    await self._handle(room, client, msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    await client.send(_error("binary_not_supported", "Send JSON in text frames."))
+        finally:
+            if client in self.clients.get(consultation.id, ()):
+                self.clients[consultation.id].discard(client)
+                if not room.closed:
+                    await room.disconnect(participant)
+        return ws
+
+    async def _handle(self, room: Room, client: Client, data: str) -> None:
+        if len(data.encode()) > self.settings.ws_max_message:
+            await client.send(_error("too_large", f"Messages are limited to {self.settings.ws_max_message} bytes."))
+            return
+        try:
+            message = json.loads(data)
+        except ValueError:
+            await client.send(_error("malformed", "The message is not valid JSON."))
+            return
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            await client.send(_error("malformed", "A message is a JSON object with a string 'type'."))
+            return
+        kind = message["type"]
+        try:
+            if kind == "offer":
+                answer = await room.connect(client.participant, message.get("sdp"))
+                await client.send({"type": "answer", "sdp": answer})
+            elif kind == "candidate":
+                candidate = message.get("candidate")
+                if candidate is not None and not isinstance(candidate, dict):
+                    raise OfferError("bad_candidate", "candidate must be an object or null.")
+                await room.add_candidate(client.participant, candidate)
+            elif kind in ("pause", "resume"):
+                room.set_paused(kind == "pause")
+                log.info("consultation %s: %s by %s", room.id, kind, client.participant.role)
+                await self._changed(room)
+            else:
+                await client.send(_error("unknown_type", f"Unknown message type {kind[:40]!r}."))
+        except OfferError as exc:
+            await client.send(_error(exc.code, str(exc)))
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "code": code, "message": message}
+
+
+def _ice_servers(settings: Settings) -> list[RTCIceServer]:
+    servers = []
+    for url in filter(None, (u.strip() for u in settings.ice_servers.split(","))):
+        if url.startswith(("turn:", "turns:")):
+            servers.append(RTCIceServer(url, settings.turn_username or None, settings.turn_password or None))
+        else:
+            servers.append(RTCIceServer(url))
+    return servers

@@ -1,0 +1,230 @@
+// call.js: WebSocket signalling + one RTCPeerConnection, shared by the victim
+// page and the officer console. The server is the only WebRTC peer (see
+// media.md), so every (re)join is simply a new peer connection and a new offer.
+//
+// Events dispatched (CustomEvent, payload in .detail):
+//   'conn'   'connecting' | 'connected' | 'reconnecting' | 'retrying' | 'gaveup'
+//   'state'  the server's {type:'state', status, participants, recording}
+//   'remote' a remote track was (re)placed in call.remote
+//   'closed' police closed the consultation; the link is finished
+//   'fatal'  {code, message}: the server refused us (close 1008)
+//   'error'  {type:'error', code, message} from the server; the socket stays up
+
+const GIVE_UP_MS = 60000;        // stop auto-retrying after about a minute
+const ICE_WAIT_MS = 4000;        // longest wait for ICE gathering before offering
+const DISCONNECT_GRACE_MS = 4000; // 'disconnected' may heal by itself
+const CONNECT_TIMEOUT_MS = 20000; // no media path after this: start over
+
+/** Camera constraints kept modest for low-end phones and poor networks. */
+export function videoConstraints(facingMode = 'user') {
+  return { facingMode, width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 24 } };
+}
+
+export function stopStream(stream) {
+  stream?.getTracks().forEach((t) => t.stop());
+}
+
+// Ask for VP8 first: every leg of a consultation must use the same codec.
+function preferVP8(transceiver) {
+  const caps = window.RTCRtpReceiver?.getCapabilities?.('video');
+  if (!caps || !transceiver.setCodecPreferences) return;
+  const vp8 = caps.codecs.filter((c) => /\/vp8$/i.test(c.mimeType));
+  if (!vp8.length) return;
+  try {
+    transceiver.setCodecPreferences([...vp8, ...caps.codecs.filter((c) => !vp8.includes(c))]);
+  } catch { /* keep the browser's order */ }
+}
+
+// Resolves when ICE gathering completes, or after ICE_WAIT_MS (late candidates trickle).
+function iceGathered(pc) {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      pc.removeEventListener('icegatheringstatechange', check);
+      resolve();
+    };
+    const check = () => pc.iceGatheringState === 'complete' && done();
+    const timer = setTimeout(done, ICE_WAIT_MS);
+    pc.addEventListener('icegatheringstatechange', check);
+    check();
+  });
+}
+
+export class Call extends EventTarget {
+  constructor(wsPath) {
+    super();
+    const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    this.wsUrl = `${scheme}//${location.host}${wsPath}`;
+    this.remote = new MediaStream(); // stable across rejoins: keep it as srcObject
+    this.local = null;
+    this.ws = null;
+    this.pc = null;
+    this.active = false; // false before start(), after leave() and after 'closed'
+    this.timers = {};
+    this.resetBackoff();
+    addEventListener('online', () => this.active && this.retry());
+  }
+
+  emit(type, detail) { this.dispatchEvent(new CustomEvent(type, { detail })); }
+
+  setTimer(name, ms, fn) { clearTimeout(this.timers[name]); this.timers[name] = setTimeout(fn, ms); }
+
+  resetBackoff() { this.failSince = 0; this.attempt = 0; }
+
+  /** Join with a local MediaStream (it may lack a video track: audio only). */
+  start(localStream) {
+    this.local = localStream || new MediaStream();
+    this.active = true;
+    this.resetBackoff();
+    this.connect();
+  }
+
+  /** New peer connection and offer; reopens the socket if needed. */
+  rejoin() {
+    if (!this.active) return;
+    clearTimeout(this.timers.retry);
+    if (this.ws?.readyState === WebSocket.OPEN) this.offer();
+    else this.connect();
+  }
+
+  /** User tap or network back online: start a fresh round of retries. */
+  retry() { this.resetBackoff(); this.rejoin(); }
+
+  leave() { this.active = false; this.teardown(); }
+
+  send(msg) {
+    if (this.ws?.readyState !== WebSocket.OPEN) return false;
+    this.ws.send(JSON.stringify(msg));
+    return true;
+  }
+
+  pause() { return this.send({ type: 'pause' }); }
+
+  resume() { return this.send({ type: 'resume' }); }
+
+  /** Swap the local track of one kind (null stops sending it) without renegotiation. */
+  async setTrack(kind, track) {
+    for (const t of this.local.getTracks()) if (t.kind === kind && t !== track) this.local.removeTrack(t);
+    if (track) this.local.addTrack(track);
+    const tr = this.pc?.getTransceivers().find((t) => t.receiver.track.kind === kind);
+    if (tr && !tr.stopped) await tr.sender.replaceTrack(track);
+  }
+
+  connect() {
+    this.teardown(); // old socket, peer connection and timers
+    this.emit('conn', this.failSince ? 'reconnecting' : 'connecting');
+    const ws = (this.ws = new WebSocket(this.wsUrl));
+    ws.onopen = () => this.offer();
+    ws.onmessage = (e) => this.onMessage(e.data);
+    ws.onclose = (e) => {
+      if (ws !== this.ws) return; // a socket we replaced on purpose
+      this.ws = null;
+      if (e.code === 4000) this.finish('closed');
+      else if (e.code === 1008) this.finish('fatal', { code: 'policy', message: e.reason || 'The connection was refused.' });
+      else if (this.active) this.retryLater('retrying');
+    };
+  }
+
+  async offer() {
+    this.pc?.close();
+    const pc = (this.pc = new RTCPeerConnection());
+    let sent = false;
+    for (const kind of ['audio', 'video']) {
+      const track = this.local.getTracks().find((t) => t.kind === kind && t.readyState === 'live');
+      const tr = pc.addTransceiver(track || kind, { direction: 'sendrecv', streams: [this.local] });
+      if (kind === 'video') preferVP8(tr);
+    }
+    pc.ontrack = (e) => {
+      if (pc !== this.pc) return;
+      for (const t of this.remote.getTracks()) if (t.kind === e.track.kind) this.remote.removeTrack(t);
+      this.remote.addTrack(e.track);
+      this.emit('remote');
+    };
+    pc.onicecandidate = (e) => {
+      if (!sent || pc !== this.pc || (e.candidate && !e.candidate.candidate)) return;
+      this.send({ type: 'candidate', candidate: e.candidate ? e.candidate.toJSON() : null });
+    };
+    pc.onconnectionstatechange = () => this.onPeerState(pc);
+    try {
+      await pc.setLocalDescription(await pc.createOffer());
+      await iceGathered(pc);
+      if (pc !== this.pc) return;
+      sent = this.send({ type: 'offer', sdp: pc.localDescription.sdp });
+      this.setTimer('connect', CONNECT_TIMEOUT_MS, () => {
+        if (pc === this.pc && pc.connectionState !== 'connected') this.retryLater('reconnecting');
+      });
+    } catch (err) {
+      console.error('offer failed', err);
+      if (pc === this.pc) this.retryLater('reconnecting');
+    }
+  }
+
+  onPeerState(pc) {
+    if (pc !== this.pc || !this.active) return;
+    const s = pc.connectionState;
+    if (s === 'connected') {
+      clearTimeout(this.timers.grace);
+      clearTimeout(this.timers.connect);
+      this.resetBackoff();
+      this.emit('conn', 'connected');
+    } else if (s === 'failed') {
+      this.retryLater('reconnecting');
+    } else if (s === 'disconnected') {
+      this.emit('conn', 'reconnecting');
+      this.setTimer('grace', DISCONNECT_GRACE_MS, () => {
+        if (pc === this.pc && pc.connectionState !== 'connected') this.retryLater('reconnecting');
+      });
+    }
+  }
+
+  async onMessage(data) {
+    let m;
+    try { m = JSON.parse(data); } catch { return; }
+    const pc = this.pc;
+    try {
+      if (m.type === 'answer' && pc?.signalingState === 'have-local-offer') {
+        await pc.setRemoteDescription({ type: 'answer', sdp: m.sdp });
+      } else if (m.type === 'candidate' && pc?.remoteDescription) {
+        await pc.addIceCandidate(m.candidate || undefined);
+      } else if (m.type === 'state') this.emit('state', m);
+      else if (m.type === 'closed') this.finish('closed');
+      else if (m.type === 'error') this.emit('error', m);
+    } catch (err) {
+      console.warn('signalling', m.type, err);
+      if (m.type === 'answer' && pc === this.pc) this.retryLater('reconnecting');
+    }
+  }
+
+  // Exponential backoff (1, 2, 4, 8, 15, 15… s) for about a minute, then 'gaveup'.
+  retryLater(status) {
+    clearTimeout(this.timers.retry);
+    if (!this.failSince) this.failSince = Date.now();
+    if (Date.now() - this.failSince > GIVE_UP_MS) {
+      this.teardown();
+      this.emit('conn', 'gaveup'); // still active: retry() or 'online' starts again
+      return;
+    }
+    this.emit('conn', status);
+    this.setTimer('retry', Math.min(1000 * 2 ** this.attempt++, 15000), () => this.rejoin());
+  }
+
+  finish(type, detail) {
+    if (!this.active) return;
+    this.active = false;
+    this.teardown();
+    this.emit(type, detail);
+  }
+
+  dropSocket() {
+    const ws = this.ws;
+    this.ws = null; // so its onclose is ignored
+    if (ws && ws.readyState < WebSocket.CLOSING) ws.close(1000);
+  }
+
+  teardown() {
+    Object.values(this.timers).forEach(clearTimeout);
+    this.pc?.close();
+    this.pc = null;
+    this.dropSocket();
+  }
+}

@@ -1,0 +1,272 @@
+// console.js: the officer's console, served at /console.
+import { Call, stopStream, videoConstraints } from '/static/call.js';
+
+const $ = (id) => document.getElementById(id);
+const QUESTIONS = ['adult_or_carer_present', 'offender_absent', 'safe_location', 'consent'];
+
+let csrf = null;      // from POST /api/login; memory only, so a reload means signing in again
+let listTimer = null;
+let current = null;   // the open call: {c, call, stream, state, startedAt, timer}
+
+// ---- helpers -------------------------------------------------------------
+
+function el(tag, text, className) {
+  const e = document.createElement(tag);
+  if (text != null) e.textContent = text;
+  if (className) e.className = className;
+  return e;
+}
+
+function show(view) {
+  for (const s of document.querySelectorAll('main > section')) s.hidden = s.id !== `v-${view}`;
+  $('logout').hidden = view === 'login';
+  $(`v-${view}`).querySelector('h1')?.focus();
+}
+
+const fmtTime = (iso) => (iso ? new Date(iso).toLocaleString([], { dateStyle: 'short', timeStyle: 'short' }) : '–');
+
+function fmtDuration(ms) {
+  const s = Math.max(0, Math.floor(ms / 1000));
+  const h = Math.floor(s / 3600);
+  const m = Math.floor(s / 60) % 60;
+  const pad = (n) => String(n).padStart(2, '0');
+  return h ? `${h}:${pad(m)}:${pad(s % 60)}` : `${m}:${pad(s % 60)}`;
+}
+
+const errorText = (r, fallback) => r.data?.error?.message || `${fallback} (${r.status || 'network error'})`;
+
+/** JSON request with the session cookie and, for non-GET, the CSRF header. */
+async function api(method, path, body) {
+  const headers = {};
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  if (method !== 'GET' && csrf) headers['X-CSRF-Token'] = csrf;
+  let r;
+  try {
+    r = await fetch(path, { method, headers, credentials: 'same-origin', body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch {
+    return { ok: false, status: 0, data: null };
+  }
+  const data = await r.json().catch(() => null);
+  if (r.status === 401 && path !== '/api/login' && csrf) signedOut('Your session has ended. Please sign in again.');
+  return { ok: r.ok, status: r.status, data };
+}
+
+// ---- sign in and out -----------------------------------------------------
+
+$('login-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const f = e.target;
+  const r = await api('POST', '/api/login', { username: f.username.value, password: f.password.value });
+  if (!r.ok) return void ($('login-error').textContent = errorText(r, 'Could not sign in.'));
+  csrf = r.data.csrf_token;
+  f.reset();
+  $('login-error').textContent = '';
+  $('who').textContent = `${r.data.username} (${r.data.role})`;
+  show('home');
+  refresh();
+  listTimer = setInterval(refresh, 5000);
+});
+
+function signedOut(message = '') {
+  if (current) endCall();
+  clearInterval(listTimer);
+  csrf = null;
+  $('who').textContent = '';
+  $('login-error').textContent = message;
+  show('login');
+}
+
+$('logout').addEventListener('click', async () => {
+  await api('POST', '/api/logout');
+  signedOut();
+});
+
+// ---- list ----------------------------------------------------------------
+
+async function refresh() {
+  if (!csrf || current) return; // the list is hidden during a call
+  const r = await api('GET', '/api/consultations');
+  $('list-error').textContent = r.ok ? '' : errorText(r, 'Could not load consultations.');
+  if (!r.ok) return;
+  // Open ones first, oldest first (officers self-dispatch oldest first).
+  const list = (r.data.consultations || []).sort((a, b) =>
+    (a.status === 'closed') - (b.status === 'closed') || String(a.created_at).localeCompare(b.created_at));
+  const focused = document.activeElement?.dataset?.join; // keep focus across redraws
+  $('list-body').replaceChildren(...list.map(row));
+  if (focused) document.querySelector(`[data-join="${CSS.escape(focused)}"]`)?.focus();
+  $('list-empty').hidden = list.length > 0;
+}
+
+function row(c) {
+  const tr = el('tr');
+  const waited = new Date(c.arrived_at || c.closed_at || Date.now()) - new Date(c.created_at);
+  for (const text of [c.cad_ref, c.status, fmtTime(c.created_at), fmtDuration(waited)]) tr.append(el('td', text));
+  const td = el('td');
+  if (c.status !== 'closed') {
+    const b = el('button', 'Join');
+    b.type = 'button';
+    b.dataset.join = c.id;
+    b.setAttribute('aria-label', `Join ${c.cad_ref}`);
+    b.addEventListener('click', () => openCall(c));
+    td.append(b);
+  }
+  tr.append(td);
+  return tr;
+}
+
+// ---- create --------------------------------------------------------------
+
+$('create-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const f = e.target;
+  const fd = new FormData(f);
+  const say = (text) => { $('create-error').textContent = text; };
+  const victim = {};
+  for (const k of ['name', 'phone', 'email']) if (fd.get(k).trim()) victim[k] = fd.get(k).trim();
+  const notify = fd.get('notify');
+  if (notify === 'sms' && !victim.phone) return say('Enter a phone number to send the link by SMS.');
+  if (notify === 'email' && !victim.email) return say('Enter an email address to send the link by email.');
+  const eligibility = Object.fromEntries(QUESTIONS.map((q) => [q, fd.get(q) === 'yes']));
+  const r = await api('POST', '/api/consultations', { cad_ref: fd.get('cad_ref').trim(), victim, eligibility, notify });
+  if (r.status !== 201) return say(errorText(r, 'Could not create the link.'));
+  say('');
+  f.reset();
+  showCreated(r.data);
+  refresh();
+});
+
+async function showCreated(c) {
+  $('created').hidden = false;
+  $('created-ref').textContent = c.cad_ref;
+  $('join-url').value = c.join_url;
+  $('expires').textContent = fmtTime(c.expires_at);
+  $('copy-status').textContent = '';
+  $('created-h').focus();
+  const r = await api('GET', `/api/outbox?consultation=${encodeURIComponent(c.id)}`);
+  const messages = r.ok ? r.data.messages || [] : [];
+  $('outbox').replaceChildren(...(messages.length
+    ? messages.flatMap((m) => [
+      el('p', `${m.channel.toUpperCase()} to ${m.recipient}, ${m.status}, ${fmtTime(m.created_at)}`),
+      el('blockquote', m.body)])
+    : [el('p', r.ok ? 'No message was sent.' : errorText(r, 'Could not load the message.'))]));
+}
+
+$('copy').addEventListener('click', async () => {
+  try {
+    await navigator.clipboard.writeText($('join-url').value);
+  } catch {
+    $('join-url').select();
+    document.execCommand('copy');
+  }
+  $('copy-status').textContent = 'Link copied.';
+});
+
+// ---- call ----------------------------------------------------------------
+
+const CONN_TEXT = {
+  connecting: 'Connecting…', connected: 'Connected', reconnecting: 'Reconnecting…',
+  retrying: 'Connection lost, retrying…', gaveup: 'Could not reconnect',
+};
+
+async function openCall(c) {
+  if (current) return;
+  const call = new Call(`/api/consultations/${encodeURIComponent(c.id)}/ws`);
+  $('remote').srcObject = call.remote;
+  $('remote').play().catch(() => {}); // inside the click: allowed to play sound
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: videoConstraints('user') });
+  } catch {
+    stream = await navigator.mediaDevices.getUserMedia({ audio: true }).catch((err) => {
+      $('list-error').textContent = `Camera and microphone unavailable: ${err.name}`;
+    });
+    if (!stream) return;
+  }
+  current = { c, call, stream, state: null, startedAt: Date.now() };
+  $('call-ref').textContent = c.cad_ref;
+  $('self').srcObject = stream;
+  for (const id of ['mute', 'pause', 'close']) $(id).disabled = false;
+  $('mute').textContent = 'Mute';
+  $('call-msg').textContent = '';
+  $('participants').replaceChildren();
+  $('call-status').textContent = c.status;
+  $('arrived').textContent = '–';
+  current.timer = setInterval(() => { $('timer').textContent = fmtDuration(Date.now() - current.startedAt); }, 1000);
+
+  call.addEventListener('conn', (e) => {
+    $('conn').textContent = CONN_TEXT[e.detail];
+    $('retry').hidden = e.detail !== 'gaveup';
+  });
+  call.addEventListener('state', (e) => { current.state = e.detail; renderState(); loadDetails(); });
+  call.addEventListener('remote', () => $('remote').play().catch(() => {}));
+  call.addEventListener('error', (e) => { $('call-msg').textContent = e.detail.message; });
+  call.addEventListener('fatal', (e) => { $('conn').textContent = `Refused: ${e.detail.message}`; });
+  call.addEventListener('closed', markClosed);
+  show('call');
+  call.start(stream);
+  loadDetails();
+}
+
+function renderState() {
+  const s = current.state;
+  $('call-status').textContent = s.status;
+  $('rec').hidden = !s.recording;
+  $('pause').textContent = s.status === 'paused' ? 'Resume' : 'Pause';
+  $('participants').replaceChildren(...(s.participants || []).map((p) =>
+    el('li', `${p.role}: ${p.connected ? 'connected' : 'not connected'}`)));
+}
+
+async function loadDetails() {
+  const cur = current;
+  const r = await api('GET', `/api/consultations/${encodeURIComponent(cur.c.id)}`);
+  if (!r.ok || cur !== current) return;
+  $('arrived').textContent = fmtTime(r.data.arrived_at);
+  if (r.data.status === 'closed') markClosed();
+}
+
+function markClosed() {
+  if (!current) return;
+  current.call.leave();
+  stopStream(current.stream);
+  clearInterval(current.timer);
+  $('call-status').textContent = 'closed';
+  $('conn').textContent = 'Ended';
+  $('rec').hidden = true;
+  $('retry').hidden = true;
+  for (const id of ['mute', 'pause', 'close']) $(id).disabled = true;
+  $('call-msg').textContent = 'This link is closed and can never be used again.';
+}
+
+function endCall() {
+  current.call.leave();
+  stopStream(current.stream);
+  clearInterval(current.timer);
+  current = null;
+}
+
+$('mute').addEventListener('click', () => {
+  const track = current.stream.getAudioTracks()[0];
+  if (!track) return;
+  track.enabled = !track.enabled;
+  $('mute').textContent = track.enabled ? 'Mute' : 'Unmute';
+});
+$('pause').addEventListener('click', () => {
+  if (current.state?.status === 'paused') current.call.resume(); else current.call.pause();
+});
+$('retry').addEventListener('click', () => current.call.retry());
+$('close').addEventListener('click', () => {
+  $('confirm').returnValue = ''; // Escape must never count as a stale 'close'
+  $('confirm').showModal();
+});
+$('confirm').addEventListener('close', async () => {
+  if ($('confirm').returnValue !== 'close' || !current) return;
+  const r = await api('POST', `/api/consultations/${encodeURIComponent(current.c.id)}/close`, {});
+  if (r.ok) markClosed(); else $('call-msg').textContent = errorText(r, 'Could not close the link.');
+});
+$('back').addEventListener('click', () => {
+  endCall();
+  show('home');
+  refresh();
+});
+
+show('login');
