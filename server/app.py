@@ -37,6 +37,7 @@ AUTH = web.AppKey("auth", Authenticator)
 CONSULTATIONS = web.AppKey("consultations", Consultations)
 HUB = web.AppKey("hub", Hub)
 NOTIFIER = web.AppKey("notifier", object)
+STAFF = web.RequestKey("staff", object)
 
 
 def create_app(settings: Settings, clock: Clock = utcnow, notifier: Optional[Notifier] = None) -> web.Application:
@@ -50,7 +51,7 @@ def create_app(settings: Settings, clock: Clock = utcnow, notifier: Optional[Not
     app.on_shutdown.append(_shutdown)
     app.add_routes(
         [
-            web.get("/", lambda _r: web.HTTPFound("/console")),
+            web.get("/", home),
             web.get("/healthz", healthz),
             web.post("/api/login", login),
             web.post("/api/logout", logout),
@@ -136,11 +137,11 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 @web.middleware
 async def staff_session(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Resolve the session cookie on /api/ and demand the CSRF header on changes."""
-    request["staff"] = None
+    request[STAFF] = None
     if request.path.startswith("/api/") and request.path != "/api/login":
         async with request.app[DB]() as db:
             staff = await request.app[AUTH].resolve(db, request.cookies.get(SESSION_COOKIE))
-        request["staff"] = staff
+        request[STAFF] = staff
         if staff is not None and request.method not in ("GET", "HEAD", "OPTIONS"):
             if not csrf_ok(staff, request.headers.get(CSRF_HEADER)):
                 raise ApiError(403, "csrf", f"The {CSRF_HEADER} header is missing or wrong.")
@@ -148,7 +149,7 @@ async def staff_session(request: web.Request, handler: Handler) -> web.StreamRes
 
 
 def current_staff(request: web.Request) -> Staff:
-    staff = request["staff"]
+    staff = request[STAFF]
     if staff is None:
         raise ApiError(401, "unauthenticated", "Log in first.")
     return staff
@@ -180,6 +181,10 @@ def secure_cookies(request: web.Request) -> bool:
 
 
 # -- staff -------------------------------------------------------------------
+
+
+async def home(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/console")
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -184,7 +184,8 @@ class Hub:
             if client in self.clients.get(consultation.id, ()):
                 self.clients[consultation.id].discard(client)
                 if not room.closed:
-                    await room.disconnect(participant)
+                    # Shielded: aiohttp may cancel this handler when the peer vanishes.
+                    await asyncio.shield(room.disconnect(participant))
         return ws
 
     async def _handle(self, room: Room, client: Client, data: str) -> None:

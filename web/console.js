@@ -56,7 +56,7 @@ async function api(method, path, body) {
 $('login-form').addEventListener('submit', async (e) => {
   e.preventDefault();
   const f = e.target;
-  const r = await api('POST', '/api/login', { username: f.username.value, password: f.password.value });
+  const r = await api('POST', '/api/login', { username: f.elements.username.value, password: f.elements.password.value });
   if (!r.ok) return void ($('login-error').textContent = errorText(r, 'Could not sign in.'));
   csrf = r.data.csrf_token;
   f.reset();
@@ -99,8 +99,9 @@ async function refresh() {
 
 function row(c) {
   const tr = el('tr');
-  const waited = new Date(c.arrived_at || c.closed_at || Date.now()) - new Date(c.created_at);
-  for (const text of [c.cad_ref, c.status, fmtTime(c.created_at), fmtDuration(waited)]) tr.append(el('td', text));
+  const end = c.arrived_at || c.closed_at || (c.status === 'closed' ? null : Date.now());
+  const waited = end ? fmtDuration(new Date(end) - new Date(c.created_at)) : '–';
+  for (const text of [c.cad_ref, c.status, fmtTime(c.created_at), waited]) tr.append(el('td', text));
   const td = el('td');
   if (c.status !== 'closed') {
     const b = el('button', 'Join');

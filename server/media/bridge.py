@@ -70,12 +70,21 @@ class Leg:
         return self.pc.connectionState not in ("failed", "closed")
 
     async def close(self) -> None:
+        """Close the peer connection; never cancelled half way (that breaks aiortc)."""
         for track in self.tracks.values():
             track.stop()
-        try:
-            await asyncio.wait_for(self.pc.close(), TEARDOWN_TIMEOUT)
-        except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - teardown must finish
-            log.warning("peer connection teardown did not finish cleanly", exc_info=True)
+        task = asyncio.ensure_future(self.pc.close())
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+        done, _ = await asyncio.wait({asyncio.shield(task)}, timeout=TEARDOWN_TIMEOUT)
+        if not done:
+            log.warning("peer connection teardown is taking longer than %.1f s", TEARDOWN_TIMEOUT)
+        elif task.exception() is not None:
+            log.warning("peer connection teardown failed: %r", task.exception())
+
+
+#: Teardowns in progress (referenced so they run to the end).
+_closing: set[asyncio.Future[None]] = set()
 
 
 @dataclass

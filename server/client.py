@@ -1,0 +1,188 @@
+"""A WebRTC client for EVR's signalling: what a browser does, in Python (aiortc).
+
+Used by the tests and benchmarks, and handy for checking a deployment::
+
+    async with aiohttp.ClientSession() as http:
+        client = CallClient(http, "ws://host/j/<token>/ws")
+        await client.join()
+        ...
+        await client.leave()
+
+It sends pre-encoded media (:mod:`evr.media.sources`), so it costs almost no CPU,
+and counts what arrives: Opus packets and VP8 frames (``decode=False``, the default),
+or decoded frames (``decode=True``) to prove the relayed stream is valid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, Optional
+
+import aiohttp
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from .media.passthrough import EncodedFrame, attach_sink, on_keyframe_request
+from .media.sources import EncodedSourceTrack, opus_clip, vp8_clip
+
+log = logging.getLogger(__name__)
+
+
+class CallClient:
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        ws_url: str,
+        headers: Optional[dict[str, str]] = None,
+        decode: bool = False,
+        video_size: tuple[int, int] = (320, 240),
+        video_bitrate: int = 300_000,
+    ) -> None:
+        self.http = http
+        self.ws_url = ws_url
+        self.headers = headers or {}
+        self.decode = decode
+        self.video_size = video_size
+        self.video_bitrate = video_bitrate
+        self.ws: Optional[aiohttp.ClientWebSocketResponse] = None
+        self.pc: Optional[RTCPeerConnection] = None
+        self.sources: dict[str, EncodedSourceTrack] = {}
+        self.messages: list[dict[str, Any]] = []
+        self.audio_packets = 0
+        self.video_frames = 0
+        self.video_keyframes = 0
+        self.decoded_sizes: list[tuple[int, int]] = []
+        self.close_code: Optional[int] = None
+        self.closed = asyncio.Event()
+        self._answer: Optional[asyncio.Future[str]] = None
+        self._reader: Optional[asyncio.Task[None]] = None
+        self._consumers: set[asyncio.Task[None]] = set()
+        self._message_event = asyncio.Event()
+
+    # -- signalling -----------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the signalling socket (without an offer)."""
+        self.ws = await self.http.ws_connect(self.ws_url, headers=self.headers, max_msg_size=0)
+        self._reader = asyncio.create_task(self._read(self.ws))
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            message = json.loads(msg.data)
+            self.messages.append(message)
+            self._message_event.set()
+            if message.get("type") == "answer" and self._answer and not self._answer.done():
+                self._answer.set_result(message["sdp"])
+            elif message.get("type") == "error" and self._answer and not self._answer.done():
+                self._answer.set_exception(RuntimeError(f"{message.get('code')}: {message.get('message')}"))
+        if ws is self.ws:
+            self.close_code = ws.close_code
+            self.closed.set()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        assert self.ws is not None
+        await self.ws.send_str(json.dumps(message))
+
+    async def wait_for(self, predicate: Any, timeout: float = 10.0) -> dict[str, Any]:
+        """The first message (already received or coming) for which ``predicate`` holds."""
+        async def scan() -> dict[str, Any]:
+            seen = 0
+            while True:
+                for message in self.messages[seen:]:
+                    if predicate(message):
+                        return message
+                seen = len(self.messages)
+                self._message_event.clear()
+                await self._message_event.wait()
+
+        return await asyncio.wait_for(scan(), timeout)
+
+    # -- media ----------------------------------------------------------------
+
+    async def join(self, timeout: float = 10.0) -> None:
+        """Connect if needed, send an offer with one audio and one video transceiver,
+        apply the answer. Called again, it is a rejoin: a new peer connection."""
+        if self.ws is None or self.ws.closed:
+            await self.connect()
+        await self._close_pc()
+        pc = self.pc = RTCPeerConnection()
+        clips = {"audio": opus_clip(), "video": vp8_clip(*self.video_size, bitrate=self.video_bitrate)}
+        for kind in ("audio", "video"):
+            source = self.sources[kind] = EncodedSourceTrack(clips[kind])
+            transceiver = pc.addTransceiver(source, direction="sendrecv")
+            wanted = "audio/opus" if kind == "audio" else "video/vp8"
+            caps = RTCRtpSender.getCapabilities(kind).codecs
+            transceiver.setCodecPreferences([c for c in caps if c.mimeType.lower() in (wanted, "video/rtx")])
+            if kind == "video":
+                on_keyframe_request(transceiver.sender, source.request_keyframe)
+        pc.on("track", self._on_track)
+        await pc.setLocalDescription(await pc.createOffer())
+        self._answer = asyncio.get_running_loop().create_future()
+        await self.send({"type": "offer", "sdp": pc.localDescription.sdp})
+        sdp = await asyncio.wait_for(self._answer, timeout)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        receiver = next(t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track)
+        if self.decode and track.kind == "video":
+            task = asyncio.create_task(self._consume(track))
+            self._consumers.add(task)
+            task.add_done_callback(self._consumers.discard)
+        else:
+            attach_sink(receiver, track.kind, self._count_audio if track.kind == "audio" else self._count_video)
+
+    def _count_audio(self, _frame: EncodedFrame) -> None:
+        self.audio_packets += 1
+
+    def _count_video(self, frame: EncodedFrame) -> None:
+        self.video_frames += 1
+        self.video_keyframes += frame.is_keyframe
+
+    async def _consume(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                self.video_frames += 1
+                self.decoded_sizes.append((frame.width, frame.height))
+        except MediaStreamError:
+            pass
+
+    async def wait_media(self, audio: int = 10, video: int = 10, timeout: float = 10.0) -> None:
+        """Wait until at least this many more audio packets and video frames arrived."""
+        target = (self.audio_packets + audio, self.video_frames + video)
+
+        async def poll() -> None:
+            while self.audio_packets < target[0] or self.video_frames < target[1]:
+                await asyncio.sleep(0.05)
+
+        try:
+            await asyncio.wait_for(poll(), timeout)
+        except asyncio.TimeoutError:
+            raise AssertionError(
+                f"media did not arrive: audio {self.audio_packets}/{target[0]}, video {self.video_frames}/{target[1]}"
+            ) from None
+
+    # -- leaving ----------------------------------------------------------------
+
+    async def _close_pc(self) -> None:
+        if self.pc is not None:
+            pc, self.pc = self.pc, None
+            await pc.close()
+
+    async def drop(self) -> None:
+        """Vanish without a word, as a phone losing its network does."""
+        await self._close_pc()
+        if self.ws is not None:
+            await self.ws.close()
+
+    async def leave(self) -> None:
+        await self.drop()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+        for task in list(self._consumers):
+            task.cancel()
+        await asyncio.gather(*self._consumers, return_exceptions=True)

@@ -1,0 +1,155 @@
+"""Fixtures: a real server per test on SQLite and on PostgreSQL, staff and victim clients.
+
+Every test that uses ``app`` runs twice: on a SQLite file and on a fresh database in
+the PostgreSQL server at ``EVR_TEST_POSTGRES`` (default
+``postgresql+asyncpg://postgres@127.0.0.1:5432/test``). Set ``EVR_TEST_POSTGRES=off``
+to run on SQLite only (CI never does).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any, AsyncIterator, Callable
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from evr.app import DB, create_app
+from evr.auth import add_user
+from evr.config import Settings
+
+PG_URL = os.environ.get("EVR_TEST_POSTGRES", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+PASSWORD = "correct horse battery staple"
+ELIGIBLE = {"adult_or_carer_present": True, "offender_absent": True, "safe_location": True, "consent": True}
+
+
+class Clock:
+    """An injectable clock: real time plus whatever a test adds."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta()
+
+    def __call__(self) -> datetime:
+        return datetime.now(timezone.utc) + self.offset
+
+    def advance(self, **kwargs: float) -> None:
+        self.offset += timedelta(**kwargs)
+
+
+def _backends() -> list[str]:
+    return ["sqlite"] if PG_URL == "off" else ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=_backends())
+async def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'evr.sqlite3'}"
+        return
+    plain = PG_URL.replace("+asyncpg", "")
+    name = f"evr_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(plain)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield PG_URL.rsplit("/", 1)[0] + "/" + name
+    admin = await asyncpg.connect(plain)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def settings(tmp_path: Any, db_url: str) -> Settings:
+    return Settings.load(data_dir=tmp_path / "data", environ={}, database_url=db_url,
+                         login_failure_delay=0.01)
+
+
+@pytest.fixture
+async def server(settings: Settings, clock: Clock) -> AsyncIterator[TestServer]:
+    app = create_app(settings, clock=clock)
+    server = TestServer(app)
+    await server.start_server()
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+async def new_client(server: TestServer) -> AsyncIterator[Callable[[], Any]]:
+    """Make a browser-like client (its own cookie jar) of the running server."""
+    clients: list[TestClient] = []
+
+    async def make() -> TestClient:
+        client = TestClient(server)
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+def users(server: TestServer) -> Callable[..., Any]:
+    async def make(name: str, role: str = "officer") -> None:
+        async with server.app[DB]() as db:
+            await add_user(db, name, role, PASSWORD, lambda: datetime.now(timezone.utc))
+
+    return make
+
+
+class Staff:
+    """A logged-in staff browser."""
+
+    def __init__(self, client: TestClient, csrf: str) -> None:
+        self.client = client
+        self.csrf = csrf
+
+    def headers(self) -> dict[str, str]:
+        return {"X-CSRF-Token": self.csrf}
+
+    async def post(self, path: str, body: Any = None) -> Any:
+        return await self.client.post(path, json=body, headers=self.headers())
+
+    async def get(self, path: str) -> Any:
+        return await self.client.get(path)
+
+    async def create(self, **extra: Any) -> dict[str, Any]:
+        body = {"cad_ref": "CAD-2026-000123", "victim": {"phone": "07700 900123"}, "eligibility": ELIGIBLE, **extra}
+        response = await self.post("/api/consultations", body)
+        assert response.status == 201, await response.text()
+        return await response.json()
+
+    async def consultation(self, cid: str) -> dict[str, Any]:
+        response = await self.get(f"/api/consultations/{cid}")
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+    def ws_url(self, cid: str) -> str:
+        return str(self.client.make_url(f"/api/consultations/{cid}/ws"))
+
+
+@pytest.fixture
+def staff(new_client: Callable[[], Any], users: Callable[..., Any]) -> Callable[..., Any]:
+    async def login(name: str = "alice", role: str = "officer") -> Staff:
+        await users(name, role)
+        client = await new_client()
+        response = await client.post("/api/login", json={"username": name, "password": PASSWORD})
+        assert response.status == 200, await response.text()
+        return Staff(client, (await response.json())["csrf_token"])
+
+    return login
+
+
+def link_path(join_url: str) -> str:
+    return "/j/" + join_url.rsplit("/j/", 1)[1]
