@@ -216,3 +216,28 @@ async def test_sergeant_joining_sees_the_victim(staff, new_client):
         await third.leave()
         await victim.leave()
         await console.leave()
+
+
+async def test_keyframe_requests_travel_upstream_rate_limited(staff, new_client):
+    from evr.media.passthrough import send_pli
+
+    _officer, _created, _phone, victim, console = await open_call(staff, new_client)
+    try:
+        await console.wait_media(audio=10, video=20)
+        source = victim.sources["video"]
+        # A new consumer (the officer) started: the victim was asked for a keyframe.
+        assert source.keyframe_requests >= 1
+        before, keyframes = source.keyframe_requests, console.video_keyframes
+        receiver = next(t.receiver for t in console.pc.getTransceivers() if t.kind == "video")
+        for _ in range(5):  # a burst of PLIs from the officer's side...
+            assert send_pli(receiver)
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)
+        # ...reaches the victim's encoder, at most once per 300 ms...
+        assert 1 <= source.keyframe_requests - before <= 2
+        # ...and a keyframe comes back to the officer.
+        await console.wait_media(audio=5, video=5)
+        assert console.video_keyframes > keyframes
+    finally:
+        await victim.leave()
+        await console.leave()
