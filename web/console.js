@@ -4,7 +4,7 @@ import { Call, stopStream, videoConstraints } from '/static/call.js';
 const $ = (id) => document.getElementById(id);
 const QUESTIONS = ['adult_or_carer_present', 'offender_absent', 'safe_location', 'consent'];
 
-let csrf = null;      // from POST /api/login; memory only, so a reload means signing in again
+let csrf = null;      // from POST /api/login or GET /api/me; kept in memory only
 let listTimer = null;
 let current = null;   // the open call: {c, call, stream, state, startedAt, timer}
 
@@ -58,14 +58,22 @@ $('login-form').addEventListener('submit', async (e) => {
   const f = e.target;
   const r = await api('POST', '/api/login', { username: f.elements.username.value, password: f.elements.password.value });
   if (!r.ok) return void ($('login-error').textContent = errorText(r, 'Could not sign in.'));
-  csrf = r.data.csrf_token;
   f.reset();
   $('login-error').textContent = '';
-  $('who').textContent = `${r.data.username} (${r.data.role})`;
+  signedIn(r.data);
+});
+
+function signedIn(me) {
+  csrf = me.csrf_token;
+  $('who').textContent = `${me.username} (${me.role})`;
   show('home');
   refresh();
+  clearInterval(listTimer);
   listTimer = setInterval(refresh, 5000);
-});
+}
+
+// A reload keeps the session: the cookie is still there, ask who we are.
+api('GET', '/api/me').then((r) => { if (r.ok) signedIn(r.data); });
 
 function signedOut(message = '') {
   if (current) endCall();
