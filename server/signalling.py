@@ -186,18 +186,7 @@ class Hub:
                 if not room.closed:
                     # Shielded: aiohttp may cancel this handler when the peer vanishes.
                     await asyncio.shield(room.disconnect(participant))
-                self._forget_if_empty(consultation.id)
         return ws
-
-    def _forget_if_empty(self, consultation_id: str) -> None:
-        """Drop a room nobody is in (its status lives on in the database)."""
-        room = self.rooms.get(consultation_id)
-        if room is not None and not self.clients.get(consultation_id) and not any(
-            p.leg for p in room.participants.values()
-        ):
-            del self.rooms[consultation_id]
-            self.clients.pop(consultation_id, None)
-            self.status.pop(consultation_id, None)
 
     async def _handle(self, room: Room, client: Client, data: str) -> None:
         if len(data.encode()) > self.settings.ws_max_message:
