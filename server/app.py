@@ -79,7 +79,6 @@ async def _database(app: web.Application) -> Any:
     app[DB] = sessionmaker(engine)
     app[HUB] = Hub(settings, app[CLOCK], app[DB])
     yield
-    await app[HUB].shutdown()
     await app[NOTIFIER].close()
     await engine.dispose()
 

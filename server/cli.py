@@ -42,8 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class ConfigError(Exception):
+    pass
+
+
 def load_settings(args: argparse.Namespace, **overrides: object) -> Settings:
-    return Settings.load(data_dir=args.data, config_file=args.config, **overrides)
+    try:
+        return Settings.load(data_dir=args.data, config_file=args.config, **overrides)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"bad configuration: {exc}") from exc
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -108,7 +115,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.getLogger("aiohttp.access").addFilter(_RedactLinks())
     logging.getLogger("alembic").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"evr: {exc}", file=sys.stderr)
+        return 2
 
 
 class _RedactLinks(logging.Filter):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -54,7 +54,6 @@ class Settings:
     #: Force ``Secure`` cookies even when the request did not arrive over HTTPS
     #: (behind a TLS-terminating proxy).
     secure_cookies: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def db_url(self) -> str:
@@ -77,16 +76,17 @@ class Settings:
         if config_file or path.exists():
             with open(path, "rb") as f:
                 values.update(tomllib.load(f))
-        fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "extra"}
+        fields = {f.name: f for f in dataclasses.fields(cls)}
         for name in fields:
             env = environ.get(f"EVR_{name.upper()}")
             if env is not None:
                 values[name] = env
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["data_dir"] = data
-        known = {k: _coerce(fields[k].type, v) for k, v in values.items() if k in fields}
-        extra = {k: v for k, v in values.items() if k not in fields}
-        return cls(**known, extra=extra)
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown setting(s) in {path}: {', '.join(unknown)}")
+        return cls(**{k: _coerce(fields[k].type, v) for k, v in values.items()})
 
 
 def _coerce(kind: Any, value: Any) -> Any:
