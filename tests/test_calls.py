@@ -107,6 +107,11 @@ async def test_new_offer_on_the_same_socket_replaces_the_connection(staff, new_c
         await console.wait_media(audio=20, video=15)
         assert room.participants["victim"].leg.pc is not old_pc
         assert old_pc.connectionState == "closed"
+        # Each side feeds exactly one live outgoing track per kind: the old leg's are gone.
+        for p in room.participants.values():
+            for kind in ("audio", "video"):
+                assert len(p.watchers[kind]) == 1
+                assert all(t.readyState == "live" for t in p.watchers[kind])
     finally:
         await victim.leave()
         await console.leave()

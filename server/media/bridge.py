@@ -69,10 +69,14 @@ class Leg:
     def connected(self) -> bool:
         return self.pc.connectionState not in ("failed", "closed")
 
-    async def close(self) -> None:
-        """Close the peer connection; never cancelled half way (that breaks aiortc)."""
+    def stop_tracks(self) -> None:
+        """Stop the outgoing tracks (and so their subscriptions, at the next reroute)."""
         for track in self.tracks.values():
             track.stop()
+
+    async def close(self) -> None:
+        """Close the peer connection; never cancelled half way (that breaks aiortc)."""
+        self.stop_tracks()
         task = asyncio.ensure_future(self.pc.close())
         _closing.add(task)
         task.add_done_callback(_closing.discard)
@@ -220,6 +224,8 @@ class Room:
         old, p.leg = p.leg, leg
         p.counters = leg.counters
         pc.on("connectionstatechange", lambda: self._leg_state_changed(p, leg))
+        if old is not None:
+            old.stop_tracks()
         self._reroute()
         if old is not None:
             await old.close()
@@ -251,6 +257,7 @@ class Room:
         leg, p.leg = p.leg, None
         if leg is None:
             return
+        leg.stop_tracks()
         self._reroute()
         await leg.close()
         if not self.closed:
