@@ -18,14 +18,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import aiohttp
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from .media.passthrough import EncodedFrame, attach_sink, on_keyframe_request
-from .media.sources import EncodedSourceTrack, opus_clip, vp8_clip
+from .media.sources import Clip, EncodedSourceTrack, opus_clip, vp8_clip
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ class CallClient:
         decode: bool = False,
         video_size: tuple[int, int] = (320, 240),
         video_bitrate: int = 300_000,
+        clips: Optional[dict[str, Clip]] = None,
+        source_factory: Callable[[Clip], EncodedSourceTrack] = EncodedSourceTrack,
     ) -> None:
         self.http = http
         self.ws_url = ws_url
@@ -46,6 +48,8 @@ class CallClient:
         self.decode = decode
         self.video_size = video_size
         self.video_bitrate = video_bitrate
+        self.clips = clips
+        self.source_factory = source_factory
         self.ws: Optional[aiohttp.ClientWebSocketResponse] = None
         self.pc: Optional[RTCPeerConnection] = None
         self.sources: dict[str, EncodedSourceTrack] = {}
@@ -110,9 +114,11 @@ class CallClient:
             await self.connect()
         await self._close_pc()
         pc = self.pc = RTCPeerConnection()
-        clips = {"audio": opus_clip(), "video": vp8_clip(*self.video_size, bitrate=self.video_bitrate)}
+        clips = self.clips or {
+            "audio": opus_clip(), "video": vp8_clip(*self.video_size, bitrate=self.video_bitrate)
+        }
         for kind in ("audio", "video"):
-            source = self.sources[kind] = EncodedSourceTrack(clips[kind])
+            source = self.sources[kind] = self.source_factory(clips[kind])
             transceiver = pc.addTransceiver(source, direction="sendrecv")
             wanted = "audio/opus" if kind == "audio" else "video/vp8"
             caps = RTCRtpSender.getCapabilities(kind).codecs

@@ -47,7 +47,7 @@ def vp8_clip(width: int = 640, height: int = 480, fps: int = 30, seconds: float 
     codec.framerate = Fraction(fps, 1)
     codec.time_base = Fraction(1, fps)
     codec.gop_size = gop or fps
-    codec.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "error-resilient": "1"}
+    codec.options = {"deadline": "good", "cpu-used": "8", "lag-in-frames": "0", "error-resilient": "1"}
     rng = random.Random(7)
     texture = bytes(rng.randrange(40, 216) for _ in range(width * 2)) * (height // 2 + 1)
     chroma = bytes([128]) * ((width // 2) * (height // 2))
