@@ -53,6 +53,7 @@ def create_app(settings: Settings, clock: Clock = utcnow, notifier: Optional[Not
         [
             web.get("/", home),
             web.get("/healthz", healthz),
+            web.get("/favicon.ico", no_content),
             web.post("/api/login", login),
             web.post("/api/logout", logout),
             web.get("/api/me", me),
@@ -184,6 +185,10 @@ def secure_cookies(request: web.Request) -> bool:
 
 async def home(request: web.Request) -> web.Response:
     raise web.HTTPFound("/console")
+
+
+async def no_content(request: web.Request) -> web.Response:
+    return web.Response(status=204)
 
 
 async def healthz(request: web.Request) -> web.Response:
