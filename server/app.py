@@ -292,7 +292,7 @@ async def staff_socket(request: web.Request) -> web.StreamResponse:
         await service.joined(db, consultation, staff)
     hub = request.app[HUB]
     participant = hub.room(consultation).participant(f"staff:{staff.id}", staff.role, staff.id)
-    return await hub.serve(request, consultation, participant, staff.id)
+    return await hub.serve(request, consultation, participant)
 
 
 # -- the victim --------------------------------------------------------------

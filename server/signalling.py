@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -60,8 +60,6 @@ class TokenBucket:
 class Client:
     ws: web.WebSocketResponse
     participant: Participant
-    staff_id: Optional[int] = None
-    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     async def send(self, message: dict[str, Any]) -> None:
         if not self.ws.closed:
@@ -155,13 +153,13 @@ class Hub:
             await asyncio.gather(*(c.ws.close(code=WSCloseCode.GOING_AWAY) for c in clients), return_exceptions=True)
             await room.close()
 
-    async def serve(self, request: web.Request, consultation: Consultation, participant: Participant,
-                    staff_id: Optional[int] = None) -> web.WebSocketResponse:
+    async def serve(self, request: web.Request, consultation: Consultation,
+                    participant: Participant) -> web.WebSocketResponse:
         """Run one signalling socket until it closes."""
         ws = SignallingSocket(max_msg_size=HARD_FRAME_LIMIT, heartbeat=25.0)
         await ws.prepare(request)
         room = self.room(consultation)
-        client = Client(ws, participant, staff_id)
+        client = Client(ws, participant)
         for other in [c for c in self.clients[consultation.id] if c.participant is participant]:
             # One socket per participant: a new one replaces the old (rejoin).
             await other.send({"type": "error", "code": "replaced", "message": "Joined again from a new connection."})
