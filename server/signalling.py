@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiortc import RTCIceServer
