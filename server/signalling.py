@@ -78,15 +78,14 @@ class Hub:
         self.db_factory = db_factory
         self.rooms: dict[str, Room] = {}
         self.clients: dict[str, set[Client]] = {}
-        self.status: dict[str, str] = {}
         self.ice_servers = _ice_servers(settings)
 
     def room(self, consultation: Consultation) -> Room:
         room = self.rooms.get(consultation.id)
         if room is None:
             room = self.rooms[consultation.id] = Room(consultation.id, self.ice_servers, self._changed)
+            room.status = consultation.status
             room.paused = consultation.status == "paused"
-            self.status[consultation.id] = consultation.status
             self.clients[consultation.id] = set()
         return room
 
@@ -98,7 +97,7 @@ class Hub:
         """Work out the status, store it when it changed, and tell every client."""
         if room.closed:
             return
-        old = self.status.get(room.id, "waiting")
+        old = room.status
         victim = room.participants.get("victim")
         staff_on = any(p.is_staff and p.connected for p in room.participants.values())
         if room.paused:
@@ -108,7 +107,7 @@ class Hub:
         else:
             status = "waiting"
         if status != old:
-            self.status[room.id] = status
+            room.status = status
             async with self.db_factory() as db:
                 consultation = await db.get(Consultation, room.id)
                 if consultation is not None and consultation.status != "closed":
@@ -122,9 +121,8 @@ class Hub:
         participants = [{"role": p["role"], "connected": p["connected"]} for p in self.participants(consultation_id)]
         return {
             "type": "state",
-            "status": self.status.get(consultation_id, "waiting"),
+            "status": room.status if room else "waiting",
             "participants": participants,
-            "paused": bool(room and room.paused),
             # No recording runs yet: the recording issue turns this on when it does.
             "recording": False,
         }
@@ -137,7 +135,6 @@ class Hub:
         """Tell every client ``closed``, close their sockets (4000), tear the room down."""
         room = self.rooms.pop(consultation_id, None)
         clients = self.clients.pop(consultation_id, set())
-        self.status.pop(consultation_id, None)
         await asyncio.gather(*(c.send({"type": "closed"}) for c in clients))
         await asyncio.gather(
             *(c.ws.close(code=CLOSE_CONSULTATION_CLOSED, message=b"consultation closed") for c in clients),

@@ -130,6 +130,8 @@ class Room:
         self.id = consultation_id
         self.ice_servers = ice_servers
         self.participants: dict[str, Participant] = {}
+        #: waiting, live or paused (the hub works it out and stores it).
+        self.status = "waiting"
         self.paused = False
         self.closed = False
         self._on_change = on_change
@@ -266,10 +268,6 @@ class Room:
     def _leg_state_changed(self, p: Participant, leg: Leg) -> None:
         if p.leg is leg and not self.closed:
             log.info("consultation %s: %s connection %s", self.id, p.role, leg.pc.connectionState)
-            if leg.pc.connectionState == "connected":
-                for watched in self.participants.values():
-                    if self.source_for(p) is watched:
-                        watched.request_keyframe()
             asyncio.ensure_future(self._on_change(self))
 
     def _frame_handler(self, p: Participant, leg: Leg, kind: str) -> Callable[[EncodedFrame], None]:

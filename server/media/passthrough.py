@@ -125,9 +125,11 @@ def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> N
 class RelayTrack(MediaStreamTrack):
     """An outgoing track fed with encoded frames from another participant.
 
+    - Nothing is queued until the sender first asks for a frame (its connection is
+      up), so a new consumer never gets a burst of stale frames; video then starts
+      at a keyframe, requested upstream until one comes.
     - The queue is bounded: when the sender falls behind, the oldest frames are
       dropped (counted) and video waits for the next keyframe.
-    - Video starts at a keyframe; until one comes, a keyframe is requested upstream.
     - Timestamps are rewritten so the outgoing stream stays monotonic when its
       source rejoins or changes: the jump is replaced by the wall-clock gap.
     """
@@ -147,6 +149,7 @@ class RelayTrack(MediaStreamTrack):
         self._max_queue = max_queue
         self._waiter: Optional[asyncio.Future[None]] = None
         self._need_keyframe = kind == "video"
+        self._started = False
         self._clock = CLOCK_RATE[kind]
         self._epoch: object = None
         self._delta = 0
@@ -156,7 +159,7 @@ class RelayTrack(MediaStreamTrack):
 
     def push(self, frame: EncodedFrame, epoch: object) -> None:
         """Queue a frame from the source connection ``epoch`` (any hashable identity)."""
-        if self.readyState != "live":
+        if not self._started or self.readyState != "live":
             return
         if self._need_keyframe:
             if not frame.is_keyframe:
@@ -191,7 +194,15 @@ class RelayTrack(MediaStreamTrack):
             self._frames.clear()
             self.request_keyframe()
 
+    def start(self) -> None:
+        """The consumer is pulling: accept frames from now on (video from a keyframe)."""
+        if not self._started:
+            self._started = True
+            if self._need_keyframe:
+                self.request_keyframe()
+
     async def recv(self) -> EncodedFrame:  # type: ignore[override]
+        self.start()
         while not self._frames:
             if self.readyState != "live":
                 raise MediaStreamError
