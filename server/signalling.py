@@ -213,6 +213,9 @@ class Hub:
                 await client.send(_error("unknown_type", f"Unknown message type {kind[:40]!r}."))
         except OfferError as exc:
             await client.send(_error(exc.code, str(exc)))
+        except Exception:  # a bug must not cost the caller their socket
+            log.exception("consultation %s: %s message failed", room.id, kind[:40])
+            await client.send(_error("internal_error", "The server could not handle that message."))
 
 
 def _error(code: str, message: str) -> dict[str, Any]:

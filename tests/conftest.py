@@ -153,3 +153,64 @@ def staff(new_client: Callable[[], Any], users: Callable[..., Any]) -> Callable[
 
 def link_path(join_url: str) -> str:
     return "/j/" + join_url.rsplit("/j/", 1)[1]
+
+
+class Link:
+    """A consultation whose link a victim's browser (``phone``) has opened."""
+
+    def __init__(self, officer: Staff, created: dict[str, Any], phone: TestClient) -> None:
+        self.officer = officer
+        self.created = created
+        self.id = created["id"]
+        self.phone = phone
+        self.path = link_path(created["join_url"])
+
+    @property
+    def ws_url(self) -> str:
+        return str(self.phone.make_url(self.path + "/ws"))
+
+
+@pytest.fixture
+def link(staff: Callable[..., Any], new_client: Callable[[], Any]) -> Callable[..., Any]:
+    async def make() -> Link:
+        officer = await staff()
+        created = await officer.create()
+        phone = await new_client()
+        assert (await phone.get(link_path(created["join_url"]))).status == 200
+        return Link(officer, created, phone)
+
+    return make
+
+
+class Call:
+    """A link with a victim and an officer joined (aiortc clients), media flowing."""
+
+    def __init__(self, link: Link, victim: Any, console: Any) -> None:
+        self.link, self.victim, self.console = link, victim, console
+        self.officer, self.id, self.phone = link.officer, link.id, link.phone
+
+
+@pytest.fixture
+async def call(link: Callable[..., Any]) -> AsyncIterator[Callable[..., Any]]:
+    """Make calls; every client made through ``call.client`` leaves at teardown."""
+    from evr.client import CallClient
+
+    clients: list[CallClient] = []
+
+    def client(http: Any, ws_url: str, **kwargs: Any) -> CallClient:
+        made = CallClient(http, ws_url, **kwargs)
+        clients.append(made)
+        return made
+
+    async def make(decode: bool = False) -> Call:
+        opened = await link()
+        victim = client(opened.phone.session, opened.ws_url, decode=decode)
+        console = client(opened.officer.client.session, opened.officer.ws_url(opened.id), decode=decode)
+        await victim.join()
+        await console.join()
+        return Call(opened, victim, console)
+
+    make.client = client  # type: ignore[attr-defined]
+    yield make
+    for made in clients:
+        await made.leave()

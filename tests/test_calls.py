@@ -10,154 +10,119 @@ import weakref
 
 from aiortc import RTCPeerConnection
 
-from conftest import link_path
 from evr.app import HUB
-from evr.client import CallClient
+from evr.media.passthrough import send_pli
 
-
-async def open_call(staff, new_client, decode=False):
-    """An officer and a victim in one consultation, both joined, media flowing."""
-    officer = await staff()
-    created = await officer.create()
-    phone = await new_client()
-    path = link_path(created["join_url"])
-    assert (await phone.get(path)).status == 200
-    victim = CallClient(phone.session, str(phone.make_url(path + "/ws")), decode=decode)
-    console = CallClient(officer.client.session, officer.ws_url(created["id"]), decode=decode)
-    await victim.join()
-    await console.join()
-    return officer, created, phone, victim, console
+UPGRADE = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+           "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
 
 
 def participant(detail, role):
     return next(p for p in detail["participants"] if p["role"] == role)
 
 
-async def test_media_flows_both_ways_and_is_counted(staff, new_client):
-    officer, created, _phone, victim, console = await open_call(staff, new_client)
-    try:
-        await victim.wait_media(audio=50, video=30)
-        await console.wait_media(audio=50, video=30)
-        assert victim.video_keyframes >= 1 and console.video_keyframes >= 1
-        detail = await officer.consultation(created["id"])
-        assert detail["status"] == "live"
-        assert detail["arrived_at"] is not None
-        for role in ("victim", "officer"):
-            p = participant(detail, role)
-            assert p["connected"] is True
-            media = p["media"]
-            assert media["audio_in_packets"] > 0 and media["video_in_frames"] > 0
-            assert media["audio_out_packets"] > 0 and media["video_out_frames"] > 0
-        # What the server sent the victim is what the victim received (give or take in-flight).
-        v = participant(detail, "victim")["media"]
-        assert v["video_out_frames"] >= victim.video_frames - 5
-        state = await victim.wait_for(lambda m: m["type"] == "state" and m["status"] == "live")
-        assert state["recording"] is False
-        assert {p["role"] for p in state["participants"]} == {"victim", "officer"}
-    finally:
-        await victim.leave()
-        await console.leave()
+async def test_media_flows_both_ways_and_is_counted(call):
+    c = await call()
+    await c.victim.wait_media(audio=50, video=30)
+    await c.console.wait_media(audio=50, video=30)
+    assert c.victim.video_keyframes >= 1 and c.console.video_keyframes >= 1
+    detail = await c.officer.consultation(c.id)
+    assert detail["status"] == "live"
+    assert detail["arrived_at"] is not None
+    for role in ("victim", "officer"):
+        p = participant(detail, role)
+        assert p["connected"] is True
+        media = p["media"]
+        assert media["audio_in_packets"] > 0 and media["video_in_frames"] > 0
+        assert media["audio_out_packets"] > 0 and media["video_out_frames"] > 0
+    # What the server sent the victim is what the victim received (give or take in-flight).
+    assert participant(detail, "victim")["media"]["video_out_frames"] >= c.victim.video_frames - 5
+    state = await c.victim.wait_for(lambda m: m["type"] == "state" and m["status"] == "live")
+    assert state["recording"] is False
+    assert {p["role"] for p in state["participants"]} == {"victim", "officer"}
 
 
-async def test_relayed_video_decodes_at_the_far_end(staff, new_client):
+async def test_relayed_video_decodes_at_the_far_end(call):
     """Passthrough keeps the VP8 stream valid: the officer's client decodes it."""
-    _officer, _created, _phone, victim, console = await open_call(staff, new_client, decode=True)
-    try:
-        await console.wait_media(audio=10, video=20)
-        assert set(console.decoded_sizes) == {(320, 240)}
-    finally:
-        await victim.leave()
-        await console.leave()
+    c = await call(decode=True)
+    await c.console.wait_media(audio=10, video=20)
+    assert set(c.console.decoded_sizes) == {(320, 240)}
 
 
-async def test_victim_rejoins_after_the_connection_drops(staff, new_client):
-    officer, created, phone, victim, console = await open_call(staff, new_client)
-    try:
-        await console.wait_media(audio=20, video=15)
-        await victim.drop()
-        await console.wait_for(
-            lambda m: m["type"] == "state"
-            and any(p["role"] == "victim" and not p["connected"] for p in m["participants"])
-        )
-        detail = await officer.consultation(created["id"])
-        assert participant(detail, "victim")["connected"] is False
-        before = console.video_frames
-        again = CallClient(phone.session, victim.ws_url)
-        await again.join()
-        await console.wait_media(audio=20, video=15)
-        await again.wait_media(audio=20, video=15)
-        assert console.video_frames > before
-        detail = await officer.consultation(created["id"])
-        p = participant(detail, "victim")
-        assert p["connected"] is True and p["media"]["video_in_frames"] > 0
-        assert len([p for p in detail["participants"] if p["role"] == "victim"]) == 1
-        await again.leave()
-    finally:
-        await victim.leave()
-        await console.leave()
+async def test_victim_rejoins_after_the_connection_drops(call):
+    c = await call()
+    await c.console.wait_media(audio=20, video=15)
+    await c.victim.drop()
+    await c.console.wait_for(
+        lambda m: m["type"] == "state"
+        and any(p["role"] == "victim" and not p["connected"] for p in m["participants"])
+    )
+    assert participant(await c.officer.consultation(c.id), "victim")["connected"] is False
+    before = c.console.video_frames
+    again = call.client(c.phone.session, c.victim.ws_url)
+    await again.join()
+    await c.console.wait_media(audio=20, video=15)
+    await again.wait_media(audio=20, video=15)
+    assert c.console.video_frames > before
+    detail = await c.officer.consultation(c.id)
+    p = participant(detail, "victim")
+    assert p["connected"] is True and p["media"]["video_in_frames"] > 0
+    assert len([p for p in detail["participants"] if p["role"] == "victim"]) == 1
 
 
-async def test_new_offer_on_the_same_socket_replaces_the_connection(staff, new_client, server):
-    _officer, created, _phone, victim, console = await open_call(staff, new_client)
-    try:
-        await console.wait_media(audio=10, video=10)
-        room = server.app[HUB].rooms[created["id"]]
-        old_pc = room.participants["victim"].leg.pc
-        await victim.join()  # rejoin: a fresh peer connection, same socket
-        await console.wait_media(audio=20, video=15)
-        assert room.participants["victim"].leg.pc is not old_pc
-        assert old_pc.connectionState == "closed"
-        # Each side feeds exactly one live outgoing track per kind: the old leg's are gone.
-        for p in room.participants.values():
-            for kind in ("audio", "video"):
-                assert len(p.watchers[kind]) == 1
-                assert all(t.readyState == "live" for t in p.watchers[kind])
-    finally:
-        await victim.leave()
-        await console.leave()
+async def test_new_offer_on_the_same_socket_replaces_the_connection(call, server):
+    c = await call()
+    await c.console.wait_media(audio=10, video=10)
+    room = server.app[HUB].rooms[c.id]
+    old_pc = room.participants["victim"].leg.pc
+    await c.victim.join()  # rejoin: a fresh peer connection, same socket
+    await c.console.wait_media(audio=20, video=15)
+    assert room.participants["victim"].leg.pc is not old_pc
+    assert old_pc.connectionState == "closed"
+    # Each side feeds exactly one live outgoing track per kind: the old leg's are gone.
+    for p in room.participants.values():
+        for kind in ("audio", "video"):
+            assert len(p.watchers[kind]) == 1
+            assert all(t.readyState == "live" for t in p.watchers[kind])
 
 
-async def test_pause_stops_media_and_resume_restarts_it(staff, new_client):
-    officer, created, _phone, victim, console = await open_call(staff, new_client)
-    try:
-        await console.wait_media(audio=20, video=15)
-        await victim.send({"type": "pause"})
-        await console.wait_for(lambda m: m["type"] == "state" and m["status"] == "paused")
-        assert (await officer.consultation(created["id"]))["status"] == "paused"
-        await asyncio.sleep(0.3)  # what was in flight
-        frozen = (console.video_frames, console.audio_packets, victim.video_frames)
-        await asyncio.sleep(1.0)
-        assert (console.video_frames, console.audio_packets, victim.video_frames) == frozen
-        await console.send({"type": "resume"})  # the other side may resume
-        await victim.wait_for(lambda m: m["type"] == "state" and m["status"] == "live")
-        await console.wait_media(audio=20, video=15)
-        await victim.wait_media(audio=20, video=15)
-        assert (await officer.consultation(created["id"]))["status"] == "live"
-    finally:
-        await victim.leave()
-        await console.leave()
+async def test_pause_stops_media_and_resume_restarts_it(call):
+    c = await call()
+    await c.console.wait_media(audio=20, video=15)
+    await c.victim.send({"type": "pause"})
+    await c.console.wait_for(lambda m: m["type"] == "state" and m["status"] == "paused")
+    assert (await c.officer.consultation(c.id))["status"] == "paused"
+    await asyncio.sleep(0.3)  # what was in flight
+    frozen = (c.console.video_frames, c.console.audio_packets, c.victim.video_frames)
+    await asyncio.sleep(1.0)
+    assert (c.console.video_frames, c.console.audio_packets, c.victim.video_frames) == frozen
+    await c.console.send({"type": "resume"})  # the other side may resume
+    await c.victim.wait_for(lambda m: m["type"] == "state" and m["status"] == "live")
+    await c.console.wait_media(audio=20, video=15)
+    await c.victim.wait_media(audio=20, video=15)
+    assert (await c.officer.consultation(c.id))["status"] == "live"
 
 
-async def test_close_tells_everyone_tears_down_within_2s_and_leaves_nothing(staff, new_client, server):
-    officer, created, phone, victim, console = await open_call(staff, new_client)
-    room = server.app[HUB].rooms[created["id"]]
-    await victim.wait_media(audio=10, video=10)
-    await console.wait_media(audio=10, video=10)
+async def test_close_tells_everyone_tears_down_within_2s_and_leaves_nothing(call, server):
+    c = await call()
+    room = server.app[HUB].rooms[c.id]
+    await c.victim.wait_media(audio=10, video=10)
+    await c.console.wait_media(audio=10, video=10)
     pcs = [weakref.ref(p.leg.pc) for p in room.participants.values()]
     server_pcs = [p.leg.pc for p in room.participants.values()]
     started = time.monotonic()
-    response = await officer.post(f"/api/consultations/{created['id']}/close")
+    response = await c.officer.post(f"/api/consultations/{c.id}/close")
     assert response.status == 200
-    await asyncio.wait_for(asyncio.gather(victim.closed.wait(), console.closed.wait()), 2.0)
+    await asyncio.wait_for(asyncio.gather(c.victim.closed.wait(), c.console.closed.wait()), 2.0)
     assert all(pc.connectionState == "closed" for pc in server_pcs)
     assert time.monotonic() - started < 2.0
-    assert victim.close_code == console.close_code == 4000
-    assert any(m["type"] == "closed" for m in victim.messages)
-    assert any(m["type"] == "closed" for m in console.messages)
-    await victim.leave()
-    await console.leave()
+    assert c.victim.close_code == c.console.close_code == 4000
+    assert any(m["type"] == "closed" for m in c.victim.messages)
+    assert any(m["type"] == "closed" for m in c.console.messages)
+    await c.victim.leave()
+    await c.console.leave()
     del server_pcs, room
-    assert created["id"] not in server.app[HUB].rooms
+    assert c.id not in server.app[HUB].rooms
     # Nothing of the consultation is left: no peer connection, no task, no thread.
     await asyncio.sleep(0.5)
     gc.collect()
@@ -166,8 +131,9 @@ async def test_close_tells_everyone_tears_down_within_2s_and_leaves_nothing(staf
     assert leftover == [], leftover
     assert [t.name for t in threading.enumerate() if "decoder" in t.name] == []
     assert [o for o in gc.get_objects() if isinstance(o, RTCPeerConnection)] == []
-    # ...and the link is dead.
-    assert (await phone.get(link_path(created["join_url"]))).status == 410
+    # ...and the link is dead, page and socket.
+    assert (await c.phone.get(c.link.path)).status == 410
+    assert (await c.phone.get(c.link.path + "/ws", headers=UPGRADE)).status == 410
 
 
 def _is_media_task(task: asyncio.Task) -> bool:
@@ -175,30 +141,13 @@ def _is_media_task(task: asyncio.Task) -> bool:
     return any(word in text for word in ("aiortc", "aioice", "RTC", "Relay", "Leg", "Room"))
 
 
-async def test_closed_link_socket_is_refused_with_410(staff, new_client):
-    officer = await staff()
-    created = await officer.create()
-    phone = await new_client()
-    path = link_path(created["join_url"])
-    await phone.get(path)
-    await officer.post(f"/api/consultations/{created['id']}/close")
-    response = await phone.get(path + "/ws", headers={"Connection": "Upgrade", "Upgrade": "websocket",
-                                                      "Sec-WebSocket-Version": "13",
-                                                      "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
-    assert response.status == 410
+async def test_second_browser_cannot_open_the_socket(link, new_client):
+    opened = await link()
+    other = await new_client()
+    assert (await other.get(opened.path + "/ws", headers=UPGRADE)).status == 403
 
 
-async def test_second_browser_cannot_open_the_socket(staff, new_client):
-    officer = await staff()
-    created = await officer.create()
-    path = link_path(created["join_url"])
-    phone, other = await new_client(), await new_client()
-    await phone.get(path)
-    response = await other.get(path + "/ws")
-    assert response.status == 403
-
-
-async def test_another_officer_cannot_join_and_records_role_is_refused(staff, new_client):
+async def test_another_officer_cannot_join_and_records_role_is_refused(staff):
     officer = await staff()
     created = await officer.create()
     bob = await staff("bob", "officer")
@@ -207,42 +156,31 @@ async def test_another_officer_cannot_join_and_records_role_is_refused(staff, ne
     assert (await rita.get(f"/api/consultations/{created['id']}/ws")).status == 403
 
 
-async def test_sergeant_joining_sees_the_victim(staff, new_client):
-    officer, created, _phone, victim, console = await open_call(staff, new_client)
+async def test_sergeant_joining_sees_the_victim(call, staff):
+    c = await call()
     sarge = await staff("sarge", "sergeant")
-    third = CallClient(sarge.client.session, sarge.ws_url(created["id"]))
-    try:
-        await third.join()
-        await third.wait_media(audio=20, video=15)
-        await victim.wait_media(audio=20, video=15)  # still the officer's picture
-        detail = await officer.consultation(created["id"])
-        assert sorted(p["role"] for p in detail["participants"]) == ["officer", "sergeant", "victim"]
-    finally:
-        await third.leave()
-        await victim.leave()
-        await console.leave()
+    third = call.client(sarge.client.session, sarge.ws_url(c.id))
+    await third.join()
+    await third.wait_media(audio=20, video=15)
+    await c.victim.wait_media(audio=20, video=15)  # still the officer's picture
+    detail = await c.officer.consultation(c.id)
+    assert sorted(p["role"] for p in detail["participants"]) == ["officer", "sergeant", "victim"]
 
 
-async def test_keyframe_requests_travel_upstream_rate_limited(staff, new_client):
-    from evr.media.passthrough import send_pli
-
-    _officer, _created, _phone, victim, console = await open_call(staff, new_client)
-    try:
-        await console.wait_media(audio=10, video=20)
-        source = victim.sources["video"]
-        # A new consumer (the officer) started: the victim was asked for a keyframe.
-        assert source.keyframe_requests >= 1
-        before, keyframes = source.keyframe_requests, console.video_keyframes
-        receiver = next(t.receiver for t in console.pc.getTransceivers() if t.kind == "video")
-        for _ in range(5):  # a burst of PLIs from the officer's side...
-            assert send_pli(receiver)
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.5)
-        # ...reaches the victim's encoder, at most once per 300 ms...
-        assert 1 <= source.keyframe_requests - before <= 2
-        # ...and a keyframe comes back to the officer.
-        await console.wait_media(audio=5, video=5)
-        assert console.video_keyframes > keyframes
-    finally:
-        await victim.leave()
-        await console.leave()
+async def test_keyframe_requests_travel_upstream_rate_limited(call):
+    c = await call()
+    await c.console.wait_media(audio=10, video=20)
+    source = c.victim.sources["video"]
+    # A new consumer (the officer) started: the victim was asked for a keyframe.
+    assert source.keyframe_requests >= 1
+    before, keyframes = source.keyframe_requests, c.console.video_keyframes
+    receiver = next(t.receiver for t in c.console.pc.getTransceivers() if t.kind == "video")
+    for _ in range(5):  # a burst of PLIs from the officer's side...
+        assert send_pli(receiver)
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.5)
+    # ...reaches the victim's encoder, at most once per 300 ms...
+    assert 1 <= source.keyframe_requests - before <= 2
+    # ...and a keyframe comes back to the officer.
+    await c.console.wait_media(audio=5, video=5)
+    assert c.console.video_keyframes > keyframes

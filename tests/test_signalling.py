@@ -6,21 +6,17 @@ import asyncio
 import json
 
 import aiohttp
+import pytest
 
-from conftest import link_path
 from evr.client import CallClient
 
 
-async def victim_socket(staff, new_client):
-    officer = await staff()
-    created = await officer.create()
-    phone = await new_client()
-    path = link_path(created["join_url"])
-    await phone.get(path)
-    client = CallClient(phone.session, str(phone.make_url(path + "/ws")))
+async def victim_socket(link):
+    opened = await link()
+    client = CallClient(opened.phone.session, opened.ws_url)
     await client.connect()
     await client.wait_for(lambda m: m["type"] == "state")
-    return officer, created, client
+    return opened.officer, opened.created, client
 
 
 async def expect_error(client, code):
@@ -29,8 +25,8 @@ async def expect_error(client, code):
     return message
 
 
-async def test_malformed_unknown_and_bad_sdp_get_errors_and_the_socket_survives(staff, new_client):
-    _officer, _created, client = await victim_socket(staff, new_client)
+async def test_malformed_unknown_and_bad_sdp_get_errors_and_the_socket_survives(link):
+    _officer, _created, client = await victim_socket(link)
     try:
         await client.ws.send_str("{this is not json")
         await expect_error(client, "malformed")
@@ -56,31 +52,27 @@ async def test_malformed_unknown_and_bad_sdp_get_errors_and_the_socket_survives(
         await client.leave()
 
 
-async def test_an_offer_with_only_audio_is_refused(staff, new_client):
+def only_audio(pc):
+    pc.addTransceiver("audio")
+
+
+def h264_only(pc):
+    from aiortc import RTCRtpSender
+
+    pc.addTransceiver("audio")
+    video = pc.addTransceiver("video")
+    video.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs
+                               if c.mimeType.lower() == "video/h264"])
+
+
+@pytest.mark.parametrize("shape", [only_audio, h264_only])
+async def test_an_offer_the_bridge_cannot_relay_is_refused(link, shape):
     from aiortc import RTCPeerConnection
 
-    _officer, _created, client = await victim_socket(staff, new_client)
+    _officer, _created, client = await victim_socket(link)
     pc = RTCPeerConnection()
     try:
-        pc.addTransceiver("audio")
-        await pc.setLocalDescription(await pc.createOffer())
-        await client.send({"type": "offer", "sdp": pc.localDescription.sdp})
-        await expect_error(client, "bad_sdp")
-    finally:
-        await pc.close()
-        await client.leave()
-
-
-async def test_an_offer_without_vp8_is_refused(staff, new_client):
-    from aiortc import RTCPeerConnection, RTCRtpSender
-
-    _officer, _created, client = await victim_socket(staff, new_client)
-    pc = RTCPeerConnection()
-    try:
-        pc.addTransceiver("audio")
-        video = pc.addTransceiver("video")
-        video.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs
-                                   if c.mimeType.lower() == "video/h264"])
+        shape(pc)
         await pc.setLocalDescription(await pc.createOffer())
         await client.send({"type": "offer", "sdp": pc.localDescription.sdp})
         await expect_error(client, "bad_sdp")
@@ -90,15 +82,39 @@ async def test_an_offer_without_vp8_is_refused(staff, new_client):
         await client.leave()
 
 
-async def test_a_huge_frame_closes_the_socket_with_1008(staff, new_client):
-    _officer, _created, client = await victim_socket(staff, new_client)
+async def test_bad_candidates_after_an_offer_get_errors(link):
+    _officer, _created, client = await victim_socket(link)
+    try:
+        await client.join()
+        await client.send({"type": "candidate", "candidate": 5})
+        await expect_error(client, "bad_candidate")
+        await client.send({"type": "candidate", "candidate": {"candidate": 5}})
+        await expect_error(client, "bad_candidate")
+        await client.send({"type": "candidate", "candidate": {"candidate": "candidate:garbage", "sdpMid": "0"}})
+        await expect_error(client, "bad_candidate")
+        port_not_a_number = "candidate:1 1 udp 2130706431 192.0.2.1 port typ host"
+        await client.send({"type": "candidate", "candidate": {"candidate": port_not_a_number, "sdpMid": "0"}})
+        await expect_error(client, "bad_candidate")
+        valid = "candidate:1 1 udp 2130706431 192.0.2.1 9 typ host"
+        await client.send({"type": "candidate", "candidate": {"candidate": valid, "sdpMid": "nope"}})
+        await client.send({"type": "candidate", "candidate": {"candidate": valid, "sdpMid": "0"}})
+        await client.send({"type": "candidate", "candidate": None})  # end of candidates: fine
+        await client.send({"type": "pause"})
+        state = await client.wait_for(lambda m: m["type"] == "state" and m["status"] == "paused")
+        assert state and not [m for m in client.messages if m["type"] == "error"]
+    finally:
+        await client.leave()
+
+
+async def test_a_huge_frame_closes_the_socket_with_1008(link):
+    _officer, _created, client = await victim_socket(link)
     await client.ws.send_str("x" * (2 * 1024 * 1024))
     await asyncio.wait_for(client.closed.wait(), 5)
     assert client.close_code == 1008
 
 
-async def test_a_flood_closes_the_socket_with_1008(staff, new_client):
-    _officer, _created, client = await victim_socket(staff, new_client)
+async def test_a_flood_closes_the_socket_with_1008(link):
+    _officer, _created, client = await victim_socket(link)
     for _ in range(200):
         if client.ws.closed:
             break
@@ -110,8 +126,8 @@ async def test_a_flood_closes_the_socket_with_1008(staff, new_client):
     assert client.close_code == 1008
 
 
-async def test_a_new_socket_replaces_the_old_one(staff, new_client):
-    officer, created, first = await victim_socket(staff, new_client)
+async def test_a_new_socket_replaces_the_old_one(link):
+    officer, created, first = await victim_socket(link)
     second = CallClient(first.http, first.ws_url)
     await second.connect()
     await asyncio.wait_for(first.closed.wait(), 5)

@@ -247,12 +247,13 @@ class Room:
             await p.leg.pc.addIceCandidate(None)
             return
         try:
+            # aiortc's parser asserts on a short line, so AssertionError is bad input too.
             parsed = candidate_from_sdp(text.removeprefix("candidate:"))
-        except (ValueError, IndexError) as exc:
-            raise OfferError("bad_candidate", "The candidate could not be parsed.") from exc
-        parsed.sdpMid = candidate.get("sdpMid")
-        parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
-        await p.leg.pc.addIceCandidate(parsed)
+            parsed.sdpMid = candidate.get("sdpMid")
+            parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
+            await p.leg.pc.addIceCandidate(parsed)
+        except (ValueError, IndexError, AssertionError, TypeError) as exc:
+            raise OfferError("bad_candidate", "The candidate could not be used.") from exc
 
     async def disconnect(self, p: Participant) -> None:
         """The participant left (or its socket dropped): drop its leg, keep its counters."""
