@@ -288,22 +288,18 @@ async def worker_main(conn: Any, spec: dict[str, Any]) -> None:
         t_mark = t_end = 0.0
         while True:
             cmd, _arg = await command()
-            if cmd == "mark":
-                t_mark = time.monotonic()
+            if cmd in ("mark", "end"):
+                now = time.monotonic()
+                if cmd == "mark":
+                    t_mark = now
+                else:
+                    t_end = now
                 for pair in opened:
                     for c in pair:
                         for s in c.sources.values():
-                            s.mark = s.sent
-                            s.requests_at_mark = s.keyframe_requests
-                conn.send(("mark", None))
-            elif cmd == "end":
-                t_end = time.monotonic()
-                for pair in opened:
-                    for c in pair:
-                        for s in c.sources.values():
-                            s.end = s.sent
-                            s.requests_at_end = s.keyframe_requests
-                conn.send(("end", None))
+                            setattr(s, cmd, s.sent)
+                            setattr(s, f"requests_at_{cmd}", s.keyframe_requests)
+                conn.send((cmd, None))
             elif cmd == "report":
                 report = []
                 for call, (victim, officer) in zip(spec["calls"], opened):

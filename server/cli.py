@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import getpass
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -73,7 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-#: The access log leaves out the query string and path of victim links (the token).
+#: Access log format; _RedactLinks takes the token out of victim link paths.
 ACCESS_LOG = '%a "%r" %s %b %Tfs'
 
 
@@ -125,13 +126,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 class _RedactLinks(logging.Filter):
     """Keep link tokens out of the access log: /j/<token>... becomes /j/…"""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        import re
+    TOKEN = re.compile(r"/j/[A-Za-z0-9_-]+")
 
-        record.msg = str(record.msg)
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self.TOKEN.sub("/j/…", str(record.msg))
         if record.args:
-            record.args = tuple(
-                re.sub(r"/j/[A-Za-z0-9_-]+", "/j/…", a) if isinstance(a, str) else a for a in record.args
-            )
-        record.msg = re.sub(r"/j/[A-Za-z0-9_-]+", "/j/…", record.msg)
+            record.args = tuple(self.TOKEN.sub("/j/…", a) if isinstance(a, str) else a for a in record.args)
         return True

@@ -32,6 +32,13 @@ async def test_wrong_password_and_unknown_user_get_the_same_401(new_client, user
     assert (await wrong.json()) == (await unknown.json())
 
 
+@pytest.mark.parametrize("body", ["{broken", "[]", '{"username": "x"}', '{"username": 1, "password": 2}'])
+async def test_a_malformed_login_is_400(new_client, body):
+    client = await new_client()
+    response = await client.post("/api/login", data=body, headers={"Content-Type": "application/json"})
+    assert response.status == 400 and "error" in await response.json()
+
+
 async def test_repeated_failures_lock_the_name_even_with_the_right_password(new_client, users, clock):
     await users("dave")
     client = await new_client()

@@ -66,3 +66,14 @@ def test_serve_comes_up_on_a_fresh_data_dir_and_logs_in(tmp_path):
     assert f"serving on http://127.0.0.1:{port}" in output
     assert "a long password" not in output
     assert (data / "evr.sqlite3").exists()
+
+
+def test_the_access_log_never_shows_a_link_token():
+    import logging
+
+    from evr.cli import _RedactLinks
+
+    record = logging.LogRecord("aiohttp.access", logging.INFO, "", 0, '%s "%s" %s',
+                               ("127.0.0.1", "GET /j/AbC_d-123/ws HTTP/1.1", 101), None)
+    _RedactLinks().filter(record)
+    assert "AbC_d-123" not in record.getMessage() and "/j/…/ws" in record.getMessage()
