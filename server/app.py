@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Awaitable, Callable, Optional
 
 from aiohttp import web
 
 from . import pages
-from .auth import CALL_ROLES, CSRF_HEADER, SESSION_COOKIE, Authenticator, Staff, csrf_ok
+from .auth import CALL_ROLES, CSRF_HEADER, SESSION_COOKIE, Authenticator, csrf_ok
 from .config import Settings
 from .consultations import Consultations, consultation_json, message_json, parse_new
 from .db import Consultation, make_engine, migrate, sessionmaker
 from .errors import ApiError, error_response, forbidden
 from .notify import Notifier, make_notifier
+from .audit import AuditLog
+from .evidence import make_store
+from .keys import load_signing_key
 from .signalling import Hub
+from .http import (
+    AUDIT, AUTH, CLOCK, CONSULTATIONS, DB, HUB, NOTIFIER, SETTINGS, SIGNING_KEY, STAFF, STORE,
+    base_url, current_staff, read_json, same_origin, secure_cookies,
+)
 from .timeutil import Clock, rfc3339, utcnow
 
 log = logging.getLogger(__name__)
@@ -30,14 +36,6 @@ CSP = (
     "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 
-SETTINGS = web.AppKey("settings", Settings)
-CLOCK = web.AppKey("clock", object)
-DB = web.AppKey("db", object)
-AUTH = web.AppKey("auth", Authenticator)
-CONSULTATIONS = web.AppKey("consultations", Consultations)
-HUB = web.AppKey("hub", Hub)
-NOTIFIER = web.AppKey("notifier", object)
-STAFF = web.RequestKey("staff", object)
 
 
 def create_app(settings: Settings, clock: Clock = utcnow, notifier: Optional[Notifier] = None) -> web.Application:
@@ -78,8 +76,12 @@ async def _database(app: web.Application) -> Any:
     engine = make_engine(settings.db_url)
     await migrate(engine)
     app[DB] = sessionmaker(engine)
+    app[AUDIT] = AuditLog(app[DB], app[CLOCK])
+    app[STORE] = make_store(settings)
+    app[SIGNING_KEY] = load_signing_key(settings)
     app[HUB] = Hub(settings, app[CLOCK], app[DB])
     yield
+    await app[STORE].close()
     await app[NOTIFIER].close()
     await engine.dispose()
 
@@ -146,38 +148,6 @@ async def staff_session(request: web.Request, handler: Handler) -> web.StreamRes
             if not csrf_ok(staff, request.headers.get(CSRF_HEADER)):
                 raise ApiError(403, "csrf", f"The {CSRF_HEADER} header is missing or wrong.")
     return await handler(request)
-
-
-def current_staff(request: web.Request) -> Staff:
-    staff = request[STAFF]
-    if staff is None:
-        raise ApiError(401, "unauthenticated", "Log in first.")
-    return staff
-
-
-async def read_json(request: web.Request) -> Any:
-    try:
-        return json.loads(await request.text())
-    except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, "too_large", "The request body is too large.") from None
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "malformed_json", "The body is not valid JSON.") from None
-
-
-def same_origin(request: web.Request) -> bool:
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True  # not a browser (browsers always send Origin on WebSocket)
-    return origin.split("://", 1)[-1] == request.host
-
-
-def base_url(request: web.Request) -> str:
-    configured = request.app[SETTINGS].public_url
-    return configured or f"{request.scheme}://{request.host}"
-
-
-def secure_cookies(request: web.Request) -> bool:
-    return request.secure or request.app[SETTINGS].secure_cookies or base_url(request).startswith("https:")
 
 
 # -- staff -------------------------------------------------------------------

@@ -54,6 +54,16 @@ class Settings:
     #: Force ``Secure`` cookies even when the request did not arrive over HTTPS
     #: (behind a TLS-terminating proxy).
     secure_cookies: bool = False
+    #: PEM file of the service's Ed25519 signing key (manifests, audit checkpoints);
+    #: generated under ``DATA/keys/`` at first start when empty.
+    signing_key: str = ""
+    #: Record every consultation (one recording per participant).
+    recording: bool = True
+    #: Longest recording segment, seconds (each is fsynced and hashed as it closes).
+    recording_segment_seconds: float = 10.0
+    #: Media packets a recording may have waiting for the disk before it drops
+    #: (and records a gap): memory stays bounded when the disk stalls.
+    recording_queue_packets: int = 1500
 
     @property
     def db_url(self) -> str:

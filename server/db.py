@@ -134,6 +134,67 @@ class OutboxMessage(Base):
     error: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
 
 
+class AuditEntry(Base):
+    """One entry of the append-only audit log, hash-chained to the entry before."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    #: User name, ``victim`` or ``system``.
+    actor: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    #: What was done, e.g. ``recording.view``.
+    action: Mapped[str] = mapped_column(String(48), index=True)
+    #: What it was done to, e.g. ``recording:<id>``.
+    object: Mapped[str] = mapped_column(String(128), index=True)
+    consultation_id: Mapped[Optional[str]] = mapped_column(String(36), nullable=True, index=True)
+    #: The justification given (exports, disclosures, records access...).
+    reason: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    #: The client's network address.
+    client: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class Recording(Base):
+    """One participant's recording of one consultation (audio and video)."""
+
+    __tablename__ = "recordings"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    consultation_id: Mapped[str] = mapped_column(ForeignKey("consultations.id"), index=True)
+    #: ``victim`` or the staff member's role; ``participant_user`` names staff.
+    participant: Mapped[str] = mapped_column(String(16))
+    participant_user: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    user_agent: Mapped[Optional[str]] = mapped_column(String(512), nullable=True)
+    #: recording, complete (closed normally) or terminated (closed on recovery after a crash).
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
+    #: Seconds of media (gaps excluded).
+    duration_s: Mapped[float] = mapped_column(default=0.0)
+    segments: Mapped[int] = mapped_column(Integer, default=0)
+    #: Hash of the newest manifest entry (the head of the chain).
+    head_hash: Mapped[str] = mapped_column(String(64))
+    manifest_sha256: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    #: ``non_evidential`` (31-day class) until staff mark it ``evidential``.
+    classification: Mapped[str] = mapped_column(String(16), default="non_evidential")
+
+
+class RecordingEntry(Base):
+    """One manifest entry of a recording: a segment, a gap or the end, in order."""
+
+    __tablename__ = "recording_entries"
+
+    recording_id: Mapped[str] = mapped_column(ForeignKey("recordings.id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    #: The entry exactly as chained into the manifest (with ``prev`` and ``hash``).
+    entry: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     if url.startswith("sqlite"):
         engine = create_async_engine(url, **kwargs)

@@ -1,0 +1,69 @@
+"""What every HTTP view shares: the application's keys and request helpers.
+
+Feature modules (recordings, uploads, statements, retention...) register their own
+routes with a ``setup(app)`` function called from :func:`evr.app.create_app`, and
+import what they need from here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from .audit import Actor, AuditLog
+from .auth import Authenticator, Staff
+from .config import Settings
+from .consultations import Consultations
+from .errors import ApiError
+from .signalling import Hub
+
+SETTINGS = web.AppKey("settings", Settings)
+CLOCK = web.AppKey("clock", object)
+DB = web.AppKey("db", object)
+AUTH = web.AppKey("auth", Authenticator)
+CONSULTATIONS = web.AppKey("consultations", Consultations)
+HUB = web.AppKey("hub", Hub)
+NOTIFIER = web.AppKey("notifier", object)
+AUDIT = web.AppKey("audit", AuditLog)
+STORE = web.AppKey("store", object)
+SIGNING_KEY = web.AppKey("signing_key", object)
+STAFF = web.RequestKey("staff", object)
+
+
+def current_staff(request: web.Request) -> Staff:
+    staff = request[STAFF]
+    if staff is None:
+        raise ApiError(401, "unauthenticated", "Log in first.")
+    return staff
+
+
+async def read_json(request: web.Request) -> Any:
+    try:
+        return json.loads(await request.text())
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, "too_large", "The request body is too large.") from None
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "malformed_json", "The body is not valid JSON.") from None
+
+
+def same_origin(request: web.Request) -> bool:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True  # not a browser (browsers always send Origin on WebSocket)
+    return origin.split("://", 1)[-1] == request.host
+
+
+def base_url(request: web.Request) -> str:
+    configured = request.app[SETTINGS].public_url
+    return configured or f"{request.scheme}://{request.host}"
+
+
+def secure_cookies(request: web.Request) -> bool:
+    return request.secure or request.app[SETTINGS].secure_cookies or base_url(request).startswith("https:")
+
+
+def actor(request: web.Request, staff: Staff) -> Actor:
+    """The audit log's view of the member of staff behind a request."""
+    return Actor(staff.username, staff.role, request.remote)
