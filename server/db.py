@@ -14,6 +14,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     ForeignKey,
     Integer,
@@ -156,6 +157,23 @@ class AuditEntry(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class EvidenceItem(Base):
+    """One item of evidence (a recording, an upload, a statement): what retention,
+    review and disposal act on. Every store key of the item starts with ``prefix``."""
+
+    __tablename__ = "evidence_items"
+
+    #: The same id as the recording, upload or statement it stands for.
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), index=True)
+    consultation_id: Mapped[str] = mapped_column(ForeignKey("consultations.id"), index=True)
+    prefix: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    #: The item's defining hash (a recording's manifest, an upload's bytes, a statement's PDF).
+    sha256: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class Recording(Base):

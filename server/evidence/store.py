@@ -76,6 +76,10 @@ class EvidenceStore(ABC):
     async def exists(self, key: str) -> bool: ...
 
     @abstractmethod
+    async def keys(self, prefix: str) -> list[str]:
+        """Every key under ``prefix`` (an item's folder, e.g. ``recordings/<c>/<r>/``), sorted."""
+
+    @abstractmethod
     async def dispose(self, key: str) -> None:
         """Remove every copy of an item. For the retention tools only."""
 
@@ -146,6 +150,17 @@ class FileStore(EvidenceStore):
 
     async def exists(self, key: str) -> bool:
         return self.path(key).is_file()
+
+    async def keys(self, prefix: str) -> list[str]:
+        base = self.path(prefix.rstrip("/"))
+
+        def walk() -> list[str]:
+            if not base.is_dir():
+                return []
+            found = (p for p in base.rglob("*") if p.is_file() and not p.name.startswith(".tmp-"))
+            return sorted(str(p.relative_to(self.root)) for p in found)
+
+        return await asyncio.to_thread(walk)
 
     async def dispose(self, key: str) -> None:
         path = self.path(key)
