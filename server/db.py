@@ -245,7 +245,8 @@ async def migrate(engine: AsyncEngine) -> None:
     """Upgrade the database to the newest migration."""
 
     def upgrade(connection: Connection) -> None:
-        command.upgrade(alembic_config(connection), "head")
+        # "heads": features add their migrations on their own branches from 0003.
+        command.upgrade(alembic_config(connection), "heads")
 
     async with engine.begin() as conn:
         await conn.run_sync(upgrade)
