@@ -64,6 +64,30 @@ class Settings:
     #: Media packets a recording may have waiting for the disk before it drops
     #: (and records a gap): memory stays bounded when the disk stalls.
     recording_queue_packets: int = 1500
+    # -- evidence store and uploads --
+    #: Master key of encryption at rest (AES-256-GCM): base64 of 32 random bytes, or
+    #: the path of a file holding that; generated under ``DATA/keys/`` when empty.
+    master_key: str = ""
+    #: Evidence store back end: ``files`` (under ``DATA/evidence``) or ``s3``.
+    store: str = "files"
+    #: S3 (AWS S3 or MinIO; the bucket needs versioning and Object Lock): endpoint URL
+    #: (empty for AWS), bucket, region, keys (empty: boto3's usual credential chain).
+    s3_endpoint: str = ""
+    s3_bucket: str = ""
+    s3_region: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    #: Object Lock mode of retention dates: COMPLIANCE (no one can shorten it) or GOVERNANCE.
+    s3_lock_mode: str = "COMPLIANCE"
+    #: Multipart upload part size, MiB (at least 5).
+    s3_part_mb: float = 16.0
+    #: Largest upload accepted (bytes); refused with 413 before any byte is sent.
+    upload_max_bytes: int = 20 * 1024**3
+    #: An unfinished upload with no bytes for this many days is purged (and logged).
+    upload_partial_days: float = 7.0
+    #: Content types accepted as evidence, comma separated (``image/*`` allowed);
+    #: empty for the built-in list. Anything else is kept in quarantine.
+    upload_allowed_types: str = ""
 
     @property
     def db_url(self) -> str:
