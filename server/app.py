@@ -17,9 +17,11 @@ from .notify import Notifier, make_notifier
 from .audit import AuditLog
 from .evidence import make_store
 from .keys import load_signing_key
+from .recording import api as recording_api
+from .recording.service import Recordings
 from .signalling import Hub
 from .http import (
-    AUDIT, AUTH, CLOCK, CONSULTATIONS, DB, HUB, NOTIFIER, SETTINGS, SIGNING_KEY, STAFF, STORE,
+    AUDIT, AUTH, CLOCK, CONSULTATIONS, DB, HUB, NOTIFIER, RECORDINGS, SETTINGS, SIGNING_KEY, STAFF, STORE,
     base_url, current_staff, read_json, same_origin, secure_cookies,
 )
 from .timeutil import Clock, rfc3339, utcnow
@@ -46,6 +48,7 @@ def create_app(settings: Settings, clock: Clock = utcnow, notifier: Optional[Not
     app[NOTIFIER] = notifier or make_notifier(settings)
     app[CONSULTATIONS] = Consultations(settings, clock, app[NOTIFIER])
     app.cleanup_ctx.append(_database)
+    recording_api.setup(app)
     app.on_shutdown.append(_shutdown)
     app.add_routes(
         [
@@ -79,7 +82,12 @@ async def _database(app: web.Application) -> Any:
     app[AUDIT] = AuditLog(app[DB], app[CLOCK])
     app[STORE] = make_store(settings)
     app[SIGNING_KEY] = load_signing_key(settings)
-    app[HUB] = Hub(settings, app[CLOCK], app[DB])
+    recordings = Recordings(settings, app[CLOCK], app[DB], app[STORE], app[SIGNING_KEY], app[AUDIT])
+    closed = await recordings.recover()
+    if closed:
+        log.warning("closed %d recording(s) left open by an unclean stop", closed)
+    app[RECORDINGS] = recordings
+    app[HUB] = Hub(settings, app[CLOCK], app[DB], recordings if settings.recording else None)
     yield
     await app[STORE].close()
     await app[NOTIFIER].close()
@@ -89,6 +97,8 @@ async def _database(app: web.Application) -> Any:
 async def _shutdown(app: web.Application) -> None:
     if HUB in app:
         await app[HUB].shutdown()
+    if RECORDINGS in app:
+        await app[RECORDINGS].shutdown()
 
 
 # -- middlewares -------------------------------------------------------------

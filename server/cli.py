@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("name")
     add.add_argument("--role", required=True, choices=("officer", "sergeant", "records", "admin"))
     add.set_defaults(func=cmd_user_add)
+
+    from .recording.cli import register as recording_commands
+
+    recording_commands(commands, _common)
     return parser
 
 

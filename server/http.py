@@ -29,6 +29,7 @@ NOTIFIER = web.AppKey("notifier", object)
 AUDIT = web.AppKey("audit", AuditLog)
 STORE = web.AppKey("store", object)
 SIGNING_KEY = web.AppKey("signing_key", object)
+RECORDINGS = web.AppKey("recordings", object)
 STAFF = web.RequestKey("staff", object)
 
 

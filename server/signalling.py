@@ -72,10 +72,12 @@ class Client:
 class Hub:
     """Live rooms, their sockets, and the consultation status they drive."""
 
-    def __init__(self, settings: Settings, clock: Clock, db_factory: Any) -> None:
+    def __init__(self, settings: Settings, clock: Clock, db_factory: Any, recordings: Any = None) -> None:
         self.settings = settings
         self.clock = clock
         self.db_factory = db_factory
+        #: The recordings service (None when recording is switched off).
+        self.recordings = recordings
         self.rooms: dict[str, Room] = {}
         self.clients: dict[str, set[Client]] = {}
         self.ice_servers = _ice_servers(settings)
@@ -83,7 +85,7 @@ class Hub:
     def room(self, consultation: Consultation) -> Room:
         room = self.rooms.get(consultation.id)
         if room is None:
-            room = self.rooms[consultation.id] = Room(consultation.id, self.ice_servers, self._changed)
+            room = self.rooms[consultation.id] = Room(consultation.id, self.ice_servers, self._changed, self.recordings)
             room.status = consultation.status
             room.paused = consultation.status == "paused"
             self.clients[consultation.id] = set()
@@ -123,8 +125,7 @@ class Hub:
             "type": "state",
             "status": room.status if room else "waiting",
             "participants": participants,
-            # No recording runs yet: the recording issue turns this on when it does.
-            "recording": False,
+            "recording": room.recording if room else False,
         }
 
     async def broadcast(self, consultation_id: str, message: dict[str, Any]) -> None:
@@ -148,7 +149,7 @@ class Hub:
             room = self.rooms.pop(consultation_id)
             clients = self.clients.pop(consultation_id, set())
             await asyncio.gather(*(c.ws.close(code=WSCloseCode.GOING_AWAY) for c in clients), return_exceptions=True)
-            await room.close()
+            await room.close("server_shutdown")
 
     async def serve(self, request: web.Request, consultation: Consultation,
                     participant: Participant) -> web.WebSocketResponse:
@@ -156,6 +157,7 @@ class Hub:
         ws = SignallingSocket(max_msg_size=HARD_FRAME_LIMIT, heartbeat=25.0)
         await ws.prepare(request)
         room = self.room(consultation)
+        participant.user_agent = request.headers.get("User-Agent", "")[:512] or None
         client = Client(ws, participant)
         for other in [c for c in self.clients[consultation.id] if c.participant is participant]:
             # One socket per participant: a new one replaces the old (rejoin).

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
 
 from aiortc import (
     RTCConfiguration,
@@ -24,6 +24,10 @@ from aiortc import (
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from .passthrough import EncodedFrame, RelayTrack, attach_sink, on_keyframe_request, send_pli
+
+if TYPE_CHECKING:
+    from evr.recording.recorder import Recorder
+    from evr.recording.service import Recordings
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +106,9 @@ class Participant:
     #: Outgoing tracks (of other participants' legs) fed from this participant.
     watchers: dict[str, set[RelayTrack]] = field(default_factory=lambda: {k: set() for k in KINDS})
     last_pli: float = 0.0
+    user_agent: Optional[str] = None
+    #: This participant's recording (from its first frame until the room closes).
+    recorder: Optional["Recorder"] = None
 
     @property
     def is_staff(self) -> bool:
@@ -126,8 +133,10 @@ StateListener = Callable[["Room"], Awaitable[None]]
 class Room:
     """The live side of one consultation."""
 
-    def __init__(self, consultation_id: str, ice_servers: list[RTCIceServer], on_change: StateListener) -> None:
+    def __init__(self, consultation_id: str, ice_servers: list[RTCIceServer], on_change: StateListener,
+                 recordings: Optional["Recordings"] = None) -> None:
         self.id = consultation_id
+        self.recordings = recordings
         self.ice_servers = ice_servers
         self.participants: dict[str, Participant] = {}
         #: waiting, live or paused (the hub works it out and stores it).
@@ -179,8 +188,15 @@ class Room:
             leg.counters.audio_in_packets += 1
         else:
             leg.counters.video_in_frames += 1
-        if self.paused or source.leg is not leg:
+        if self.paused or source.leg is not leg or self.closed:
             return
+        if self.recordings is not None:
+            if source.recorder is None:
+                source.recorder = self.recordings.start(
+                    self.id, source.role, source.user_id, source.user_agent, source.request_keyframe
+                )
+                asyncio.ensure_future(self._on_change(self))  # tell everyone: recording
+            source.recorder.push(kind, frame, leg)
         for track in source.watchers[kind]:
             track.push(frame, leg)
 
@@ -228,6 +244,7 @@ class Room:
         pc.on("connectionstatechange", lambda: self._leg_state_changed(p, leg))
         if old is not None:
             old.stop_tracks()
+            self._note(p, "rejoin")
         self._reroute()
         if old is not None:
             await old.close()
@@ -261,6 +278,7 @@ class Room:
         if leg is None:
             return
         leg.stop_tracks()
+        self._note(p, "disconnected")
         self._reroute()
         await leg.close()
         if not self.closed:
@@ -299,13 +317,16 @@ class Room:
         if self.paused == paused:
             return
         self.paused = paused
+        if paused:
+            for p in self.participants.values():
+                self._note(p, "pause")
         if not paused:  # everyone needs a fresh picture after a break
             for p in self.participants.values():
                 for track in (p.leg.tracks.values() if p.leg else ()):
                     track.restart()
 
-    async def close(self) -> None:
-        """Tear down every peer connection of this room."""
+    async def close(self, reason: str = "closed") -> None:
+        """Tear down every peer connection of this room and end its recordings."""
         self.closed = True
         legs = [p.leg for p in self.participants.values() if p.leg is not None]
         for p in self.participants.values():
@@ -313,6 +334,20 @@ class Room:
             for kind in KINDS:
                 p.watchers[kind].clear()
         await asyncio.gather(*(leg.close() for leg in legs))
+        recorders = [p.recorder for p in self.participants.values() if p.recorder is not None]
+        await asyncio.gather(*(r.finish(reason) for r in recorders))
+
+    @property
+    def recording(self) -> bool:
+        """Whether media is being recorded now (the ``recording`` flag of ``state``)."""
+        return not self.paused and not self.closed and any(
+            p.recorder is not None and not p.recorder.finished for p in self.participants.values()
+        )
+
+    @staticmethod
+    def _note(p: Participant, reason: str) -> None:
+        if p.recorder is not None:
+            p.recorder.note(reason)
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [

@@ -1,0 +1,217 @@
+"""Recordings over HTTP: list, play back, export (with a reason), classify.
+
+Every view, download and export is audit-logged with who, when and (where given) why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any, Optional
+
+from aiohttp import web
+from sqlalchemy import select
+
+from evr.auth import CALL_ROLES, Staff
+from evr.db import Consultation, Recording
+from evr.errors import ApiError, not_found
+from evr.http import AUDIT, CONSULTATIONS, DB, RECORDINGS, SIGNING_KEY, STORE, actor, current_staff, read_json
+from evr.keys import fingerprint, public_pem
+from evr.timeutil import rfc3339
+
+from . import manifest as mf
+from .playback import remux
+from .service import prefix
+from .verify import HOW_TO_VERIFY
+
+log = logging.getLogger(__name__)
+
+CLASSIFICATIONS = ("non_evidential", "evidential")
+MAX_REASON = 1000
+
+
+def setup(app: web.Application) -> None:
+    base = "/api/consultations/{id}/recordings"
+    app.add_routes([
+        web.get(base, list_recordings),
+        web.get(base + "/{rid}", get_recording),
+        web.get(base + "/{rid}/playback", playback),
+        web.get(base + "/{rid}/export", export),
+        web.post(base + "/{rid}/classification", classify),
+    ])
+
+
+def recording_json(r: Recording) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "participant": r.participant,
+        "participant_user": r.participant_user,
+        "started_at": rfc3339(r.started_at),
+        "ended_at": rfc3339(r.ended_at),
+        "duration_s": round(r.duration_s, 3),
+        "segments": r.segments,
+        "manifest_sha256": r.manifest_sha256,
+        "status": r.status,
+        "classification": r.classification,
+    }
+
+
+async def _consultation(request: web.Request, staff: Staff) -> Consultation:
+    """The consultation, if this member of staff may see it. Records staff see every
+    consultation's recordings (they manage retention), but open content only with a reason."""
+    cid = request.match_info["id"]
+    async with request.app[DB]() as db:
+        if staff.role == "records":
+            try:
+                uuid.UUID(cid)
+            except ValueError:
+                raise not_found("No such consultation.") from None
+            found = await db.get(Consultation, cid)
+            if found is None:
+                raise not_found("No such consultation.")
+            return found
+        return await request.app[CONSULTATIONS].get(db, staff, cid)
+
+
+async def _recording(request: web.Request, staff: Staff) -> tuple[Consultation, Recording]:
+    consultation = await _consultation(request, staff)
+    async with request.app[DB]() as db:
+        recording = await db.scalar(select(Recording).where(
+            Recording.id == request.match_info["rid"], Recording.consultation_id == consultation.id))
+    if recording is None:
+        raise not_found("No such recording.")
+    return consultation, recording
+
+
+def _reason(request: web.Request, required: bool) -> Optional[str]:
+    reason = (request.query.get("reason") or "").strip()
+    if len(reason) > MAX_REASON:
+        raise ApiError(422, "invalid", f"The reason is limited to {MAX_REASON} characters.")
+    if required and not reason:
+        raise ApiError(422, "reason_required", "Say why (the reason is kept in the audit log).")
+    return reason or None
+
+
+async def list_recordings(request: web.Request) -> web.Response:
+    staff = current_staff(request)
+    consultation = await _consultation(request, staff)
+    async with request.app[DB]() as db:
+        rows = await db.scalars(select(Recording).where(Recording.consultation_id == consultation.id)
+                                .order_by(Recording.started_at, Recording.id))
+        recordings = [recording_json(r) for r in rows]
+    return web.json_response({"recordings": recordings})
+
+
+async def get_recording(request: web.Request) -> web.Response:
+    staff = current_staff(request)
+    _, recording = await _recording(request, staff)
+    async with request.app[DB]() as db:
+        from evr.db import RecordingEntry
+
+        entries = list(await db.scalars(select(RecordingEntry.entry).where(
+            RecordingEntry.recording_id == recording.id).order_by(RecordingEntry.seq)))
+    return web.json_response({**recording_json(recording), "entries": entries})
+
+
+async def playback(request: web.Request) -> web.StreamResponse:
+    """One WebM file of the recording's segments joined by remux (a derived copy,
+    cached outside the evidence store; the originals are never touched)."""
+    staff = current_staff(request)
+    reason = _reason(request, required=staff.role == "records")
+    consultation, recording = await _recording(request, staff)
+    if recording.segments == 0:
+        raise ApiError(409, "no_media", "This recording holds no media yet.")
+    settings_dir = request.app[RECORDINGS].settings.data_dir
+    cache = settings_dir / "derived" / "recordings" / recording.id
+    path = cache / f"playback-{recording.head_hash[:16]}.webm"
+    if not path.exists():
+        store = request.app[STORE]
+        keys = [k for k in await store.keys(prefix(consultation.id, recording.id)) if k.rsplit("/", 1)[-1].startswith("seg-")]
+        with tempfile.TemporaryDirectory(dir=settings_dir) as tmp:
+            sources = []
+            for key in keys:
+                source = Path(tmp) / key.rsplit("/", 1)[-1]
+                source.write_bytes(await store.read_bytes(key))
+                sources.append(source)
+            cache.mkdir(parents=True, exist_ok=True)
+            partial = cache / f".{uuid.uuid4().hex}.webm"
+            await asyncio.to_thread(remux, sources, partial)
+            os.replace(partial, path)
+    if request.http_range.start in (None, 0):  # one entry per viewing, not per seek
+        await request.app[AUDIT].record(actor(request, staff), "recording.view", f"recording:{recording.id}",
+                                        consultation_id=consultation.id, reason=reason)
+    return web.FileResponse(path, headers={
+        "Content-Type": "video/webm",
+        "Content-Disposition": f'inline; filename="recording-{recording.id}.webm"',
+    })
+
+
+async def export(request: web.Request) -> web.StreamResponse:
+    """A zip of the original segments, the signed manifest, the public key and a note
+    on how to verify. Only for a finished recording; a reason is required."""
+    staff = current_staff(request)
+    reason = _reason(request, required=True)
+    assert reason is not None
+    consultation, recording = await _recording(request, staff)
+    if recording.manifest_sha256 is None:
+        raise ApiError(409, "recording_in_progress", "The recording is still running; export it after the call.")
+    store = request.app[STORE]
+    key = request.app[SIGNING_KEY]
+    base = prefix(consultation.id, recording.id)
+    keys = await store.keys(base)
+    entry = await request.app[AUDIT].record(actor(request, staff), "recording.export", f"recording:{recording.id}",
+                                            consultation_id=consultation.id, reason=reason,
+                                            details={"manifest_sha256": recording.manifest_sha256})
+    note = HOW_TO_VERIFY.format(
+        id=recording.id, consultation=consultation.id, cad_ref=consultation.cad_ref,
+        exported_at=rfc3339(entry.at), by=f"{staff.username} ({staff.role})", reason=reason,
+        fingerprint=fingerprint(key.public_key()),
+    )
+    with tempfile.TemporaryFile() as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+            for k in keys:
+                archive.writestr(k[len(base):], await store.read_bytes(k))
+            archive.writestr(mf.PUBLIC_KEY, public_pem(key.public_key()))
+            archive.writestr(mf.README, note)
+        size = tmp.tell()
+        tmp.seek(0)
+        response = web.StreamResponse(headers={
+            "Content-Type": "application/zip",
+            "Content-Disposition": f'attachment; filename="recording-{recording.id}.zip"',
+            "Content-Length": str(size),
+        })
+        await response.prepare(request)
+        while chunk := await asyncio.to_thread(tmp.read, 1 << 20):
+            await response.write(chunk)
+        await response.write_eof()
+    return response
+
+
+async def classify(request: web.Request) -> web.Response:
+    """Mark a recording evidential (or back): officers and sergeants, with a reason."""
+    staff = current_staff(request)
+    staff.require(*CALL_ROLES)
+    body = await read_json(request)
+    if not isinstance(body, dict) or body.get("classification") not in CLASSIFICATIONS:
+        raise ApiError(422, "invalid", f"classification must be one of {', '.join(CLASSIFICATIONS)}.",
+                       fields=["classification"])
+    reason = body.get("reason")
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:
+        raise ApiError(422, "reason_required", "Say why (up to 1000 characters).", fields=["reason"])
+    consultation, recording = await _recording(request, staff)
+    old = recording.classification
+    async with request.app[DB]() as db:
+        row = await db.get(Recording, recording.id)
+        assert row is not None
+        row.classification = body["classification"]
+        await db.commit()
+        recording = row
+    await request.app[AUDIT].record(actor(request, staff), "recording.classify", f"recording:{recording.id}",
+                                    consultation_id=consultation.id, reason=reason.strip(),
+                                    details={"from": old, "to": recording.classification})
+    return web.json_response(recording_json(recording))

@@ -1,0 +1,171 @@
+"""Verify a recording: an export archive, a folder, or a recording in the evidence store.
+
+Checks, in order, stopping at the first failure: the manifest's Ed25519 signature
+(against the key shipped with an export, a key given by the caller, or the service's
+own key for a stored recording), the hash chain of its entries, then every segment's
+presence, size and SHA-256, and that nothing else is in the package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from evr.evidence import EvidenceStore, ItemMissing
+from evr.keys import fingerprint, load_public_pem
+
+from . import manifest as mf
+from .manifest import Problem
+
+#: Files an export holds beside the segments.
+PACKAGE_FILES = {mf.MANIFEST, mf.SIGNATURE, mf.PUBLIC_KEY, mf.README}
+
+
+class Package(ABC):
+    """Named files of one recording."""
+
+    @abstractmethod
+    async def names(self) -> set[str]: ...
+
+    @abstractmethod
+    async def read(self, name: str) -> Optional[bytes]:
+        """The file's bytes, or None when it is missing."""
+
+
+class ZipPackage(Package):
+    def __init__(self, path: Path) -> None:
+        try:
+            self.zip = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise Problem(f"{path.name}: not a readable export archive ({exc})") from None
+
+    async def names(self) -> set[str]:
+        return {n for n in self.zip.namelist() if not n.endswith("/")}
+
+    async def read(self, name: str) -> Optional[bytes]:
+        try:
+            return self.zip.read(name)
+        except KeyError:
+            return None
+
+
+class DirPackage(Package):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    async def names(self) -> set[str]:
+        return {p.name for p in self.path.iterdir() if p.is_file() and not p.name.startswith(".")}
+
+    async def read(self, name: str) -> Optional[bytes]:
+        path = self.path / name
+        return path.read_bytes() if path.is_file() else None
+
+
+class StoredPackage(Package):
+    """A recording as kept in the evidence store (read through the store)."""
+
+    def __init__(self, store: EvidenceStore, prefix: str) -> None:
+        self.store = store
+        self.prefix = prefix
+
+    async def names(self) -> set[str]:
+        return {k[len(self.prefix):] for k in await self.store.keys(self.prefix)}
+
+    async def read(self, name: str) -> Optional[bytes]:
+        try:
+            return await self.store.read_bytes(self.prefix + name)
+        except ItemMissing:
+            return None
+
+
+@dataclass
+class Report:
+    recording_id: str
+    segments: int
+    gaps: int
+    end_reason: str
+    key_sha256: str
+    manifest: dict[str, Any]
+
+
+async def verify(package: Package, trusted_key: Optional[Ed25519PublicKey] = None) -> Report:
+    """Check a recording; raises :class:`Problem` naming the first failure."""
+    body = await package.read(mf.MANIFEST)
+    if body is None:
+        raise Problem(f"{mf.MANIFEST} is missing")
+    signature = await package.read(mf.SIGNATURE)
+    if signature is None:
+        raise Problem(f"{mf.SIGNATURE} is missing")
+    shipped = await package.read(mf.PUBLIC_KEY)
+    key = trusted_key
+    if shipped is not None:
+        try:
+            shipped_key = load_public_pem(shipped)
+        except ValueError:
+            raise Problem(f"{mf.PUBLIC_KEY} is not an Ed25519 public key") from None
+        if trusted_key is not None and fingerprint(shipped_key) != fingerprint(trusted_key):
+            raise Problem(f"{mf.PUBLIC_KEY} is not the key you trust")
+        key = key or shipped_key
+    if key is None:
+        raise Problem("no public key to check the signature with (give --key)")
+    mf.check_signature(key, body, signature)
+    parsed = mf.parse(body)
+    entries = parsed["entries"]
+    mf.check_chain(entries, parsed.get("head"))
+    segments = mf.segments(entries)
+    expected = [mf.segment_name(i + 1) for i in range(len(segments))]
+    names = await package.names()
+    for want, entry in zip(expected, segments):
+        if entry.get("file") != want:
+            raise Problem(f"{mf.MANIFEST}: segment entry {entry.get('index')} names {entry.get('file')!r}, expected {want}")
+        data = await package.read(want)
+        if data is None:
+            raise Problem(f"segment {want} is missing")
+        if len(data) != entry.get("size") or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+            raise Problem(f"segment {want} does not match its SHA-256 in the manifest (changed or swapped)")
+    extra = sorted(names - set(expected) - PACKAGE_FILES)
+    if extra:
+        raise Problem(f"{extra[0]} is not part of the signed recording")
+    return Report(
+        recording_id=str(parsed.get("recording", {}).get("id")),
+        segments=len(segments),
+        gaps=sum(1 for e in entries if e.get("type") == "gap"),
+        end_reason=str(entries[-1].get("reason")),
+        key_sha256=fingerprint(key),
+        manifest=parsed,
+    )
+
+
+HOW_TO_VERIFY = """\
+EVR recording export
+====================
+
+Recording {id}, consultation {consultation} (CAD {cad_ref}).
+Exported {exported_at} by {by} for: {reason}
+
+What is here
+- seg-NNNNNN.webm: the original recording segments, exactly as captured (WebM,
+  VP8 video and Opus audio). Play them in order, or together with any player
+  that reads WebM (VLC, Firefox, Chrome).
+- manifest.json: every segment's SHA-256, size and wall-clock start and end,
+  every gap (pause, rejoin, network loss, server restart) with its reason, and
+  the end of the recording; each entry carries the hash of the one before.
+- manifest.sig: the Ed25519 signature of manifest.json's exact bytes.
+- public_key.pem: the public key of the service that signed it. Its SHA-256
+  fingerprint is {fingerprint}; compare it with the fingerprint your police
+  force publishes before trusting it.
+
+How to verify
+1. With EVR installed:  evr recording verify THIS-ARCHIVE.zip
+   (exit status 0 = intact; otherwise the first failure is named).
+2. By hand: check the signature of manifest.json against public_key.pem
+   (e.g. openssl pkeyutl -verify -pubin -inkey public_key.pem -rawin
+   -in manifest.json -sigfile manifest.sig), then compute the SHA-256 of each
+   seg-NNNNNN.webm (sha256sum) and compare it with its entry in manifest.json.
+"""
