@@ -266,6 +266,9 @@ class Recorder:
             self._gap(self.pending_reason or "network_loss", self.last_arrival, now)
         self.last_arrival = now
         self.pending_reason = None
+        if self.dropped_since is not None and not self._stall_over(now):
+            self._dropped(now)
+            return
         if kind == "video" and self.await_keyframe:
             if not frame.is_keyframe:
                 self.request_keyframe()
@@ -285,8 +288,6 @@ class Recorder:
         size = vp8_size(frame.data) if kind == "video" and frame.is_keyframe else None
         if not self._put(Packet(kind, frame.data, pts_ms, frame.is_keyframe, size)):
             self._dropped(now)
-        elif self.dropped_since is not None:
-            self._stall_over(now)
 
     def _pts_ms(self, kind: str, frame: EncodedFrame, connection: object, now: float) -> int:
         assert self.t0 is not None
@@ -318,15 +319,19 @@ class Recorder:
             self.segment_started = now
             self.keyframe_asked = False
 
-    def _gap(self, reason: str, start: float, end: float, dropped: int = 0) -> None:
+    def _gap(self, reason: str, start: float, end: float) -> None:
         assert self.t0 is not None
-        if self._put(Gap(reason, start - self.t0, end - self.t0, dropped)):
-            self.segment_started = None
-            self.keyframe_asked = False
-            self.await_keyframe = True
-            self.anchors.clear()
-            return
-        self._dropped(start)
+        if self._put(Gap(reason, start - self.t0, end - self.t0)):
+            self._after_gap()
+        else:
+            self._dropped(start)
+
+    def _after_gap(self) -> None:
+        """The next segment starts afresh: at a video keyframe, with new anchors."""
+        self.segment_started = None
+        self.keyframe_asked = False
+        self.await_keyframe = True
+        self.anchors.clear()
 
     def _dropped(self, now: float) -> None:
         self.dropped += 1
@@ -334,13 +339,15 @@ class Recorder:
             self.dropped_since = now
             log.warning("recording %s: the disk is not keeping up; dropping media", self.recording_id)
 
-    def _stall_over(self, now: float) -> None:
-        since, self.dropped_since = self.dropped_since, None
-        dropped, self.dropped = self.dropped, 0
-        assert since is not None
-        self._gap("writer_stall", since, now, dropped)
-        if self.dropped_since is None:
-            log.warning("recording %s: the disk caught up; %d packets were dropped", self.recording_id, dropped)
+    def _stall_over(self, now: float) -> bool:
+        """After drops: record the stall as a gap once the queue has room again."""
+        assert self.t0 is not None and self.dropped_since is not None
+        if not self._put(Gap("writer_stall", self.dropped_since - self.t0, now - self.t0, self.dropped)):
+            return False
+        log.warning("recording %s: the disk caught up; %d packets were dropped", self.recording_id, self.dropped)
+        self.dropped_since, self.dropped = None, 0
+        self._after_gap()
+        return True
 
     async def finish(self, reason: str) -> None:
         """End the recording: flush, close the last segment, wait for every event."""
