@@ -4,6 +4,7 @@
     python bench/calls.py                      # 10 calls, 15 s window, then 1 transcoded call
     python bench/calls.py --calls 2 --seconds 5
     python bench/calls.py --skip-transcoding
+    python bench/calls.py --skip-recording-comparison
 
 What it does:
 
@@ -18,13 +19,17 @@ What it does:
    source sent in the window and checks, frame by frame, that the far client got it
    (within a drain period after the window, during which the senders keep sending:
    aiortc's jitter buffer only releases a frame when the next one starts).
-4. Does the same against the stock aiortc approach (decode every incoming frame and
+4. Runs the same calls again through a second ``evr serve`` with recording switched
+   off (``EVR_RECORDING=false``), and prints what recording costs per recorded
+   participant (every participant of every call is recorded).
+5. Does the same against the stock aiortc approach (decode every incoming frame and
    re-encode it for the other side), run by this file as a second server
    (``--transcoding-server PORT``) that never imports ``evr``, with fewer calls
    (it saturates a 2-core machine quickly), and prints how much cheaper EVR is.
 
 Targets (from the issue): server CPU per 1:1 call <= 6 % of one core; >= 8x cheaper
-than the transcoding relay in the same run; no frame lost on loopback with 10 calls.
+than the transcoding relay in the same run; no frame lost on loopback with 10 calls;
+recording adds <= 1 % of one core per recorded participant.
 The script exits 0 whether or not the targets are met; the PASS/FAIL lines say.
 
 The VP8 clip is encoded once by this script before anything else runs and handed to
@@ -71,6 +76,7 @@ MOD32 = 1 << 32
 TARGET_PER_CALL = 6.0  # % of one core
 TARGET_RATIO = 8.0
 TARGET_LOSS_CALLS = 10
+TARGET_RECORDING = 1.0  # % of one core per recorded participant
 
 
 # ---------------------------------------------------------------------------
@@ -581,19 +587,15 @@ def choose_clip(target: int) -> Any:
     return vp8_clip(*VIDEO_SIZE, bitrate=target)
 
 
-async def bench(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen]) -> None:
+async def evr_phase(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen], clip: Any,
+                    recording: bool) -> tuple[dict[str, Any], list[str]]:
+    """Run the calls through a fresh ``evr serve`` (recording on or off); its figures and log problems."""
     import aiohttp
 
-    from evr.media.sources import opus_clip
-
-    clip = choose_clip(args.vp8_target)
-    audio = opus_clip()
-    print(f"clip: {VIDEO_SIZE[0]}x{VIDEO_SIZE[1]} VP8 {clip.bitrate / 1e6:.2f} Mbit/s "
-          f"(libvpx target {args.vp8_target / 1e3:.0f} kbit/s), Opus {audio.bitrate / 1e3:.0f} kbit/s", flush=True)
-
-    data = tmp / "data"
-    evr_log = tmp / "evr.log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    name = "recording" if recording else "no-recording"
+    data = tmp / f"data-{name}"
+    evr_log = tmp / f"evr-{name}.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", EVR_RECORDING="true" if recording else "false")
     added = subprocess.run([sys.executable, "-m", "evr", "user", "add", USERNAME, "--role", "officer",
                             "--data", str(data)], input=PASSWORD + "\n", text=True, capture_output=True, env=env)
     if added.returncode != 0:
@@ -606,7 +608,6 @@ async def bench(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Pope
                                   stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     procs.append(server)
 
-    results: dict[str, Any] = {}
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
         await wait_healthy(http, base, server, evr_log)
         async with http.post(base + "/api/login", json={"username": USERNAME, "password": PASSWORD}) as r:
@@ -631,10 +632,33 @@ async def bench(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Pope
                     totals.update(p["media"])
             return dict(totals)
 
-        results["evr"] = await run_phase("passthrough", server.pid, "evr", base, calls, args, args.seconds, clip,
-                                         before_mark=api_counters, after_end=api_counters)
+        result = await run_phase(f"passthrough, {name}", server.pid, "evr", base, calls, args, args.seconds, clip,
+                                 before_mark=api_counters, after_end=api_counters)
+        if recording:
+            segments = 0
+            for call in calls:
+                async with http.get(f"{base}/api/consultations/{call['id']}/recordings") as r:
+                    segments += sum(x["segments"] for x in (await r.json())["recordings"])
+            result["recorded_segments"] = segments
     stop_process(server)
-    results["evr_log_problems"] = log_problems(evr_log)
+    return result, log_problems(evr_log)
+
+
+async def bench(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen]) -> None:
+    import aiohttp
+
+    from evr.media.sources import opus_clip
+
+    clip = choose_clip(args.vp8_target)
+    audio = opus_clip()
+    print(f"clip: {VIDEO_SIZE[0]}x{VIDEO_SIZE[1]} VP8 {clip.bitrate / 1e6:.2f} Mbit/s "
+          f"(libvpx target {args.vp8_target / 1e3:.0f} kbit/s), Opus {audio.bitrate / 1e3:.0f} kbit/s", flush=True)
+
+    results: dict[str, Any] = {}
+    results["evr"], results["evr_log_problems"] = await evr_phase(args, tmp, procs, clip, recording=True)
+    if not args.skip_recording_comparison:
+        results["evr_off"], _ = await evr_phase(args, tmp, procs, clip, recording=False)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
 
     if not args.skip_transcoding:
         tport = free_port()
@@ -719,6 +743,14 @@ def summarize(args: argparse.Namespace, video_bitrate: float, results: dict[str,
         parts.append(f">= {TARGET_RATIO:g}x cheaper: {verdict(ratio >= TARGET_RATIO)}")
     else:
         parts.append(f">= {TARGET_RATIO:g}x cheaper: not measured (--skip-transcoding)")
+    if "evr_off" in results:
+        off = results["evr_off"]
+        recorded = 2 * n
+        cost = (evr["cpu"] - off["cpu"]) / recorded
+        print(f"recording: server CPU {evr['cpu']:.1f} % with recording vs {off['cpu']:.1f} % without "
+              f"({off['cpu'] / off['calls']:.2f} % per call) -> {cost:.2f} % of one core per recorded participant "
+              f"({recorded} recorded, {evr.get('recorded_segments', 0)} segments stored)")
+        parts.append(f"recording <= {TARGET_RECORDING:g} % per participant: {verdict(cost <= TARGET_RECORDING)}")
     loss = f"no frame lost: {verdict(lost == 0)}"
     if n != TARGET_LOSS_CALLS:
         loss += f" (with {n} calls; the target is for {TARGET_LOSS_CALLS})"
@@ -735,6 +767,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="calls through the transcoding relay (default 1: it saturates 2 cores fast)")
     parser.add_argument("--transcode-seconds", type=float, default=None, help="its window (default --seconds)")
     parser.add_argument("--skip-transcoding", action="store_true", help="measure EVR only")
+    parser.add_argument("--skip-recording-comparison", action="store_true",
+                        help="do not run the calls a second time with recording off")
     parser.add_argument("--workers", type=int, default=2, help="client worker processes (default 2)")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds after all joined (default 3)")
     parser.add_argument("--drain", type=float, default=1.5,
