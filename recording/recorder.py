@@ -42,6 +42,8 @@ KEYFRAME_LEAD = 1.0
 #: of the segment being written.
 CLUSTER_MS = 1000
 MS = Fraction(1, 1000)
+#: How often an idle writer thread looks for packets.
+POLL_SECONDS = 0.1
 DEFAULT_SIZE = (640, 480)
 
 
@@ -126,7 +128,13 @@ class SegmentWriter:
 
     def run(self, items: "queue.Queue[Any]") -> None:
         while True:
-            item = items.get()
+            try:
+                item = items.get_nowait()
+            except queue.Empty:
+                # Poll rather than block: a blocked reader is woken by every packet
+                # put, and those wake-ups cost more than the muxing itself.
+                time.sleep(POLL_SECONDS)
+                continue
             try:
                 if isinstance(item, Packet):
                     self.write(item)

@@ -38,8 +38,9 @@ async def test_media_flows_both_ways_and_is_counted(call):
     # What the server sent the victim is what the victim received (give or take in-flight).
     assert participant(detail, "victim")["media"]["video_out_frames"] >= c.victim.video_frames - 5
     state = await c.victim.wait_for(lambda m: m["type"] == "state" and m["status"] == "live")
-    assert state["recording"] is False
     assert {p["role"] for p in state["participants"]} == {"victim", "officer"}
+    # Both are told the call is recorded once media flows.
+    await c.victim.wait_for(lambda m: m["type"] == "state" and m["recording"] is True)
 
 
 async def test_relayed_video_decodes_at_the_far_end(call):
