@@ -26,7 +26,7 @@ from evr.timeutil import rfc3339
 
 from . import manifest as mf
 from .playback import remux
-from .service import prefix
+from .service import entries_of, prefix
 from .verify import HOW_TO_VERIFY
 
 log = logging.getLogger(__name__)
@@ -111,10 +111,7 @@ async def get_recording(request: web.Request) -> web.Response:
     staff = current_staff(request)
     _, recording = await _recording(request, staff)
     async with request.app[DB]() as db:
-        from evr.db import RecordingEntry
-
-        entries = list(await db.scalars(select(RecordingEntry.entry).where(
-            RecordingEntry.recording_id == recording.id).order_by(RecordingEntry.seq)))
+        entries = await entries_of(db, recording.id)
     return web.json_response({**recording_json(recording), "entries": entries})
 
 
@@ -131,7 +128,8 @@ async def playback(request: web.Request) -> web.StreamResponse:
     path = cache / f"playback-{recording.head_hash[:16]}.webm"
     if not path.exists():
         store = request.app[STORE]
-        keys = [k for k in await store.keys(prefix(consultation.id, recording.id)) if k.rsplit("/", 1)[-1].startswith("seg-")]
+        stored = await store.keys(prefix(consultation.id, recording.id))
+        keys = [k for k in stored if k.rsplit("/", 1)[-1].startswith("seg-")]
         with tempfile.TemporaryDirectory(dir=settings_dir) as tmp:
             sources = []
             for key in keys:

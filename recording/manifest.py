@@ -68,7 +68,8 @@ def check_signature(public_key: Ed25519PublicKey, manifest: bytes, signature: by
     try:
         public_key.verify(signature, manifest)
     except InvalidSignature:
-        raise Problem(f"{MANIFEST}: the signature does not match (the manifest was changed or signed by another key)") from None
+        raise Problem(f"{MANIFEST}: the signature does not match "
+                      "(the manifest was changed or signed by another key)") from None
 
 
 def parse(manifest: bytes) -> dict[str, Any]:

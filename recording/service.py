@@ -4,6 +4,7 @@ entries, seal the manifest at the end, and recover what a crash left behind."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import shutil
 import uuid
@@ -31,6 +32,12 @@ log = logging.getLogger(__name__)
 
 def prefix(consultation_id: str, recording_id: str) -> str:
     return f"recordings/{consultation_id}/{recording_id}/"
+
+
+async def entries_of(db: AsyncSession, recording_id: str) -> list[dict[str, Any]]:
+    """A recording's manifest entries so far, in order."""
+    query = select(RecordingEntry.entry).where(RecordingEntry.recording_id == recording_id)
+    return list(await db.scalars(query.order_by(RecordingEntry.seq)))
 
 
 @dataclass
@@ -114,20 +121,18 @@ class Recordings:
             await self.store.add_file(key, event.path, sha256=event.sha256)
         except ItemExists:  # stored before a crash, entry not yet written: the bytes must match
             stored = await self.store.read_bytes(key)
-            import hashlib
-
             if hashlib.sha256(stored).hexdigest() != event.sha256:
                 raise
         entry = {
             "type": "segment", "seq": event.seq, "file": event.path.name, "sha256": event.sha256, "size": event.size,
-            "started_at": rfc3339(self._wall(active, event.start_s)), "ended_at": rfc3339(self._wall(active, event.end_s)),
+            "started_at": rfc3339(self._wall(active, event.start_s)),
+            "ended_at": rfc3339(self._wall(active, event.end_s)),
             "keyframe_start": event.keyframe_start, "packets": event.packets, "recovered": event.recovered,
         }
         await self._append(active, entry, duration=max(0.0, event.end_s - event.start_s))
         await asyncio.to_thread(event.path.unlink, True)
 
-    async def _append(self, active: Active, entry: dict[str, Any], duration: float = 0.0,
-                      db: Optional[AsyncSession] = None) -> dict[str, Any]:
+    async def _append(self, active: Active, entry: dict[str, Any], duration: float = 0.0) -> dict[str, Any]:
         linked = manifest.chain(entry, active.index, active.head)
         async with self.db() as session:
             session.add(RecordingEntry(recording_id=active.id, seq=active.index, kind=entry["type"], entry=linked))
@@ -148,9 +153,7 @@ class Recordings:
             recording = await db.get(Recording, active.id)
             consultation = await db.get(Consultation, active.consultation_id)
             officer = await db.get(User, consultation.created_by) if consultation else None
-            entries = list(await db.scalars(
-                select(RecordingEntry.entry).where(RecordingEntry.recording_id == active.id).order_by(RecordingEntry.seq)
-            ))
+            entries = await entries_of(db, active.id)
             assert recording is not None and consultation is not None
             recording.status = status
             recording.ended_at = at
@@ -192,9 +195,7 @@ class Recordings:
 
     async def _recover_one(self, recording: Recording) -> None:
         async with self.db() as db:
-            entries = list(await db.scalars(
-                select(RecordingEntry.entry).where(RecordingEntry.recording_id == recording.id).order_by(RecordingEntry.seq)
-            ))
+            entries = await entries_of(db, recording.id)
         active = Active(recording.id, recording.consultation_id, recording.started_at)
         active.created.set()
         active.index = len(entries)

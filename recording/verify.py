@@ -123,7 +123,8 @@ async def verify(package: Package, trusted_key: Optional[Ed25519PublicKey] = Non
     names = await package.names()
     for want, entry in zip(expected, segments):
         if entry.get("file") != want:
-            raise Problem(f"{mf.MANIFEST}: segment entry {entry.get('index')} names {entry.get('file')!r}, expected {want}")
+            raise Problem(f"{mf.MANIFEST}: segment entry {entry.get('index')} names {entry.get('file')!r}, "
+                          f"expected {want}")
         data = await package.read(want)
         if data is None:
             raise Problem(f"segment {want} is missing")
