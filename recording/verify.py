@@ -119,17 +119,19 @@ async def verify(package: Package, trusted_key: Optional[Ed25519PublicKey] = Non
     entries = parsed["entries"]
     mf.check_chain(entries, parsed.get("head"))
     segments = mf.segments(entries)
-    expected = [mf.segment_name(i + 1) for i in range(len(segments))]
-    names = await package.names()
-    for want, entry in zip(expected, segments):
-        if entry.get("file") != want:
-            raise Problem(f"{mf.MANIFEST}: segment entry {entry.get('index')} names {entry.get('file')!r}, "
-                          f"expected {want}")
+    expected: list[str] = []
+    for entry in segments:
+        want = mf.segment_name(entry["seq"]) if isinstance(entry.get("seq"), int) else None
+        if want is None or entry.get("file") != want or (expected and want <= expected[-1]):
+            raise Problem(f"{mf.MANIFEST}: segment entry {entry.get('index')} names {entry.get('file')!r} "
+                          "out of order")
+        expected.append(want)
         data = await package.read(want)
         if data is None:
             raise Problem(f"segment {want} is missing")
         if len(data) != entry.get("size") or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
             raise Problem(f"segment {want} does not match its SHA-256 in the manifest (changed or swapped)")
+    names = await package.names()
     extra = sorted(names - set(expected) - PACKAGE_FILES)
     if extra:
         raise Problem(f"{extra[0]} is not part of the signed recording")
