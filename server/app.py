@@ -19,10 +19,11 @@ from .evidence import make_store
 from .keys import load_signing_key
 from .recording import api as recording_api
 from .recording.service import Recordings
+from .retention import web as retention_web
 from .signalling import Hub
 from .http import (
     AUDIT, AUTH, CLOCK, CONSULTATIONS, DB, HUB, NOTIFIER, RECORDINGS, SETTINGS, SIGNING_KEY, STAFF, STORE,
-    base_url, current_staff, read_json, same_origin, secure_cookies,
+    actor, base_url, current_staff, read_json, same_origin, secure_cookies,
 )
 from .timeutil import Clock, rfc3339, utcnow
 
@@ -49,6 +50,7 @@ def create_app(settings: Settings, clock: Clock = utcnow, notifier: Optional[Not
     app[CONSULTATIONS] = Consultations(settings, clock, app[NOTIFIER])
     app.cleanup_ctx.append(_database)
     recording_api.setup(app)
+    retention_web.setup(app)
     app.on_shutdown.append(_shutdown)
     app.add_routes(
         [
@@ -183,6 +185,7 @@ async def login(request: web.Request) -> web.Response:
         raise ApiError(400, "bad_request", "Send a JSON object with username and password.")
     async with request.app[DB]() as db:
         staff, token = await request.app[AUTH].login(db, body["username"], body["password"])
+    await request.app[AUDIT].record(actor(request, staff), "auth.login", f"user:{staff.username}")
     response = web.json_response({"username": staff.username, "role": staff.role, "csrf_token": staff.csrf_token})
     response.set_cookie(
         SESSION_COOKIE, token, httponly=True, samesite="Strict", secure=secure_cookies(request), path="/",
@@ -195,6 +198,7 @@ async def logout(request: web.Request) -> web.Response:
     staff = current_staff(request)
     async with request.app[DB]() as db:
         await request.app[AUTH].logout(db, staff)
+    await request.app[AUDIT].record(actor(request, staff), "auth.logout", f"user:{staff.username}")
     response = web.json_response({"ok": True})
     response.del_cookie(SESSION_COOKIE, path="/")
     return response
@@ -211,6 +215,13 @@ async def create_consultation(request: web.Request) -> web.Response:
     new = parse_new(await read_json(request))
     async with request.app[DB]() as db:
         consultation, join_url, message = await request.app[CONSULTATIONS].create(db, staff, new, base_url(request))
+    # Which personal data was collected; never the values (the audit log is never erased).
+    await request.app[AUDIT].record(
+        actor(request, staff), "consultation.create", f"consultation:{consultation.id}",
+        consultation_id=consultation.id,
+        details={"collected": sorted(f"victim.{k}" for k in new.victim), "cad_ref": consultation.cad_ref,
+                 "link_sent_by": new.notify},
+    )
     body = {
         "id": consultation.id,
         "cad_ref": consultation.cad_ref,
@@ -234,6 +245,8 @@ async def get_consultation(request: web.Request) -> web.Response:
     staff = current_staff(request)
     async with request.app[DB]() as db:
         consultation = await request.app[CONSULTATIONS].get(db, staff, request.match_info["id"])
+    await request.app[AUDIT].record(actor(request, staff), "consultation.view", f"consultation:{consultation.id}",
+                                    consultation_id=consultation.id)
     return web.json_response(consultation_json(consultation, request.app[HUB].participants(consultation.id)))
 
 
@@ -248,6 +261,8 @@ async def close_consultation(request: web.Request) -> web.Response:
             consultation.closed_by = staff.id
             await db.commit()
             log.info("consultation closed (id=%s by=%s)", consultation.id, staff.username)
+            await request.app[AUDIT].record(actor(request, staff), "consultation.close",
+                                            f"consultation:{consultation.id}", consultation_id=consultation.id)
     await request.app[HUB].close(consultation.id)
     return web.json_response({"status": "closed", "closed_at": rfc3339(consultation.closed_at)})
 
@@ -270,6 +285,8 @@ async def staff_socket(request: web.Request) -> web.StreamResponse:
         if consultation.status == "closed":
             raise ApiError(410, "closed", "This consultation is closed.")
         await service.joined(db, consultation, staff)
+    await request.app[AUDIT].record(actor(request, staff), "consultation.join", f"consultation:{consultation.id}",
+                                    consultation_id=consultation.id)
     hub = request.app[HUB]
     participant = hub.room(consultation).participant(f"staff:{staff.id}", staff.role, staff.id)
     return await hub.serve(request, consultation, participant)

@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .recording.cli import register as recording_commands
 
     recording_commands(commands, _common)
+
+    from .retention.cli import register as retention_commands
+
+    retention_commands(commands, _common)
     return parser
 
 

@@ -57,6 +57,11 @@ class Settings:
     #: PEM file of the service's Ed25519 signing key (manifests, audit checkpoints);
     #: generated under ``DATA/keys/`` at first start when empty.
     signing_key: str = ""
+    #: Sign an audit checkpoint every this many entries (also at each sweep and exit).
+    audit_checkpoint_every: int = 1000
+    #: The ``[retention]`` table: retention classes, default class, sweep interval
+    #: (see ``evr.retention.policy``).
+    retention: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: Record every consultation (one recording per participant).
     recording: bool = True
     #: Longest recording segment, seconds (each is fsynced and hashed as it closes).
@@ -88,6 +93,11 @@ class Settings:
     #: Content types accepted as evidence, comma separated (``image/*`` allowed);
     #: empty for the built-in list. Anything else is kept in quarantine.
     upload_allowed_types: str = ""
+
+    def __post_init__(self) -> None:
+        from evr.retention.policy import Policy
+
+        Policy.from_config(self.retention)  # a bad [retention] table fails here, named
 
     @property
     def db_url(self) -> str:

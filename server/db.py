@@ -6,7 +6,7 @@ brings a database to the newest revision and runs at every ``evr serve`` start.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
@@ -15,8 +15,11 @@ from alembic.config import Config
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
+    Date,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -143,7 +146,7 @@ class AuditEntry(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     #: User name, ``victim`` or ``system``.
-    actor: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(64), index=True)
     role: Mapped[str] = mapped_column(String(16))
     #: What was done, e.g. ``recording.view``.
     action: Mapped[str] = mapped_column(String(48), index=True)
@@ -211,6 +214,125 @@ class RecordingEntry(Base):
     kind: Mapped[str] = mapped_column(String(16))
     #: The entry exactly as chained into the manifest (with ``prev`` and ``hash``).
     entry: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+# -- audit checkpoints and retention (migration 0005) --------------------------
+
+
+class AuditCheckpoint(Base):
+    """A signed statement of the audit log's newest entry (its id and hash) at a time:
+    a cut tail or a rewritten log no longer matches it."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_id: Mapped[int] = mapped_column(Integer, index=True)
+    last_hash: Mapped[str] = mapped_column(String(64))
+    key_fingerprint: Mapped[str] = mapped_column(String(64))
+    #: Ed25519 signature (hex) of the checkpoint's canonical JSON.
+    signature: Mapped[str] = mapped_column(String(128))
+
+
+class RetentionAssignment(Base):
+    """A consultation's retention class, set by an officer or sergeant (with a reason)."""
+
+    __tablename__ = "retention_assignments"
+
+    consultation_id: Mapped[str] = mapped_column(ForeignKey("consultations.id"), primary_key=True)
+    retention_class: Mapped[str] = mapped_column(String(32))
+    #: The subject's date of birth (MoPI group 1: retain until they are deemed 100).
+    subject_dob: Mapped[Optional[date]] = mapped_column(Date, nullable=True)
+    reason: Mapped[str] = mapped_column(Text)
+    set_by: Mapped[str] = mapped_column(String(64))
+    set_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RetentionItem(Base):
+    """Each evidence item's place in the retention schedule, precomputed so the due
+    list is one index range scan however many items there are."""
+
+    __tablename__ = "retention_items"
+    __table_args__ = (Index("ix_retention_items_state_due", "state", "due_at"),)
+
+    item_id: Mapped[str] = mapped_column(ForeignKey("evidence_items.id"), primary_key=True)
+    consultation_id: Mapped[str] = mapped_column(String(36), index=True)
+    #: The class applied: ``non_evidential``, ``group1``... or ``unclassified``.
+    rule: Mapped[str] = mapped_column(String(32), index=True)
+    #: When the item is due (None: never, until it is classified), and for what.
+    due_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
+    action: Mapped[str] = mapped_column(String(8))
+    #: active, disposing (content being removed), waiting (a store lock has not
+    #: expired yet) or disposed.
+    state: Mapped[str] = mapped_column(String(12))
+    held: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: The newest review's decision (retain/dispose), when and the next review it set.
+    review_decision: Mapped[Optional[str]] = mapped_column(String(8), nullable=True)
+    reviewed_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
+    next_review_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
+    #: While disposing or waiting: who decided, on what, and (waiting) until when.
+    disposal: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RetentionReview(Base):
+    """A review against the National Retention Assessment Criteria."""
+
+    __tablename__ = "retention_reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[str] = mapped_column(ForeignKey("evidence_items.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    reviewer: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    decision: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str] = mapped_column(Text)
+    #: The assessment criteria that applied (names of NRAC questions answered yes).
+    criteria: Mapped[list[str]] = mapped_column(JSON, default=list)
+    rule: Mapped[str] = mapped_column(String(32))
+    next_review_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
+
+
+class RetentionHold(Base):
+    """A legal hold on an item or a whole consultation: no disposal until released."""
+
+    __tablename__ = "retention_holds"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: ``item`` or ``consultation``, and its id.
+    scope: Mapped[str] = mapped_column(String(16))
+    target: Mapped[str] = mapped_column(String(36), index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    placed_by: Mapped[str] = mapped_column(String(64))
+    placed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    released_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True, index=True)
+    released_by: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    release_reason: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+
+
+class DisposalCertificate(Base):
+    """The record kept when an item's content is destroyed: what, its hash, who, when,
+    the rule and the decision, signed by the service. Never deleted."""
+
+    __tablename__ = "disposal_certificates"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    item_id: Mapped[str] = mapped_column(ForeignKey("evidence_items.id"), unique=True)
+    consultation_id: Mapped[str] = mapped_column(String(36), index=True)
+    disposed_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    #: The certificate's canonical JSON, as signed.
+    document: Mapped[str] = mapped_column(Text)
+    key_fingerprint: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(128))
+
+
+class RetentionMeta(Base):
+    """Small facts of the schedule, e.g. the fingerprint of the policy it was computed with."""
+
+    __tablename__ = "retention_meta"
+
+    key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
 
 
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:

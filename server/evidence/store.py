@@ -37,6 +37,26 @@ class ItemMissing(KeyError):
     """No item is stored under that key."""
 
 
+class StillLocked(Exception):
+    """Some objects under a prefix cannot be removed yet: a retention lock (S3 Object
+    Lock) keeps them until ``until``. What could go is gone (``removed`` of them);
+    call :meth:`EvidenceStore.dispose_all_versions` again after ``until``."""
+
+    def __init__(self, until: datetime, removed: int = 0) -> None:
+        super().__init__(f"kept by a store retention lock until {until.isoformat()}")
+        self.until = until
+        self.removed = removed
+
+
+@dataclass(frozen=True)
+class Disposed:
+    """What :meth:`EvidenceStore.dispose_all_versions` removed."""
+
+    prefix: str
+    #: Objects removed (files; on S3 every object version and delete marker).
+    removed: int
+
+
 @dataclass(frozen=True)
 class StoredItem:
     key: str
@@ -131,6 +151,17 @@ class EvidenceStore(ABC):
     async def dispose(self, key: str) -> None:
         """Remove every copy of an item (and, on S3, every version). For the retention tools only."""
         await asyncio.to_thread(self._dispose, check_key(key))
+
+    async def dispose_all_versions(self, prefix: str) -> Disposed:
+        """Remove every object under ``prefix`` (an item's keys) with every copy and
+        version, for the retention tools only. Idempotent: a second call finds nothing.
+        Raises ``StillLocked`` when a store lock keeps some versions for now. Back ends
+        with versions or locks (S3) must override this; the default removes each key."""
+        removed = 0
+        for key in await self.keys(prefix):
+            await self.dispose(key)
+            removed += 1
+        return Disposed(prefix, removed)
 
     async def retain(self, key: str, until: datetime) -> None:
         """Extend the item's retention lock to ``until`` where the back end has one
@@ -245,6 +276,28 @@ class FileStore(EvidenceStore):
         path.unlink(missing_ok=True)
         if path.parent.is_dir():
             _fsync_dir(path.parent)
+
+    async def dispose_all_versions(self, prefix: str) -> Disposed:
+        return await asyncio.to_thread(self._dispose_tree, prefix)
+
+    def _dispose_tree(self, prefix: str) -> Disposed:
+        """Unlink every file of the item's folder (leftover temporaries too), remove
+        the folder, and fsync its parent once: one directory sync per item."""
+        base = self.path(prefix.rstrip("/"))
+        removed = 0
+        if base.is_dir():
+            for root, _dirs, files in os.walk(base, topdown=False):
+                for name in files:
+                    os.unlink(os.path.join(root, name))
+                    removed += not name.startswith(".tmp-")
+                os.rmdir(root)
+        elif base.is_file():
+            base.unlink()
+            removed = 1
+        else:
+            return Disposed(prefix, 0)
+        _fsync_dir(base.parent)
+        return Disposed(prefix, removed)
 
 
 def _file_chunks(path: Path) -> Iterator[bytes]:
