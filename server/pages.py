@@ -17,7 +17,7 @@ import evr.web
 #: The pages, scripts and styles (the ``web/`` folder, installed as ``evr.web``).
 WEB_DIR = Path(evr.web.__file__).resolve().parent
 
-HELP = "If you need the police, call 101. In an emergency call 999."
+EMERGENCY = "In an emergency, call 999."
 
 MESSAGE_PAGE = """<!doctype html>
 <html lang="en">
@@ -25,16 +25,20 @@ MESSAGE_PAGE = """<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="referrer" content="no-referrer">
+<meta name="robots" content="noindex, nofollow">
 <title>Video appointment</title>
 <link rel="stylesheet" href="/static/style.css">
 <script type="module" src="/static/quickexit.js"></script>
 </head>
-<body>
-<a class="quick-exit" id="quick-exit" href="/static/neutral.html">Quick exit</a>
+<body class="victim">
+<header class="exit-bar">
+<a class="quick-exit" id="quick-exit" href="/static/neutral.html" rel="noreferrer">Quick exit</a>
+</header>
 <main class="message-page">
 <h1>{title}</h1>
 <p>{text}</p>
-<p>{help}</p>
+<p><strong>What to do next:</strong> {next_step}</p>
+<p>{emergency}</p>
 </main>
 </body>
 </html>
@@ -58,26 +62,36 @@ async def console(_request: web.Request) -> web.Response:
     return _html(_read("console.html"))
 
 
-def message(status: int, title: str, text: str) -> web.Response:
-    return _html(MESSAGE_PAGE.format(title=html.escape(title), text=html.escape(text), help=HELP), status)
+def message(status: int, title: str, text: str,
+            next_step: str = "if you need the police, call 101.") -> web.Response:
+    """A plain page for the victim: what happened, what to do next, and the quick exit."""
+    body = MESSAGE_PAGE.format(title=html.escape(title), text=html.escape(text),
+                               next_step=html.escape(next_step), emergency=EMERGENCY)
+    return _html(body, status)
 
 
 def link_unknown() -> web.Response:
-    return message(404, "Link not recognised", "Check that you opened the whole link from your message.")
+    return message(404, "Link not recognised", "This link does not match any appointment.",
+                   "check that you opened the whole link from your message. "
+                   "If it still does not work, call 101 and ask for a new link.")
 
 
 def link_closed() -> web.Response:
-    return message(410, "This appointment has ended", "This link has been closed and cannot be used again.")
+    return message(410, "This appointment has ended",
+                   "The officer has closed this appointment, so the link cannot be used again.",
+                   "if you need to speak to the police again, call 101.")
 
 
 def link_expired() -> web.Response:
-    return message(410, "This link has expired", "Ask for a new appointment link.")
+    return message(410, "This link has expired",
+                   "Appointment links stop working if they are not opened in time.",
+                   "call 101 and ask for a new video appointment link.")
 
 
 def link_in_use() -> web.Response:
     return message(
         403,
         "This link is in use on another device",
-        "For your safety the link works only on the phone or browser that opened it first. "
-        "Open it on that device, or ask for a new link.",
+        "For your safety the link works only on the phone or browser that opened it first.",
+        "open the link on that phone or browser. If you cannot, call 101 and ask for a new link.",
     )

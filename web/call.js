@@ -3,12 +3,16 @@
 // media.md), so every (re)join is simply a new peer connection and a new offer.
 //
 // Events dispatched (CustomEvent, payload in .detail):
-//   'conn'   'connecting' | 'connected' | 'reconnecting' | 'retrying' | 'gaveup'
-//   'state'  the server's {type:'state', status, participants, recording}
-//   'remote' a remote track was (re)placed in call.remote
-//   'closed' police closed the consultation; the link is finished
-//   'fatal'  {code, message}: the server refused us (close 1008)
-//   'error'  {type:'error', code, message} from the server; the socket stays up
+//   'conn'     'connecting' | 'connected' | 'reconnecting' | 'network' (reconnecting
+//              after a network change) | 'offline' | 'retrying' | 'gaveup'
+//   'rejoined' a new connection is up after a network change or a failure
+//   'state'    the server's {type:'state', status, participants, recording}
+//   'remote'   a remote track was (re)placed in call.remote
+//   'refused'  the socket could not even open (the link may be closed or given
+//              to another device): the page asks the server why
+//   'closed'   police closed the consultation; the link is finished
+//   'fatal'    {code, message}: the server refused us (close 1008)
+//   'error'    {type:'error', code, message} from the server; the socket stays up
 
 const GIVE_UP_MS = 60000;        // stop auto-retrying after about a minute
 const ICE_WAIT_MS = 4000;        // longest wait for ICE gathering before offering
@@ -16,8 +20,9 @@ const DISCONNECT_GRACE_MS = 4000; // 'disconnected' may heal by itself
 const CONNECT_TIMEOUT_MS = 20000; // no media path after this: start over
 
 /** Camera constraints kept modest for low-end phones and poor networks. */
-export function videoConstraints(facingMode = 'user') {
-  return { facingMode, width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 24 } };
+export function videoConstraints(facingMode = 'user', deviceId = null) {
+  const size = { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 24 } };
+  return deviceId ? { deviceId: { exact: deviceId }, ...size } : { facingMode, ...size };
 }
 
 export function stopStream(stream) {
@@ -50,6 +55,13 @@ function iceGathered(pc) {
   });
 }
 
+/** Grade a connection from its round-trip time (ms) and packet loss (%). */
+export function grade({ rttMs, lossPct }) {
+  if (rttMs > 600 || lossPct > 10) return 'poor';
+  if (rttMs > 250 || lossPct > 3) return 'fair';
+  return 'good';
+}
+
 export class Call extends EventTarget {
   constructor(wsPath) {
     super();
@@ -59,10 +71,24 @@ export class Call extends EventTarget {
     this.local = null;
     this.ws = null;
     this.pc = null;
-    this.active = false; // false before start(), after leave() and after 'closed'
+    this.active = false;   // false before start(), after leave() and after 'closed'
+    this.sending = true;   // false while the call is paused: nothing leaves this device
+    this.receiveVideo = true; // false in sound-only mode: the server sends no video either
+    this.recovering = null; // why we are reconnecting: 'network' or 'failure'
+    this.wasConnected = false; // connected at least once since start()
     this.timers = {};
+    this.lastStats = null;
     this.resetBackoff();
-    addEventListener('online', () => this.active && this.retry());
+    addEventListener('online', () => this.active && this.reconnect('network'));
+    addEventListener('offline', () => this.active && this.emit('conn', 'offline'));
+    // Android Chrome tells when the phone moves between Wi-Fi and mobile data.
+    const net = navigator.connection;
+    let netType = net?.type;
+    net?.addEventListener?.('change', () => {
+      if (net.type === netType) return; // only speed estimates changed
+      netType = net.type;
+      if (this.active && navigator.onLine !== false) this.reconnect('network');
+    });
   }
 
   emit(type, detail) { this.dispatchEvent(new CustomEvent(type, { detail })); }
@@ -75,6 +101,8 @@ export class Call extends EventTarget {
   start(localStream) {
     this.local = localStream || new MediaStream();
     this.active = true;
+    this.recovering = null;
+    this.wasConnected = false;
     this.resetBackoff();
     this.connect();
   }
@@ -87,8 +115,17 @@ export class Call extends EventTarget {
     else this.connect();
   }
 
-  /** User tap or network back online: start a fresh round of retries. */
+  /** User tap after giving up: start a fresh round of retries. */
   retry() { this.resetBackoff(); this.rejoin(); }
+
+  /** The network changed under us: a new socket and a new offer on the same link
+   * (the old socket may be silently dead, and aiortc has no ICE restart). */
+  reconnect(reason) {
+    if (!this.active) return;
+    this.recovering = reason;
+    this.resetBackoff();
+    this.connect();
+  }
 
   leave() { this.active = false; this.teardown(); }
 
@@ -102,36 +139,66 @@ export class Call extends EventTarget {
 
   resume() { return this.send({ type: 'resume' }); }
 
+  localTrack(kind) {
+    return this.local?.getTracks().find((t) => t.kind === kind && t.readyState === 'live') || null;
+  }
+
+  transceiver(kind) {
+    return this.pc?.getTransceivers().find((t) => t.receiver.track.kind === kind && !t.stopped);
+  }
+
   /** Swap the local track of one kind (null stops sending it) without renegotiation. */
   async setTrack(kind, track) {
     for (const t of this.local.getTracks()) if (t.kind === kind && t !== track) this.local.removeTrack(t);
     if (track) this.local.addTrack(track);
-    const tr = this.pc?.getTransceivers().find((t) => t.receiver.track.kind === kind);
-    if (tr && !tr.stopped) await tr.sender.replaceTrack(track);
+    await this.transceiver(kind)?.sender.replaceTrack(this.sending ? track : null);
+  }
+
+  /** Send the local tracks, or nothing at all (during a break). */
+  async setSending(on) {
+    if (this.sending === on) return;
+    this.sending = on;
+    await Promise.all(['audio', 'video'].map((kind) =>
+      this.transceiver(kind)?.sender.replaceTrack(on ? this.localTrack(kind) : null)));
+  }
+
+  /** Sound only: stop receiving video as well as sending it (a new offer). */
+  setReceiveVideo(on) {
+    if (this.receiveVideo === on) return;
+    this.receiveVideo = on;
+    if (this.active) this.rejoin();
   }
 
   connect() {
     this.teardown(); // old socket, peer connection and timers
-    this.emit('conn', this.failSince ? 'reconnecting' : 'connecting');
+    this.emit('conn', this.recovering === 'network' ? 'network' : this.recovering || this.failSince ? 'reconnecting' : 'connecting');
     const ws = (this.ws = new WebSocket(this.wsUrl));
-    ws.onopen = () => this.offer();
+    let opened = false;
+    ws.onopen = () => { opened = true; this.offer(); };
     ws.onmessage = (e) => this.onMessage(e.data);
     ws.onclose = (e) => {
       if (ws !== this.ws) return; // a socket we replaced on purpose
       this.ws = null;
       if (e.code === 4000) this.finish('closed');
       else if (e.code === 1008) this.finish('fatal', { code: 'policy', message: e.reason || 'The connection was refused.' });
-      else if (this.active) this.retryLater('retrying');
+      else if (this.active) {
+        if (!opened) this.emit('refused');
+        if (this.active) this.retryLater('retrying');
+      }
     };
   }
 
   async offer() {
     this.pc?.close();
     const pc = (this.pc = new RTCPeerConnection());
+    this.lastStats = null;
     let sent = false;
     for (const kind of ['audio', 'video']) {
-      const track = this.local.getTracks().find((t) => t.kind === kind && t.readyState === 'live');
-      const tr = pc.addTransceiver(track || kind, { direction: 'sendrecv', streams: [this.local] });
+      const track = this.sending ? this.localTrack(kind) : null;
+      // Sound only: 'sendonly' with no track sends nothing either (the server needs
+      // the offer to send, to have a track to receive).
+      const direction = kind === 'video' && !this.receiveVideo ? 'sendonly' : 'sendrecv';
+      const tr = pc.addTransceiver(track || kind, { direction, streams: [this.local] });
       if (kind === 'video') preferVP8(tr);
     }
     pc.ontrack = (e) => {
@@ -166,7 +233,10 @@ export class Call extends EventTarget {
       clearTimeout(this.timers.grace);
       clearTimeout(this.timers.connect);
       this.resetBackoff();
+      this.wasConnected = true;
       this.emit('conn', 'connected');
+      if (this.recovering) this.emit('rejoined', this.recovering);
+      this.recovering = null;
     } else if (s === 'failed') {
       this.retryLater('reconnecting');
     } else if (s === 'disconnected') {
@@ -186,8 +256,10 @@ export class Call extends EventTarget {
         await pc.setRemoteDescription({ type: 'answer', sdp: m.sdp });
       } else if (m.type === 'candidate' && pc?.remoteDescription) {
         await pc.addIceCandidate(m.candidate || undefined);
-      } else if (m.type === 'state') this.emit('state', m);
-      else if (m.type === 'closed') this.finish('closed');
+      } else if (m.type === 'state') {
+        await this.setSending(m.status !== 'paused');
+        this.emit('state', m);
+      } else if (m.type === 'closed') this.finish('closed');
       else if (m.type === 'error') this.emit('error', m);
     } catch (err) {
       console.warn('signalling', m.type, err);
@@ -199,12 +271,13 @@ export class Call extends EventTarget {
   retryLater(status) {
     clearTimeout(this.timers.retry);
     if (!this.failSince) this.failSince = Date.now();
+    if (!this.recovering && this.wasConnected) this.recovering = 'failure';
     if (Date.now() - this.failSince > GIVE_UP_MS) {
       this.teardown();
       this.emit('conn', 'gaveup'); // still active: retry() or 'online' starts again
       return;
     }
-    this.emit('conn', status);
+    this.emit('conn', this.recovering === 'network' && status !== 'retrying' ? 'network' : status);
     this.setTimer('retry', Math.min(1000 * 2 ** this.attempt++, 15000), () => this.rejoin());
   }
 
@@ -226,5 +299,46 @@ export class Call extends EventTarget {
     this.pc?.close();
     this.pc = null;
     this.dropSocket();
+  }
+
+  /**
+   * How the connection is doing, from the peer connection's statistics since the
+   * previous call: {level: 'good'|'fair'|'poor', rttMs, lossPct, fps, width, height}
+   * (fps and size of the video we receive), or null when not connected.
+   */
+  async quality() {
+    const pc = this.pc;
+    if (!pc || pc.connectionState !== 'connected') return null;
+    const report = await pc.getStats();
+    let rtt = null;
+    let video = null;
+    let lost = 0;
+    let received = 0;
+    report.forEach((s) => {
+      if (s.type === 'candidate-pair' && s.state === 'succeeded' && s.nominated && s.currentRoundTripTime != null) {
+        rtt = s.currentRoundTripTime;
+      } else if (s.type === 'inbound-rtp') {
+        lost += s.packetsLost || 0;
+        received += s.packetsReceived || 0;
+        if (s.kind === 'video') video = s;
+      }
+    });
+    const now = { at: performance.now(), lost, received, frames: video?.framesDecoded || 0 };
+    const prev = pc === this.statsPc ? this.lastStats : null;
+    this.statsPc = pc;
+    this.lastStats = now;
+    if (!prev) return null; // deltas need two samples
+    const seconds = Math.max(0.001, (now.at - prev.at) / 1000);
+    const lostDelta = Math.max(0, now.lost - prev.lost);
+    const total = lostDelta + Math.max(0, now.received - prev.received);
+    const q = {
+      rttMs: rtt == null ? null : Math.round(rtt * 1000),
+      lossPct: total ? Math.round((1000 * lostDelta) / total) / 10 : 0,
+      fps: Math.round((now.frames - prev.frames) / seconds),
+      width: video?.frameWidth || 0,
+      height: video?.frameHeight || 0,
+    };
+    q.level = grade(q);
+    return q;
   }
 }

@@ -2,7 +2,13 @@
 import { Call, stopStream, videoConstraints } from '/static/call.js';
 
 const $ = (id) => document.getElementById(id);
-const QUESTIONS = ['adult_or_carer_present', 'offender_absent', 'safe_location', 'consent'];
+// The call handler's eligibility questions, and what a No means.
+const QUESTIONS = {
+  adult_or_carer_present: 'the victim is under 18 and no parent or carer will join',
+  offender_absent: 'the offender is present',
+  safe_location: 'the victim is not somewhere safe to talk',
+  consent: 'the victim does not consent to a video call',
+};
 
 let csrf = null;      // from POST /api/login or GET /api/me; kept in memory only
 let listTimer = null;
@@ -132,10 +138,15 @@ $('create-form').addEventListener('submit', async (e) => {
   const say = (text) => { $('create-error').textContent = text; };
   const victim = {};
   for (const k of ['name', 'phone', 'email']) if (fd.get(k).trim()) victim[k] = fd.get(k).trim();
+  const no = Object.keys(QUESTIONS).filter((q) => fd.get(q) !== 'yes');
+  if (no.length) {
+    return say(`Not eligible for a video response: ${no.map((q) => QUESTIONS[q]).join('; ')}. `
+      + 'Offer an officer in person instead.');
+  }
   const notify = fd.get('notify');
   if (notify === 'sms' && !victim.phone) return say('Enter a phone number to send the link by SMS.');
   if (notify === 'email' && !victim.email) return say('Enter an email address to send the link by email.');
-  const eligibility = Object.fromEntries(QUESTIONS.map((q) => [q, fd.get(q) === 'yes']));
+  const eligibility = Object.fromEntries(Object.keys(QUESTIONS).map((q) => [q, true]));
   const r = await api('POST', '/api/consultations', { cad_ref: fd.get('cad_ref').trim(), victim, eligibility, notify });
   if (r.status !== 201) return say(errorText(r, 'Could not create the link.'));
   say('');
@@ -144,20 +155,22 @@ $('create-form').addEventListener('submit', async (e) => {
   refresh();
 });
 
-async function showCreated(c) {
+function showCreated(c) {
   $('created').hidden = false;
   $('created-ref').textContent = c.cad_ref;
   $('join-url').value = c.join_url;
   $('expires').textContent = fmtTime(c.expires_at);
   $('copy-status').textContent = '';
+  const m = c.message;
+  const to = m && `${m.channel === 'sms' ? 'SMS' : 'Email'} to ${m.recipient}`;
+  $('outbox').replaceChildren(...(m
+    ? [el('p', {
+      sent: `${to}: sent ${fmtTime(m.created_at)}.`,
+      outbox: `${to}: not sent automatically here. Send this message (or read the link) to the victim yourself.`,
+      failed: `${to}: sending failed (${m.error || 'no reason given'}). Give the victim the link another way.`,
+    }[m.status] || `${to}: ${m.status}.`, m.status === 'failed' ? 'error' : null), el('blockquote', m.body)]
+    : [el('p', 'No message was sent: give the victim the link yourself.')]));
   $('created-h').focus();
-  const r = await api('GET', `/api/outbox?consultation=${encodeURIComponent(c.id)}`);
-  const messages = r.ok ? r.data.messages || [] : [];
-  $('outbox').replaceChildren(...(messages.length
-    ? messages.flatMap((m) => [
-      el('p', `${m.channel.toUpperCase()} to ${m.recipient}, ${m.status}, ${fmtTime(m.created_at)}`),
-      el('blockquote', m.body)])
-    : [el('p', r.ok ? 'No message was sent.' : errorText(r, 'Could not load the message.'))]));
 }
 
 $('copy').addEventListener('click', async () => {
@@ -174,8 +187,10 @@ $('copy').addEventListener('click', async () => {
 
 const CONN_TEXT = {
   connecting: 'Connecting…', connected: 'Connected', reconnecting: 'Reconnecting…',
+  network: 'Reconnecting after a network change…', offline: 'Offline',
   retrying: 'Connection lost, retrying…', gaveup: 'Could not reconnect',
 };
+const ROLE_TEXT = { victim: 'Victim', officer: 'Officer', sergeant: 'Sergeant' };
 
 async function openCall(c) {
   if (current) return;
@@ -191,7 +206,7 @@ async function openCall(c) {
     });
     if (!stream) return;
   }
-  current = { c, call, stream, state: null, startedAt: Date.now() };
+  current = { c, call, stream, state: null, conn: 'connecting', quality: null, startedAt: Date.now() };
   $('call-ref').textContent = c.cad_ref;
   $('self').srcObject = stream;
   for (const id of ['mute', 'pause', 'close']) $(id).disabled = false;
@@ -200,20 +215,43 @@ async function openCall(c) {
   $('participants').replaceChildren();
   $('call-status').textContent = c.status;
   $('arrived').textContent = '–';
-  current.timer = setInterval(() => { $('timer').textContent = fmtDuration(Date.now() - current.startedAt); }, 1000);
+  $('quality').textContent = '–';
+  $('timer').textContent = '0:00';
+  current.timer = setInterval(tick, 1000);
 
   call.addEventListener('conn', (e) => {
+    current.conn = e.detail;
     $('conn').textContent = CONN_TEXT[e.detail];
     $('retry').hidden = e.detail !== 'gaveup';
+    renderStage();
   });
   call.addEventListener('state', (e) => { current.state = e.detail; renderState(); loadDetails(); });
   call.addEventListener('remote', () => $('remote').play().catch(() => {}));
   call.addEventListener('error', (e) => { $('call-msg').textContent = e.detail.message; });
   call.addEventListener('fatal', (e) => { $('conn').textContent = `Refused: ${e.detail.message}`; });
+  call.addEventListener('refused', loadDetails); // closed elsewhere, or no longer ours
   call.addEventListener('closed', markClosed);
   show('call');
   call.start(stream);
   loadDetails();
+}
+
+// Every second: the call timer; every other second: the connection quality.
+async function tick() {
+  const cur = current;
+  $('timer').textContent = fmtDuration(Date.now() - cur.startedAt);
+  cur.ticks = (cur.ticks || 0) + 1;
+  if (cur.ticks % 2) return;
+  const q = await cur.call.quality().catch(() => null);
+  if (cur !== current) return;
+  cur.quality = q;
+  $('quality').textContent = q ? [
+    { good: 'Good', fair: 'Fair', poor: 'Poor' }[q.level],
+    q.rttMs == null ? null : `${q.rttMs} ms`,
+    `${q.lossPct} % loss`,
+    q.fps ? `video ${q.width}×${q.height} at ${q.fps} fps` : 'no video',
+  ].filter(Boolean).join(', ') : '–';
+  renderStage();
 }
 
 function renderState() {
@@ -222,14 +260,37 @@ function renderState() {
   $('rec').hidden = !s.recording;
   $('pause').textContent = s.status === 'paused' ? 'Resume' : 'Pause';
   $('participants').replaceChildren(...(s.participants || []).map((p) =>
-    el('li', `${p.role}: ${p.connected ? 'connected' : 'not connected'}`)));
+    el('li', `${ROLE_TEXT[p.role] || p.role}: ${p.connected ? 'connected' : 'not connected'}`)));
+  renderStage();
+}
+
+/** What the officer needs to know about the big picture, over it. */
+function renderStage() {
+  const s = current?.state;
+  const victim = s?.participants?.find((p) => p.role === 'victim');
+  const message = !s || current.conn !== 'connected' ? ''
+    : s.status === 'paused' ? 'Paused: no audio or video is passed on.'
+      : !victim?.connected ? 'Waiting for the victim to join.'
+        : current.quality && !current.quality.fps ? 'No video from the victim (camera off or sound only).' : '';
+  $('stage-msg').textContent = message;
+  $('stage-msg').hidden = !message;
+  $('remote').classList.toggle('dim', Boolean(message));
 }
 
 async function loadDetails() {
   const cur = current;
+  if (!cur) return;
   const r = await api('GET', `/api/consultations/${encodeURIComponent(cur.c.id)}`);
-  if (!r.ok || cur !== current) return;
-  $('arrived').textContent = fmtTime(r.data.arrived_at);
+  if (cur !== current) return;
+  if (!r.ok) {
+    if (r.status === 404) {
+      current.call.leave();
+      $('call-msg').textContent = 'This consultation is no longer available to you.';
+    }
+    return;
+  }
+  $('arrived').textContent = r.data.arrived_at
+    ? new Date(r.data.arrived_at).toLocaleTimeString([], { timeStyle: 'medium' }) : '–';
   if (r.data.status === 'closed') markClosed();
 }
 
@@ -240,6 +301,8 @@ function markClosed() {
   clearInterval(current.timer);
   $('call-status').textContent = 'closed';
   $('conn').textContent = 'Ended';
+  $('quality').textContent = '–';
+  $('stage-msg').hidden = true;
   $('rec').hidden = true;
   $('retry').hidden = true;
   for (const id of ['mute', 'pause', 'close']) $(id).disabled = true;

@@ -6,12 +6,13 @@ const token = location.pathname.split('/')[2] || '';
 const call = new Call(`/j/${token}/ws`);
 
 let stream = null;     // local camera and microphone
-let facing = 'user';   // front camera first
-let audioOnly = false;
+let audioOnly = false; // sound only: no video either way
 let camOff = false;
 let muted = false;
 let conn = 'connecting';
 let state = null;      // last server 'state' message
+let meter = null;      // microphone level meter of the check
+let qualityTimer = null;
 
 function show(name) {
   for (const s of document.querySelectorAll('main > section')) s.hidden = s.id !== `s-${name}`;
@@ -22,25 +23,45 @@ function setText(id, text) {
   if ($(id).textContent !== text) $(id).textContent = text; // no repeated announcements
 }
 
+// ---- the link ------------------------------------------------------------
+
+/** The link's HTTP status now (200 while it is open for this browser), 0 offline. */
+async function linkStatus() {
+  try {
+    const r = await fetch(location.pathname, { method: 'HEAD', cache: 'no-store', credentials: 'same-origin' });
+    return r.status;
+  } catch {
+    return 0;
+  }
+}
+
+/** The link was closed, expired or taken: let the server's page say so and what to do. */
+function linkRefused() {
+  stopAll();
+  location.replace(location.href);
+}
+
 // ---- camera and microphone ------------------------------------------------
+
+const AUDIO = { echoCancellation: true, noiseSuppression: true };
 
 function getMedia(video) {
   if (!navigator.mediaDevices?.getUserMedia) throw Object.assign(new Error(), { name: 'Unsupported' });
-  return navigator.mediaDevices.getUserMedia({
-    audio: { echoCancellation: true, noiseSuppression: true },
-    video: video ? videoConstraints(facing) : false,
-  });
+  return navigator.mediaDevices.getUserMedia({ audio: AUDIO, video: video ? videoConstraints('user') : false });
 }
 
 function mediaHelp(err, video) {
   const noCamera = video && ['NotFoundError', 'OverconstrainedError'].includes(err.name);
   $('join-audio').hidden = !noCamera;
   setText('media-help', {
-    NotAllowedError: 'The camera or microphone is blocked. Tap the icon next to the web address (a padlock or "aA"), allow Camera and Microphone, then tap "Check camera and microphone" again. You may need to reload the page.',
+    NotAllowedError: 'The camera or microphone is blocked. Tap the icon next to the web address (a padlock or "aA"), '
+      + 'allow Camera and Microphone, then tap "Check camera and microphone" again. You may need to reload the page. '
+      + 'If you cannot allow them, call 101 and ask for an officer to contact you another way.',
     NotReadableError: 'Another app is using the camera or microphone. Close it, then try again.',
+    SecurityError: 'This browser does not allow the camera here. Try opening the link in Chrome or Safari.',
     Unsupported: 'This browser cannot use the camera here. Try opening the link in Chrome or Safari.',
   }[err.name] || (noCamera ? 'We could not find a camera. You can still join with sound only.'
-    : err.name === 'NotFoundError' ? 'We could not find a microphone. You need one to join.'
+    : err.name === 'NotFoundError' ? 'We could not find a microphone. You need one to join. If you have none, call 101.'
       : `The camera or microphone could not start (${err.name}). Please try again.`));
 }
 
@@ -58,23 +79,122 @@ async function acquire() {
 }
 
 function showSelf() {
-  const video = new MediaStream(stream ? stream.getVideoTracks() : []);
+  const track = stream?.getVideoTracks()[0];
+  const video = new MediaStream(track ? [track] : []);
+  // Mirror the front camera only, as a mirror would.
+  const mirror = track?.getSettings?.().facingMode !== 'environment';
   for (const id of ['preview', 'self']) {
     $(id).srcObject = video;
-    $(id).classList.toggle('mirror', facing === 'user');
+    $(id).classList.toggle('mirror', mirror);
   }
-  $('preview-box').hidden = !video.getTracks().length;
-  $('self').hidden = !video.getTracks().length;
+  $('preview-box').hidden = !track;
+  $('self').hidden = !track || camOff;
 }
 
-// Replace one kind of track (new camera, or a track the phone took away).
-async function reacquire(kind) {
+/** Replace the local track of one kind (another camera, or one the phone took away). */
+async function replaceTrack(kind, constraints) {
   stream.getTracks().forEach((t) => t.kind === kind && t.stop());
-  const s = await navigator.mediaDevices.getUserMedia(kind === 'video' ? { video: videoConstraints(facing) } : { audio: true });
+  const s = await navigator.mediaDevices.getUserMedia({ [kind]: constraints });
   const track = s.getTracks()[0];
   track.enabled = kind === 'video' ? !camOff : !muted;
   await call.setTrack(kind, track);
   showSelf();
+}
+
+const cameras = async () =>
+  (await navigator.mediaDevices.enumerateDevices().catch(() => [])).filter((d) => d.kind === 'videoinput');
+
+/** Front to back camera on a phone; elsewhere (no facing information) the next camera. */
+async function switchCamera() {
+  const settings = stream.getVideoTracks()[0]?.getSettings() || {};
+  const want = settings.facingMode === 'environment' ? 'user' : 'environment';
+  try {
+    await replaceTrack('video', { ...videoConstraints(want), facingMode: { exact: want } });
+  } catch {
+    const list = await cameras();
+    const next = list[(list.findIndex((d) => d.deviceId === settings.deviceId) + 1) % list.length];
+    try {
+      await replaceTrack('video', videoConstraints(null, next?.deviceId));
+    } catch {
+      setText('note', 'Could not switch camera.');
+      await replaceTrack('video', videoConstraints(null, settings.deviceId)).catch(() => {});
+    }
+  }
+}
+
+// ---- the check before joining ---------------------------------------------
+
+function startMeter() {
+  stopMeter();
+  const track = stream?.getAudioTracks()[0];
+  const Context = window.AudioContext || window.webkitAudioContext;
+  if (!track || !Context) return;
+  const ctx = new Context();
+  const analyser = ctx.createAnalyser();
+  analyser.fftSize = 1024;
+  ctx.createMediaStreamSource(new MediaStream([track])).connect(analyser);
+  const samples = new Float32Array(analyser.fftSize);
+  const tick = () => {
+    analyser.getFloatTimeDomainData(samples);
+    const rms = Math.sqrt(samples.reduce((sum, x) => sum + x * x, 0) / samples.length);
+    $('mic-level').value = Math.min(1, rms * 5);
+    if (rms > 0.01) setText('chk-mic', 'Microphone: working. We can hear you.');
+  };
+  meter = { ctx, timer: setInterval(tick, 100) };
+}
+
+function stopMeter() {
+  if (!meter) return;
+  clearInterval(meter.timer);
+  meter.ctx.close().catch(() => {});
+  meter = null;
+  $('mic-level').value = 0;
+}
+
+/** Reach the server a few times over the link itself: it is up, the link is still
+ * valid, and the round trip says how good the connection is. */
+async function checkConnection() {
+  setText('chk-net', 'Connection: checking…');
+  if (navigator.onLine === false) return setText('chk-net', 'Connection: you are offline. Connect to Wi-Fi or mobile data.');
+  const times = [];
+  for (let i = 0; i < 3; i += 1) {
+    const started = performance.now();
+    const status = await linkStatus();
+    if (status === 0) return setText('chk-net', 'Connection: we could not reach the appointment. Check your Wi-Fi or mobile data, then try again.');
+    if (status !== 200) return linkRefused();
+    times.push(performance.now() - started);
+  }
+  const rtt = times.sort((a, b) => a - b)[1];
+  const net = navigator.connection || {};
+  const weak = rtt > 800 || ['slow-2g', '2g'].includes(net.effectiveType);
+  const slow = weak || rtt > 300 || net.effectiveType === '3g' || net.saveData;
+  if (weak) $('join-audio').hidden = false;
+  setText('chk-net', weak ? 'Connection: weak. Video may stop. You can join with sound only.'
+    : slow ? 'Connection: slow. If the video stops during the call, tap "Sound only".'
+      : 'Connection: good.');
+}
+
+async function check() {
+  stopMeter();
+  stopStream(stream);
+  stream = null;
+  $('check-results').hidden = false;
+  setText('chk-camera', audioOnly ? 'Camera: not used (sound only).' : 'Camera: starting…');
+  const connection = checkConnection();
+  const ok = await acquire();
+  $('mic-check').hidden = !ok;
+  if (ok) {
+    startMeter();
+    if (!audioOnly && stream.getVideoTracks().length) {
+      const preview = $('preview');
+      const ready = () => preview.videoWidth && setText('chk-camera', 'Camera: working. You should see yourself.');
+      preview.addEventListener('resize', ready, { once: true });
+      ready();
+    }
+  } else {
+    setText('chk-camera', 'Camera and microphone: not available. See the help below.');
+  }
+  await connection;
 }
 
 // ---- joining and leaving -------------------------------------------------
@@ -83,17 +203,23 @@ async function join() {
   // Start playback inside this tap so the officer can be heard (autoplay rules).
   $('remote').srcObject = call.remote;
   $('remote').play().catch(() => {});
+  stopMeter();
   if (!(await acquire())) return show('intro');
   camOff = muted = false;
+  call.receiveVideo = !audioOnly;
+  state = null;
   updateButtons();
+  render();
   show('call');
   call.start(stream);
-  const devices = await navigator.mediaDevices.enumerateDevices().catch(() => []);
-  const cams = devices.filter((d) => d.kind === 'videoinput');
-  $('flip').hidden = cams.length < 2;
+  $('flip').hidden = (await cameras()).length < 2;
+  clearInterval(qualityTimer);
+  qualityTimer = setInterval(showQuality, 2000);
 }
 
 function stopAll() {
+  clearInterval(qualityTimer);
+  stopMeter();
   call.leave();
   stopStream(stream);
   stream = null;
@@ -105,33 +231,60 @@ function quickExit() {
 
 // ---- status --------------------------------------------------------------
 
+const CONN_TEXT = {
+  connecting: 'Connecting…',
+  network: 'Reconnecting after a network change…',
+  reconnecting: 'Connection lost. Reconnecting…',
+  retrying: 'Connection lost. Reconnecting…',
+  offline: 'You are offline. The call will reconnect when your connection is back.',
+  gaveup: 'Could not reconnect.',
+};
+
 function render() {
   const officer = state?.participants?.some((p) => p.role !== 'victim' && p.connected);
   const paused = state?.status === 'paused';
-  setText('status', {
-    connecting: 'Connecting…',
-    reconnecting: 'Reconnecting after a network change…',
-    retrying: 'Connection lost, retrying…',
-    gaveup: 'Could not reconnect.',
-  }[conn] || (paused ? 'On a break. Tap "Rejoin" when you are ready.'
-    : officer || state?.status === 'live' ? 'Connected' : 'Waiting for the officer'));
+  setText('status', CONN_TEXT[conn]
+    || (paused ? 'Paused' : officer ? 'Connected to the officer' : 'Waiting for the officer'));
   $('retry').hidden = conn !== 'gaveup';
   $('rec').hidden = !state?.recording;
   $('pause').textContent = paused ? 'Rejoin' : 'Take a break';
+  $('pause').classList.toggle('primary', paused);
+  const message = paused ? 'The call is paused. Nobody can see or hear you. Tap "Rejoin" when you are ready.'
+    : conn === 'connected' && state && !officer ? 'Waiting for an officer to join. This usually takes a few minutes.'
+      : audioOnly ? 'Sound only: video is off to save data.' : '';
+  setText('stage-msg', message);
+  $('stage-msg').hidden = !message;
+  $('remote').classList.toggle('dim', Boolean(message));
+  $('stage').classList.toggle('sound-only', audioOnly);
 }
 
 function updateButtons() {
   $('mute').textContent = muted ? 'Unmute' : 'Mute';
   $('cam').textContent = camOff ? 'Camera on' : 'Camera off';
-  $('cam').disabled = audioOnly;
-  $('flip').disabled = audioOnly;
+  const noVideo = audioOnly || !stream?.getVideoTracks().length;
+  $('cam').disabled = noVideo;
+  $('flip').disabled = noVideo;
   $('audio-only').setAttribute('aria-pressed', String(audioOnly));
+  $('self').hidden = noVideo || camOff;
+}
+
+async function showQuality() {
+  const q = await call.quality().catch(() => null);
+  if (!q || conn !== 'connected') return void ($('signal').hidden = true);
+  $('signal').hidden = false;
+  setText('signal', `Signal: ${{ good: 'good', fair: 'fair', poor: 'weak' }[q.level]}`);
+  if (q.level === 'poor' && !audioOnly) setText('note', 'Your connection is weak. If the sound breaks up, tap "Sound only".');
 }
 
 call.addEventListener('conn', (e) => { conn = e.detail; render(); });
+call.addEventListener('rejoined', (e) => setText('note', e.detail === 'network'
+  ? 'You were reconnected after a network change.' : 'You were reconnected.'));
 call.addEventListener('state', (e) => { state = e.detail; render(); });
 call.addEventListener('remote', () => $('remote').play().catch(() => {}));
 call.addEventListener('error', (e) => console.warn('server:', e.detail.code, e.detail.message));
+call.addEventListener('refused', async () => {
+  if ([403, 404, 410].includes(await linkStatus())) linkRefused();
+});
 call.addEventListener('closed', () => { stopAll(); show('ended'); });
 call.addEventListener('fatal', (e) => {
   stopAll();
@@ -149,9 +302,14 @@ addEventListener('keydown', (e) => {
   lastEscape = e.timeStamp;
 });
 
-$('check').addEventListener('click', () => { stopStream(stream); stream = null; acquire(); });
+$('check').addEventListener('click', check);
 $('join').addEventListener('click', join);
-$('join-audio').addEventListener('click', () => { audioOnly = true; join(); });
+$('join-audio').addEventListener('click', () => {
+  audioOnly = true;
+  stopStream(stream); // the check's camera is no longer wanted
+  stream = null;
+  join();
+});
 $('rejoin').addEventListener('click', join);
 $('retry').addEventListener('click', () => call.retry());
 $('reload').addEventListener('click', () => location.reload());
@@ -168,31 +326,24 @@ $('cam').addEventListener('click', () => {
   updateButtons();
 });
 
-$('flip').addEventListener('click', async () => {
-  facing = facing === 'user' ? 'environment' : 'user';
-  try {
-    await reacquire('video');
-  } catch {
-    facing = facing === 'user' ? 'environment' : 'user';
-    setText('note', 'Could not switch camera.');
-    reacquire('video').catch(() => {});
-  }
-});
+$('flip').addEventListener('click', () => switchCamera().then(showSelf));
 
 $('audio-only').addEventListener('click', async () => {
   audioOnly = !audioOnly;
+  $('audio-only').setAttribute('aria-pressed', String(audioOnly));
   setText('note', '');
-  try {
-    if (audioOnly) {
-      stream.getVideoTracks().forEach((t) => t.stop());
-      await call.setTrack('video', null);
-      showSelf();
-    } else await reacquire('video');
-  } catch {
-    audioOnly = true;
-    setText('note', 'The camera could not start. You are still connected with sound.');
+  if (audioOnly) {
+    stream.getVideoTracks().forEach((t) => t.stop());
+    await call.setTrack('video', null);
+  } else {
+    await replaceTrack('video', videoConstraints('user')).catch(() => {
+      setText('note', 'The camera could not start. You can see the officer, but they cannot see you.');
+    });
   }
+  call.setReceiveVideo(!audioOnly);
+  showSelf();
   updateButtons();
+  render();
 });
 
 $('pause').addEventListener('click', () => {
@@ -207,8 +358,10 @@ document.addEventListener('visibilitychange', async () => {
   if (document.hidden || !call.active || !stream) return;
   $('remote').play().catch(() => {});
   try {
-    if (stream.getAudioTracks().every((t) => t.readyState === 'ended')) await reacquire('audio');
-    if (!audioOnly && stream.getVideoTracks().every((t) => t.readyState === 'ended')) await reacquire('video');
+    if (stream.getAudioTracks().every((t) => t.readyState === 'ended')) await replaceTrack('audio', AUDIO);
+    if (!audioOnly && stream.getVideoTracks().some((t) => t.readyState === 'ended')) {
+      await replaceTrack('video', videoConstraints('user'));
+    }
   } catch {
     setText('note', 'Your camera or microphone stopped. Tap "Leave", then "Rejoin".');
   }
