@@ -21,6 +21,7 @@ from .recording import api as recording_api
 from .recording.service import Recordings
 from .retention import web as retention_web
 from .signalling import Hub
+from . import uploads
 from .http import (
     AUDIT, AUTH, CLOCK, CONSULTATIONS, DB, HUB, NOTIFIER, RECORDINGS, SETTINGS, SIGNING_KEY, STAFF, STORE,
     actor, base_url, current_staff, read_json, same_origin, secure_cookies,
@@ -49,6 +50,7 @@ def create_app(settings: Settings, clock: Clock = utcnow, notifier: Optional[Not
     app[NOTIFIER] = notifier or make_notifier(settings)
     app[CONSULTATIONS] = Consultations(settings, clock, app[NOTIFIER])
     app.cleanup_ctx.append(_database)
+    uploads.setup(app)
     recording_api.setup(app)
     retention_web.setup(app)
     app.on_shutdown.append(_shutdown)

@@ -335,6 +335,49 @@ class RetentionMeta(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
+# -- evidence uploads (migration 0004) -----------------------------------------
+
+
+class Upload(Base):
+    """A file sent over tus by the victim or staff. ``uploading`` while bytes arrive
+    (resumable), then ``complete`` (an allowed type) or ``quarantined`` (any other
+    type: flagged, never served inline); ``terminated`` when its sender cancelled it
+    and ``purged`` when left unfinished too long (neither keeps any content)."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    consultation_id: Mapped[str] = mapped_column(ForeignKey("consultations.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    #: ``victim`` or the member of staff's user name, and their role.
+    uploaded_by: Mapped[str] = mapped_column(String(64))
+    uploader_role: Mapped[str] = mapped_column(String(16))
+    client: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    #: The name as sent (kept as evidence, never used as a path) and its sanitised form.
+    original_name: Mapped[str] = mapped_column(Text)
+    filename: Mapped[str] = mapped_column(String(255))
+    #: The type the sender's device claimed, and the one detected from the content.
+    declared_type: Mapped[Optional[str]] = mapped_column(String(255), nullable=True)
+    content_type: Mapped[Optional[str]] = mapped_column(String(255), nullable=True)
+    length: Mapped[int] = mapped_column(BigInteger)
+    offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: Sealed bytes and records of the staging file that ``offset`` accounts for.
+    staged_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    staged_records: Mapped[int] = mapped_column(Integer, default=0)
+    #: SHA-256 of every byte received, computed while they streamed in.
+    sha256: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    exhibit_ref: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    #: When the last bytes arrived (unfinished uploads are purged by this).
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    completed_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
+    #: A JPEG preview (thumbnail, or a video's first frame) is stored beside the original.
+    has_preview: Mapped[bool] = mapped_column(default=False)
+    #: Embedded metadata (EXIF, video duration...).
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    quarantine_reason: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+
+
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     if url.startswith("sqlite"):
         engine = create_async_engine(url, **kwargs)

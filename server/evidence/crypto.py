@@ -3,14 +3,16 @@
 Every item in the evidence store is a *sealed container*::
 
     header   MAGIC (8) | master key id (8) | wrap nonce (12) | wrapped data key (32 + 16)
-    records  length (4, big-endian) | AES-256-GCM(data key, nonce, chunk, aad=header) ...
+    records  length (4, big-endian) | salt (8) | final (1) | AES-256-GCM(data key, chunk) ...
 
 The data key is random per item and wrapped (AES-256-GCM) by the master key with the
 item's store key as associated data, so a container moved under another key does not
 open. Each record holds up to :data:`CHUNK` bytes of plaintext; its nonce is its index
-and a flag set on the last record only, so records cannot be reordered, dropped or
-cut off at the end without the reader noticing. Reading streams record by record:
-memory stays constant whatever the size.
+(4 bytes) and a random salt (8 bytes; a resumable upload may rewrite a record it
+discarded, and must never reuse a nonce), and its associated data is the header and
+the final flag, set on the last record only: records cannot be reordered, dropped,
+swapped between items or cut off at the end without the reader noticing. Reading
+streams record by record: memory stays constant whatever the size.
 
 The master key (32 bytes) comes from configuration (``master_key``: base64, or the
 path of a file holding it) or is generated under ``DATA/keys/`` at first start. Keep
@@ -43,7 +45,7 @@ TAG = 16
 #: Plaintext bytes per record at most.
 CHUNK = 1024 * 1024
 HEADER_LEN = len(MAGIC) + 8 + 12 + KEY_BYTES + TAG
-_LEN = struct.Struct(">I")
+_PREFIX = struct.Struct(">I8s?")
 DEFAULT_KEY_FILE = "keys/master-aes256.key"
 
 
@@ -87,8 +89,12 @@ class MasterKey:
         return AESGCM(data_key)
 
 
-def _nonce(index: int, final: bool) -> bytes:
-    return struct.pack(">QI", index, 1 if final else 0)
+def _nonce(index: int, salt: bytes) -> bytes:
+    return struct.pack(">I", index) + salt
+
+
+def _aad(header: bytes, final: bool) -> bytes:
+    return header + (b"\x01" if final else b"\x00")
 
 
 class Sealer:
@@ -105,9 +111,10 @@ class Sealer:
     def seal(self, plaintext: bytes, final: bool) -> bytes:
         if len(plaintext) > CHUNK:
             raise ValueError("a record holds at most CHUNK bytes")
-        sealed = self._aead.encrypt(_nonce(self.records, final), plaintext, self.header)
+        salt = secrets.token_bytes(8)
+        sealed = self._aead.encrypt(_nonce(self.records, salt), plaintext, _aad(self.header, final))
         self.records += 1
-        return _LEN.pack(len(sealed)) + sealed
+        return _PREFIX.pack(len(sealed), salt, final) + sealed
 
 
 def rechunk(chunks: Iterable[bytes], size: int = CHUNK) -> Iterator[tuple[bytes, bool]]:
@@ -139,6 +146,14 @@ def seal_stream(master: MasterKey, item_key: str, chunks: Iterable[bytes],
     for chunk, final in rechunk(chunks):
         on_plaintext(chunk)
         yield sealer.seal(chunk, final)
+
+
+def open_record(aead: AESGCM, header: bytes, index: int, salt: bytes, final: bool, sealed: bytes,
+                item_key: str) -> bytes:
+    try:
+        return aead.decrypt(_nonce(index, salt), sealed, _aad(header, final))
+    except InvalidTag:
+        raise IntegrityError(f"{item_key}: record {index} was altered") from None
 
 
 def _read_exact(f: BinaryIO, n: int) -> bytes:
@@ -173,31 +188,22 @@ class Opener:
         on any alteration, truncation or trailing bytes."""
         if self.done:
             return None
-        head = _read_exact(self.f, _LEN.size)
-        if len(head) != _LEN.size:
+        head = _read_exact(self.f, _PREFIX.size)
+        if len(head) != _PREFIX.size:
             raise IntegrityError(f"{self.item_key}: truncated (no final record)")
-        (length,) = _LEN.unpack(head)
+        length, salt, final = _PREFIX.unpack(head)
         if not TAG <= length <= CHUNK + TAG:
             raise IntegrityError(f"{self.item_key}: bad record length at record {self.index}")
         sealed = _read_exact(self.f, length)
         if len(sealed) != length:
             raise IntegrityError(f"{self.item_key}: truncated in record {self.index}")
-        plaintext = self._open(sealed, final=False)
-        if plaintext is None:
-            plaintext = self._open(sealed, final=True)
-            if plaintext is None:
-                raise IntegrityError(f"{self.item_key}: record {self.index} was altered")
+        plaintext = open_record(self._aead, self.header, self.index, salt, final, sealed, self.item_key)
+        self.index += 1
+        if final:
             self.done = True
             if self.f.read(1):
                 raise IntegrityError(f"{self.item_key}: bytes after the final record")
-        self.index += 1
         return plaintext
-
-    def _open(self, sealed: bytes, final: bool) -> Optional[bytes]:
-        try:
-            return self._aead.decrypt(_nonce(self.index, final), sealed, self.header)
-        except InvalidTag:
-            return None
 
     def __iter__(self) -> Iterator[bytes]:
         while (chunk := self.next_chunk()) is not None:
@@ -215,18 +221,19 @@ class SealedReader(io.RawIOBase):
             opener = Opener(master, item_key, self._f)
             self._aead = opener._aead
             self._header = opener.header
-            # Index the records: (file offset of the sealed bytes, sealed length, plaintext start).
-            self._records: list[tuple[int, int, int]] = []
+            # Index the records: (file offset of the sealed bytes, sealed length,
+            # plaintext start, salt, final).
+            self._records: list[tuple[int, int, int, bytes, bool]] = []
             offset, start = HEADER_LEN, 0
             size = os.fstat(self._f.fileno()).st_size
             while offset < size:
                 self._f.seek(offset)
-                head = self._f.read(_LEN.size)
-                if len(head) != _LEN.size:
+                head = self._f.read(_PREFIX.size)
+                if len(head) != _PREFIX.size:
                     raise IntegrityError(f"{item_key}: truncated")
-                (length,) = _LEN.unpack(head)
-                self._records.append((offset + _LEN.size, length, start))
-                offset += _LEN.size + length
+                length, salt, final = _PREFIX.unpack(head)
+                self._records.append((offset + _PREFIX.size, length, start, salt, final))
+                offset += _PREFIX.size + length
                 start += length - TAG
         except BaseException:
             self._f.close()
@@ -252,15 +259,12 @@ class SealedReader(io.RawIOBase):
 
     def _record(self, i: int) -> bytes:
         if self._cached[0] != i:
-            offset, length, _ = self._records[i]
+            offset, length, _, salt, final = self._records[i]
+            if final != (i == len(self._records) - 1):
+                raise IntegrityError(f"{self.item_key}: the final record is not last")
             self._f.seek(offset)
             sealed = self._f.read(length)
-            final = i == len(self._records) - 1
-            try:
-                plain = self._aead.decrypt(_nonce(i, final), sealed, self._header)
-            except InvalidTag:
-                raise IntegrityError(f"{self.item_key}: record {i} was altered") from None
-            self._cached = (i, plain)
+            self._cached = (i, open_record(self._aead, self._header, i, salt, final, sealed, self.item_key))
         return self._cached[1]
 
     def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
