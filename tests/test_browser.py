@@ -332,6 +332,9 @@ async def test_officer_console_and_victim_page_in_a_call(ui, users):
     assert re.fullmatch(r"\d+:\d\d", timer) and timer != "0:00"
     await desk.wait_for_function("t => document.querySelector('#timer').textContent !== t", arg=timer)
     await desk.locator("#participants", has_text="Victim: connected").wait_for()
+    # The server records the call: both pages show it.
+    await phone.locator("#rec", has_text="Recording").wait_for()
+    await desk.locator("#rec", has_text="Recording").wait_for()
     await ui.screen(desk, "console-4-call")
     await ui.screen(phone, "victim-4-call")
 
@@ -374,6 +377,7 @@ async def test_officer_console_and_victim_page_in_a_call(ui, users):
     assert "call 101" in await phone.locator("#s-ended").text_content()
     assert await live_tracks(phone) == 0
     assert await live_tracks(desk) == 0
+    assert await desk.locator("#rec").is_hidden()
     await ui.screen(phone, "victim-6-ended")
     await desk.get_by_role("button", name="Back to list").click()
     await row.filter(has_text="closed").wait_for()
