@@ -142,6 +142,10 @@ class UI:
             permissions=["camera", "microphone"] if allow else [])
         self.contexts.append(context)
         await context.add_init_script(TRACK_SPY)
+        return await self.tab(context)
+
+    async def tab(self, context: Any) -> Any:
+        """A new page in ``context`` (the same device: same cookies), watched for errors."""
         page = await context.new_page()
         page.set_default_timeout(TIMEOUT)
         page.on("pageerror", lambda e: self.errors.append(f"{page.url}: uncaught {e}"))
@@ -344,6 +348,12 @@ async def test_officer_console_and_victim_page_in_a_call(ui, users):
     await hears(desk, lambda peak: peak < 0.001)
     await phone.get_by_role("button", name="Unmute").click()
     await hears(desk, lambda peak: peak > 0.01)
+    # And the officer's mute silences what the victim hears.
+    await hears(phone, lambda peak: peak > 0.01)
+    await desk.get_by_role("button", name="Mute").click()
+    await hears(phone, lambda peak: peak < 0.001)
+    await desk.get_by_role("button", name="Unmute").click()
+    await hears(phone, lambda peak: peak > 0.01)
 
     # Camera off: the officer's picture goes black; on: it comes back.
     assert await desk.locator("#remote").evaluate(BRIGHTNESS) > 20
@@ -501,6 +511,16 @@ async def test_quick_exit(ui, officer_call):
     phone = await ui.page()
     await victim_joins(phone, created["join_url"])
     await console.wait_media(audio=20, video=10, timeout=TIMEOUT / 1000)
+
+    # The same phone joins again in another tab: the first tab gives way (no tug of war).
+    first = phone
+    phone = await ui.tab(first.context)
+    await victim_joins(phone, created["join_url"])
+    await first.get_by_role("heading", name="The call moved to another window").wait_for()
+    assert await live_tracks(first) == 0
+    await ui.screen(first, "moved-to-another-window")
+    await first.close()
+    await assert_playing(phone, "#remote")
     depth = await phone.evaluate("history.length")
 
     # One tap: camera and microphone stopped, the call left, a neutral page in place.

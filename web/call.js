@@ -11,6 +11,7 @@
 //   'refused'  the socket could not even open (the link may be closed or given
 //              to another device): the page asks the server why
 //   'closed'   police closed the consultation; the link is finished
+//   'replaced' the same person joined from another tab or window (close 4001)
 //   'fatal'    {code, message}: the server refused us (close 1008)
 //   'error'    {type:'error', code, message} from the server; the socket stays up
 
@@ -77,6 +78,7 @@ export class Call extends EventTarget {
     this.recovering = null; // why we are reconnecting: 'network' or 'failure'
     this.wasConnected = false; // connected at least once since start()
     this.timers = {};
+    this.statsPc = null;   // the peer connection lastStats was taken from
     this.lastStats = null;
     this.resetBackoff();
     addEventListener('online', () => this.active && this.reconnect('network'));
@@ -91,7 +93,11 @@ export class Call extends EventTarget {
     });
   }
 
-  emit(type, detail) { this.dispatchEvent(new CustomEvent(type, { detail })); }
+  emit(type, detail) {
+    // Whatever else is going on, no network is what the person needs to know.
+    const offline = type === 'conn' && navigator.onLine === false && !['connected', 'gaveup'].includes(detail);
+    this.dispatchEvent(new CustomEvent(type, { detail: offline ? 'offline' : detail }));
+  }
 
   setTimer(name, ms, fn) { clearTimeout(this.timers[name]); this.timers[name] = setTimeout(fn, ms); }
 
@@ -180,6 +186,7 @@ export class Call extends EventTarget {
       if (ws !== this.ws) return; // a socket we replaced on purpose
       this.ws = null;
       if (e.code === 4000) this.finish('closed');
+      else if (e.code === 4001) this.finish('replaced'); // joined again elsewhere: do not fight it
       else if (e.code === 1008) this.finish('fatal', { code: 'policy', message: e.reason || 'The connection was refused.' });
       else if (this.active) {
         if (!opened) this.emit('refused');
@@ -191,7 +198,6 @@ export class Call extends EventTarget {
   async offer() {
     this.pc?.close();
     const pc = (this.pc = new RTCPeerConnection());
-    this.lastStats = null;
     let sent = false;
     for (const kind of ['audio', 'video']) {
       const track = this.sending ? this.localTrack(kind) : null;
@@ -257,7 +263,7 @@ export class Call extends EventTarget {
       } else if (m.type === 'candidate' && pc?.remoteDescription) {
         await pc.addIceCandidate(m.candidate || undefined);
       } else if (m.type === 'state') {
-        await this.setSending(m.status !== 'paused');
+        this.setSending(m.status !== 'paused').catch((err) => console.warn('pause', err));
         this.emit('state', m);
       } else if (m.type === 'closed') this.finish('closed');
       else if (m.type === 'error') this.emit('error', m);

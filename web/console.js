@@ -231,6 +231,7 @@ async function openCall(c) {
   call.addEventListener('fatal', (e) => { $('conn').textContent = `Refused: ${e.detail.message}`; });
   call.addEventListener('refused', loadDetails); // closed elsewhere, or no longer ours
   call.addEventListener('closed', markClosed);
+  call.addEventListener('replaced', () => markEnded('Left: you joined this call from another window.'));
   show('call');
   call.start(stream);
   loadDetails();
@@ -283,10 +284,7 @@ async function loadDetails() {
   const r = await api('GET', `/api/consultations/${encodeURIComponent(cur.c.id)}`);
   if (cur !== current) return;
   if (!r.ok) {
-    if (r.status === 404) {
-      current.call.leave();
-      $('call-msg').textContent = 'This consultation is no longer available to you.';
-    }
+    if (r.status === 404) markEnded('This consultation is no longer available to you.');
     return;
   }
   $('arrived').textContent = r.data.arrived_at
@@ -295,18 +293,24 @@ async function loadDetails() {
 }
 
 function markClosed() {
-  if (!current) return;
+  if (markEnded('This link is closed and can never be used again.')) $('call-status').textContent = 'closed';
+}
+
+/** This window's part in the call is over: say why, keep the view for the record. */
+function markEnded(text) {
+  if (!current || current.ended) return false;
+  current.ended = true;
   current.call.leave();
   stopStream(current.stream);
   clearInterval(current.timer);
-  $('call-status').textContent = 'closed';
   $('conn').textContent = 'Ended';
   $('quality').textContent = '–';
   $('stage-msg').hidden = true;
   $('rec').hidden = true;
   $('retry').hidden = true;
   for (const id of ['mute', 'pause', 'close']) $(id).disabled = true;
-  $('call-msg').textContent = 'This link is closed and can never be used again.';
+  $('call-msg').textContent = text;
+  return true;
 }
 
 function endCall() {

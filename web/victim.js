@@ -286,6 +286,7 @@ call.addEventListener('refused', async () => {
   if ([403, 404, 410].includes(await linkStatus())) linkRefused();
 });
 call.addEventListener('closed', () => { stopAll(); show('ended'); });
+call.addEventListener('replaced', () => { stopAll(); show('elsewhere'); });
 call.addEventListener('fatal', (e) => {
   stopAll();
   setText('error-text', `The call could not continue: ${e.detail.message}`);
@@ -311,6 +312,7 @@ $('join-audio').addEventListener('click', () => {
   join();
 });
 $('rejoin').addEventListener('click', join);
+$('take-over').addEventListener('click', join);
 $('retry').addEventListener('click', () => call.retry());
 $('reload').addEventListener('click', () => location.reload());
 
