@@ -190,7 +190,12 @@ async def _patch(request: web.Request, upload: Upload) -> web.Response:
         except (binascii.Error, ValueError):
             raise ApiError(400, "bad_checksum", "Upload-Checksum must be an algorithm and a base64 digest.") from None
     content = request.content
-    patch = Patch(lambda: asyncio.wait_for(content.readany(), IDLE_TIMEOUT), request.content_length, checksum)
+
+    async def read() -> bytes:
+        async with asyncio.timeout(IDLE_TIMEOUT):
+            return await content.readany()
+
+    patch = Patch(read, request.content_length, checksum)
     done = await request.app[UPLOADS].append(upload.id, offset, patch)
     return web.Response(status=204, headers={"Upload-Offset": str(done.offset)})
 

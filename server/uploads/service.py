@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -177,7 +178,7 @@ class Uploads:
                     check.update(data)
                 f.write(sealer.seal(data, final))
 
-            buffer = bytearray()
+            buffer = bytearray()  # at most CHUNK + one read
             writing: Optional[asyncio.Future[None]] = None
             broken: Optional[Exception] = None
             while True:
@@ -255,6 +256,7 @@ class Uploads:
         if upload.status != "uploading":
             return upload
         path = self.staged(upload.id)
+        started = time.monotonic()
         hasher = self._hashes.get(upload.id) or await asyncio.to_thread(self._rehash, upload)
         sha256 = hasher.hexdigest()
         detected, meta, preview = await asyncio.to_thread(self._examine, upload, path)
@@ -301,8 +303,8 @@ class Uploads:
             details={"filename": row.filename, "original_name": row.original_name, "size": row.length,
                      "sha256": sha256, "content_type": detected, "exhibit_ref": row.exhibit_ref, "status": row.status},
         )
-        log.info("upload %s (id=%s consultation=%s size=%d sha256=%s type=%s)", row.status, row.id,
-                 row.consultation_id, row.length, sha256, detected)
+        log.info("upload %s (id=%s consultation=%s size=%d sha256=%s type=%s; ingested in %.1f s)", row.status,
+                 row.id, row.consultation_id, row.length, sha256, detected, time.monotonic() - started)
         return row
 
     def _examine(self, upload: Upload, path: Path) -> tuple[str, dict[str, Any], Optional[bytes]]:
