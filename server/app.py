@@ -21,6 +21,7 @@ from .recording import api as recording_api
 from .recording.service import Recordings
 from .retention import web as retention_web
 from .signalling import Hub
+from .statements import api as statements_api
 from . import uploads
 from .http import (
     AUDIT, AUTH, CLOCK, CONSULTATIONS, DB, HUB, NOTIFIER, RECORDINGS, SETTINGS, SIGNING_KEY, STAFF, STORE,
@@ -53,6 +54,7 @@ def create_app(settings: Settings, clock: Clock = utcnow, notifier: Optional[Not
     uploads.setup(app)
     recording_api.setup(app)
     retention_web.setup(app)
+    statements_api.setup(app)
     app.on_shutdown.append(_shutdown)
     app.add_routes(
         [

@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .retention.cli import register as retention_commands
 
     retention_commands(commands, _common)
+
+    from .statements.cli import register as statement_commands
+
+    statement_commands(commands, _common)
     return parser
 
 

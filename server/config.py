@@ -93,6 +93,21 @@ class Settings:
     #: Content types accepted as evidence, comma separated (``image/*`` allowed);
     #: empty for the built-in list. Anything else is kept in quarantine.
     upload_allowed_types: str = ""
+    # -- statements (MG11) --
+    #: The force's name, printed on statements and in a generated certificate.
+    force_name: str = ""
+    #: The force's statement signing certificate (PEM: the certificate, then any
+    #: intermediates) and its private key (PEM; ``statement_key_password`` when
+    #: encrypted). When both are empty a self-signed CA and signing certificate are
+    #: generated under ``DATA/keys/`` at first start.
+    statement_cert: str = ""
+    statement_key: str = ""
+    statement_key_password: str = ""
+    #: PEM file(s), comma separated, of the root(s) a statement's signature must chain
+    #: to; the generated CA (``DATA/keys/statement-ca.pem``) when empty.
+    statement_trust_roots: str = ""
+    #: Time zone of the dates printed on statements.
+    statement_timezone: str = "Europe/London"
 
     def __post_init__(self) -> None:
         from evr.retention.policy import Policy

@@ -378,6 +378,91 @@ class Upload(Base):
     quarantine_reason: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
 
 
+# -- statements (MG11, migration 0006) -----------------------------------------
+
+
+class Statement(Base):
+    """An MG11 witness statement taken during a consultation. ``draft`` while the
+    officer writes it, ``awaiting_signature`` once sent to the victim's page,
+    ``sealing`` for the moment of signing, then ``signed`` (final)."""
+
+    __tablename__ = "statements"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    consultation_id: Mapped[str] = mapped_column(ForeignKey("consultations.id"), index=True)
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    #: The newest version (every version whose content differs is kept).
+    version: Mapped[int] = mapped_column(Integer)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: Who sent it for signature (the officer the signature is witnessed by), when,
+    #: and how they identified the witness.
+    sent_by: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    sent_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
+    identification: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    #: The sealed PDF's SHA-256, once signed.
+    sha256: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    signed_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
+
+
+class StatementVersion(Base):
+    """One saved content of a statement (CPIA: every draft that differs is retained)."""
+
+    __tablename__ = "statement_versions"
+
+    statement_id: Mapped[str] = mapped_column(ForeignKey("statements.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    content: Mapped[dict[str, Any]] = mapped_column(JSON)
+    content_sha256: Mapped[str] = mapped_column(String(64))
+    saved_by: Mapped[str] = mapped_column(String(64))
+    saved_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class StatementEvent(Base):
+    """A step of a statement: created, saved, sent, change_requested, cancelled, signed."""
+
+    __tablename__ = "statement_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    statement_id: Mapped[str] = mapped_column(ForeignKey("statements.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    kind: Mapped[str] = mapped_column(String(24))
+    version: Mapped[int] = mapped_column(Integer)
+    #: ``victim`` or the member of staff's user name.
+    actor: Mapped[str] = mapped_column(String(64))
+    #: The victim's words when they ask for a change.
+    text: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+
+
+class StatementSignature(Base):
+    """The signing record: the evidence of how, when and on what the witness signed."""
+
+    __tablename__ = "statement_signatures"
+
+    statement_id: Mapped[str] = mapped_column(ForeignKey("statements.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    #: SHA-256 of the sealed (signed) PDF.
+    document_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    #: SHA-256 of the unsigned document the witness was shown, and of the signature image.
+    shown_sha256: Mapped[str] = mapped_column(String(64))
+    signature_sha256: Mapped[str] = mapped_column(String(64))
+    signed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    typed_name: Mapped[str] = mapped_column(String(200))
+    pages: Mapped[int] = mapped_column(Integer)
+    declaration: Mapped[str] = mapped_column(Text)
+    #: The link's browser binding (SHA-256 of the binding cookie), IP and user agent.
+    binding_hash: Mapped[str] = mapped_column(String(64))
+    client_ip: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    user_agent: Mapped[Optional[str]] = mapped_column(String(512), nullable=True)
+    officer: Mapped[str] = mapped_column(String(64))
+    identification: Mapped[str] = mapped_column(Text)
+    #: Who read the statement to the witness, when someone did.
+    read_by: Mapped[Optional[str]] = mapped_column(String(200), nullable=True)
+    #: The whole record as stored beside the PDF (``signing-record.json``).
+    record: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     if url.startswith("sqlite"):
         engine = create_async_engine(url, **kwargs)

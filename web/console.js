@@ -195,6 +195,7 @@ const ROLE_TEXT = { victim: 'Victim', officer: 'Officer', sergeant: 'Sergeant' }
 async function openCall(c) {
   if (current) return;
   const call = new Call(`/api/consultations/${encodeURIComponent(c.id)}/ws`);
+  $('v-call').dataset.consultation = c.id; // for the uploads panel (console-uploads.js)
   $('remote').srcObject = call.remote;
   $('remote').play().catch(() => {}); // inside the click: allowed to play sound
   let stream;

@@ -1,0 +1,117 @@
+"""``evr statement verify FILE.pdf``: exit 0 when the PAdES signature validates against
+the service's trust root and the file is the one its signing record names; 1 otherwise."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import io
+import re
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .signing import SigningSetupError, load_certs, trust_roots, validate
+
+STATEMENT_ID = re.compile(r"evr-statement:([0-9a-f-]{36})")
+
+
+def register(commands: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    statement = commands.add_parser("statement", help="witness statements (MG11)")
+    sub = statement.add_subparsers(dest="statement_command", required=True)
+    check = sub.add_parser(
+        "verify", help="check a sealed statement's signature and its signing record",
+        description="Validate the PDF's PAdES signature against the service's trust root (statement_trust_roots, "
+                    "by default DATA/keys/statement-ca.pem) and, when this service's database holds the "
+                    "statement's signing record, check that the file is the one it records. "
+                    "Exit 0 when both hold, 1 otherwise.")
+    common(check)
+    check.add_argument("pdf", metavar="FILE.pdf", type=Path)
+    check.add_argument("--ca", type=Path, action="append", default=None, metavar="PEM",
+                       help="trust this root certificate instead (repeatable)")
+    check.set_defaults(func=cmd_verify)
+
+
+class Failed(Exception):
+    pass
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    try:
+        lines = asyncio.run(_verify(args))
+    except Failed as exc:
+        print(f"FAILED: {exc}")
+        return 1
+    for line in lines:
+        print(line)
+    return 0
+
+
+def _statement_id(pdf: bytes) -> Optional[str]:
+    from pyhanko.pdf_utils.reader import PdfFileReader
+
+    try:
+        info = PdfFileReader(io.BytesIO(pdf), strict=False).trailer_view["/Info"].get_object()
+        keywords = str(info.get("/Keywords", ""))
+    except Exception:  # noqa: BLE001 - a damaged file has no id to offer
+        return None
+    found = STATEMENT_ID.search(keywords)
+    return found.group(1) if found else None
+
+
+async def _record(settings: Any, digest: str, statement_id: Optional[str]) -> tuple[Optional[Any], str]:
+    """The signing record for this file's hash (or for its statement), and a note."""
+    from sqlalchemy import or_, select
+
+    from evr.db import StatementSignature, make_engine, sessionmaker
+
+    if settings.db_url.startswith("sqlite") and not (settings.data_dir / "evr.sqlite3").exists() \
+            and not settings.database_url:
+        return None, f"no database under {settings.data_dir}: signing record not checked"
+    engine = make_engine(settings.db_url)
+    try:
+        async with sessionmaker(engine)() as db:
+            clauses = [StatementSignature.document_sha256 == digest]
+            if statement_id:
+                clauses.append(StatementSignature.statement_id == statement_id)
+            rows = list(await db.scalars(select(StatementSignature).where(or_(*clauses))))
+    except Exception as exc:  # noqa: BLE001 - no database there, or not ours
+        return None, f"database not readable ({type(exc).__name__}): signing record not checked"
+    finally:
+        await engine.dispose()
+    for row in rows:
+        if row.document_sha256 == digest:
+            return row, ""
+    if rows:
+        raise Failed(f"the file's SHA-256 {digest} differs from the one the signing record of statement "
+                     f"{rows[0].statement_id} names ({rows[0].document_sha256}): not the sealed document")
+    return None, "no signing record for this document in this service's database"
+
+
+async def _verify(args: argparse.Namespace) -> list[str]:
+    from evr.cli import load_settings
+
+    try:
+        pdf = args.pdf.read_bytes()
+    except OSError as exc:
+        raise Failed(f"{args.pdf}: {exc.strerror or exc}") from None
+    settings = load_settings(args)
+    try:
+        roots = load_certs(args.ca) if args.ca else trust_roots(settings)
+    except SigningSetupError as exc:
+        raise Failed(f"no trust root: {exc}") from None
+    result = await validate(pdf, roots)
+    if not result.ok:
+        raise Failed(f"{args.pdf}: {result.message}")
+    digest = hashlib.sha256(pdf).hexdigest()
+    statement_id = _statement_id(pdf)
+    record, note = await _record(settings, digest, statement_id)
+    lines = [f"OK: {args.pdf}: {result.message}; signed by {result.signer}"
+             + (f" at {result.signed_at.isoformat()}" if result.signed_at else "")]
+    if record is not None:
+        lines.append(f"OK: SHA-256 {digest} matches the signing record of statement {record.statement_id} "
+                     f"(version {record.version}, {record.pages} page(s), signed by the witness at "
+                     f"{record.signed_at.isoformat()})")
+    else:
+        lines.append(f"note: {note}; SHA-256 {digest}")
+    return lines

@@ -1,0 +1,444 @@
+"""Statements: drafting (versioned), sending, a change asked for, signing and sealing.
+
+Every state change is one conditional UPDATE (``WHERE status = ... AND version = ...``),
+so two browsers, two tabs or two server processes can never both win: the loser
+gets 409. Sealing renders the same layout the witness was shown with their signature
+in the reserved places, signs it as PAdES and adds it, with the signature image and
+the signing record, to the evidence store (add-only) under ``statements/<c>/<s>/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import io
+import json
+import logging
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Optional
+
+from PIL import Image, ImageChops, UnidentifiedImageError
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from evr.audit import Actor, AuditLog
+from evr.config import Settings
+from evr.db import Consultation, EvidenceItem, Statement, StatementEvent, StatementSignature, StatementVersion
+from evr.errors import ApiError, not_found
+from evr.timeutil import Clock, rfc3339
+
+from . import content as sc
+from .layout import Document, Layout, Signed, paginate, render
+from .signing import Identity, seal
+
+log = logging.getLogger(__name__)
+
+#: Largest signature image accepted (decoded PNG bytes) and its largest sides.
+MAX_SIGNATURE_BYTES = 512 * 1024
+MAX_SIGNATURE_SIDE = 4000
+#: Pixels of ink (not blank, not transparent) below which a signature is empty.
+MIN_INK_PIXELS = 40
+EDITABLE = ("draft", "awaiting_signature")
+PDF_NAME = "statement.pdf"
+PNG_PREFIX = "data:image/png;base64,"
+
+
+def prefix(consultation_id: str, statement_id: str) -> str:
+    return f"statements/{consultation_id}/{statement_id}/"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A version laid out, and its unsigned PDF: what the witness is shown."""
+
+    doc: Document
+    layout: Layout
+    preview: bytes
+    preview_sha256: str
+
+
+@dataclass(frozen=True)
+class SignatureImage:
+    original: bytes
+    sha256: str
+    #: Cropped to the ink and re-encoded: what the PDF carries.
+    cropped: bytes
+    width: int
+    height: int
+
+
+def conflict(code: str, message: str) -> ApiError:
+    return ApiError(409, code, message)
+
+
+def check_signature(data_url: Any) -> SignatureImage:
+    """A drawn signature as a PNG data URL: 422 when absent, oversize, not a PNG, or blank."""
+    if not isinstance(data_url, str) or not data_url.startswith(PNG_PREFIX):
+        raise ApiError(422, "invalid_signature", "signature_png must be a data:image/png;base64 URL.",
+                       fields=["signature_png"])
+    encoded = data_url[len(PNG_PREFIX):]
+    if len(encoded) > (MAX_SIGNATURE_BYTES * 4) // 3 + 4:
+        raise ApiError(422, "signature_too_large",
+                       f"The signature image is larger than {MAX_SIGNATURE_BYTES // 1024} KiB.",
+                       fields=["signature_png"])
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(422, "invalid_signature", "signature_png is not valid base64.",
+                       fields=["signature_png"]) from None
+    if not raw:
+        raise ApiError(422, "empty_signature", "The signature is empty: sign in the box.", fields=["signature_png"])
+    if len(raw) > MAX_SIGNATURE_BYTES:
+        raise ApiError(422, "signature_too_large",
+                       f"The signature image is larger than {MAX_SIGNATURE_BYTES // 1024} KiB.",
+                       fields=["signature_png"])
+    if not raw.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise ApiError(422, "invalid_signature", "signature_png is not a PNG image.", fields=["signature_png"])
+    try:
+        with Image.open(io.BytesIO(raw)) as image:
+            if image.format != "PNG":
+                raise ValueError("not a PNG")
+            w, h = image.size
+            if not (0 < w <= MAX_SIGNATURE_SIDE and 0 < h <= MAX_SIGNATURE_SIDE):
+                raise ApiError(422, "signature_too_large",
+                               f"The signature image is larger than {MAX_SIGNATURE_SIDE} pixels a side.",
+                               fields=["signature_png"])
+            rgba = image.convert("RGBA")
+    except ApiError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        raise ApiError(422, "invalid_signature", "signature_png is not a readable PNG image.",
+                       fields=["signature_png"]) from None
+    # Ink: visible (alpha) and darker than paper.
+    opaque = rgba.getchannel("A").point(lambda a: 255 if a > 32 else 0)
+    dark = rgba.convert("L").point(lambda v: 255 if v < 200 else 0)
+    ink = ImageChops.multiply(opaque, dark)
+    if ink.histogram()[255] < MIN_INK_PIXELS or ink.getbbox() is None:
+        raise ApiError(422, "empty_signature", "The signature is empty: sign in the box.", fields=["signature_png"])
+    left, top, right, bottom = ink.getbbox()  # type: ignore[misc]
+    pad = 4
+    box = (max(0, left - pad), max(0, top - pad), min(rgba.width, right + pad), min(rgba.height, bottom + pad))
+    cropped = rgba.crop(box)
+    out = io.BytesIO()
+    cropped.save(out, "PNG", optimize=True)
+    return SignatureImage(raw, hashlib.sha256(raw).hexdigest(), out.getvalue(), cropped.width, cropped.height)
+
+
+def check_typed_name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 200:
+        raise ApiError(422, "invalid_typed_name", "Type your full name (up to 200 characters).",
+                       fields=["typed_name"])
+    checker = sc._Checker()
+    name = checker.text(value, "typed_name", 200)
+    if checker.failed:
+        raise ApiError(422, "invalid_typed_name", "Your name holds characters that cannot be printed.",
+                       fields=["typed_name"])
+    return name
+
+
+def default_identification(officer: str) -> str:
+    return (f"Seen and spoken to by {officer} on the recorded video call; signed in the browser the "
+            "consultation's link is bound to.")
+
+
+class Statements:
+    def __init__(self, settings: Settings, clock: Clock, db: Any, store: Any, audit: AuditLog,
+                 identity: Identity) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.db = db
+        self.store = store
+        self.audit = audit
+        self.identity = identity
+        self._rendered: OrderedDict[tuple[str, int, str], Rendered] = OrderedDict()
+
+    # -- reading -------------------------------------------------------------------
+
+    async def get(self, db: AsyncSession, consultation: Consultation, statement_id: str) -> Statement:
+        try:
+            uuid.UUID(statement_id)
+        except ValueError:
+            raise not_found("No such statement.") from None
+        found = await db.scalar(select(Statement).where(
+            Statement.id == statement_id, Statement.consultation_id == consultation.id))
+        if found is None:
+            raise not_found("No such statement.")
+        return found
+
+    async def version(self, db: AsyncSession, statement: Statement, number: Optional[int] = None
+                      ) -> StatementVersion:
+        row = await db.get(StatementVersion, (statement.id, number or statement.version))
+        if row is None:
+            raise not_found("No such version.")
+        return row
+
+    async def rendered(self, consultation: Consultation, statement: Statement, version: StatementVersion,
+                       officer: str) -> Rendered:
+        """The version laid out and its unsigned PDF (cached: a version never changes)."""
+        key = (statement.id, version.version, officer)
+        if key in self._rendered:
+            self._rendered.move_to_end(key)
+            return self._rendered[key]
+        doc = Document(statement.id, version.version, consultation.cad_ref, self.settings.force_name, officer,
+                       version.content)
+
+        def work() -> Rendered:
+            layout = paginate(doc)
+            pdf = render(doc, layout, version.saved_at, tz=self.settings.statement_timezone)
+            return Rendered(doc, layout, pdf, hashlib.sha256(pdf).hexdigest())
+
+        made = await asyncio.to_thread(work)
+        self._rendered[key] = made
+        while len(self._rendered) > 32:
+            self._rendered.popitem(last=False)
+        return made
+
+    async def current(self, consultation: Consultation, statement: Statement, officer: str
+                      ) -> tuple[StatementVersion, Rendered]:
+        """The newest version, and it laid out for ``officer`` (the signature's witness)."""
+        async with self.db() as db:
+            version = await self.version(db, statement)
+        return version, await self.rendered(consultation, statement, version, officer)
+
+    # -- drafting --------------------------------------------------------------------
+
+    async def uploads(self, db: AsyncSession, consultation: Consultation, body: Any) -> dict[str, dict[str, Any]]:
+        """The consultation's finished uploads that exhibits in ``body`` name."""
+        exhibits = body.get("exhibits") if isinstance(body, dict) else None
+        wanted = [e["upload_id"] for e in exhibits or () if isinstance(e, dict) and isinstance(e.get("upload_id"), str)]
+        if not wanted:
+            return {}
+        from evr.db import Upload  # the uploads feature's table
+
+        rows = await db.scalars(select(Upload).where(
+            Upload.consultation_id == consultation.id, Upload.id.in_(wanted),
+            Upload.status.in_(("complete", "quarantined"))))
+        return {u.id: {"filename": u.filename, "sha256": u.sha256, "exhibit_ref": u.exhibit_ref} for u in rows}
+
+    def _event(self, db: AsyncSession, statement: Statement, kind: str, actor: str, text: Optional[str] = None
+               ) -> None:
+        db.add(StatementEvent(statement_id=statement.id, at=self.clock(), kind=kind, version=statement.version,
+                              actor=actor[:64], text=text))
+
+    async def create(self, db: AsyncSession, consultation: Consultation, who: str, content: dict[str, Any]
+                     ) -> Statement:
+        now = self.clock()
+        statement = Statement(id=str(uuid.uuid4()), consultation_id=consultation.id, status="draft", version=1,
+                              created_by=who, created_at=now, updated_at=now)
+        db.add(statement)
+        await db.flush()
+        db.add(StatementVersion(statement_id=statement.id, version=1, content=content,
+                                content_sha256=sc.content_hash(content), saved_by=who, saved_at=now))
+        self._event(db, statement, "created", who)
+        await db.commit()
+        return statement
+
+    async def save(self, db: AsyncSession, statement: Statement, who: str, content: dict[str, Any],
+                   base: Optional[int]) -> tuple[Statement, bool, bool]:
+        """A new version when the content differs: (statement, saved, signature cancelled)."""
+        if statement.status not in EDITABLE:
+            raise conflict("statement_signed" if statement.status == "signed" else "statement_sealing",
+                           "This statement has been signed and can no longer change."
+                           if statement.status == "signed" else "This statement is being signed right now.")
+        if base is not None and base != statement.version:
+            raise conflict("version_conflict", f"This statement is at version {statement.version}, not {base}: "
+                                               "reload it before saving.")
+        current = await self.version(db, statement)
+        digest = sc.content_hash(content)
+        if digest == current.content_sha256:
+            return statement, False, False
+        now = self.clock()
+        was = statement.status
+        result = await db.execute(
+            update(Statement).where(Statement.id == statement.id, Statement.version == statement.version,
+                                    Statement.status.in_(EDITABLE))
+            .values(version=statement.version + 1, status="draft", updated_at=now, sent_at=None, sent_by=None)
+            .execution_options(synchronize_session=False))
+        if result.rowcount != 1:
+            await db.rollback()
+            raise conflict("version_conflict", "The statement changed meanwhile: reload it before saving.")
+        number = statement.version + 1
+        db.add(StatementVersion(statement_id=statement.id, version=number, content=content,
+                                content_sha256=digest, saved_by=who, saved_at=now))
+        await db.flush()
+        await db.refresh(statement)
+        if was == "awaiting_signature":
+            self._event(db, statement, "signature_cancelled", who)
+        self._event(db, statement, "saved", who)
+        await db.commit()
+        return statement, True, was == "awaiting_signature"
+
+    async def send(self, db: AsyncSession, consultation: Consultation, statement: Statement, who: str,
+                   identification: Optional[str]) -> bool:
+        """Send for signature; False when it already was (nothing changed)."""
+        if consultation.status == "closed":
+            raise ApiError(410, "consultation_closed", "The consultation is closed: its link can no longer sign.")
+        if statement.status == "awaiting_signature":
+            return False
+        if statement.status != "draft":
+            raise conflict("statement_signed", "This statement has already been signed.")
+        current = await self.version(db, statement)
+        needed = sc.missing(current.content)
+        if needed:
+            raise ApiError(422, "incomplete", "Before sending, fill in: " + ", ".join(needed) + ".", fields=needed)
+        result = await db.execute(
+            update(Statement).where(Statement.id == statement.id, Statement.status == "draft",
+                                    Statement.version == statement.version)
+            .values(status="awaiting_signature", sent_by=who, sent_at=self.clock(), updated_at=self.clock(),
+                    identification=identification or default_identification(who))
+            .execution_options(synchronize_session=False))
+        if result.rowcount != 1:
+            await db.rollback()
+            raise conflict("version_conflict", "The statement changed meanwhile: reload it and send again.")
+        await db.refresh(statement)
+        self._event(db, statement, "sent", who)
+        await db.commit()
+        return True
+
+    async def request_change(self, db: AsyncSession, statement: Statement, text: str) -> Statement:
+        result = await db.execute(
+            update(Statement).where(Statement.id == statement.id, Statement.status == "awaiting_signature",
+                                    Statement.version == statement.version)
+            .values(status="draft", updated_at=self.clock())
+            .execution_options(synchronize_session=False))
+        if result.rowcount != 1:
+            await db.rollback()
+            raise conflict("not_awaiting_signature", "This statement is not waiting for your signature.")
+        await db.refresh(statement)
+        self._event(db, statement, "change_requested", "victim", text)
+        await db.commit()
+        return statement
+
+    # -- signing ---------------------------------------------------------------------
+
+    async def sign(self, consultation: Consultation, statement: Statement, image: SignatureImage,
+                   typed_name: str, shown: Optional[str], actor: Actor, user_agent: Optional[str]
+                   ) -> StatementSignature:
+        """Seal the statement the witness was shown: 409 unless it waits for a signature
+        at the version shown."""
+        assert statement.sent_by is not None
+        version, rendered = await self.current(consultation, statement, statement.sent_by)
+        if shown is not None and shown != rendered.preview_sha256:
+            raise conflict("statement_changed", "The statement changed since you opened it: read it again.")
+        async with self.db() as db:
+            result = await db.execute(
+                update(Statement).where(Statement.id == statement.id, Statement.status == "awaiting_signature",
+                                        Statement.version == statement.version)
+                .values(status="sealing").execution_options(synchronize_session=False))
+            await db.commit()
+        if result.rowcount != 1:
+            raise conflict("not_awaiting_signature", "This statement is not waiting for a signature.")
+        try:
+            return await self._seal(consultation, statement, version, rendered, image, typed_name, actor,
+                                    user_agent)
+        except BaseException:
+            async with self.db() as db:
+                await db.execute(update(Statement).where(Statement.id == statement.id, Statement.status == "sealing")
+                                 .values(status="awaiting_signature").execution_options(synchronize_session=False))
+                await db.commit()
+            raise
+
+    async def _seal(self, consultation: Consultation, statement: Statement, version: StatementVersion,
+                    rendered: Rendered, image: SignatureImage, typed_name: str, actor: Actor,
+                    user_agent: Optional[str]) -> StatementSignature:
+        now = self.clock()
+        signed = Signed(image.cropped, image.width, image.height, typed_name, now)
+        doc, layout = rendered.doc, rendered.layout
+        pdf = await asyncio.to_thread(render, doc, layout, now, signed, self.settings.statement_timezone)
+        reader = (version.content.get("read_to_witness") or {}).get("name")
+        sealed = await seal(
+            pdf, self.identity,
+            reason=f"MG11 witness statement {statement.id} (version {version.version}) signed by the witness",
+            location="EVR video response", name=typed_name)
+        digest = hashlib.sha256(sealed).hexdigest()
+        record = {
+            "type": "evr.statement_signing_record", "version": 1,
+            "statement_id": statement.id, "statement_version": version.version,
+            "consultation_id": consultation.id, "cad_ref": consultation.cad_ref,
+            "document_sha256": digest, "document_size": len(sealed),
+            "shown_sha256": rendered.preview_sha256, "content_sha256": version.content_sha256,
+            "pages": layout.statement_pages, "declaration": layout.declaration,
+            "declaration_accepted": True, "typed_name": typed_name,
+            "signature_png_sha256": image.sha256, "signed_at": rfc3339(now),
+            "link_binding_sha256": consultation.binding_hash, "client_ip": actor.client,
+            "user_agent": user_agent, "officer": statement.sent_by,
+            "identification": statement.identification, "read_to_witness_by": reader,
+            "sealed_by": self.identity.subject,
+        }
+        base = prefix(consultation.id, statement.id)
+        # The store never overwrites: an attempt torn by a crash left its files; this one
+        # adds its own beside them. The PDF goes last: once it is there, sealing is done.
+        existing = set(await self.store.keys(base))
+        suffix, attempt = "", 1
+        while f"{base}signature{suffix}.png" in existing or f"{base}signing-record{suffix}.json" in existing:
+            attempt += 1
+            suffix = f"-{attempt}"
+        await self.store.add_bytes(f"{base}signature{suffix}.png", image.original, sha256=image.sha256)
+        raw_record = json.dumps(record, indent=1, sort_keys=True, ensure_ascii=False).encode()
+        await self.store.add_bytes(f"{base}signing-record{suffix}.json", raw_record)
+        await self.store.add_bytes(base + PDF_NAME, sealed, sha256=digest)
+        row = await self._signed(consultation.id, statement, record, len(sealed))
+        log.info("statement sealed (id=%s consultation=%s pages=%d sha256=%s)", statement.id, consultation.id,
+                 layout.statement_pages, digest)
+        return row
+
+    async def _signed(self, consultation_id: str, statement: Statement, record: dict[str, Any], size: int
+                      ) -> StatementSignature:
+        """Record a sealed statement in the database (its files are in the store)."""
+        now = datetime.fromisoformat(record["signed_at"].replace("Z", "+00:00"))
+        digest = record["document_sha256"]
+        row = StatementSignature(
+            statement_id=statement.id, version=record["statement_version"], document_sha256=digest,
+            shown_sha256=record["shown_sha256"], signature_sha256=record["signature_png_sha256"], signed_at=now,
+            typed_name=record["typed_name"], pages=record["pages"], declaration=record["declaration"],
+            binding_hash=record["link_binding_sha256"] or "", client_ip=record["client_ip"],
+            user_agent=record["user_agent"], officer=record["officer"] or "",
+            identification=record["identification"] or "", read_by=record["read_to_witness_by"], record=record)
+        async with self.db() as db:
+            db.add(row)
+            db.add(EvidenceItem(id=statement.id, kind="statement", consultation_id=consultation_id,
+                                prefix=prefix(consultation_id, statement.id), created_at=now, sha256=digest,
+                                size=size))
+            await db.execute(update(Statement).where(Statement.id == statement.id)
+                             .values(status="signed", sha256=digest, signed_at=now, updated_at=now)
+                             .execution_options(synchronize_session=False))
+            db.add(StatementEvent(statement_id=statement.id, at=now, kind="signed",
+                                  version=record["statement_version"], actor="victim"))
+            await db.commit()
+        statement.status, statement.sha256, statement.signed_at = "signed", digest, now
+        return row
+
+    async def recover(self) -> int:
+        """After an unclean stop, a statement left ``sealing`` is finished from what its
+        attempt stored when its PDF got there; otherwise it waits for its signature again."""
+        async with self.db() as db:
+            stuck = list(await db.scalars(select(Statement).where(Statement.status == "sealing")))
+        for statement in stuck:
+            base = prefix(statement.consultation_id, statement.id)
+            record = None
+            if await self.store.exists(base + PDF_NAME):
+                sealed = await self.store.read_bytes(base + PDF_NAME)
+                digest = hashlib.sha256(sealed).hexdigest()
+                for key in await self.store.keys(base):
+                    if key.rsplit("/", 1)[-1].startswith("signing-record"):
+                        candidate = json.loads(await self.store.read_bytes(key))
+                        if candidate.get("document_sha256") == digest:
+                            record = candidate
+            if record is not None:
+                await self._signed(statement.consultation_id, statement, record, len(sealed))
+                log.warning("statement %s: sealing interrupted after the PDF was stored; finished", statement.id)
+                continue
+            async with self.db() as db:
+                await db.execute(update(Statement).where(Statement.id == statement.id, Statement.status == "sealing")
+                                 .values(status="awaiting_signature").execution_options(synchronize_session=False))
+                await db.commit()
+        return len(stuck)
+
+    async def pdf(self, consultation: Consultation, statement: Statement) -> bytes:
+        return await self.store.read_bytes(prefix(consultation.id, statement.id) + PDF_NAME)
+

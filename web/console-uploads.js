@@ -1,0 +1,126 @@
+// console-uploads.js: the officer's "Evidence uploads" panel in a call: every upload
+// of the consultation arriving with its progress, a preview (image thumbnail or a
+// video's first frame, made by the server), quarantine flags, the exhibit reference
+// (editable) and a link that downloads the original. Polls while the call is open.
+const $ = (id) => document.getElementById(id);
+const POLL_MS = 2000;
+
+let consultation = null;
+let timer = null;
+let csrf = null;
+const rows = new Map(); // upload id -> {li, render}
+
+function el(tag, text, cls) {
+  const e = document.createElement(tag);
+  if (text) e.textContent = text;
+  if (cls) e.className = cls;
+  return e;
+}
+
+function size(bytes) {
+  const units = ['bytes', 'KB', 'MB', 'GB'];
+  let n = bytes;
+  let i = 0;
+  while (n >= 1000 && i < units.length - 1) { n /= 1000; i += 1; }
+  return `${i ? n.toFixed(1) : n} ${units[i]}`;
+}
+
+const STATUS = {
+  uploading: 'Arriving', complete: 'Received', quarantined: 'Quarantined: not an accepted file type',
+  terminated: 'Cancelled by the sender', purged: 'Unfinished, removed',
+};
+
+async function token() {
+  if (!csrf) csrf = (await (await fetch('/api/me', { credentials: 'same-origin' })).json()).csrf_token;
+  return csrf;
+}
+
+function row(u) {
+  const base = `/api/consultations/${consultation}/uploads/${u.id}`;
+  const li = el('li', null, 'upload-item');
+  const head = el('p', null, 'upload-name');
+  const bar = el('progress');
+  const status = el('p', null, 'upload-status');
+  const facts = el('dl', null, 'receipt');
+  const preview = el('div', null, 'upload-preview');
+  const actions = el('div', null, 'upload-actions');
+  li.append(preview, head, bar, status, facts, actions);
+  let shown = false;
+  function render(now) {
+    head.textContent = `${now.filename} (${size(now.size)}) from ${now.uploaded_by}`;
+    bar.max = now.size || 1;
+    bar.value = now.received;
+    bar.hidden = now.status !== 'uploading';
+    status.textContent = now.status === 'uploading'
+      ? `${STATUS.uploading}: ${now.size ? Math.floor((now.received / now.size) * 100) : 100}%` : STATUS[now.status] || now.status;
+    li.classList.toggle('quarantined', now.status === 'quarantined');
+    if (!['complete', 'quarantined'].includes(now.status) || shown) return;
+    shown = true;
+    facts.replaceChildren();
+    for (const [term, value] of [['Type', now.content_type], ['SHA-256', now.sha256], ['Sent as', now.original_name]]) {
+      facts.append(el('dt', term), el('dd', value || '–'));
+    }
+    if (now.preview) {
+      const img = el('img');
+      img.alt = `Preview of ${now.filename}`;
+      img.src = `${base}/preview`; // fetched once: each view is audit-logged
+      preview.append(img);
+    }
+    const open = el('a', now.status === 'quarantined' ? 'Download (quarantined)' : 'Open (download)');
+    open.href = `${base}/content`;
+    open.setAttribute('download', now.filename);
+    const label = el('label', 'Exhibit ref ');
+    const ref = el('input');
+    ref.value = now.exhibit_ref || '';
+    ref.size = 12;
+    label.append(ref);
+    const save = el('button', 'Save');
+    save.type = 'button';
+    const said = el('span', null, 'upload-status');
+    said.setAttribute('role', 'status');
+    save.addEventListener('click', async () => {
+      const r = await fetch(base, {
+        method: 'PATCH', credentials: 'same-origin',
+        headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': await token() },
+        body: JSON.stringify({ exhibit_ref: ref.value }),
+      });
+      const body = await r.json().catch(() => null);
+      said.textContent = r.ok ? 'Saved.' : (body?.error?.message || `Not saved (${r.status}).`);
+    });
+    actions.append(open, label, save, said);
+  }
+  return { li, render };
+}
+
+async function poll() {
+  if (!consultation) return;
+  const r = await fetch(`/api/consultations/${consultation}/uploads`, { credentials: 'same-origin', cache: 'no-store' }).catch(() => null);
+  if (!r?.ok) return;
+  const { uploads } = await r.json();
+  $('console-uploads-empty').hidden = uploads.length > 0;
+  for (const u of uploads) {
+    if (!rows.has(u.id)) {
+      const made = row(u);
+      rows.set(u.id, made);
+      $('console-upload-list').prepend(made.li);
+    }
+    rows.get(u.id).render(u);
+  }
+}
+
+function follow() {
+  const view = $('v-call');
+  const id = view.hidden ? null : view.dataset.consultation || null;
+  if (id === consultation) return;
+  consultation = id;
+  clearInterval(timer);
+  rows.clear();
+  $('console-upload-list').replaceChildren();
+  if (id) {
+    poll();
+    timer = setInterval(poll, POLL_MS);
+  }
+}
+
+new MutationObserver(follow).observe($('v-call'), { attributes: true, attributeFilter: ['hidden', 'data-consultation'] });
+follow();
