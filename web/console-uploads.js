@@ -2,6 +2,8 @@
 // of the consultation arriving with its progress, a preview (image thumbnail or a
 // video's first frame, made by the server), quarantine flags, the exhibit reference
 // (editable) and a link that downloads the original. Polls while the call is open.
+import { formatSize as size } from '/static/upload.js';
+
 const $ = (id) => document.getElementById(id);
 const POLL_MS = 2000;
 
@@ -15,14 +17,6 @@ function el(tag, text, cls) {
   if (text) e.textContent = text;
   if (cls) e.className = cls;
   return e;
-}
-
-function size(bytes) {
-  const units = ['bytes', 'KB', 'MB', 'GB'];
-  let n = bytes;
-  let i = 0;
-  while (n >= 1000 && i < units.length - 1) { n /= 1000; i += 1; }
-  return `${i ? n.toFixed(1) : n} ${units[i]}`;
 }
 
 const STATUS = {
