@@ -58,7 +58,8 @@ TRACK_SPY = """
 })();
 """
 
-# Loudest sample of what an element's stream plays over 1.5 s (0 = silence).
+# Loudest sample of what an element's stream plays over 0.8 s (0 = silence; the fake
+# microphone beeps every 0.5 s).
 PEAK = """async (video) => {
   const ctx = new AudioContext();
   await ctx.resume();
@@ -67,7 +68,7 @@ PEAK = """async (video) => {
   ctx.createMediaStreamSource(video.srcObject).connect(analyser);
   const samples = new Float32Array(analyser.fftSize);
   let peak = 0;
-  for (const end = performance.now() + 1500; performance.now() < end;) {
+  for (const end = performance.now() + 800; performance.now() < end;) {
     analyser.getFloatTimeDomainData(samples);
     for (const x of samples) peak = Math.max(peak, Math.abs(x));
     await new Promise((r) => setTimeout(r, 40));

@@ -238,12 +238,10 @@ async function openCall(c) {
   loadDetails();
 }
 
-// Every second: the call timer; every other second: the connection quality.
+// Every second: the call timer and the connection quality.
 async function tick() {
   const cur = current;
   $('timer').textContent = fmtDuration(Date.now() - cur.startedAt);
-  cur.ticks = (cur.ticks || 0) + 1;
-  if (cur.ticks % 2) return;
   const q = await cur.call.quality().catch(() => null);
   if (cur !== current) return;
   cur.quality = q;
