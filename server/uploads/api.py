@@ -191,11 +191,7 @@ async def _patch(request: web.Request, upload: Upload) -> web.Response:
             raise ApiError(400, "bad_checksum", "Upload-Checksum must be an algorithm and a base64 digest.") from None
     content = request.content
 
-    async def read() -> bytes:
-        async with asyncio.timeout(IDLE_TIMEOUT):
-            return await content.readany()
-
-    patch = Patch(read, request.content_length, checksum)
+    patch = Patch(lambda: asyncio.wait_for(content.readany(), IDLE_TIMEOUT), request.content_length, checksum)
     done = await request.app[UPLOADS].append(upload.id, offset, patch)
     return web.Response(status=204, headers={"Upload-Offset": str(done.offset)})
 

@@ -35,7 +35,7 @@ PREVIEW_SIZE = (320, 320)
 #: Images larger than this (pixels) get no preview (decompression bombs).
 MAX_PREVIEW_PIXELS = 80_000_000
 
-_UNSAFE = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]+')
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*\ufffd]+')
 
 
 def allowed_types(setting: str) -> tuple[str, ...]:

@@ -392,7 +392,8 @@ def decode_metadata(header: str) -> dict[str, str]:
     for pair in filter(None, (p.strip() for p in header.split(","))):
         key, _, value = pair.partition(" ")
         try:
-            found[key] = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+            # NUL cannot be stored (PostgreSQL text): kept visibly as U+FFFD.
+            found[key] = base64.b64decode(value.strip(), validate=True).decode("utf-8").replace("\x00", "\ufffd")
         except (ValueError, UnicodeDecodeError):
             raise ApiError(400, "bad_metadata", "Upload-Metadata values must be base64 of UTF-8 text.") from None
     return found
