@@ -266,6 +266,7 @@ export class Call extends EventTarget {
         this.setSending(m.status !== 'paused').catch((err) => console.warn('pause', err));
         this.emit('state', m);
       } else if (m.type === 'closed') this.finish('closed');
+      else if (m.type === 'statement') window.dispatchEvent(new CustomEvent('evr:statement', { detail: m })); // statement-*.js
       else if (m.type === 'error') this.emit('error', m);
     } catch (err) {
       console.warn('signalling', m.type, err);
