@@ -394,6 +394,15 @@ async def test_officer_console_and_victim_page_in_a_call(ui, users):
     await row.filter(has_text="closed").wait_for()
     assert await row.get_by_role("button").count() == 0
     await ui.screen(desk, "console-7-list")
+    await desk.reload()  # the session survives a reload
+    await row.filter(has_text="closed").wait_for()
+    await desk.get_by_role("button", name="Log out").click()
+    await desk.get_by_role("heading", name="Sign in").wait_for()
+    async with desk.expect_response("**/api/me") as me:
+        await desk.reload()
+    assert (await me.value).status == 401
+    await desk.get_by_role("heading", name="Sign in").wait_for()
+    assert await desk.locator("#v-home").is_hidden()
 
     # The link is dead forever: opening it again shows the closed page.
     response = await phone.goto(join_url)
