@@ -608,7 +608,7 @@ async def test_camera_blocked_and_no_camera(ui, officer_call, playwright):
         await cameraless.close()
 
 
-async def test_link_pages_unknown_expired_and_closed_while_open(ui, staff, clock):
+async def test_link_pages_unknown_expired_refused_and_closed_while_open(ui, staff, clock):
     officer = await staff()
     phone = await ui.page()
 
@@ -625,8 +625,23 @@ async def test_link_pages_unknown_expired_and_closed_while_open(ui, staff, clock
     assert await phone.locator("h1").text_content() == "This link has expired"
     await ui.screen(phone, "expired")
 
-    # Closed by police while the victim's page sat open: Join leads to the closed page.
+    # The server refuses the socket as abuse (1008): the page stops and says what to do.
     officer = await staff("bob")  # two days on, alice's session has ended
+    refused = await officer.create()
+
+    async def refuse(ws: Any) -> None:
+        await ws.close(code=1008, reason="too many messages")
+
+    abused = await ui.page()
+    await abused.route_web_socket(re.compile(r"/j/.*/ws$"), refuse)
+    await abused.goto(refused["join_url"])
+    await abused.get_by_role("button", name="Join", exact=True).click()
+    await abused.get_by_role("heading", name="Something went wrong").wait_for()
+    assert "Try again" in await abused.locator("#s-error").text_content()
+    assert await live_tracks(abused) == 0
+    await ui.screen(abused, "refused")
+
+    # Closed by police while the victim's page sat open: Join leads to the closed page.
     created = await officer.create()
     await phone.goto(created["join_url"])
     await officer.post(f"/api/consultations/{created['id']}/close")

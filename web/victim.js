@@ -288,8 +288,8 @@ call.addEventListener('refused', async () => {
 call.addEventListener('closed', () => { stopAll(); show('ended'); });
 call.addEventListener('replaced', () => { stopAll(); show('elsewhere'); });
 call.addEventListener('fatal', (e) => {
+  console.warn('refused by the server:', e.detail.message); // a reason for support, not for the victim
   stopAll();
-  setText('error-text', `The call could not continue: ${e.detail.message}`);
   show('error');
 });
 
