@@ -50,8 +50,9 @@ from .policy import ASSESSMENT_CRITERIA, DECISIONS, NON_EVIDENTIAL, UNCLASSIFIED
 
 log = logging.getLogger(__name__)
 
-#: Items handled per transaction when computing or disposing.
-BATCH = 1000
+#: Items computed per transaction, and disposed of per transaction.
+BATCH = 5000
+DISPOSE_BATCH = 1000
 #: Stores worked on at once during a disposal run.
 PARALLEL = 16
 #: A disposal left half-way (a crash) is taken up again after this long.
@@ -378,6 +379,9 @@ class Retention:
             "holds": [hold_json(h) for h in holds],
             "certificate": certificate_json(cert) if cert else None,
             "objects": keys,
+            # Due for disposal now and free of holds (what the console's Dispose button needs).
+            "disposable": bool(schedule.state in ("active", "waiting") and schedule.action == "dispose"
+                               and schedule.due_at and schedule.due_at <= self.clock() and not schedule.held),
         }
 
     def _label(self, rule: str) -> str:
@@ -580,8 +584,8 @@ class Retention:
         report = DisposalReport(executed=execute, candidates=candidates, held=held)
         if not execute:
             return report
-        for start in range(0, len(candidates), BATCH):
-            await self._dispose_batch(who, candidates[start:start + BATCH], report, automatic)
+        for start in range(0, len(candidates), DISPOSE_BATCH):
+            await self._dispose_batch(who, candidates[start:start + DISPOSE_BATCH], report, automatic)
         if report.disposed or report.waiting or report.failed:
             log.info("disposal run by %s: %d disposed, %d waiting for a store lock, %d failed, %d held",
                      who.name, len(report.disposed), len(report.waiting), len(report.failed), held)
@@ -598,7 +602,8 @@ class Retention:
             await self._update(db, await self._compute(db, [r.item_id for r in batch]))
             still = {r.item_id: r for r in await db.scalars(
                 select(RetentionItem).where(RetentionItem.item_id.in_([r.item_id for r in batch]),
-                                            self._disposable(now, automatic), RetentionItem.held.is_(False)))}
+                                            self._disposable(now, automatic), RetentionItem.held.is_(False))
+                .with_for_update())}
             for row in batch:
                 current = still.get(row.item_id)
                 if current is None:
@@ -611,14 +616,11 @@ class Retention:
                     "reviewed_at": rfc3339(current.reviewed_at),
                 }
                 decision["run"] = run
-                claim = await db.execute(
-                    update(RetentionItem).where(RetentionItem.item_id == row.item_id,
-                                                RetentionItem.state == current.state)
-                    .values(state="disposing", disposal=decision, updated_at=now))
-                if claim.rowcount == 1:
-                    claimed.append((row, decision))
-                else:
-                    report.skipped += 1
+                claimed.append((row, decision))
+            if claimed:  # the rows are locked (FOR UPDATE; SQLite's write lock): no one else claims them
+                await db.execute(_SET_STATE, [
+                    {"b_id": row.item_id, "b_state": "disposing", "b_due": still[row.item_id].due_at,
+                     "b_disposal": decision, "b_now": now} for row, decision in claimed])
             await db.commit()
         if not claimed:
             return
@@ -637,36 +639,36 @@ class Retention:
 
         outcomes = await asyncio.gather(*(remove(row.prefix) for row, _ in claimed))
         # 3. Certificates, states and audit entries, in one transaction.
+        states = []
         async with self.audit.transaction() as ap:
             db = ap.db
             for (row, decision), outcome in zip(claimed, outcomes):
                 obj = _object(row.kind, row.item_id)
                 if isinstance(outcome, StillLocked):
                     decision["waiting_until"] = outcome.until.isoformat()
-                    await db.execute(update(RetentionItem).where(RetentionItem.item_id == row.item_id).values(
-                        state="waiting", due_at=outcome.until, disposal=decision, updated_at=self.clock()))
+                    states.append(("waiting", outcome.until, row, decision))
                     ap.add(who, "retention.dispose_waiting", obj, consultation_id=row.consultation_id,
                            details={"until": rfc3339(outcome.until), "removed": outcome.removed})
                     report.waiting[row.item_id] = outcome.until
                 elif isinstance(outcome, Exception):
                     retry = self.clock() + RETRY_AFTER
                     decision["waiting_until"], decision["error"] = retry.isoformat(), str(outcome)[:500]
-                    await db.execute(update(RetentionItem).where(RetentionItem.item_id == row.item_id).values(
-                        state="waiting", due_at=retry, disposal=decision, updated_at=self.clock()))
+                    states.append(("waiting", retry, row, decision))
                     ap.add(who, "retention.dispose_failed", obj, consultation_id=row.consultation_id,
                            details={"error": str(outcome)[:500], "retry_at": rfc3339(retry)})
                     report.failed[row.item_id] = str(outcome)
                 else:
                     cert = self._certificate(who, row, decision, outcome.removed)
                     db.add(cert)
-                    await db.execute(update(RetentionItem).where(RetentionItem.item_id == row.item_id).values(
-                        state="disposed", due_at=None, disposal=decision, updated_at=self.clock()))
+                    states.append(("disposed", None, row, decision))
                     ap.add(who, "evidence.erase", obj, consultation_id=row.consultation_id,
                            reason=f"retention: {decision['rule']} ({decision['basis']})",
                            details={"certificate": cert.id, "sha256": row.sha256, "objects": outcome.removed,
                                     "ordered_by": decision.get("ordered_by")})
                     report.disposed.append(row.item_id)
                     report.certificates.append(cert.id)
+            await db.execute(_SET_STATE, [{"b_id": row.item_id, "b_state": state, "b_due": due, "b_disposal": decision,
+                                           "b_now": self.clock()} for state, due, row, decision in states])
 
     def _certificate(self, who: Actor, row: ScheduleRow, decision: dict[str, Any], removed: int) -> DisposalCertificate:
         now = self.clock()
@@ -690,6 +692,14 @@ class Retention:
         return DisposalCertificate(id=cert_id, item_id=row.item_id, consultation_id=row.consultation_id,
                                    disposed_at=now, document=body, key_fingerprint=fingerprint(self.key.public_key()),
                                    signature=self.key.sign(body.encode()).hex())
+
+    async def holds(self, active: bool = True, limit: int = 500) -> list[dict[str, Any]]:
+        """Legal holds, newest first (only those in force unless ``active`` is False)."""
+        query = select(RetentionHold)
+        if active:
+            query = query.where(RetentionHold.released_at.is_(None))
+        async with self.db() as db:
+            return [hold_json(h) for h in await db.scalars(query.order_by(RetentionHold.id.desc()).limit(limit))]
 
     async def certificates(self, consultation_id: Optional[str] = None, item_id: Optional[str] = None,
                            before: Optional[datetime] = None, limit: int = 100) -> list[dict[str, Any]]:
@@ -751,6 +761,13 @@ _UPDATE_HELD = (
     update(_ITEMS).where(_ITEMS.c.item_id == bindparam("b_id"),
                          or_(_ITEMS.c.state == "waiting", _ITEMS.c.state == "disposing"))
     .values(held=bindparam("b_held"))
+)
+
+
+_SET_STATE = (
+    update(_ITEMS).where(_ITEMS.c.item_id == bindparam("b_id"))
+    .values(state=bindparam("b_state"), due_at=bindparam("b_due"), disposal=bindparam("b_disposal"),
+            updated_at=bindparam("b_now"))
 )
 
 

@@ -59,6 +59,7 @@ def setup(app: web.Application) -> None:
         web.post("/api/retention/hold", hold),
         web.post("/api/retention/release", release),
         web.post("/api/retention/dispose", dispose),
+        web.get("/api/retention/holds", holds),
         web.get("/api/retention/certificates", certificates),
         web.get("/api/retention/certificates/{cert}", certificate),
     ])
@@ -405,6 +406,14 @@ async def dispose(request: web.Request) -> web.Response:
     report = await _call(request.app[RETENTION].dispose(actor(request, staff), ids, execute=body.get("execute") is True,
                                                         limit=limit))
     return web.json_response(report.json())
+
+
+async def holds(request: web.Request) -> web.Response:
+    """``GET /api/retention/holds?all=1``: the legal holds in force (or every one)."""
+    _records(request)
+    _only(request, "all")
+    every = request.query.get("all") in ("1", "true")
+    return web.json_response({"holds": await request.app[RETENTION].holds(active=not every)})
 
 
 async def certificates(request: web.Request) -> web.Response:

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -29,6 +27,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -253,12 +254,15 @@ class RetentionItem(Base):
     list is one index range scan however many items there are."""
 
     __tablename__ = "retention_items"
-    __table_args__ = (Index("ix_retention_items_state_due", "state", "due_at"),)
+    __table_args__ = (
+        Index("ix_retention_items_state_due", "state", "due_at"),
+        Index("ix_retention_items_rule_state", "rule", "state"),
+    )
 
     item_id: Mapped[str] = mapped_column(ForeignKey("evidence_items.id"), primary_key=True)
     consultation_id: Mapped[str] = mapped_column(String(36), index=True)
     #: The class applied: ``non_evidential``, ``group1``... or ``unclassified``.
-    rule: Mapped[str] = mapped_column(String(32), index=True)
+    rule: Mapped[str] = mapped_column(String(32))
     #: When the item is due (None: never, until it is classified), and for what.
     due_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
     action: Mapped[str] = mapped_column(String(8))
@@ -484,7 +488,9 @@ def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-def alembic_config(connection: Optional[Connection] = None) -> Config:
+def alembic_config(connection: Optional[Connection] = None) -> "Config":
+    from alembic.config import Config  # imported when needed: commands start faster
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["connection"] = connection
@@ -495,6 +501,8 @@ async def migrate(engine: AsyncEngine) -> None:
     """Upgrade the database to the newest migration."""
 
     def upgrade(connection: Connection) -> None:
+        from alembic import command
+
         # "heads": features add their migrations on their own branches from 0003.
         command.upgrade(alembic_config(connection), "heads")
 

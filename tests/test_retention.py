@@ -251,7 +251,12 @@ async def test_a_legal_hold_blocks_disposal_until_released(server, clock, people
     dry = await json_of(await records.post("/api/retention/dispose", {"due": True}), 200)
     assert dry["candidates"] == [] and dry["held"] == 2
     assert len(await objects(server, footage["prefix"])) == 2
+    in_force = await json_of(await records.get("/api/retention/holds"), 200)
+    assert [(h["scope"], h["target"], h["reason"]) for h in in_force["holds"]] == [
+        ("consultation", cid, "civil claim notified")]
     released = await json_of(await records.post("/api/retention/release", {"id": cid, "reason": "claim settled"}), 200)
+    assert (await json_of(await records.get("/api/retention/holds"), 200))["holds"] == []
+    assert len((await json_of(await records.get("/api/retention/holds?all=1"), 200))["holds"]) == 1
     assert released["released"][0]["release_reason"] == "claim settled"
     assert sorted((await server.app[RETENTION].sweep()).disposed) == sorted([footage["id"], later["id"]])
     nothing = await records.post("/api/retention/release", {"id": cid, "reason": "again"})

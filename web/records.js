@@ -126,6 +126,7 @@ for (const b of document.querySelectorAll('[data-tab]')) {
     }
     if (b.dataset.tab === 'due') loadDue();
     if (b.dataset.tab === 'certs') loadCertificates();
+    if (b.dataset.tab === 'holds') loadHolds();
   });
 }
 
@@ -197,6 +198,29 @@ $('find-form').addEventListener('submit', async (e) => {
   $('consultation').hidden = false;
 });
 
+// ---- legal holds -----------------------------------------------------------
+
+async function loadHolds() {
+  const r = await api('GET', '/api/retention/holds');
+  $('holds-error').textContent = r.ok ? '' : errorText(r, 'Could not load the holds.');
+  if (!r.ok) return;
+  $('holds-body').replaceChildren(...r.data.holds.map((h) => {
+    const open = h.scope === 'item' ? itemLink(h.target, 'Open') : findButton(h.target);
+    return cells([fmt(h.placed_at), `${h.scope} ${short(h.target)}`, h.placed_by, h.reason, open]);
+  }));
+}
+
+function findButton(id) {
+  const b = el('button', 'Show items');
+  b.type = 'button';
+  b.addEventListener('click', () => {
+    $('find-id').value = id;
+    document.querySelector('[data-tab="find"]').click();
+    $('find-form').requestSubmit();
+  });
+  return b;
+}
+
 // ---- certificates ----------------------------------------------------------
 
 async function loadCertificates() {
@@ -251,10 +275,9 @@ function renderItem(d) {
     : '';
   const live = d.state !== 'disposed';
   $('i-actions').hidden = !live;
-  const dueNow = d.action === 'dispose' && d.due_at && new Date(d.due_at) <= new Date();
-  $('dispose-one').disabled = !dueNow || d.held;
+  $('dispose-one').disabled = !d.disposable;
   $('dispose-state').textContent = d.held ? 'A legal hold stops disposal until it is released.'
-    : dueNow ? 'Due for disposal now.' : 'Not due for disposal: a review decides first.';
+    : d.disposable ? 'Due for disposal now.' : 'Not due for disposal: a review decides first.';
 
   $('i-reviews').replaceChildren(...d.reviews.map((v) => cells([fmt(v.at), v.reviewer, v.decision,
     v.criteria.join(', ') || 'none', v.reason, fmtDay(v.next_review_at)])));
@@ -293,6 +316,7 @@ $('review-form').addEventListener('submit', async (e) => {
   if (!r.ok) return void ($('review-error').textContent = errorText(r, 'Could not record the review.'));
   f.reset();
   showItem(current.item_id);
+  loadDue();
 });
 
 $('hold-form').addEventListener('submit', async (e) => {
@@ -304,6 +328,7 @@ $('hold-form').addEventListener('submit', async (e) => {
   if (!r.ok) return void ($('hold-error').textContent = errorText(r, 'Could not change the hold.'));
   e.target.reset();
   showItem(current.item_id);
+  loadDue();
 });
 
 $('dispose-one').addEventListener('click', async () => {
@@ -314,6 +339,7 @@ $('dispose-one').addEventListener('click', async () => {
   if (!r.ok) return void ($('dispose-error').textContent = errorText(r, 'Disposal failed.'));
   if (Object.keys(r.data.waiting).length) $('dispose-error').textContent = 'A store lock keeps it for now; it is disposed of when the lock expires.';
   showItem(current.item_id);
+  loadDue();
 });
 
 async function openContent(key) {

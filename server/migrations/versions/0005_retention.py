@@ -57,7 +57,7 @@ def upgrade() -> None:
     )
     op.create_index('ix_retention_items_state_due', 'retention_items', ['state', 'due_at'], unique=False)
     op.create_index('ix_retention_items_consultation_id', 'retention_items', ['consultation_id'], unique=False)
-    op.create_index('ix_retention_items_rule', 'retention_items', ['rule'], unique=False)
+    op.create_index('ix_retention_items_rule_state', 'retention_items', ['rule', 'state'], unique=False)
 
     op.create_table('retention_reviews',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -123,7 +123,7 @@ def downgrade() -> None:
     op.drop_table('retention_holds')
     op.drop_index('ix_retention_reviews_item_id', table_name='retention_reviews')
     op.drop_table('retention_reviews')
-    op.drop_index('ix_retention_items_rule', table_name='retention_items')
+    op.drop_index('ix_retention_items_rule_state', table_name='retention_items')
     op.drop_index('ix_retention_items_consultation_id', table_name='retention_items')
     op.drop_index('ix_retention_items_state_due', table_name='retention_items')
     op.drop_table('retention_items')
