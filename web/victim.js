@@ -52,7 +52,7 @@ function getMedia(video) {
 
 function mediaHelp(err, video) {
   const noCamera = video && ['NotFoundError', 'OverconstrainedError'].includes(err.name);
-  $('join-audio').hidden = !noCamera;
+  if (noCamera) $('join-audio').hidden = false;
   setText('media-help', {
     NotAllowedError: 'The camera or microphone is blocked. Tap the icon next to the web address (a padlock or "aA"), '
       + 'allow Camera and Microphone, then tap "Check camera and microphone" again. You may need to reload the page. '
