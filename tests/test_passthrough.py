@@ -131,3 +131,24 @@ async def test_a_sink_receiver_gets_encoded_frames_and_starts_no_decoder_thread(
     finally:
         await sender_pc.close()
         await receiver_pc.close()
+
+
+async def test_keyframe_requests_name_the_media_stream_not_its_retransmissions():
+    """Chrome ignores a PLI for its RTX SSRC; the receiver hears both, RTX last."""
+    import datetime
+
+    from aiortc import RTCPeerConnection
+
+    from evr.media.passthrough import media_ssrc
+
+    pc = RTCPeerConnection()
+    try:
+        receiver = pc.addTransceiver("video").receiver
+        assert hasattr(receiver, "_RTCRtpReceiver__rtx_ssrc")  # the private map this relies on
+        assert media_ssrc(receiver) is None
+        now = datetime.datetime.now(datetime.timezone.utc)
+        receiver._RTCRtpReceiver__rtx_ssrc = {2222: 1111}
+        receiver._RTCRtpReceiver__active_ssrc = {1111: now, 2222: now + datetime.timedelta(seconds=1)}
+        assert media_ssrc(receiver) == 1111
+    finally:
+        await pc.close()

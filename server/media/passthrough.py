@@ -106,12 +106,25 @@ def attach_sink(receiver: RTCRtpReceiver, kind: str, on_frame: Callable[[Encoded
 _pli_tasks: set[asyncio.Task[None]] = set()
 
 
+def media_ssrc(receiver: RTCRtpReceiver) -> Optional[int]:
+    """The SSRC of the media stream (not its RTX stream) most recently heard from.
+
+    A keyframe request must name the media SSRC: Chrome ignores a PLI for its
+    retransmission stream, which ``getSynchronizationSources()`` also lists.
+    """
+    rtx: dict[int, int] = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {})
+    sources = [s for s in receiver.getSynchronizationSources() if s.source not in rtx]
+    if not sources:
+        return None
+    return max(sources, key=lambda s: s.timestamp).source
+
+
 def send_pli(receiver: RTCRtpReceiver) -> bool:
     """Ask the far end of ``receiver`` for a keyframe. False when nothing has arrived yet."""
-    sources = receiver.getSynchronizationSources()
-    if not sources:
+    media = media_ssrc(receiver)
+    if media is None:
         return False
-    task = asyncio.ensure_future(receiver._send_rtcp_pli(sources[0].source))
+    task = asyncio.ensure_future(receiver._send_rtcp_pli(media))
     _pli_tasks.add(task)
     task.add_done_callback(_pli_tasks.discard)
     return True
