@@ -125,6 +125,12 @@ function row(c) {
     b.addEventListener('click', () => openCall(c));
     td.append(b);
   }
+  const recordings = el('button', 'Recordings'); // console-recordings.js opens the page
+  recordings.type = 'button';
+  recordings.dataset.recordings = c.id;
+  recordings.dataset.ref = c.cad_ref;
+  recordings.setAttribute('aria-label', `Recordings of ${c.cad_ref}`);
+  td.append(recordings);
   tr.append(td);
   return tr;
 }
