@@ -1,4 +1,6 @@
-# EVR on embedded defaults (SQLite and files under /data).
+# EVR on embedded defaults (SQLite, and the encrypted file evidence store under /data;
+# the signing and master keys are generated under /data/keys at first start: back
+# them up, or mount your own and name them in /data/evr.toml).
 # WebRTC media uses UDP on ephemeral ports: run with host networking
 # (docker run --network host ...) or configure a TURN server (EVR_ICE_SERVERS).
 FROM python:3.11-slim-bookworm AS build
@@ -11,6 +13,10 @@ COPY web web
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim-bookworm
+# libmagic1: uploads' content types are detected from their bytes (python-magic).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libmagic1 \
+ && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --home-dir /data evr \
  && mkdir -p /data && chown evr:evr /data
 COPY --from=build /wheels /wheels
