@@ -18,6 +18,7 @@ from sqlalchemy import select
 from conftest import link_path
 from evr.app import DB, STORE
 from evr.cli import main as _evr
+from evr.config import Settings
 from evr.db import AuditEntry, Consultation, EvidenceItem, Statement, StatementSignature
 from evr.statements import layout, signing
 from evr.statements.api import STATEMENTS
@@ -175,9 +176,10 @@ async def test_drafted_sent_signed_sealed_and_verified(link, server, settings, m
     assert await evr(["statement", "verify", str(other), "--data", data]) == 1  # ...but not the record's file
 
 
-async def test_a_pdf_signed_by_another_key_fails(tmp_path, settings):
+async def test_a_pdf_signed_by_another_key_fails(tmp_path):
+    settings = Settings(data_dir=tmp_path / "data")
     mine = signing.load_identity(settings)
-    elsewhere = settings.__class__(data_dir=tmp_path / "elsewhere")
+    elsewhere = Settings(data_dir=tmp_path / "elsewhere")
     theirs = signing.load_identity(elsewhere)
     doc = layout.Document("0b7a8d6e-1111-4222-8333-444455556666", 1, "CAD-1", "", "alice", parse(DRAFT))
     pdf = layout.render(doc, layout.paginate(doc), datetime.now(timezone.utc))
@@ -368,3 +370,53 @@ def test_the_declaration_names_the_real_page_count_and_signing_moves_nothing():
     from pyhanko.pdf_utils.reader import PdfFileReader
 
     assert len(PdfFileReader(io.BytesIO(signed)).root["/Pages"]["/Kids"]) == len(laid.pages)
+
+
+async def test_exhibits_from_the_consultations_uploads(link, server):
+    from evr.db import Upload
+
+    c = await link()
+    now = datetime.now(timezone.utc)
+    upload = Upload(id="5d1c2b3a-0000-4000-8000-000000000001", consultation_id=c.id, status="complete",
+                    uploaded_by="victim", uploader_role="victim", original_name="bag.jpg", filename="bag.jpg",
+                    length=3, offset=3, sha256="ab" * 32, exhibit_ref="JS/2", created_at=now, updated_at=now)
+    async with server.app[DB]() as db:
+        db.add(upload)
+        await db.commit()
+    base = f"/api/consultations/{c.id}/statements"
+    made = await c.officer.post(base, {**DRAFT, "exhibits": [{"upload_id": upload.id, "description": "the bag"}]})
+    assert made.status == 201, await made.text()
+    exhibit = (await made.json())["content"]["exhibits"][0]
+    assert (exhibit["ref"], exhibit["filename"], exhibit["sha256"]) == ("JS/2", "bag.jpg", "ab" * 32)
+    other = await c.officer.create()
+    foreign = await c.officer.post(f"/api/consultations/{other['id']}/statements",
+                                   {**DRAFT, "exhibits": [{"upload_id": upload.id}]})
+    assert foreign.status == 422 and "exhibits[0].upload_id" in (await foreign.json())["error"]["fields"]
+    sid = (await made.json())["id"]
+    assert (await c.officer.post(f"{base}/{sid}/send")).status == 200
+    shown = await (await c.phone.get(f"{c.path}/statements/{sid}")).json()
+    lines = " ".join(r.get("text", "") for p in shown["sheets"] for r in p["rows"])
+    assert "JS/2 — the bag (file bag.jpg, SHA-256" in lines
+
+
+async def test_a_configured_force_certificate_signs_and_verifies(tmp_path):
+    """A force's own certificate (here made by the same generator in another folder)."""
+    settings = Settings(data_dir=tmp_path / "data")
+    force = tmp_path / "force"
+    signing.generate(force, "Dorset Police")
+    settings.statement_cert = str(force / signing.CERT_FILE)
+    settings.statement_key = str(force / signing.KEY_FILE)
+    with pytest.raises(signing.SigningSetupError, match="statement_trust_roots"):
+        signing.load_identity(settings)
+    settings.statement_trust_roots = str(force / signing.CA_FILE)
+    identity = signing.load_identity(settings)
+    assert "Dorset Police" in identity.subject
+    assert not (settings.data_dir / signing.CERT_FILE).exists()  # nothing generated when configured
+    doc = layout.Document("0b7a8d6e-1111-4222-8333-444455556666", 1, "CAD-1", "Dorset Police", "alice", parse(DRAFT))
+    pdf = await signing.seal(layout.render(doc, layout.paginate(doc), datetime.now(timezone.utc)), identity,
+                             reason="r", location="l", name="n")
+    assert (await signing.validate(pdf, signing.trust_roots(settings))).ok
+    signing.generate(tmp_path / "other", "")
+    settings.statement_key = str(tmp_path / "other" / signing.KEY_FILE)
+    with pytest.raises(signing.SigningSetupError, match="does not belong"):
+        signing.load_identity(settings)
