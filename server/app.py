@@ -7,31 +7,46 @@ from typing import Any, Awaitable, Callable, Optional
 
 from aiohttp import web
 
-from . import pages
+from . import pages, uploads
+from .audit import AuditLog
 from .auth import CALL_ROLES, CSRF_HEADER, SESSION_COOKIE, Authenticator, csrf_ok
 from .config import Settings
 from .consultations import Consultations, consultation_json, message_json, parse_new
-from .db import Consultation, make_engine, migrate, sessionmaker
+from .db import make_engine, migrate, sessionmaker
 from .errors import ApiError, error_response, forbidden
-from .notify import Notifier, make_notifier
-from .audit import AuditLog
 from .evidence import make_store
+from .http import (
+    AUDIT,
+    AUTH,
+    CLOCK,
+    CONSULTATIONS,
+    DB,
+    HUB,
+    NOTIFIER,
+    RECORDINGS,
+    SETTINGS,
+    SIGNING_KEY,
+    STAFF,
+    STORE,
+    actor,
+    base_url,
+    current_staff,
+    read_json,
+    same_origin,
+    secure_cookies,
+)
 from .keys import load_signing_key
+from .links import BINDING_COOKIE, victim_consultation
+from .notify import Notifier, make_notifier
 from .recording import api as recording_api
 from .recording.service import Recordings
 from .retention import web as retention_web
 from .signalling import Hub
 from .statements import api as statements_api
-from . import uploads
-from .http import (
-    AUDIT, AUTH, CLOCK, CONSULTATIONS, DB, HUB, NOTIFIER, RECORDINGS, SETTINGS, SIGNING_KEY, STAFF, STORE,
-    actor, base_url, current_staff, read_json, same_origin, secure_cookies,
-)
 from .timeutil import Clock, rfc3339, utcnow
 
 log = logging.getLogger(__name__)
 
-BINDING_COOKIE = "evr_link"
 MAX_JSON_BODY = 64 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -299,30 +314,8 @@ async def staff_socket(request: web.Request) -> web.StreamResponse:
 # -- the victim --------------------------------------------------------------
 
 
-async def _victim_consultation(request: web.Request) -> tuple[Optional[Consultation], Optional[web.Response]]:
-    """The consultation behind the link, or the page that says why not."""
-    service = request.app[CONSULTATIONS]
-    token = request.match_info["token"]
-    async with request.app[DB]() as db:
-        consultation = await service.by_token(db, token)
-        if consultation is None:
-            return None, pages.link_unknown()
-        state = service.link_state(consultation)
-        if state == "closed":
-            return None, pages.link_closed()
-        if state == "expired":
-            return None, pages.link_expired()
-        cookie = request.cookies.get(BINDING_COOKIE)
-        if consultation.binding_hash is None:
-            return consultation, None
-        if not service.binding_ok(consultation, cookie):
-            log.warning("link opened in a second browser; refused (consultation=%s)", consultation.id)
-            return None, pages.link_in_use()
-        return consultation, None
-
-
 async def victim_page(request: web.Request) -> web.StreamResponse:
-    consultation, refusal = await _victim_consultation(request)
+    consultation, refusal = await victim_consultation(request)
     if refusal is not None:
         return refusal
     assert consultation is not None
@@ -341,7 +334,7 @@ async def victim_page(request: web.Request) -> web.StreamResponse:
 
 
 async def victim_socket(request: web.Request) -> web.StreamResponse:
-    consultation, refusal = await _victim_consultation(request)
+    consultation, refusal = await victim_consultation(request)
     if refusal is not None:
         return refusal
     assert consultation is not None

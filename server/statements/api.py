@@ -10,16 +10,32 @@ import logging
 from typing import Any, Optional
 
 from aiohttp import web
-from sqlalchemy import select
-
 from evr.audit import Actor
 from evr.auth import CALL_ROLES, Staff
-from evr.db import Consultation, Statement, StatementEvent, StatementSignature, StatementVersion
+from evr.db import (
+    Consultation,
+    Statement,
+    StatementEvent,
+    StatementSignature,
+    StatementVersion,
+)
 from evr.errors import ApiError, forbidden
 from evr.http import (
-    AUDIT, CLOCK, CONSULTATIONS, DB, HUB, SETTINGS, STORE, actor, current_staff, read_json, same_origin,
+    AUDIT,
+    CLOCK,
+    CONSULTATIONS,
+    DB,
+    HUB,
+    SETTINGS,
+    STORE,
+    actor,
+    current_staff,
+    read_json,
+    same_origin,
 )
+from evr.links import victim_actor, victim_link
 from evr.timeutil import rfc3339
+from sqlalchemy import select
 
 from . import content as sc
 from .service import Rendered, Statements, check_signature, check_typed_name
@@ -271,28 +287,8 @@ async def download(request: web.Request) -> web.Response:
 # -- the victim ------------------------------------------------------------------------
 
 
-async def _victim(request: web.Request) -> Consultation:
-    """The link's consultation: the same checks as the victim's page, answered in JSON."""
-    from evr.app import _victim_consultation
-
-    consultation, refusal = await _victim_consultation(request)
-    if refusal is not None:
-        code = {404: "unknown_link", 410: "link_closed"}.get(refusal.status, "link_in_use")
-        raise ApiError(refusal.status, code, {
-            404: "This link is not known.", 410: "This link has been closed or has expired.",
-        }.get(refusal.status, "This link is in use in another browser."))
-    assert consultation is not None
-    if consultation.binding_hash is None:
-        raise forbidden("Open the link in your browser first.", "open_link_first")
-    return consultation
-
-
-def _victim_actor(request: web.Request) -> Actor:
-    return Actor("victim", "victim", request.remote)
-
-
 async def _victim_statement(request: web.Request, sent_only: bool = True) -> tuple[Consultation, Statement]:
-    consultation = await _victim(request)
+    consultation = await victim_link(request)
     async with request.app[DB]() as db:
         statement = await request.app[STATEMENTS].get(db, consultation, request.match_info["sid"])
     if sent_only and statement.status in ("draft", "sealing"):
@@ -307,7 +303,7 @@ async def _victim_rendered(request: web.Request, consultation: Consultation, sta
 
 async def victim_list(request: web.Request) -> web.Response:
     """Statements sent to this link (not drafts)."""
-    consultation = await _victim(request)
+    consultation = await victim_link(request)
     async with request.app[DB]() as db:
         rows = await db.scalars(select(Statement).where(
             Statement.consultation_id == consultation.id, Statement.status.in_(("awaiting_signature", "signed")))
@@ -320,7 +316,7 @@ async def victim_get(request: web.Request) -> web.Response:
     consultation, statement = await _victim_statement(request)
     rendered = await _victim_rendered(request, consultation, statement)
     content = rendered.doc.content
-    await request.app[AUDIT].record(_victim_actor(request), "statement.view", f"statement:{statement.id}",
+    await request.app[AUDIT].record(victim_actor(request), "statement.view", f"statement:{statement.id}",
                                     consultation_id=consultation.id, details={"version": statement.version})
     return web.json_response({
         "id": statement.id, "status": statement.status, "version": statement.version,
@@ -335,7 +331,7 @@ async def victim_get(request: web.Request) -> web.Response:
 async def victim_preview(request: web.Request) -> web.Response:
     consultation, statement = await _victim_statement(request)
     rendered = await _victim_rendered(request, consultation, statement)
-    await request.app[AUDIT].record(_victim_actor(request), "statement.preview", f"statement:{statement.id}",
+    await request.app[AUDIT].record(victim_actor(request), "statement.preview", f"statement:{statement.id}",
                                     consultation_id=consultation.id, details={"version": statement.version})
     return _pdf_response(rendered.preview, "statement.pdf", False)
 
@@ -380,7 +376,7 @@ async def victim_sign(request: web.Request) -> web.Response:
     shown = body.get("document_sha256")
     if shown is not None and not isinstance(shown, str):
         raise ApiError(422, "invalid", "document_sha256 must be the hash you were shown.", fields=["document_sha256"])
-    who = _victim_actor(request)
+    who = victim_actor(request)
     user_agent = request.headers.get("User-Agent", "")[:512] or None
     signature = await request.app[STATEMENTS].sign(consultation, statement, image, typed_name, shown, who, user_agent)
     audit = request.app[AUDIT]
@@ -408,7 +404,7 @@ async def victim_change(request: web.Request) -> web.Response:
     async with request.app[DB]() as db:
         statement = await db.merge(statement)
         statement = await request.app[STATEMENTS].request_change(db, statement, message.strip())
-    await request.app[AUDIT].record(_victim_actor(request), "statement.change_request", f"statement:{statement.id}",
+    await request.app[AUDIT].record(victim_actor(request), "statement.change_request", f"statement:{statement.id}",
                                     consultation_id=consultation.id, details={"version": statement.version})
     await _tell(request, statement, change_requested=True)
     return web.json_response({"id": statement.id, "status": statement.status, "version": statement.version})

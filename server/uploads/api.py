@@ -15,7 +15,7 @@ import binascii
 import logging
 import re
 import urllib.parse
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 from sqlalchemy import select
@@ -25,9 +25,28 @@ from ..auth import CALL_ROLES
 from ..db import Consultation, Upload
 from ..errors import ApiError, error_response
 from ..evidence import IntegrityError
-from ..http import AUDIT, CLOCK, CONSULTATIONS, DB, SETTINGS, STORE, actor, current_staff, read_json
+from ..http import (
+    AUDIT,
+    CLOCK,
+    CONSULTATIONS,
+    DB,
+    SETTINGS,
+    STORE,
+    actor,
+    current_staff,
+    read_json,
+)
+from ..links import victim_actor, victim_link
 from ..timeutil import rfc3339
-from .service import CHECKSUMS, ChecksumMismatch, Patch, Uploads, decode_metadata, original_key, preview_key
+from .service import (
+    CHECKSUMS,
+    ChecksumMismatch,
+    Patch,
+    Uploads,
+    decode_metadata,
+    original_key,
+    preview_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -214,55 +233,34 @@ async def _upload(request: web.Request, consultation: Consultation, victim: bool
 # -- the victim ------------------------------------------------------------------
 
 
-async def _victim(request: web.Request) -> Consultation:
-    """The link's consultation, with the same checks as the victim's page and socket."""
-    from ..app import _victim_consultation
-
-    consultation, refusal = await _victim_consultation(request)
-    if refusal is not None:
-        code, message = {
-            404: ("unknown_link", "This link is not known."),
-            410: ("link_closed", "This link has been closed or has expired."),
-        }.get(refusal.status, ("link_in_use", "This link is in use in another browser."))
-        raise ApiError(refusal.status, code, message)
-    assert consultation is not None
-    if consultation.binding_hash is None:
-        raise ApiError(403, "open_link_first", "Open the link in your browser first.")
-    return consultation
-
-
-def _victim_actor(request: web.Request) -> Actor:
-    return Actor("victim", "victim", request.remote)
-
-
 def _victim_location(request: web.Request) -> str:
     return f"/j/{request.match_info['token']}/uploads"
 
 
 async def victim_create(request: web.Request) -> web.Response:
-    consultation = await _victim(request)
-    return await _create(request, consultation, _victim_actor(request), _victim_location(request))
+    consultation = await victim_link(request)
+    return await _create(request, consultation, victim_actor(request), _victim_location(request))
 
 
 async def victim_head(request: web.Request) -> web.Response:
-    return _head(await _upload(request, await _victim(request), victim=True))
+    return _head(await _upload(request, await victim_link(request), victim=True))
 
 
 async def victim_patch(request: web.Request) -> web.Response:
-    return await _patch(request, await _upload(request, await _victim(request), victim=True))
+    return await _patch(request, await _upload(request, await victim_link(request), victim=True))
 
 
 async def victim_delete(request: web.Request) -> web.Response:
-    upload = await _upload(request, await _victim(request), victim=True)
-    return await _delete(request, upload, _victim_actor(request))
+    upload = await _upload(request, await victim_link(request), victim=True)
+    return await _delete(request, upload, victim_actor(request))
 
 
 async def victim_receipt(request: web.Request) -> web.Response:
-    return web.json_response(receipt_json(await _upload(request, await _victim(request), victim=True)))
+    return web.json_response(receipt_json(await _upload(request, await victim_link(request), victim=True)))
 
 
 async def victim_list(request: web.Request) -> web.Response:
-    consultation = await _victim(request)
+    consultation = await victim_link(request)
     async with request.app[DB]() as db:
         rows = await db.scalars(select(Upload).where(
             Upload.consultation_id == consultation.id, Upload.uploaded_by == "victim").order_by(Upload.created_at))
