@@ -249,12 +249,15 @@ class Retention:
 
     async def _follow_recordings(self) -> int:
         """Recordings marked evidential since: they leave the 31-day rule."""
+        moved = (select(RetentionItem.item_id).join(Recording, Recording.id == RetentionItem.item_id)
+                 .where(RetentionItem.rule == NON_EVIDENTIAL, RetentionItem.state.in_(("active", "waiting")),
+                        Recording.classification != NON_EVIDENTIAL))
+        async with self.db() as db:
+            if await db.scalar(moved.limit(1)) is None:
+                return 0  # the usual case: no write lock taken
         async with self.db() as db:
             await _begin_write(db)
-            ids = list(await db.scalars(
-                select(RetentionItem.item_id).join(Recording, Recording.id == RetentionItem.item_id)
-                .where(RetentionItem.rule == NON_EVIDENTIAL, RetentionItem.state.in_(("active", "waiting")),
-                       Recording.classification != NON_EVIDENTIAL)))
+            ids = list(await db.scalars(moved))
             written = 0
             for start in range(0, len(ids), BATCH):
                 written += await self._update(db, await self._compute(db, ids[start:start + BATCH]))
