@@ -6,7 +6,7 @@ whether a legal hold covers it, and where its disposal stands. :meth:`Retention.
 keeps those rows in step with what other parts of the service write (new items,
 recordings marked evidential, a changed policy); every change made here (a class
 set, a review, a hold) recomputes the rows it touches at once. The due list is then
-one range scan of the ``(state, due_at)`` index, whatever the number of items.
+one ordered scan of a partial index of the live items, whatever the number of items.
 
 Disposal removes an item's content from every store (every object version), in
 batches, and keeps a signed disposal certificate (what, its hash, who, when, the rule
@@ -60,8 +60,6 @@ STALE_DISPOSING = timedelta(minutes=15)
 #: A disposal that failed (store unreachable...) is retried after this long.
 RETRY_AFTER = timedelta(hours=1)
 MAX_REASON = 4000
-#: States in which an item still has content.
-LIVE = ("active", "waiting", "disposing")
 
 
 class RetentionError(Exception):
@@ -122,7 +120,7 @@ CSV_COLUMNS = ("item_id", "kind", "consultation_id", "cad_ref", "rule", "action"
 _SCHEDULE_COLUMNS = (
     RetentionItem.item_id, EvidenceItem.kind, RetentionItem.consultation_id, Consultation.cad_ref,
     RetentionItem.rule, RetentionItem.due_at, RetentionItem.action, RetentionItem.state, RetentionItem.held,
-    EvidenceItem.sha256, EvidenceItem.size, EvidenceItem.created_at, EvidenceItem.prefix, RetentionItem.disposal,
+    EvidenceItem.sha256, EvidenceItem.size, EvidenceItem.created_at, EvidenceItem.prefix,
 )
 
 
@@ -133,10 +131,10 @@ def _schedule_select() -> Any:
 
 
 def _schedule_row(r: Any) -> ScheduleRow:
-    waiting = (r.disposal or {}).get("waiting_until") if r.state == "waiting" else None
+    # A row waiting for a store lock is due again when the lock expires.
     return ScheduleRow(r.item_id, r.kind, r.consultation_id, r.cad_ref, r.rule, r.due_at, r.action, r.state,
                        bool(r.held), r.sha256, r.size or 0, r.created_at, r.prefix,
-                       datetime.fromisoformat(waiting) if waiting else None)
+                       r.due_at if r.state == "waiting" else None)
 
 
 @dataclass
@@ -328,7 +326,7 @@ class Retention:
         """Items due for review or disposal by ``before`` (default now), soonest first,
         held ones included (and marked). ``after`` is a (due_at, item_id) keyset cursor."""
         before = before or self.clock()
-        query = _schedule_select().where(RetentionItem.state.in_(LIVE), RetentionItem.due_at <= before)
+        query = _schedule_select().where(_live(), RetentionItem.due_at <= before)
         if after is not None:
             query = query.where(or_(RetentionItem.due_at > after[0],
                                     and_(RetentionItem.due_at == after[0], RetentionItem.item_id > after[1])))
@@ -542,7 +540,7 @@ class Retention:
         scheduled = and_(RetentionItem.state == "active", RetentionItem.action == "dispose")
         if automatic:  # the scheduled run: the 31-day rule, and disposals already decided
             scheduled = and_(scheduled, RetentionItem.rule == NON_EVIDENTIAL)
-        return and_(RetentionItem.state.in_(LIVE), RetentionItem.due_at <= now, or_(scheduled, decided))
+        return and_(_live(), RetentionItem.due_at <= now, or_(scheduled, decided))
 
     async def candidates(self, ids: Optional[Sequence[str]] = None, automatic: bool = False,
                          limit: Optional[int] = None) -> tuple[list[ScheduleRow], int]:
@@ -752,6 +750,11 @@ class Retention:
         report = await self.dispose(Actor.system(), execute=True, automatic=True)
         await self.audit.checkpoint()
         return report
+
+
+def _live() -> Any:
+    """Not disposed: the very predicate of the partial index ``ix_retention_items_live_due``."""
+    return RetentionItem.state != "disposed"
 
 
 _ITEMS = RetentionItem.__table__

@@ -226,6 +226,11 @@ class AuditLog:
         """Sign the newest entry when no checkpoint covers it yet (at a sweep, at exit)."""
         if self.signing_key is None:
             return None
+        async with self.db_factory() as db:  # the usual case first, without the lock
+            newest = await db.scalar(select(func.max(AuditEntry.id)))
+            covered = await db.scalar(select(func.max(AuditCheckpoint.last_id)))
+        if newest is None or (covered is not None and covered >= newest):
+            return None
         async with self._lock, self.db_factory() as db:
             await _serialise(db)
             last = await db.scalar(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(1))

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     event,
+    text,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -255,7 +256,9 @@ class RetentionItem(Base):
 
     __tablename__ = "retention_items"
     __table_args__ = (
-        Index("ix_retention_items_state_due", "state", "due_at"),
+        # The due list: live rows only (disposed ones leave the index), already in order.
+        Index("ix_retention_items_live_due", "due_at", "item_id", sqlite_where=text("state != 'disposed'"),
+              postgresql_where=text("state != 'disposed'")),
         Index("ix_retention_items_rule_state", "rule", "state"),
     )
 

@@ -55,7 +55,8 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['item_id'], ['evidence_items.id'], ),
     sa.PrimaryKeyConstraint('item_id')
     )
-    op.create_index('ix_retention_items_state_due', 'retention_items', ['state', 'due_at'], unique=False)
+    op.create_index('ix_retention_items_live_due', 'retention_items', ['due_at', 'item_id'], unique=False,
+                    sqlite_where=sa.text("state != 'disposed'"), postgresql_where=sa.text("state != 'disposed'"))
     op.create_index('ix_retention_items_consultation_id', 'retention_items', ['consultation_id'], unique=False)
     op.create_index('ix_retention_items_rule_state', 'retention_items', ['rule', 'state'], unique=False)
 
@@ -125,7 +126,7 @@ def downgrade() -> None:
     op.drop_table('retention_reviews')
     op.drop_index('ix_retention_items_rule_state', table_name='retention_items')
     op.drop_index('ix_retention_items_consultation_id', table_name='retention_items')
-    op.drop_index('ix_retention_items_state_due', table_name='retention_items')
+    op.drop_index('ix_retention_items_live_due', table_name='retention_items')
     op.drop_table('retention_items')
     op.drop_table('retention_assignments')
     op.drop_index('ix_audit_checkpoints_last_id', table_name='audit_checkpoints')
