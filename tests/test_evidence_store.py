@@ -16,6 +16,7 @@ from evr.config import Settings
 from evr.evidence import FileStore, IntegrityError, ItemExists, ItemMissing, MasterKey, load_master_key, make_store
 from evr.evidence.crypto import CHUNK, SealedReader, Sealer, rechunk
 from evr.evidence.s3 import S3Store
+from evr.evidence.store import StillLocked
 from s3server import make_s3_store, s3_client, s3_server, s3_settings  # noqa: F401 (fixtures)
 
 MASTER = MasterKey(bytes(range(32)))
@@ -151,6 +152,24 @@ async def test_s3_object_lock_and_disposal_of_every_version(s3_server):
     await store.dispose("uploads/c/free/original")
     versions = store.client.list_object_versions(Bucket=store.bucket, Prefix="uploads/c/free/")
     assert not versions.get("Versions") and not versions.get("DeleteMarkers")
+
+    # Disposal of a whole item: every version goes, even one only a delete marker hides;
+    # what a lock keeps stays, and the store says until when.
+    await store.add_bytes("recordings/c/r/seg-000001.webm", b"a")
+    await store.add_bytes("recordings/c/r/manifest.json", b"{}")
+    store.client.delete_object(Bucket=store.bucket, Key="recordings/c/r/manifest.json")  # a delete marker
+    assert await store.keys("recordings/c/r/") == ["recordings/c/r/seg-000001.webm"]
+    disposed = await store.dispose_all_versions("recordings/c/r/")
+    assert disposed.removed == 3  # two object versions and the delete marker
+    versions = store.client.list_object_versions(Bucket=store.bucket, Prefix="recordings/c/r/")
+    assert not versions.get("Versions") and not versions.get("DeleteMarkers")
+    assert (await store.dispose_all_versions("recordings/c/r/")).removed == 0
+
+    await store.add_bytes("uploads/c/locked/preview.jpg", b"p")
+    with pytest.raises(StillLocked) as kept:
+        await store.dispose_all_versions("uploads/c/locked/")
+    assert kept.value.removed == 1 and abs(kept.value.until - until) < timedelta(seconds=1)
+    assert await store.keys("uploads/c/locked/") == ["uploads/c/locked/original"]
 
 
 def test_make_store_follows_settings(tmp_path, s3_settings):

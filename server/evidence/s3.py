@@ -20,7 +20,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from .crypto import MasterKey
-from .store import EvidenceStore, ItemExists, ItemMissing
+from .store import Disposed, EvidenceStore, ItemExists, ItemMissing, StillLocked
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -146,6 +146,40 @@ class S3Store(EvidenceStore):
             for version in page.get("Versions", []) + page.get("DeleteMarkers", []):
                 if version["Key"] == key:
                     self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version["VersionId"], **extra)
+
+    async def dispose_all_versions(self, prefix: str) -> Disposed:
+        return await asyncio.to_thread(self._dispose_prefix, prefix)
+
+    def _dispose_prefix(self, prefix: str) -> Disposed:
+        """Delete every version and delete marker under ``prefix``. Versions an Object
+        Lock still keeps stay; ``StillLocked`` then says until when (the latest date)."""
+        extra = {"BypassGovernanceRetention": True} if self.lock_mode == "GOVERNANCE" else {}
+        removed = 0
+        locked_until: Optional[datetime] = None
+        pages = self.client.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=prefix)
+        for page in pages:
+            for version in page.get("Versions", []) + page.get("DeleteMarkers", []):
+                key, version_id = version["Key"], version["VersionId"]
+                try:
+                    self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version_id, **extra)
+                    removed += 1
+                except ClientError as exc:
+                    if _code(exc) != "AccessDenied":
+                        raise
+                    until = self._retained_until(key, version_id)
+                    if until is None:
+                        raise
+                    locked_until = max(until, locked_until or until)
+        if locked_until is not None:
+            raise StillLocked(locked_until, removed)
+        return Disposed(prefix, removed)
+
+    def _retained_until(self, key: str, version_id: str) -> Optional[datetime]:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key, VersionId=version_id)
+        except ClientError:
+            return None
+        return head.get("ObjectLockRetainUntilDate")
 
     async def retain(self, key: str, until: datetime) -> None:
         await asyncio.to_thread(
