@@ -1,7 +1,7 @@
 // console.js: the officer's console, served at /console.
 import { Call, stopStream, videoConstraints } from '/static/call.js';
+import { $, api, el, errorText, session } from '/static/staff.js';
 
-const $ = (id) => document.getElementById(id);
 // The call handler's eligibility questions, and what a No means.
 const QUESTIONS = {
   adult_or_carer_present: 'the victim is under 18 and no parent or carer will join',
@@ -10,18 +10,10 @@ const QUESTIONS = {
   consent: 'the victim does not consent to a video call',
 };
 
-let csrf = null;      // from POST /api/login or GET /api/me; kept in memory only
 let listTimer = null;
 let current = null;   // the open call: {c, call, stream, state, startedAt, timer}
 
 // ---- helpers -------------------------------------------------------------
-
-function el(tag, text, className) {
-  const e = document.createElement(tag);
-  if (text != null) e.textContent = text;
-  if (className) e.className = className;
-  return e;
-}
 
 function show(view) {
   for (const s of document.querySelectorAll('main > section')) s.hidden = s.id !== `v-${view}`;
@@ -39,23 +31,6 @@ function fmtDuration(ms) {
   return h ? `${h}:${pad(m)}:${pad(s % 60)}` : `${m}:${pad(s % 60)}`;
 }
 
-const errorText = (r, fallback) => r.data?.error?.message || `${fallback} (${r.status || 'network error'})`;
-
-/** JSON request with the session cookie and, for non-GET, the CSRF header. */
-async function api(method, path, body) {
-  const headers = {};
-  if (body !== undefined) headers['Content-Type'] = 'application/json';
-  if (method !== 'GET' && csrf) headers['X-CSRF-Token'] = csrf;
-  let r;
-  try {
-    r = await fetch(path, { method, headers, credentials: 'same-origin', body: body === undefined ? undefined : JSON.stringify(body) });
-  } catch {
-    return { ok: false, status: 0, data: null };
-  }
-  const data = await r.json().catch(() => null);
-  if (r.status === 401 && path !== '/api/login' && csrf) signedOut('Your session has ended. Please sign in again.');
-  return { ok: r.ok, status: r.status, data };
-}
 
 // ---- sign in and out -----------------------------------------------------
 
@@ -70,7 +45,7 @@ $('login-form').addEventListener('submit', async (e) => {
 });
 
 function signedIn(me) {
-  csrf = me.csrf_token;
+  session.csrf = me.csrf_token;
   $('who').textContent = `${me.username} (${me.role})`;
   show('home');
   refresh();
@@ -81,10 +56,12 @@ function signedIn(me) {
 // A reload keeps the session: the cookie is still there, ask who we are.
 api('GET', '/api/me').then((r) => { if (r.ok) signedIn(r.data); });
 
+session.onExpired = () => signedOut('Your session has ended. Please sign in again.');
+
 function signedOut(message = '') {
   if (current) endCall();
   clearInterval(listTimer);
-  csrf = null;
+  session.csrf = null;
   $('who').textContent = '';
   $('login-error').textContent = message;
   show('login');
@@ -98,7 +75,7 @@ $('logout').addEventListener('click', async () => {
 // ---- list ----------------------------------------------------------------
 
 async function refresh() {
-  if (!csrf || current) return; // the list is hidden during a call
+  if (!session.csrf || current) return; // the list is hidden during a call
   const r = await api('GET', '/api/consultations');
   $('list-error').textContent = r.ok ? '' : errorText(r, 'Could not load consultations.');
   if (!r.ok) return;

@@ -2,21 +2,13 @@
 // Everything shown comes from /api/retention/... and /api/audit; every value is put
 // in the page as text, never as HTML.
 
-const $ = (id) => document.getElementById(id);
+import { $, api, el, errorText, session } from '/static/staff.js';
 
-let csrf = null;         // from POST /api/login or GET /api/me; kept in memory only
 let criteria = {};       // name -> question (National Retention Assessment Criteria)
 let current = null;      // the item shown
 let dueCursor = null;
 
 // ---- helpers -------------------------------------------------------------
-
-function el(tag, text, className) {
-  const e = document.createElement(tag);
-  if (text != null) e.textContent = text;
-  if (className) e.className = className;
-  return e;
-}
 
 function cells(values) {
   const tr = el('tr');
@@ -33,23 +25,6 @@ function wrap(node) {
 const fmt = (iso) => (iso ? new Date(iso).toLocaleString([], { dateStyle: 'medium', timeStyle: 'short' }) : '–');
 const fmtDay = (iso) => (iso ? new Date(iso).toLocaleDateString([], { dateStyle: 'medium' }) : '–');
 const short = (id) => (id ? `${id.slice(0, 8)}…` : '–');
-const errorText = (r, fallback) => r.data?.error?.message || `${fallback} (${r.status || 'network error'})`;
-
-/** JSON request with the session cookie and, for non-GET, the CSRF header. */
-async function api(method, path, body) {
-  const headers = {};
-  if (body !== undefined) headers['Content-Type'] = 'application/json';
-  if (method !== 'GET' && csrf) headers['X-CSRF-Token'] = csrf;
-  let r;
-  try {
-    r = await fetch(path, { method, headers, credentials: 'same-origin', body: body === undefined ? undefined : JSON.stringify(body) });
-  } catch {
-    return { ok: false, status: 0, data: null };
-  }
-  const data = await r.json().catch(() => null);
-  if (r.status === 401 && path !== '/api/login' && csrf) signedOut('Your session has ended. Please sign in again.');
-  return { ok: r.ok, status: r.status, data };
-}
 
 function itemLink(id, text) {
   const b = el('button', text || short(id));
@@ -80,7 +55,7 @@ $('login-form').addEventListener('submit', async (e) => {
 });
 
 async function signedIn(me) {
-  csrf = me.csrf_token;
+  session.csrf = me.csrf_token;
   $('who').textContent = `${me.username} (${me.role})`;
   $('logout').hidden = false;
   if (me.role !== 'records') {
@@ -99,8 +74,10 @@ async function signedIn(me) {
 
 api('GET', '/api/me').then((r) => { if (r.ok) signedIn(r.data); });
 
+session.onExpired = () => signedOut('Your session has ended. Please sign in again.');
+
 function signedOut(message = '') {
-  csrf = null;
+  session.csrf = null;
   current = null;
   $('who').textContent = '';
   $('logout').hidden = true;
