@@ -124,7 +124,9 @@ async def playback(request: web.Request) -> web.StreamResponse:
     if recording.segments == 0:
         raise ApiError(409, "no_media", "This recording holds no media yet.")
     settings_dir = request.app[RECORDINGS].settings.data_dir
-    cache = settings_dir / "derived" / "recordings" / recording.id
+    # Derived copies live under DATA/derived/<the item's prefix>: retention's disposal
+    # of the item removes them with it.
+    cache = settings_dir / "derived" / prefix(consultation.id, recording.id).rstrip("/")
     path = cache / f"playback-{recording.head_hash[:16]}.webm"
     if not path.exists():
         store = request.app[STORE]

@@ -115,9 +115,8 @@ def code_heads() -> Optional[set[str]]:
 async def ensure_schema(engine: Any) -> None:
     """Migrate unless the database is already at the shipped heads: a read-only command
     then needs no Alembic at all (faster start)."""
-    from sqlalchemy import text
-
     from evr.db import migrate
+    from sqlalchemy import text
 
     heads = code_heads()
     try:
@@ -164,7 +163,8 @@ def _run(args: argparse.Namespace, work: Callable[[Any], Awaitable[int]]) -> int
             key = load_signing_key(settings)
             store = make_store(settings)
             audit = AuditLog(db, utcnow, key, store, settings.audit_checkpoint_every)
-            service = Retention(db, audit, store, Policy.from_config(settings.retention), utcnow, key)
+            service = Retention(db, audit, store, Policy.from_config(settings.retention), utcnow, key,
+                                settings.data_dir / "derived")
             try:
                 return await work(service)
             finally:

@@ -20,16 +20,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import uuid
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import Any, AsyncIterator, Iterable, Optional, Sequence
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import and_, bindparam, func, or_, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 from evr.audit import Actor, AuditLog, canonical
 from evr.db import (
     Consultation,
@@ -45,8 +46,18 @@ from evr.db import (
 from evr.evidence.store import EvidenceStore, StillLocked
 from evr.keys import fingerprint
 from evr.timeutil import Clock, rfc3339
+from sqlalchemy import and_, bindparam, func, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from .policy import ASSESSMENT_CRITERIA, DECISIONS, NON_EVIDENTIAL, UNCLASSIFIED, Policy, ReviewState
+from .policy import (
+    ASSESSMENT_CRITERIA,
+    DECISIONS,
+    NON_EVIDENTIAL,
+    UNCLASSIFIED,
+    Policy,
+    ReviewState,
+)
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +190,11 @@ class DisposalReport:
 
 class Retention:
     def __init__(self, db_factory: async_sessionmaker, audit: AuditLog, store: EvidenceStore, policy: Policy,
-                 clock: Clock, signing_key: Ed25519PrivateKey) -> None:
+                 clock: Clock, signing_key: Ed25519PrivateKey, derived_dir: Optional[Path] = None) -> None:
         self.db = db_factory
+        #: Derived copies (e.g. a recording's playback file) live under
+        #: ``derived_dir/<item prefix>`` and go with the item.
+        self.derived_dir = derived_dir
         self.audit = audit
         self.store = store
         self.policy = policy
@@ -631,7 +645,10 @@ class Retention:
         async def remove(prefix: str) -> Any:
             async with limiter:
                 try:
-                    return await self.store.dispose_all_versions(prefix)
+                    disposed = await self.store.dispose_all_versions(prefix)
+                    if self.derived_dir is not None:
+                        await asyncio.to_thread(shutil.rmtree, self.derived_dir / prefix.rstrip("/"), True)
+                    return disposed
                 except StillLocked as exc:
                     return exc
                 except Exception as exc:  # a store error: retried later, never lost
