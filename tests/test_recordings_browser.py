@@ -45,7 +45,9 @@ async def test_console_lists_plays_classifies_and_exports_recordings(ui: UI, sta
     await asyncio.sleep(3)
     await desk.get_by_role("button", name="Close link").click()
     await desk.locator("#confirm").get_by_role("button", name="Close link").click()
-    await desk.get_by_role("button", name="Back to list").first.click()
+    await desk.get_by_text("This link is closed").wait_for()  # the close went through
+    await desk.get_by_role("button", name="Back to list").click()
+    await desk.locator("#v-home").wait_for()
 
     # The consultation's page, from the list.
     await desk.get_by_role("button", name=f"Recordings of {CAD}").click()
