@@ -247,6 +247,8 @@ class Recorder:
     anchors: dict[tuple[int, str], _Anchor] = field(default_factory=dict)
     last_pts: dict[str, int] = field(default_factory=lambda: {"audio": -1, "video": -1})
     finished: bool = False
+    #: The peer connection the last frame came on.
+    connection: object = None
 
     def __post_init__(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -274,6 +276,10 @@ class Recorder:
             self._gap(self.pending_reason or "network_loss", self.last_arrival, now)
         self.last_arrival = now
         self.pending_reason = None
+        if connection is not self.connection:  # a rejoin, however quick: restart at a keyframe
+            self.connection = connection
+            self.await_keyframe = True
+            self.anchors.clear()
         if self.dropped_since is not None and not self._stall_over(now):
             self._dropped(now)
             return

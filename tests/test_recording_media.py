@@ -268,3 +268,34 @@ def test_a_torn_segment_is_salvaged_up_to_where_it_was_cut(tmp_path):
     assert 1.0 < salvaged.end_s < 3.0
     (tmp_path / "empty.webm").write_bytes(whole.read_bytes()[:200])  # the header only
     assert _salvage(tmp_path / "empty.webm", 3) is None
+
+
+async def test_a_quick_rejoin_restarts_video_at_a_keyframe(tmp_path):
+    """A new connection with no gap in time still starts its video at a keyframe:
+    frames that depend on the old connection's pictures are never muxed."""
+    events = []
+
+    async def sink(event):
+        events.append(event)
+
+    rec = Recorder("r2", tmp_path / "spool", sink, lambda: None, segment_seconds=10.0)
+    queued = []
+    real_put = rec._put
+
+    def spy(item):
+        queued.append(item)
+        return real_put(item)
+
+    rec._put = spy
+    frames = synthetic_frames(2.0)  # a keyframe each second
+    for kind, frame in frames:
+        if frame.arrival < 1000.5:
+            rec.push(kind, frame, "first connection")
+    before = len(queued)
+    for kind, frame in frames:
+        if frame.arrival >= 1000.5:  # mid-way between keyframes, no pause in arrivals
+            rec.push(kind, frame, "second connection")
+    video = [p for p in queued[before:] if isinstance(p, recorder_module.Packet) and p.kind == "video"]
+    assert video and video[0].keyframe
+    assert not any(isinstance(p, Gap) for p in queued)
+    await rec.finish("closed")
