@@ -346,6 +346,29 @@ async def test_a_stuck_seal_waits_for_the_signature_again(link, server):
     assert (await sign(c, sid)).status == 200
 
 
+async def test_a_seal_stopped_after_its_pdf_was_stored_is_finished_and_logged(link, server, monkeypatch):
+    c, sid = await sent(link)
+    service = server.app[STATEMENTS]
+
+    async def stop(*args, **kwargs):
+        raise RuntimeError("the process stopped here")
+
+    monkeypatch.setattr(service, "_signed", stop)
+    assert (await sign(c, sid)).status == 500
+    monkeypatch.undo()
+    async with server.app[DB]() as db:  # what an unclean stop leaves
+        row = await db.get(Statement, sid)
+        row.status = "sealing"
+        await db.commit()
+    assert await service.recover() == 1
+    async with server.app[DB]() as db:
+        row = await db.get(Statement, sid)
+        signature = await db.get(StatementSignature, sid)
+    pdf = await server.app[STORE].read_bytes(f"statements/{c.id}/{sid}/statement.pdf")
+    assert row.status == "signed" and row.sha256 == signature.document_sha256 == hashlib.sha256(pdf).hexdigest()
+    assert ("statement.seal", "system") in await actions(server, f"statement:{sid}")
+
+
 def test_the_declaration_names_the_real_page_count_and_signing_moves_nothing():
     long = {**DRAFT, "text": "\n\n".join(["I was walking home when a man took my bag and ran off. " * 6] * 25),
             "read_to_witness": {"name": "PC Brown"}}

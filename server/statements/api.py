@@ -10,7 +10,6 @@ import logging
 from typing import Any, Optional
 
 from aiohttp import web
-from evr.audit import Actor
 from evr.auth import CALL_ROLES, Staff
 from evr.db import (
     Consultation,
@@ -376,17 +375,9 @@ async def victim_sign(request: web.Request) -> web.Response:
     shown = body.get("document_sha256")
     if shown is not None and not isinstance(shown, str):
         raise ApiError(422, "invalid", "document_sha256 must be the hash you were shown.", fields=["document_sha256"])
-    who = victim_actor(request)
     user_agent = request.headers.get("User-Agent", "")[:512] or None
-    signature = await request.app[STATEMENTS].sign(consultation, statement, image, typed_name, shown, who, user_agent)
-    audit = request.app[AUDIT]
-    await audit.record(who, "statement.sign", f"statement:{statement.id}", consultation_id=consultation.id,
-                       details={"version": signature.version, "shown_sha256": signature.shown_sha256,
-                                "signature_png_sha256": signature.signature_sha256})
-    await audit.record(Actor.system(), "statement.seal", f"statement:{statement.id}",
-                       consultation_id=consultation.id,
-                       details={"sha256": signature.document_sha256, "pages": signature.pages,
-                                "sealed_by": signature.record["sealed_by"]})
+    signature = await request.app[STATEMENTS].sign(consultation, statement, image, typed_name, shown,
+                                                   victim_actor(request), user_agent)
     await _tell(request, statement, sha256=signature.document_sha256, pages=signature.pages)
     return web.json_response({"id": statement.id, "status": "signed", "sha256": signature.document_sha256,
                               "pages": signature.pages, "signed_at": rfc3339(signature.signed_at)})

@@ -382,14 +382,17 @@ class Statements:
         raw_record = json.dumps(record, indent=1, sort_keys=True, ensure_ascii=False).encode()
         await self.store.add_bytes(f"{base}signing-record{suffix}.json", raw_record)
         await self.store.add_bytes(base + PDF_NAME, sealed, sha256=digest)
+        await self.audit.record(actor, "statement.sign", f"statement:{statement.id}", consultation_id=consultation.id,
+                                details={"version": version.version, "shown_sha256": rendered.preview_sha256,
+                                         "signature_png_sha256": image.sha256})
         row = await self._signed(consultation.id, statement, record, len(sealed))
         log.info("statement sealed (id=%s consultation=%s pages=%d sha256=%s)", statement.id, consultation.id,
                  layout.statement_pages, digest)
         return row
 
-    async def _signed(self, consultation_id: str, statement: Statement, record: dict[str, Any], size: int
-                      ) -> StatementSignature:
-        """Record a sealed statement in the database (its files are in the store)."""
+    async def _signed(self, consultation_id: str, statement: Statement, record: dict[str, Any], size: int,
+                      recovered: bool = False) -> StatementSignature:
+        """Record a sealed statement in the database and the audit log (its files are in the store)."""
         now = datetime.fromisoformat(record["signed_at"].replace("Z", "+00:00"))
         digest = record["document_sha256"]
         row = StatementSignature(
@@ -411,6 +414,10 @@ class Statements:
                                   version=record["statement_version"], actor="victim"))
             await db.commit()
         statement.status, statement.sha256, statement.signed_at = "signed", digest, now
+        await self.audit.record(Actor.system(), "statement.seal", f"statement:{statement.id}",
+                                consultation_id=consultation_id,
+                                details={"sha256": digest, "pages": record["pages"], "sealed_by": record["sealed_by"],
+                                         **({"recovered": True} if recovered else {})})
         return row
 
     async def recover(self) -> int:
@@ -430,7 +437,7 @@ class Statements:
                         if candidate.get("document_sha256") == digest:
                             record = candidate
             if record is not None:
-                await self._signed(statement.consultation_id, statement, record, len(sealed))
+                await self._signed(statement.consultation_id, statement, record, len(sealed), recovered=True)
                 log.warning("statement %s: sealing interrupted after the PDF was stored; finished", statement.id)
                 continue
             async with self.db() as db:
