@@ -219,6 +219,16 @@ async def test_bad_requests_are_refused_and_lose_nothing(link, server):
     assert await audit_actions(server, f"upload:{upload_id(other)}") == [("upload.terminate", "victim")]
 
 
+async def test_an_empty_file_is_finished_at_creation(link, server):
+    call = await link()
+    created = await call.phone.post(call.path + "/uploads", headers={**TUS, "Upload-Length": "0"})
+    assert created.status == 201 and created.headers["Upload-Offset"] == "0"
+    receipt = await (await call.phone.get(created.headers["Location"])).json()
+    assert receipt["status"] == "quarantined" and receipt["sha256"] == hashlib.sha256(b"").hexdigest()
+    assert await audit_actions(server, f"upload:{receipt['id']}") == [("upload.collect", "victim")]
+    assert list(server.app[UPLOADS].staging.iterdir()) == []
+
+
 async def test_a_broken_connection_keeps_what_arrived(link, server, monkeypatch):
     monkeypatch.setattr(uploads_api, "IDLE_TIMEOUT", 1.0)
     call = await link()

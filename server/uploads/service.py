@@ -121,9 +121,10 @@ class Uploads:
         await db.commit()
         log.info("upload started (id=%s consultation=%s by=%s length=%d)", upload.id, consultation.id,
                  upload.uploaded_by, length)
-        if length == 0:
+        if length == 0:  # complete already: no PATCH will come to finish it
             async with self.lock(upload.id):
                 await self._append(upload, Patch(_nothing, 0, None))
+            upload = await self.ingest(upload.id)
         return upload
 
     @staticmethod
