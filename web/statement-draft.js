@@ -4,13 +4,13 @@
 // by the server), sent to the victim's page to sign, and each step (sent, a change
 // asked for, signed) shows here live: call.js passes the server's
 // {type: 'statement'} messages on as the window event 'evr:statement'.
-const $ = (id) => document.getElementById(id);
+import { $, api, el } from '/static/staff.js';
+
 const AUTOSAVE_MS = 1200;
 const POLL_MS = 10000;
 
 let consultation = null;
 let statement = null; // the server's view of the statement being drafted
-let csrf = null;
 let saveTimer = null;
 let saving = Promise.resolve();
 let pollTimer = null;
@@ -34,29 +34,6 @@ const REAR_YES_NO = [
   ['vps_offered', 'Victim personal statement offered'],
   ['court_willing', 'Willing to attend court'],
 ];
-
-function el(tag, text, cls) {
-  const e = document.createElement(tag);
-  if (text) e.textContent = text;
-  if (cls) e.className = cls;
-  return e;
-}
-
-async function token() {
-  if (!csrf) csrf = (await (await fetch('/api/me', { credentials: 'same-origin' })).json()).csrf_token;
-  return csrf;
-}
-
-async function api(method, path, body) {
-  const headers = { 'Content-Type': 'application/json' };
-  if (method !== 'GET') headers['X-CSRF-Token'] = await token();
-  const r = await fetch(path, {
-    method, credentials: 'same-origin', cache: 'no-store', headers,
-    body: body === undefined ? undefined : JSON.stringify(body),
-  }).catch(() => null);
-  if (!r) return { ok: false, status: 0, body: null };
-  return { ok: r.ok, status: r.status, body: await r.json().catch(() => null) };
-}
 
 const base = () => `/api/consultations/${encodeURIComponent(consultation)}/statements`;
 
@@ -272,14 +249,14 @@ async function save() {
     r = await api('PUT', `${base()}/${statement.id}`, { ...content, version: statement.version });
   }
   if (!r.ok) {
-    $('md-error').textContent = r.body?.error?.message || `Not saved (${r.status || 'offline'}).`;
+    $('md-error').textContent = r.data?.error?.message || `Not saved (${r.status || 'offline'}).`;
     if (r.status === 409) await load(statement?.id);
     return false;
   }
   const wasSent = statement?.status === 'awaiting_signature';
-  statement = { ...statement, ...r.body, change_request: r.body.status === 'draft' ? statement?.change_request : null };
+  statement = { ...statement, ...r.data, change_request: r.data.status === 'draft' ? statement?.change_request : null };
   show();
-  if (wasSent && r.body.signature_cancelled) $('md-status').textContent += '. The change cancelled the signature request: send it again.';
+  if (wasSent && r.data.signature_cancelled) $('md-status').textContent += '. The change cancelled the signature request: send it again.';
   return true;
 }
 
@@ -291,7 +268,7 @@ async function sendIt() {
   const r = await api('POST', `${base()}/${statement.id}/send`, {
     identification: $('md-identification').value || undefined, version: statement.version,
   });
-  if (!r.ok) { $('md-error').textContent = r.body?.error?.message || `Not sent (${r.status}).`; return; }
+  if (!r.ok) { $('md-error').textContent = r.data?.error?.message || `Not sent (${r.status}).`; return; }
   await load(statement.id);
 }
 
@@ -299,9 +276,9 @@ async function load(id) {
   if (!id) return;
   const r = await api('GET', `${base()}/${id}`);
   if (!r.ok) return;
-  const editing = statement && statement.id === id && statement.version === r.body.version;
-  statement = r.body;
-  if (!editing) fill(r.body.content);
+  const editing = statement && statement.id === id && statement.version === r.data.version;
+  statement = r.data;
+  if (!editing) fill(r.data.content);
   show();
 }
 
@@ -309,7 +286,7 @@ async function uploads() {
   const r = await api('GET', `/api/consultations/${encodeURIComponent(consultation)}/uploads`);
   const box = $('md-uploads');
   if (!r.ok) return;
-  const ready = r.body.uploads.filter((u) => ['complete', 'quarantined'].includes(u.status));
+  const ready = r.data.uploads.filter((u) => ['complete', 'quarantined'].includes(u.status));
   for (const u of ready) {
     if (box.querySelector(`input[value="${CSS.escape(u.id)}"]`)) continue;
     const l = el('label', null, 'md-upload');
@@ -327,7 +304,7 @@ async function poll() {
   await uploads();
   if (statement && statement.status !== 'signed') {
     const r = await api('GET', base());
-    const now = r.ok && r.body.statements.find((s) => s.id === statement.id);
+    const now = r.ok && r.data.statements.find((s) => s.id === statement.id);
     if (now && (now.status !== statement.status || now.version !== statement.version)) await load(statement.id);
   }
 }
@@ -345,7 +322,7 @@ async function follow() {
   show();
   await uploads();
   const r = await api('GET', base());
-  const newest = r.ok ? r.body.statements.filter((s) => s.status !== 'signed').pop() || r.body.statements.pop() : null;
+  const newest = r.ok ? r.data.statements.filter((s) => s.status !== 'signed').pop() || r.data.statements.pop() : null;
   if (newest) await load(newest.id);
   pollTimer = setInterval(poll, POLL_MS);
 }
