@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import tempfile
 import uuid
 import zipfile
@@ -20,6 +19,7 @@ from sqlalchemy import select
 from evr.auth import CALL_ROLES, Staff
 from evr.db import Consultation, Recording
 from evr.errors import ApiError, not_found
+from evr.evidence import ItemExists
 from evr.http import AUDIT, CONSULTATIONS, DB, RECORDINGS, SIGNING_KEY, STORE, actor, current_staff, read_json
 from evr.keys import fingerprint, public_pem
 from evr.timeutil import rfc3339
@@ -27,7 +27,7 @@ from evr.timeutil import rfc3339
 from . import manifest as mf
 from .playback import remux
 from .service import entries_of, prefix
-from .verify import HOW_TO_VERIFY
+from .verify import DERIVED, HOW_TO_VERIFY
 
 log = logging.getLogger(__name__)
 
@@ -116,39 +116,74 @@ async def get_recording(request: web.Request) -> web.Response:
 
 
 async def playback(request: web.Request) -> web.StreamResponse:
-    """One WebM file of the recording's segments joined by remux (a derived copy,
-    cached outside the evidence store; the originals are never touched)."""
+    """One WebM file of the recording's segments joined by remux. The joined copy is a
+    derivative kept, encrypted like everything else, in the evidence store under the
+    recording's own prefix (so disposal takes it with the originals); Range requests
+    are answered by decrypting from the start and skipping."""
     staff = current_staff(request)
     reason = _reason(request, required=staff.role == "records")
     consultation, recording = await _recording(request, staff)
     if recording.segments == 0:
         raise ApiError(409, "no_media", "This recording holds no media yet.")
-    settings_dir = request.app[RECORDINGS].settings.data_dir
-    # Derived copies live under DATA/derived/<the item's prefix>: retention's disposal
-    # of the item removes them with it.
-    cache = settings_dir / "derived" / prefix(consultation.id, recording.id).rstrip("/")
-    path = cache / f"playback-{recording.head_hash[:16]}.webm"
-    if not path.exists():
-        store = request.app[STORE]
-        stored = await store.keys(prefix(consultation.id, recording.id))
-        keys = [k for k in stored if k.rsplit("/", 1)[-1].startswith("seg-")]
-        with tempfile.TemporaryDirectory(dir=settings_dir) as tmp:
-            sources = []
-            for key in keys:
-                source = Path(tmp) / key.rsplit("/", 1)[-1]
-                source.write_bytes(await store.read_bytes(key))
-                sources.append(source)
-            cache.mkdir(parents=True, exist_ok=True)
-            partial = cache / f".{uuid.uuid4().hex}.webm"
-            await asyncio.to_thread(remux, sources, partial)
-            os.replace(partial, path)
-    if request.http_range.start in (None, 0):  # one entry per viewing, not per seek
+    key, size = await _playback_copy(request, consultation.id, recording)
+    try:
+        wanted = request.http_range
+    except ValueError:
+        raise ApiError(416, "bad_range", "The Range header could not be read.") from None
+    start = wanted.start or 0
+    start = max(0, size + start) if start < 0 else start
+    stop = size if wanted.stop is None else min(wanted.stop, size)
+    if start >= stop and size:
+        return web.Response(status=416, headers={"Content-Range": f"bytes */{size}"})
+    if start == 0:  # one entry per viewing, not per seek
         await request.app[AUDIT].record(actor(request, staff), "recording.view", f"recording:{recording.id}",
                                         consultation_id=consultation.id, reason=reason)
-    return web.FileResponse(path, headers={
+    partial = "Range" in request.headers
+    response = web.StreamResponse(status=206 if partial else 200, headers={
         "Content-Type": "video/webm",
         "Content-Disposition": f'inline; filename="recording-{recording.id}.webm"',
+        "Accept-Ranges": "bytes",
+        "Content-Length": str(stop - start),
+        **({"Content-Range": f"bytes {start}-{stop - 1}/{size}"} if partial else {}),
     })
+    await response.prepare(request)
+    offset = 0
+    async for chunk in request.app[STORE].read(key):
+        end = offset + len(chunk)
+        if end > start and offset < stop:
+            await response.write(chunk[max(0, start - offset):stop - offset])
+        offset = end
+        if offset >= stop:
+            break
+    await response.write_eof()
+    return response
+
+
+async def _playback_copy(request: web.Request, consultation_id: str, recording: Recording) -> tuple[str, int]:
+    """The store key and size of the joined copy of the recording as it stands now
+    (its name carries the head of the manifest chain and its size), made when missing."""
+    store = request.app[STORE]
+    base = prefix(consultation_id, recording.id)
+    name = f"{base}{DERIVED}playback-{recording.head_hash[:16]}-"
+    for key in await store.keys(base + DERIVED):
+        if key.startswith(name):
+            return key, int(key[len(name):].removesuffix(".webm"))
+    segments = [k for k in await store.keys(base) if k[len(base):].startswith("seg-")]
+    with tempfile.TemporaryDirectory(dir=request.app[RECORDINGS].settings.data_dir) as tmp:
+        sources = []
+        for key in segments:  # plaintext only for as long as the remux takes
+            source = Path(tmp) / key[len(base):]
+            await asyncio.to_thread(source.write_bytes, await store.read_bytes(key))
+            sources.append(source)
+        joined = Path(tmp) / "playback.webm"
+        await asyncio.to_thread(remux, sources, joined)
+        size = joined.stat().st_size
+        key = f"{name}{size}.webm"
+        try:
+            await store.add_file(key, joined)
+        except ItemExists:  # made by a concurrent request a moment ago
+            pass
+    return key, size
 
 
 async def export(request: web.Request) -> web.StreamResponse:
@@ -163,7 +198,7 @@ async def export(request: web.Request) -> web.StreamResponse:
     store = request.app[STORE]
     key = request.app[SIGNING_KEY]
     base = prefix(consultation.id, recording.id)
-    keys = await store.keys(base)
+    keys = [k for k in await store.keys(base) if not k[len(base):].startswith(DERIVED)]
     entry = await request.app[AUDIT].record(actor(request, staff), "recording.export", f"recording:{recording.id}",
                                             consultation_id=consultation.id, reason=reason,
                                             details={"manifest_sha256": recording.manifest_sha256})

@@ -25,6 +25,8 @@ from .manifest import Problem
 
 #: Files an export holds beside the segments.
 PACKAGE_FILES = {mf.MANIFEST, mf.SIGNATURE, mf.PUBLIC_KEY, mf.README}
+#: Where a stored recording keeps copies derived from it (playback): not evidence.
+DERIVED = "derived/"
 
 
 class Package(ABC):
@@ -75,7 +77,8 @@ class StoredPackage(Package):
         self.prefix = prefix
 
     async def names(self) -> set[str]:
-        return {k[len(self.prefix):] for k in await self.store.keys(self.prefix)}
+        names = (k[len(self.prefix):] for k in await self.store.keys(self.prefix))
+        return {n for n in names if not n.startswith(DERIVED)}
 
     async def read(self, name: str) -> Optional[bytes]:
         try:

@@ -115,8 +115,9 @@ def code_heads() -> Optional[set[str]]:
 async def ensure_schema(engine: Any) -> None:
     """Migrate unless the database is already at the shipped heads: a read-only command
     then needs no Alembic at all (faster start)."""
-    from evr.db import migrate
     from sqlalchemy import text
+
+    from evr.db import migrate
 
     heads = code_heads()
     try:
@@ -163,8 +164,7 @@ def _run(args: argparse.Namespace, work: Callable[[Any], Awaitable[int]]) -> int
             key = load_signing_key(settings)
             store = make_store(settings)
             audit = AuditLog(db, utcnow, key, store, settings.audit_checkpoint_every)
-            service = Retention(db, audit, store, Policy.from_config(settings.retention), utcnow, key,
-                                settings.data_dir / "derived")
+            service = Retention(db, audit, store, Policy.from_config(settings.retention), utcnow, key)
             try:
                 return await work(service)
             finally:

@@ -20,17 +20,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import shutil
 import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from pathlib import Path
 from typing import Any, AsyncIterator, Iterable, Optional, Sequence
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlalchemy import and_, bindparam, func, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
 from evr.audit import Actor, AuditLog, canonical
 from evr.db import (
     Consultation,
@@ -46,18 +45,8 @@ from evr.db import (
 from evr.evidence.store import EvidenceStore, StillLocked
 from evr.keys import fingerprint
 from evr.timeutil import Clock, rfc3339
-from sqlalchemy import and_, bindparam, func, or_, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from .policy import (
-    ASSESSMENT_CRITERIA,
-    DECISIONS,
-    NON_EVIDENTIAL,
-    UNCLASSIFIED,
-    Policy,
-    ReviewState,
-)
+from .policy import ASSESSMENT_CRITERIA, DECISIONS, NON_EVIDENTIAL, UNCLASSIFIED, Policy, ReviewState
 
 log = logging.getLogger(__name__)
 
@@ -190,11 +179,8 @@ class DisposalReport:
 
 class Retention:
     def __init__(self, db_factory: async_sessionmaker, audit: AuditLog, store: EvidenceStore, policy: Policy,
-                 clock: Clock, signing_key: Ed25519PrivateKey, derived_dir: Optional[Path] = None) -> None:
+                 clock: Clock, signing_key: Ed25519PrivateKey) -> None:
         self.db = db_factory
-        #: Derived copies (e.g. a recording's playback file) live under
-        #: ``derived_dir/<item prefix>`` and go with the item.
-        self.derived_dir = derived_dir
         self.audit = audit
         self.store = store
         self.policy = policy
@@ -645,10 +631,7 @@ class Retention:
         async def remove(prefix: str) -> Any:
             async with limiter:
                 try:
-                    disposed = await self.store.dispose_all_versions(prefix)
-                    if self.derived_dir is not None:
-                        await asyncio.to_thread(shutil.rmtree, self.derived_dir / prefix.rstrip("/"), True)
-                    return disposed
+                    return await self.store.dispose_all_versions(prefix)
                 except StillLocked as exc:
                     return exc
                 except Exception as exc:  # a store error: retried later, never lost
@@ -752,7 +735,11 @@ class Retention:
             raise RetentionError(404, "not_found", "No such evidence item.")
         if row is not None and row.state == "disposed":
             raise RetentionError(410, "disposed", "This item was disposed of; only its certificate remains.")
-        if not key.startswith(item.prefix) or not await self.store.exists(key):
+        try:
+            found = key.startswith(item.prefix) and await self.store.exists(key)
+        except ValueError:  # not a well-formed key ('..', a folder...): the store's check_key
+            found = False
+        if not found:
             raise RetentionError(404, "not_found", "No such object in this item.")
         await self.audit.record(who, "evidence.view", _object(item.kind, item_id), consultation_id=item.consultation_id,
                                 reason=reason, details={"object": key})

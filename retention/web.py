@@ -17,20 +17,12 @@ from contextlib import suppress
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
 from aiohttp import web
+
 from evr.audit import AuditQuery, entry_json, search
 from evr.auth import CALL_ROLES, Staff
 from evr.errors import ApiError, bad_request, not_found
 from evr.http import (
-    AUDIT,
-    CLOCK,
-    CONSULTATIONS,
-    DB,
-    SETTINGS,
-    SIGNING_KEY,
-    STORE,
-    actor,
-    current_staff,
-    read_json,
+    AUDIT, CLOCK, CONSULTATIONS, DB, SETTINGS, SIGNING_KEY, STORE, actor, current_staff, read_json,
 )
 from evr.pages import WEB_DIR
 
@@ -77,8 +69,7 @@ async def _service(app: web.Application, policy: Policy) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     audit = app[AUDIT]
     audit.attach(app[SIGNING_KEY], app[STORE], settings.audit_checkpoint_every)
-    service = app[RETENTION] = Retention(app[DB], audit, app[STORE], policy, app[CLOCK], app[SIGNING_KEY],
-                                         settings.data_dir / "derived")
+    service = app[RETENTION] = Retention(app[DB], audit, app[STORE], policy, app[CLOCK], app[SIGNING_KEY])
     task = asyncio.create_task(sweeper(service, policy.sweep_minutes))
     yield
     task.cancel()

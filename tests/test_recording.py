@@ -97,11 +97,25 @@ async def test_playback_is_one_playable_file_and_is_audit_logged(call, server):
         assert {s.type for s in container.streams} == {"audio", "video"}
         assert float(container.duration / 1_000_000) == pytest.approx(victim["duration_s"], abs=1.0)
     assert "recording.view" in await audit_actions(server, f"recording:{victim['id']}")
-    # A seek (a Range request past the start) is not another viewing.
-    ranged = await c.officer.client.get(f"/api/consultations/{c.id}/recordings/{victim['id']}/playback",
-                                        headers={"Range": "bytes=100-"})
-    assert ranged.status == 206
+    # A seek (a Range request past the start) is not another viewing, and gets those bytes.
+    url = f"/api/consultations/{c.id}/recordings/{victim['id']}/playback"
+    ranged = await c.officer.client.get(url, headers={"Range": "bytes=100-1123"})
+    assert ranged.status == 206 and await ranged.read() == data[100:1124]
+    assert ranged.headers["Content-Range"] == f"bytes 100-1123/{len(data)}"
+    tail = await c.officer.client.get(url, headers={"Range": "bytes=-50"})
+    assert tail.status == 206 and await tail.read() == data[-50:]
+    beyond = await c.officer.client.get(url, headers={"Range": f"bytes={len(data)}-"})
+    assert beyond.status == 416
     assert (await audit_actions(server, f"recording:{victim['id']}")).count("recording.view") == 1
+    # The joined copy is a derivative kept in the store, encrypted, under the recording's
+    # prefix (disposal takes it with the originals); nothing plain is left on disk.
+    base = f"recordings/{c.id}/{victim['id']}/"
+    derived = [k for k in await server.app[STORE].keys(base) if k.startswith(base + "derived/")]
+    assert len(derived) == 1 and await server.app[STORE].read_bytes(derived[0]) == data
+    data_dir = server.app[RECORDINGS].settings.data_dir
+    assert not any(data[:4096] in p.read_bytes() for p in data_dir.rglob("*.webm") if p.is_file())
+    # Verification and export leave the derivative out.
+    assert (await verify(StoredPackage(server.app[STORE], base), server.app[RECORDINGS].key.public_key())).segments
 
 
 async def test_export_verifies_and_every_tampering_is_caught(call, server, tmp_path, capsys):

@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from s3server import make_s3_store, s3_client, s3_server  # noqa: F401 (fixtures)
 
-from evr.app import DB, SETTINGS, create_app
+from evr.app import DB, create_app
 from evr.audit import Actor, AuditLog
 from evr.config import Settings
 from evr.db import (
@@ -117,10 +117,6 @@ async def test_non_evidential_recordings_go_after_31_days_with_a_certificate(ser
     officer, records, cid = people
     kept = await add_item(server, cid, classification="evidential")
     footage = await add_item(server, cid)
-    # A derived copy (a recording's playback file) lives beside it, outside the store.
-    derived = server.app[SETTINGS].data_dir / "derived" / footage["prefix"].rstrip("/")
-    derived.mkdir(parents=True)
-    (derived / "playback-0123456789abcdef.webm").write_bytes(b"derived")
     sweep = server.app[RETENTION].sweep
     clock.advance(days=30)
     assert (await sweep()).disposed == []
@@ -131,7 +127,6 @@ async def test_non_evidential_recordings_go_after_31_days_with_a_certificate(ser
     # The content is gone from the store (and the item's folder with it)...
     assert await objects(server, footage["prefix"]) == []
     assert not (server.app[STORE].root / footage["prefix"]).exists()
-    assert not derived.exists()  # derived copies go with the item
     assert len(await objects(server, kept["prefix"])) == 2
     # ...and the certificate stays: what, its hash, who, when, the rule and the decision, signed.
     async with server.app[DB]() as db:
