@@ -2,32 +2,19 @@
 // of the consultation arriving with its progress, a preview (image thumbnail or a
 // video's first frame, made by the server), quarantine flags, the exhibit reference
 // (editable) and a link that downloads the original. Polls while the call is open.
+import { $, api, el, errorText } from '/static/staff.js';
 import { formatSize as size } from '/static/upload.js';
 
-const $ = (id) => document.getElementById(id);
 const POLL_MS = 2000;
 
 let consultation = null;
 let timer = null;
-let csrf = null;
 const rows = new Map(); // upload id -> {li, render}
-
-function el(tag, text, cls) {
-  const e = document.createElement(tag);
-  if (text) e.textContent = text;
-  if (cls) e.className = cls;
-  return e;
-}
 
 const STATUS = {
   uploading: 'Arriving', complete: 'Received', quarantined: 'Quarantined: not an accepted file type',
   terminated: 'Cancelled by the sender', purged: 'Unfinished, removed',
 };
-
-async function token() {
-  if (!csrf) csrf = (await (await fetch('/api/me', { credentials: 'same-origin' })).json()).csrf_token;
-  return csrf;
-}
 
 function row(u) {
   const base = `/api/consultations/${consultation}/uploads/${u.id}`;
@@ -73,13 +60,8 @@ function row(u) {
     const said = el('span', null, 'upload-status');
     said.setAttribute('role', 'status');
     save.addEventListener('click', async () => {
-      const r = await fetch(base, {
-        method: 'PATCH', credentials: 'same-origin',
-        headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': await token() },
-        body: JSON.stringify({ exhibit_ref: ref.value }),
-      });
-      const body = await r.json().catch(() => null);
-      said.textContent = r.ok ? 'Saved.' : (body?.error?.message || `Not saved (${r.status}).`);
+      const r = await api('PATCH', base, { exhibit_ref: ref.value });
+      said.textContent = r.ok ? 'Saved.' : errorText(r, 'Not saved');
     });
     actions.append(open, label, save, said);
   }
@@ -88,9 +70,9 @@ function row(u) {
 
 async function poll() {
   if (!consultation) return;
-  const r = await fetch(`/api/consultations/${consultation}/uploads`, { credentials: 'same-origin', cache: 'no-store' }).catch(() => null);
-  if (!r?.ok) return;
-  const { uploads } = await r.json();
+  const r = await api('GET', `/api/consultations/${consultation}/uploads`);
+  if (!r.ok) return;
+  const { uploads } = r.data;
   $('console-uploads-empty').hidden = uploads.length > 0;
   for (const u of uploads) {
     if (!rows.has(u.id)) {
