@@ -260,8 +260,7 @@ class Uploads:
         started = time.monotonic()
         hasher = self._hashes.get(upload.id) or await asyncio.to_thread(self._rehash, upload)
         sha256 = hasher.hexdigest()
-        detected, meta, preview = await asyncio.to_thread(self._examine, upload, path)
-        allowed = content.is_allowed(detected, self.allowed)
+        detected, allowed, meta, preview = await asyncio.to_thread(self._examine, upload, path)
         key = original_key(upload)
         try:
             await self.store.add_sealed(key, path, sha256=sha256)
@@ -271,7 +270,7 @@ class Uploads:
                 digest.update(chunk)
             if digest.hexdigest() != sha256:
                 raise
-        if preview is not None and allowed and not await self.store.exists(preview_key(upload)):
+        if preview is not None and not await self.store.exists(preview_key(upload)):
             await self.store.add_bytes(preview_key(upload), preview)
         async with self._exhibit_lock, self.db() as db:
             row = await db.get(Upload, upload.id)
@@ -286,7 +285,7 @@ class Uploads:
             row.sha256 = sha256
             row.content_type = detected
             row.meta = meta
-            row.has_preview = preview is not None and allowed
+            row.has_preview = preview is not None
             row.quarantine_reason = None if allowed else (
                 f"The content is {detected}, which is not an accepted evidence type; kept in quarantine.")
             row.exhibit_ref = f"{_initials(consultation, row)}/{number}"
@@ -308,13 +307,15 @@ class Uploads:
                  row.id, row.consultation_id, row.length, sha256, detected, time.monotonic() - started)
         return row
 
-    def _examine(self, upload: Upload, path: Path) -> tuple[str, dict[str, Any], Optional[bytes]]:
+    def _examine(self, upload: Upload, path: Path) -> tuple[str, bool, dict[str, Any], Optional[bytes]]:
+        """The detected type, whether it is accepted, its metadata, and a preview (only
+        for an accepted type)."""
         with SealedReader(self.master, original_key(upload), path) as reader:
             detected = content.detect(reader.read(content.SNIFF_BYTES))
             allowed = content.is_allowed(detected, self.allowed)
             reader.seek(0)
             meta, preview = content.inspect(reader, detected, preview=allowed)
-        return detected, meta, preview
+        return detected, allowed, meta, preview
 
     # -- ending without content ----------------------------------------------
 
