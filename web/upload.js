@@ -18,6 +18,13 @@ async function checksum(blob) {
   return 'sha256 ' + btoa(String.fromCharCode(...new Uint8Array(digest)));
 }
 
+function httpError(status, body) {
+  return Object.assign(new Error(body?.error?.message || `The server answered ${status}.`),
+    { status, code: body?.error?.code, retry: status >= 500 || status === 423 });
+}
+
+const connectionLost = () => Object.assign(new Error('The connection was lost.'), { retry: true });
+
 export class TusUpload {
   /**
    * @param {File} file
@@ -103,18 +110,13 @@ export class TusUpload {
   async fetch(url, method, extra = {}) {
     try {
       return await fetch(url, { method, headers: this.headers(extra), credentials: 'same-origin', cache: 'no-store' });
-    } catch (err) {
-      throw Object.assign(new Error('The connection was lost.'), { retry: true });
+    } catch {
+      throw connectionLost();
     }
   }
 
   async failure(r) {
-    const body = await r.json().catch(() => null);
-    const err = new Error(body?.error?.message || `The server answered ${r.status}.`);
-    err.status = r.status;
-    err.code = body?.error?.code;
-    err.retry = r.status >= 500 || r.status === 423;
-    return err;
+    return httpError(r.status, await r.json().catch(() => null));
   }
 
   progress(extra = 0) { this.opts.onProgress?.(this.offset + extra, this.file.size, this); }
@@ -142,12 +144,11 @@ export class TusUpload {
       return;
     }
     if (this.paused) return;
-    if (status === 0) throw Object.assign(new Error('The connection was lost.'), { retry: true });
+    if (status === 0) throw connectionLost();
     if ((status === 409 || status === 460) && this.failures++ < 5) { await this.head(); return; } // re-sync, send again
     let body = null;
     try { body = JSON.parse(xhr.responseText); } catch { /* not JSON */ }
-    throw Object.assign(new Error(body?.error?.message || `The server answered ${status}.`),
-      { status, code: body?.error?.code, retry: status >= 500 || status === 423 });
+    throw httpError(status, body);
   }
 }
 
