@@ -350,8 +350,9 @@ async def test_roles(server, clock, people, staff):
     assert (await officer.get(f"/api/retention/items/{footage['id']}/content?key={key}&reason=x")).status == 403
     opened = await records.get(f"/api/retention/items/{footage['id']}/content?key={key}&reason=complaint review")
     assert opened.status == 200 and await opened.read() == f"{footage['id']} part 0".encode() * 100
-    assert (await records.get(f"/api/retention/items/{footage['id']}/content?key=recordings/../x&reason=x")
-            ).status == 404
+    for bad in ("recordings/../x", f"{footage['prefix']}../x", footage["prefix"], f"{footage['prefix']}a%20b"):
+        response = await records.get(f"/api/retention/items/{footage['id']}/content?key={bad}&reason=x")
+        assert (await json_of(response, 404))["error"]["code"] == "not_found", bad
 
 
 async def test_bad_input_gets_clear_errors(server, people):
