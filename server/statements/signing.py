@@ -37,6 +37,7 @@ from pyhanko_certvalidator import ValidationContext
 from pyhanko_certvalidator.registry import SimpleCertificateStore
 
 from evr.config import Settings
+from evr.keys import write_private
 
 CA_FILE = "keys/statement-ca.pem"
 CERT_FILE = "keys/statement-signing-cert.pem"
@@ -125,14 +126,6 @@ def load_identity(settings: Settings, create: bool = True) -> Identity:
     return Identity(signer, certificate, tuple(roots))
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _key_usage(*allowed: str) -> x509.KeyUsage:
     names = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
              "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")
@@ -172,7 +165,8 @@ def generate(data_dir: Path, force_name: str, now: Optional[dt.datetime] = None)
     )
     keys = data_dir / "keys"
     keys.mkdir(parents=True, exist_ok=True)
-    _write_private(data_dir / KEY_FILE, key.private_bytes(
+    (data_dir / KEY_FILE).unlink(missing_ok=True)  # left by a generation torn before its certificate
+    write_private(data_dir / KEY_FILE, key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     pem = serialization.Encoding.PEM
     (data_dir / CA_FILE).write_bytes(ca.public_bytes(pem))
