@@ -132,6 +132,13 @@ def _key_usage(*allowed: str) -> x509.KeyUsage:
     return x509.KeyUsage(**{name: name in allowed for name in names})
 
 
+def _builder(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey, now: dt.datetime,
+             years: int) -> x509.CertificateBuilder:
+    return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=365 * years)))
+
+
 def generate(data_dir: Path, force_name: str, now: Optional[dt.datetime] = None) -> None:
     """A self-signed CA (its key thrown away) and a P-256 signing certificate it issues."""
     now = now or dt.datetime.now(dt.timezone.utc)
@@ -140,9 +147,7 @@ def generate(data_dir: Path, force_name: str, now: Optional[dt.datetime] = None)
     ca_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
                          x509.NameAttribute(NameOID.COMMON_NAME, f"{org} EVR statement root (self-signed)")])
     ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=365 * 20))
+        _builder(ca_name, ca_name, ca_key.public_key(), now, years=20)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_key_usage("key_cert_sign", "crl_sign"), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
@@ -152,9 +157,7 @@ def generate(data_dir: Path, force_name: str, now: Optional[dt.datetime] = None)
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
                       x509.NameAttribute(NameOID.COMMON_NAME, f"{org} EVR statement sealing")])
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(ca_name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=365 * 10))
+        _builder(name, ca_name, key.public_key(), now, years=10)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage("digital_signature", "content_commitment"), critical=True)
         .add_extension(x509.ExtendedKeyUsage([x509.ObjectIdentifier(DOCUMENT_SIGNING),
