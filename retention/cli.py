@@ -284,8 +284,7 @@ def cmd_due(args: argparse.Namespace) -> int:
                 break
             count += 1
             if writer:
-                data = row.json()
-                writer.writerow([data[c] for c in CSV_COLUMNS])
+                writer.writerow(row.csv())
             elif args.format == "json":
                 out.write(json.dumps(row.json()) + "\n")
             else:

@@ -112,9 +112,19 @@ class ScheduleRow:
             "created_at": rfc3339(self.created_at), "waiting_until": rfc3339(self.waiting_until),
         }
 
+    def csv(self) -> list[str]:
+        """The row of the CSV export (web and command line), with no formulas for spreadsheets."""
+        data = self.json()
+        return [_cell(data[c]) for c in CSV_COLUMNS]
+
 
 CSV_COLUMNS = ("item_id", "kind", "consultation_id", "cad_ref", "rule", "action", "due_at", "state", "held",
                "sha256", "size", "created_at")
+
+
+def _cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
 
 
 _SCHEDULE_COLUMNS = (

@@ -279,11 +279,6 @@ async def due(request: web.Request) -> web.Response:
     })
 
 
-def _cell(value: Any) -> str:
-    text = "" if value is None else str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@") else text  # no formulas in spreadsheets
-
-
 async def schedule_csv(request: web.Request) -> web.StreamResponse:
     """The due schedule as CSV (logged as an export)."""
     staff = _records(request)
@@ -301,8 +296,7 @@ async def schedule_csv(request: web.Request) -> web.StreamResponse:
     writer.writerow(CSV_COLUMNS)
     count = 0
     async for row in service.stream_due(before):
-        data = row.json()
-        writer.writerow([_cell(data[c]) for c in CSV_COLUMNS])
+        writer.writerow(row.csv())
         count += 1
         if buffer.tell() > 64 * 1024:
             await response.write(buffer.getvalue().encode())

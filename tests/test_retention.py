@@ -30,7 +30,7 @@ from evr.evidence import MasterKey
 from evr.evidence.store import Disposed, FileStore, StillLocked
 from evr.http import SIGNING_KEY, STORE
 from evr.retention.policy import Policy
-from evr.retention.service import Retention, verify_certificate
+from evr.retention.service import CSV_COLUMNS, Retention, ScheduleRow, verify_certificate
 from evr.retention.web import RETENTION
 
 YEAR = 365.25
@@ -416,6 +416,15 @@ async def test_records_console_page_and_csv_export(server, clock, people):
         (footage["id"], "non_evidential", "dispose", "CAD-2026-000123")]
     assert "retention.export" in await actions(server, actor="rita")
     assert (await officer.get("/api/retention/schedule.csv")).status == 403
+
+
+def test_schedule_csv_cells_carry_no_spreadsheet_formulas():
+    """The web export and `evr retention due --format csv` write rows with ScheduleRow.csv."""
+    row = ScheduleRow("i", "upload", "c", "=HYPERLINK(\"x\")", "-1+1", None, "dispose", "active", False, None, 0,
+                      datetime(2026, 1, 1, tzinfo=timezone.utc))
+    cells = dict(zip(CSV_COLUMNS, row.csv()))
+    assert cells["cad_ref"] == "'=HYPERLINK(\"x\")" and cells["rule"] == "'-1+1"
+    assert cells["due_at"] == "" and cells["held"] == "False" and cells["item_id"] == "i"
 
 
 # -- the sweep inside `evr serve`, other stores, and the configuration -----------------
