@@ -219,6 +219,9 @@ async def test_every_differing_version_is_kept_and_a_change_cancels_the_signatur
     assert [e["kind"] for e in full["events"]] == ["created", "saved", "sent", "signature_cancelled", "saved"]
     first = await (await c.officer.get(f"/api/consultations/{c.id}/statements/{sid}/versions/1")).json()
     assert first["content"]["text"] == DRAFT["text"]
+    for bad in ("0", "-1", "x", "4", "²"):
+        missing = await c.officer.get(f"/api/consultations/{c.id}/statements/{sid}/versions/{bad}")
+        assert missing.status == 404 and (await missing.json())["error"]["code"] == "not_found", bad
 
     # Sent again, the victim signs version 3, exactly what she was shown.
     assert (await c.officer.post(f"/api/consultations/{c.id}/statements/{sid}/send")).status == 200

@@ -18,7 +18,7 @@ from evr.db import (
     StatementSignature,
     StatementVersion,
 )
-from evr.errors import ApiError, forbidden
+from evr.errors import ApiError, forbidden, not_found
 from evr.http import (
     AUDIT,
     CLOCK,
@@ -191,13 +191,13 @@ async def get_version(request: web.Request) -> web.Response:
     try:
         number = int(request.match_info["version"])
     except ValueError:
-        raise ApiError(404, "not_found", "No such version.") from None
+        number = 0
+    if number < 1:  # the service reads 0 as "the newest"
+        raise not_found("No such version.")
     async with request.app[DB]() as db:
-        version = await request.app[STATEMENTS].version(db, statement, number) if number > 0 else None
-    if version is None:
-        raise ApiError(404, "not_found", "No such version.")
+        version = await request.app[STATEMENTS].version(db, statement, number)
     await request.app[AUDIT].record(actor(request, staff), "statement.view", f"statement:{statement.id}",
-                                    consultation_id=consultation.id, details={"version": number})
+                                    consultation_id=consultation.id, details={"version": version.version})
     return web.json_response({"version": version.version, "content": version.content,
                               "content_sha256": version.content_sha256, "saved_by": version.saved_by,
                               "saved_at": rfc3339(version.saved_at)})
