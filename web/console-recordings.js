@@ -4,22 +4,9 @@
 // joined by remux; every viewing is audit-logged), marked evidential or not (with a
 // reason) and exported for disclosure (with a reason).
 
-const $ = (id) => document.getElementById(id);
+import { $, api, el, errorText } from '/static/staff.js';
+
 const POLL_MS = 4000;
-
-let csrf = null;
-
-function el(tag, text, cls) {
-  const e = document.createElement(tag);
-  if (text != null) e.textContent = text;
-  if (cls) e.className = cls;
-  return e;
-}
-
-async function token() {
-  if (!csrf) csrf = (await (await fetch('/api/me', { credentials: 'same-origin' })).json()).csrf_token;
-  return csrf;
-}
 
 const fmtTime = (iso) => (iso ? new Date(iso).toLocaleTimeString([], { timeStyle: 'medium' }) : '–');
 
@@ -90,10 +77,9 @@ export class RecordingsPanel {
 
   async refresh() {
     const consultation = this.consultation;
-    const r = await fetch(`/api/consultations/${encodeURIComponent(consultation)}/recordings`,
-      { credentials: 'same-origin', cache: 'no-store' }).catch(() => null);
-    if (!r?.ok || consultation !== this.consultation) return;
-    const { recordings } = await r.json();
+    const r = await api('GET', `/api/consultations/${encodeURIComponent(consultation)}/recordings`);
+    if (!r.ok || consultation !== this.consultation) return;
+    const { recordings } = r.data;
     this.empty.hidden = recordings.length > 0;
     for (const rec of recordings) {
       if (!this.rows.has(rec.id)) {
@@ -120,15 +106,10 @@ export class RecordingsPanel {
     let rec = first;
     const classify = reasonForm('Why? (kept in the audit log)', 'Save', async (reason) => {
       const to = rec.classification === 'evidential' ? 'non_evidential' : 'evidential';
-      const r = await fetch(`${this.base(rec)}/classification`, {
-        method: 'POST', credentials: 'same-origin',
-        headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': await token() },
-        body: JSON.stringify({ classification: to, reason }),
-      });
-      const body = await r.json().catch(() => null);
-      if (!r.ok) return body?.error?.message || `Not saved (${r.status}).`;
-      render(body);
-      return `Marked ${CLASS[body.classification].toLowerCase()}.`;
+      const r = await api('POST', `${this.base(rec)}/classification`, { classification: to, reason });
+      if (!r.ok) return errorText(r, 'Not saved');
+      render(r.data);
+      return `Marked ${CLASS[r.data.classification].toLowerCase()}.`;
     });
     const exporter = reasonForm('Reason for the export (e.g. disclosure to CPS)', 'Download export', async (reason) => {
       const a = el('a');
