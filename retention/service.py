@@ -30,7 +30,7 @@ from sqlalchemy import and_, bindparam, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from evr.audit import Actor, AuditLog, canonical
+from evr.audit import Actor, AuditLog, canonical, signature_ok
 from evr.db import (
     Consultation,
     DisposalCertificate,
@@ -831,10 +831,4 @@ def certificate_json(c: DisposalCertificate) -> dict[str, Any]:
 
 def verify_certificate(document: str, signature: str, key: Ed25519PublicKey) -> bool:
     """True when ``signature`` is this service's signature of the certificate's JSON."""
-    from cryptography.exceptions import InvalidSignature
-
-    try:
-        key.verify(bytes.fromhex(signature), document.encode())
-        return True
-    except (InvalidSignature, ValueError):
-        return False
+    return signature_ok(document.encode(), signature, key)

@@ -293,12 +293,17 @@ class Verification:
     notes: list[str] = field(default_factory=list)
 
 
-def _signature_ok(doc: dict[str, Any], signature: str, key: Ed25519PublicKey) -> bool:
+def signature_ok(message: bytes, signature: str, key: Ed25519PublicKey) -> bool:
+    """True when ``signature`` (hex) is ``key``'s signature of ``message``."""
     try:
-        key.verify(bytes.fromhex(signature), canonical(doc))
+        key.verify(bytes.fromhex(signature), message)
         return True
     except (InvalidSignature, ValueError):
         return False
+
+
+def _signature_ok(doc: dict[str, Any], signature: str, key: Ed25519PublicKey) -> bool:
+    return signature_ok(canonical(doc), signature, key)
 
 
 async def _kept_checkpoints(store: "EvidenceStore") -> dict[int, dict[str, Any]]:
