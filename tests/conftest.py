@@ -214,3 +214,29 @@ async def call(link: Callable[..., Any]) -> AsyncIterator[Callable[..., Any]]:
     yield make
     for made in clients:
         await made.leave()
+
+
+class AuditFault(RuntimeError):
+    """Raised by the audit log while ``audit_fails`` is on."""
+
+
+@pytest.fixture
+def audit_fails(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """Make the next audit append fail, after the change it belongs to was made.
+
+    A change written in the same transaction as its audit entry
+    (``AuditLog.transaction()``) is then rolled back; a change committed on its own
+    first survives, and the test that checks the state afterwards catches it. Call the
+    returned function to turn the fault on (set up the test's data first)."""
+    from evr import audit
+
+    real = audit.Appender.add
+
+    def turn_on() -> None:
+        def failing(self: Any, *args: Any, **kwargs: Any) -> Any:
+            real(self, *args, **kwargs)  # the entry is built and added to the session...
+            raise AuditFault("audit write failed (test fault)")  # ...then the write fails
+
+        monkeypatch.setattr(audit.Appender, "add", failing)
+
+    return turn_on
