@@ -7,7 +7,6 @@ import what they need from here.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
@@ -18,6 +17,7 @@ from .config import Settings
 from .consultations import Consultations
 from .errors import ApiError
 from .signalling import Hub
+from .text import JsonError, parse_json
 
 SETTINGS = web.AppKey("settings", Settings)
 CLOCK = web.AppKey("clock", object)
@@ -41,12 +41,19 @@ def current_staff(request: web.Request) -> Staff:
 
 
 async def read_json(request: web.Request) -> Any:
+    """The body as JSON: 400 ``malformed_json`` (also for nesting past
+    :data:`evr.text.MAX_JSON_DEPTH`), 422 ``unencodable_text`` for a lone surrogate,
+    413 past the size limit."""
     try:
-        return json.loads(await request.text())
+        text = await request.text()
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, "too_large", "The request body is too large.") from None
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "malformed_json", "The body is not valid JSON.") from None
+    except (ValueError, UnicodeDecodeError, LookupError):  # LookupError: an unknown charset
+        raise ApiError(400, "malformed_json", "The body is not valid JSON (nor UTF-8 text).") from None
+    try:
+        return parse_json(text)
+    except JsonError as exc:
+        raise ApiError(400 if exc.code == "malformed_json" else 422, exc.code, str(exc)) from None
 
 
 def same_origin(request: web.Request) -> bool:
