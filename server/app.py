@@ -59,7 +59,8 @@ CSP = (
 
 
 def create_app(settings: Settings, clock: Clock = utcnow, notifier: Optional[Notifier] = None) -> web.Application:
-    app = web.Application(middlewares=[security_headers, json_errors, staff_session], client_max_size=MAX_JSON_BODY)
+    app = web.Application(middlewares=[json_errors, staff_session], client_max_size=MAX_JSON_BODY)
+    app.on_response_prepare.append(security_headers)
     app[SETTINGS] = settings
     app[CLOCK] = clock
     app[AUTH] = Authenticator(settings, clock)
@@ -96,7 +97,7 @@ def create_app(settings: Settings, clock: Clock = utcnow, notifier: Optional[Not
 
 async def _database(app: web.Application) -> Any:
     settings = app[SETTINGS]
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.prepare_data_dir()
     engine = make_engine(settings.db_url)
     await migrate(engine)
     app[DB] = sessionmaker(engine)
@@ -125,27 +126,41 @@ async def _shutdown(app: web.Application) -> None:
 # -- middlewares -------------------------------------------------------------
 
 
-@web.middleware
-async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        response = exc
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Permissions-Policy": "camera=(self), microphone=(self), geolocation=(), display-capture=()",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+HSTS = "max-age=63072000; includeSubDomains"
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Set on every response as it is prepared (``on_response_prepare``), so streamed
+    answers (playback, exports, evidence content, CSV) get them too: a middleware sees
+    a streamed response only after its headers have gone. A handler's own value wins
+    (e.g. the stricter sandbox of evidence content)."""
     headers = response.headers
-    headers.setdefault("Content-Security-Policy", CSP)
-    headers.setdefault("Referrer-Policy", "no-referrer")
-    headers.setdefault("X-Content-Type-Options", "nosniff")
-    headers.setdefault("X-Frame-Options", "DENY")
-    headers.setdefault("Permissions-Policy", "camera=(self), microphone=(self), geolocation=(), display-capture=()")
-    headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
-    if request.secure:
-        headers.setdefault("Strict-Transport-Security", "max-age=63072000; includeSubDomains")
+    for name, value in SECURITY_HEADERS.items():
+        headers.setdefault(name, value)
+    if request.secure or request.app[SETTINGS].public_url.lower().startswith("https://"):
+        headers.setdefault("Strict-Transport-Security", HSTS)
     if request.path.startswith(("/j/", "/api/")):
         # Nothing of a victim's visit or a staff answer may stay in a cache.
         headers["Cache-Control"] = "no-store"
-    if isinstance(response, web.HTTPException):
-        raise response
-    return response
+
+
+def wants_json(request: web.Request) -> bool:
+    """API paths answer errors as JSON: everything under /api/, and the victim's APIs
+    under /j/{token}/ (claim, uploads, statements); the link's page and socket answer
+    with pages."""
+    path = request.path
+    if path.startswith("/api/"):
+        return True
+    parts = path.split("/")  # "", "j", token, resource...
+    return len(parts) > 3 and parts[1] == "j" and parts[3] not in ("", "ws")
 
 
 @web.middleware
@@ -156,13 +171,13 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except ApiError as exc:
         return exc.response()
     except web.HTTPException as exc:
-        if exc.status < 400 or not request.path.startswith("/api/"):
+        if exc.status < 400 or not wants_json(request):
             raise
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http_error")
         return error_response(exc.status, code, exc.reason)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        if request.path.startswith("/api/"):
+        if wants_json(request):
             return error_response(500, "internal_error", "Something went wrong on the server.")
         return pages.message(500, "Something went wrong", "Please try again in a minute. If you are in danger call 999.")
 

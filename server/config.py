@@ -8,6 +8,7 @@ file (``--config FILE`` or ``DATA/evr.toml``) and environment variables named
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import tomllib
 from dataclasses import dataclass
@@ -113,6 +114,24 @@ class Settings:
         from evr.retention.policy import Policy
 
         Policy.from_config(self.retention)  # a bad [retention] table fails here, named
+
+    def prepare_data_dir(self) -> Path:
+        """Make the data directory the service's alone, before anything is written.
+
+        The process's umask becomes 077, so every file and folder EVR writes (the
+        SQLite database, keys, the evidence store, the live recording spool, staging)
+        is readable by its own user only; the data directory itself is created 0700,
+        or tightened to 0700 when it was made wider by hand or by an older version
+        (which makes everything under it unreachable to other users, whatever the
+        modes of the files already there)."""
+        os.umask(0o077)
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        mode = self.data_dir.stat().st_mode & 0o777
+        if mode & 0o077:
+            os.chmod(self.data_dir, 0o700)
+            logging.getLogger(__name__).warning(
+                "data directory %s was readable by other users (mode %o); now 0700", self.data_dir, mode)
+        return self.data_dir
 
     @property
     def db_url(self) -> str:

@@ -55,7 +55,7 @@ async def test_files_are_read_only_on_disk(tmp_path):
     store = FileStore(tmp_path / "evidence", MASTER)
     item = await store.add_bytes("uploads/c/u/original", b"x")
     assert not os.access(store.path(item.key), os.W_OK) or os.geteuid() == 0
-    assert oct(store.path(item.key).stat().st_mode & 0o777) == "0o440"
+    assert oct(store.path(item.key).stat().st_mode & 0o777) == "0o400"
 
 
 async def test_what_is_at_rest_is_encrypted(store):

@@ -248,7 +248,7 @@ class FileStore(EvidenceStore):
 
     @staticmethod
     def _link(source: Path, target: Path, key: str) -> None:
-        os.chmod(source, 0o440)
+        os.chmod(source, 0o400)  # written once, read by the service alone
         try:
             os.link(source, target)
         except FileExistsError:
