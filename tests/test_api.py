@@ -458,3 +458,37 @@ async def test_passwords_never_reach_the_log(staff, caplog):
     with caplog.at_level(logging.DEBUG):
         await staff()
     assert all(PASSWORD not in r.getMessage() for r in caplog.records)
+
+
+async def test_the_upgrade_takes_tokens_out_of_messages_kept_before(db_url):
+    """Outbox messages written before 0010 carried the raw link: the migration redacts them."""
+    from datetime import datetime, timezone
+
+    from alembic import command
+    from sqlalchemy import text as sql
+
+    from evr.db import alembic_config, make_engine, migrate
+
+    token = "kQ3" * 15
+    engine = make_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: command.upgrade(alembic_config(c), "0001"))
+            now = datetime.now(timezone.utc).replace(tzinfo=None)
+            await conn.execute(sql("INSERT INTO users (id, username, password_hash, role, created_at, disabled) "
+                                   "VALUES (1, 'alice', 'x', 'officer', :now, false)"), {"now": now})
+            await conn.execute(sql(
+                "INSERT INTO consultations (id, cad_ref, status, created_by, created_at, victim, eligibility, "
+                "token_hash, expires_at) VALUES ('c1', 'CAD-1', 'waiting', 1, :now, '{}', '{}', :h, :now)"),
+                {"now": now, "h": "0" * 64})
+            await conn.execute(sql(
+                "INSERT INTO outbox (consultation_id, channel, recipient, body, created_at, status, provider) "
+                "VALUES ('c1', 'sms', '07700 900123', :body, :now, 'outbox', 'outbox')"),
+                {"body": f"Open this link to join: https://evr.example/j/{token}\nIn an emergency call 999.",
+                 "now": now})
+        await migrate(engine)
+        async with engine.connect() as conn:
+            body = (await conn.execute(sql("SELECT body FROM outbox"))).scalar_one()
+    finally:
+        await engine.dispose()
+    assert body == "Open this link to join: https://evr.example/j/…\nIn an emergency call 999."
