@@ -22,7 +22,7 @@ from .auth import Staff, sha256_hex
 from .config import Settings
 from .db import Consultation, ConsultationStaff, OutboxMessage
 from .errors import ApiError, not_found
-from .notify import LinkMessage, Notifier, compose
+from .notify import Delivery, LinkMessage, Notifier, compose
 from .timeutil import Clock, rfc3339
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,11 @@ class Consultations:
     async def deliver(self, db: AsyncSession, message: OutboxMessage, link: LinkMessage) -> OutboxMessage:
         """Hand the message to the notifier and keep how it went on its outbox row
         (``message`` is updated in place and returned)."""
-        delivery = await self.notifier.send(link)
+        try:
+            delivery = await self.notifier.send(link)
+        except Exception as exc:  # noqa: BLE001 - the consultation exists: its creator must still get the link
+            log.exception("notifier %s failed (consultation=%s)", self.notifier.name, message.consultation_id)
+            delivery = Delivery("failed", self.notifier.name, error=f"notifier error: {type(exc).__name__}")
         await db.execute(
             update(OutboxMessage).where(OutboxMessage.id == message.id).values(
                 status=delivery.status, provider=delivery.provider, provider_ref=delivery.ref, error=delivery.error)

@@ -200,3 +200,43 @@ def test_redaction_covers_arguments_of_any_type_exceptions_and_extras():
     assert token not in formatted and token not in " ".join(str(v) for v in vars(record).values())
     assert "open http://h/j/…/ws from '/j/…'" in formatted and "RuntimeError: lookup failed for /j/…/uploads" in formatted
     assert logs.redact_links(f"https://evr.example/j/{token}?x=1") == "https://evr.example/j/…?x=1"
+
+
+async def test_a_notifier_that_raises_still_leaves_the_officer_the_link(settings, clock, caplog):
+    """The consultation is committed before the message goes: a broken notifier must not
+    cost its creator the only copy of the link, nor put the link in the log."""
+    from aiohttp.test_utils import TestClient
+
+    from conftest import PASSWORD
+    from evr.app import DB, create_app
+    from evr.auth import add_user
+
+    class Broken:
+        name = "broken"
+
+        async def send(self, message):
+            raise RuntimeError(f"cannot send {message.url}")
+
+        async def close(self):
+            pass
+
+    app = create_app(settings, clock=clock, notifier=Broken())
+    with caplog.at_level(logging.INFO):
+        logs.install()
+        async with TestClient(TestServer(app)) as client:
+            async with app[DB]() as db:
+                await add_user(db, "alice", "officer", PASSWORD, clock)
+            login = await client.post("/api/login", json={"username": "alice", "password": PASSWORD})
+            response = await client.post(
+                "/api/consultations", headers={"X-CSRF-Token": (await login.json())["csrf_token"]},
+                json={"cad_ref": "CAD-8", "victim": {"email": "v@example.org"}, "eligibility": ELIGIBLE})
+            created = await response.json()
+            assert response.status == 201, created
+            assert created["message"]["status"] == "failed"
+            assert created["message"]["error"] == "notifier error: RuntimeError"
+            assert created["join_url"] in created["message"]["body"]
+            outbox = await (await client.get("/api/outbox")).json()
+            assert outbox["messages"][0]["status"] == "failed"
+    token = created["join_url"].rsplit("/", 1)[1]
+    assert any("notifier broken failed" in r.getMessage() for r in caplog.records)
+    assert all(token not in " ".join(str(v) for v in vars(r).values()) for r in caplog.records)
