@@ -240,3 +240,22 @@ async def test_a_notifier_that_raises_still_leaves_the_officer_the_link(settings
     token = created["join_url"].rsplit("/", 1)[1]
     assert any("notifier broken failed" in r.getMessage() for r in caplog.records)
     assert all(token not in " ".join(str(v) for v in vars(r).values()) for r in caplog.records)
+
+
+def test_evr_main_redacts_tokens_on_every_root_handler(monkeypatch, capsys):
+    """``evr``'s main() puts the redaction on the root handlers: records from any
+    logger (the access log, the app's error log) reach the output without the token."""
+    import io
+
+    from evr import cli
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [handler])
+    with pytest.raises(SystemExit):
+        cli.main(["--version"])
+    token = "Qw7" * 15
+    logging.getLogger("aiohttp.access").warning('127.0.0.1 "GET /j/%s/uploads HTTP/1.1" 200', token)
+    logging.getLogger("evr.app").warning("unhandled error on GET %s", f"/j/{token}/statements")
+    assert token not in out.getvalue()
+    assert '"GET /j/…/uploads HTTP/1.1" 200' in out.getvalue() and "GET /j/…/statements" in out.getvalue()
