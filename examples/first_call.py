@@ -4,8 +4,8 @@ a running ``evr serve``.
     evr user add alice --role officer          # then:
     python examples/first_call.py http://127.0.0.1:8080 alice 'the password'
 
-It logs in, creates a consultation, opens its link as the victim's "browser", joins
-both sides, and prints what each side received and the server's media counters.
+It logs in, creates a consultation, opens its link as the victim's "browser" and
+claims it (as the page does when the victim presses its first button), joins both sides, and prints what each side received and the server's media counters.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 
 import aiohttp
 
-from evr.client import CallClient
+from evr.client import CallClient, claim_link
 
 ELIGIBLE = {"adult_or_carer_present": True, "offender_absent": True, "safe_location": True, "consent": True}
 
@@ -33,7 +33,10 @@ async def main(base: str, username: str, password: str) -> None:
         )).json()
         print("created", created["id"], created["join_url"])
 
-        (await phone.get(created["join_url"])).raise_for_status()  # binds the link to this client
+        (await phone.get(created["join_url"])).raise_for_status()  # the page: binds nothing
+        # The page's first button claims the link for this browser (the binding cookie).
+        if await claim_link(phone, created["join_url"]) != 200:
+            sys.exit("the link could not be claimed")
         ws = base.replace("http", "ws", 1)
         victim = CallClient(phone, created["join_url"].replace("http", "ws", 1) + "/ws")
         officer = CallClient(console, f"{ws}/api/consultations/{created['id']}/ws")

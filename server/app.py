@@ -7,7 +7,7 @@ from typing import Any, Awaitable, Callable, Optional
 
 from aiohttp import web
 
-from . import pages, uploads
+from . import links, pages, uploads
 from .audit import AuditLog
 from .auth import CALL_ROLES, CSRF_HEADER, SESSION_COOKIE, Authenticator, csrf_ok
 from .config import Settings
@@ -36,7 +36,6 @@ from .http import (
     secure_cookies,
 )
 from .keys import load_signing_key
-from .links import BINDING_COOKIE, victim_consultation
 from .notify import Notifier, make_notifier
 from .recording import api as recording_api
 from .recording.service import Recordings
@@ -71,6 +70,7 @@ def create_app(settings: Settings, clock: Clock = utcnow, notifier: Optional[Not
     recording_api.setup(app)
     retention_web.setup(app)
     statements_api.setup(app)
+    links.setup(app)
     app.on_shutdown.append(_shutdown)
     app.add_routes(
         [
@@ -87,8 +87,6 @@ def create_app(settings: Settings, clock: Clock = utcnow, notifier: Optional[Not
             web.get("/api/consultations/{id}/ws", staff_socket),
             web.get("/api/outbox", outbox),
             web.get("/console", pages.console),
-            web.get("/j/{token}", victim_page),
-            web.get("/j/{token}/ws", victim_socket),
             web.static("/static", pages.WEB_DIR, show_index=False, append_version=False),
         ]
     )
@@ -244,25 +242,34 @@ async def me(request: web.Request) -> web.Response:
 
 
 async def create_consultation(request: web.Request) -> web.Response:
+    """201 with the only copy of the link anyone will see: the consultation, its
+    outbox message and the audit entry commit together, then the message goes out."""
     staff = current_staff(request)
     staff.require(*CALL_ROLES)
     new = parse_new(await read_json(request))
-    async with request.app[DB]() as db:
-        consultation, join_url, message = await request.app[CONSULTATIONS].create(db, staff, new, base_url(request))
-    # Which personal data was collected; never the values (the audit log is never erased).
-    await request.app[AUDIT].record(
-        actor(request, staff), "consultation.create", f"consultation:{consultation.id}",
-        consultation_id=consultation.id,
-        details={"collected": sorted(f"victim.{k}" for k in new.victim), "cad_ref": consultation.cad_ref,
-                 "link_sent_by": new.notify},
-    )
+    service = request.app[CONSULTATIONS]
+    async with request.app[AUDIT].transaction() as tx:
+        created = await service.create(tx.db, staff, new, base_url(request))
+        consultation = created.consultation
+        # Which personal data was collected; never the values (the audit log is never erased).
+        tx.add(
+            actor(request, staff), "consultation.create", f"consultation:{consultation.id}",
+            consultation_id=consultation.id,
+            details={"collected": sorted(f"victim.{k}" for k in new.victim), "cad_ref": consultation.cad_ref,
+                     "link_sent_by": new.notify},
+        )
+    message = None
+    if created.message is not None and created.link is not None:
+        async with request.app[DB]() as db:
+            sent = await service.deliver(db, created.message, created.link)
+        message = message_json(sent, body=created.link.body)  # the link, for its creator only
     body = {
         "id": consultation.id,
         "cad_ref": consultation.cad_ref,
         "status": consultation.status,
-        "join_url": join_url,
+        "join_url": created.join_url,
         "expires_at": rfc3339(consultation.expires_at),
-        "message": message_json(message) if message else None,
+        "message": message,
     }
     return web.json_response(body, status=201)
 
@@ -287,21 +294,17 @@ async def get_consultation(request: web.Request) -> web.Response:
 async def close_consultation(request: web.Request) -> web.Response:
     staff = current_staff(request)
     staff.require(*CALL_ROLES, "admin")
-    async with request.app[DB]() as db:
-        consultation = await request.app[CONSULTATIONS].get(db, staff, request.match_info["id"])
-        if consultation.status != "closed":
-            consultation.status = "closed"
-            consultation.closed_at = request.app[CLOCK]()
-            consultation.closed_by = staff.id
-            await db.commit()
-            log.info("consultation closed (id=%s by=%s)", consultation.id, staff.username)
-            await request.app[AUDIT].record(actor(request, staff), "consultation.close",
-                                            f"consultation:{consultation.id}", consultation_id=consultation.id)
+    async with request.app[AUDIT].transaction() as tx:
+        consultation = await request.app[CONSULTATIONS].get(tx.db, staff, request.match_info["id"])
+        if request.app[CONSULTATIONS].close(consultation, staff):
+            tx.add(actor(request, staff), "consultation.close", f"consultation:{consultation.id}",
+                   consultation_id=consultation.id)
     await request.app[HUB].close(consultation.id)
     return web.json_response({"status": "closed", "closed_at": rfc3339(consultation.closed_at)})
 
 
 async def outbox(request: web.Request) -> web.Response:
+    """Link messages of the consultations this user created (the links redacted)."""
     staff = current_staff(request)
     async with request.app[DB]() as db:
         messages = await request.app[CONSULTATIONS].outbox(db, staff, request.query.get("consultation"))
@@ -313,50 +316,14 @@ async def staff_socket(request: web.Request) -> web.StreamResponse:
     staff.require(*CALL_ROLES)
     if not same_origin(request):
         raise forbidden("Cross-origin WebSocket refused.")
-    async with request.app[DB]() as db:
+    async with request.app[AUDIT].transaction() as tx:  # the arrival and its audit entry together
         service = request.app[CONSULTATIONS]
-        consultation = await service.get(db, staff, request.match_info["id"])
+        consultation = await service.get(tx.db, staff, request.match_info["id"])
         if consultation.status == "closed":
             raise ApiError(410, "closed", "This consultation is closed.")
-        await service.joined(db, consultation, staff)
-    await request.app[AUDIT].record(actor(request, staff), "consultation.join", f"consultation:{consultation.id}",
-                                    consultation_id=consultation.id)
+        await service.joined(tx.db, consultation, staff)
+        tx.add(actor(request, staff), "consultation.join", f"consultation:{consultation.id}",
+               consultation_id=consultation.id)
     hub = request.app[HUB]
     participant = hub.room(consultation).participant(f"staff:{staff.id}", staff.role, staff.id)
-    return await hub.serve(request, consultation, participant)
-
-
-# -- the victim --------------------------------------------------------------
-
-
-async def victim_page(request: web.Request) -> web.StreamResponse:
-    consultation, refusal = await victim_consultation(request)
-    if refusal is not None:
-        return refusal
-    assert consultation is not None
-    response = pages.victim()
-    if consultation.binding_hash is None:
-        async with request.app[DB]() as db:
-            secret = await request.app[CONSULTATIONS].bind(db, consultation)
-        if secret is None:  # another browser opened it a moment earlier
-            return pages.link_in_use()
-        response.set_cookie(
-            BINDING_COOKIE, secret, httponly=True, samesite="Lax", secure=secure_cookies(request),
-            path=f"/j/{request.match_info['token']}",
-            max_age=int(request.app[SETTINGS].binding_cookie_days * 86400),
-        )
-    return response
-
-
-async def victim_socket(request: web.Request) -> web.StreamResponse:
-    consultation, refusal = await victim_consultation(request)
-    if refusal is not None:
-        return refusal
-    assert consultation is not None
-    if consultation.binding_hash is None:
-        return pages.message(403, "Open the link first", "Open the link in your browser to join.")
-    if not same_origin(request):
-        return pages.message(403, "Refused", "Cross-origin connection refused.")
-    hub = request.app[HUB]
-    participant = hub.room(consultation).participant("victim", "victim")
     return await hub.serve(request, consultation, participant)

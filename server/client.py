@@ -4,7 +4,7 @@ Used by the tests and benchmarks, and handy for checking a deployment::
 
     async with aiohttp.ClientSession() as http:
         client = CallClient(http, "ws://host/j/<token>/ws")
-        await client.join()
+        await client.join()       # a victim's link is claimed first, as the page does
         ...
         await client.leave()
 
@@ -18,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from typing import Any, Callable, Optional
 
 import aiohttp
+from yarl import URL
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
@@ -28,6 +30,20 @@ from .media.passthrough import EncodedFrame, attach_sink, on_keyframe_request
 from .media.sources import Clip, EncodedSourceTrack, opus_clip, vp8_clip
 
 log = logging.getLogger(__name__)
+
+VICTIM_SOCKET = re.compile(r"^/j/[^/]+/ws$")
+
+
+async def claim_link(http: aiohttp.ClientSession, link_url: str) -> int:
+    """``POST {link}/claim`` as the victim's page does (same-origin ``Origin``): the
+    binding cookie lands in ``http``'s jar. Returns the status (200 when this client
+    holds the link; 403, 404, 410 otherwise, and the socket will then be refused)."""
+    url = URL(link_url.replace("ws", "http", 1) if link_url.startswith("ws") else link_url)
+    origin = f"{url.scheme}://{url.raw_authority}"
+    async with http.post(url / "claim", headers={"Origin": origin}) as response:
+        if response.status != 200:
+            log.info("claiming the link was refused (%d)", response.status)
+        return response.status
 
 
 class CallClient:
@@ -68,7 +84,10 @@ class CallClient:
     # -- signalling -----------------------------------------------------------
 
     async def connect(self) -> None:
-        """Open the signalling socket (without an offer)."""
+        """Open the signalling socket (without an offer). On a victim's link, first
+        claim it for this client's cookie jar, as the page does at its first button."""
+        if VICTIM_SOCKET.search(URL(self.ws_url).path):
+            await claim_link(self.http, self.ws_url.removesuffix("/ws"))
         self.ws = await self.http.ws_connect(self.ws_url, headers=self.headers, max_msg_size=0)
         self._reader = asyncio.create_task(self._read(self.ws))
 

@@ -1,4 +1,9 @@
-"""Consultations and their links: creation, visibility, the victim's token and binding."""
+"""Consultations and their links: creation, visibility, the victim's token and binding.
+
+Every state change here is made in the caller's transaction, never committed on its
+own: the HTTP handlers run it inside :meth:`evr.audit.AuditLog.transaction`, so a
+consultation created, a link claimed, an officer's arrival or a close and its audit
+entry commit together or not at all."""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from .auth import Staff, sha256_hex
 from .config import Settings
 from .db import Consultation, ConsultationStaff, OutboxMessage
 from .errors import ApiError, not_found
-from .notify import Notifier, compose
+from .notify import Delivery, LinkMessage, Notifier, compose
 from .timeutil import Clock, rfc3339
 
 log = logging.getLogger(__name__)
@@ -77,14 +82,28 @@ def parse_new(body: Any) -> NewConsultation:
     return NewConsultation(cad_ref, victim, {k: True for k in ELIGIBILITY}, notify)
 
 
+@dataclass
+class Created:
+    """A new consultation, as :meth:`Consultations.create` leaves it in the caller's
+    transaction. ``join_url`` and ``link`` carry the raw token: they live in memory
+    only, for the notifier and the one answer to the officer who created it."""
+
+    consultation: Consultation
+    join_url: str
+    link: Optional[LinkMessage]
+    message: Optional[OutboxMessage]
+
+
 class Consultations:
     def __init__(self, settings: Settings, clock: Clock, notifier: Notifier) -> None:
         self.settings = settings
         self.clock = clock
         self.notifier = notifier
 
-    async def create(self, db: AsyncSession, staff: Staff, new: NewConsultation, base_url: str
-                     ) -> tuple[Consultation, str, Optional[OutboxMessage]]:
+    async def create(self, db: AsyncSession, staff: Staff, new: NewConsultation, base_url: str) -> Created:
+        """Add the consultation and its outbox message (``pending``, the link redacted)
+        to ``db``'s transaction; the caller commits them with their audit entry, then
+        calls :meth:`deliver` (no network call while the transaction is open)."""
         now = self.clock()
         token = secrets.token_urlsafe(TOKEN_BYTES)
         consultation = Consultation(
@@ -99,31 +118,41 @@ class Consultations:
             expires_at=now + timedelta(hours=self.settings.link_ttl_hours),
         )
         db.add(consultation)
-        await db.flush()
         join_url = f"{base_url.rstrip('/')}/j/{token}"
-        message = None
+        link = message = None
         if new.notify:
-            message = await self._deliver(db, consultation, new.notify, join_url)
-        await db.commit()
-        log.info("consultation created (id=%s cad=%s by=%s)", consultation.id, consultation.cad_ref, staff.username)
-        return consultation, join_url, message
-
-    async def _deliver(self, db: AsyncSession, consultation: Consultation, channel: str, url: str) -> OutboxMessage:
-        recipient = consultation.victim["phone" if channel == "sms" else "email"]
-        text = compose(channel, recipient, url)
-        delivery = await self.notifier.send(text)
-        message = OutboxMessage(
-            consultation_id=consultation.id, channel=channel, recipient=recipient, body=text.body,
-            created_at=self.clock(), status=delivery.status, provider=delivery.provider,
-            provider_ref=delivery.ref, error=delivery.error,
-        )
-        db.add(message)
+            recipient = new.victim["phone" if new.notify == "sms" else "email"]
+            link = compose(new.notify, recipient, join_url)
+            message = OutboxMessage(
+                consultation_id=consultation.id, channel=link.channel, recipient=recipient, body=link.kept,
+                created_at=now, status="pending", provider=self.notifier.name,
+            )
+            db.add(message)
         await db.flush()
-        # Never the link or the recipient in the log: the link is the victim's key.
+        log.info("consultation created (id=%s cad=%s by=%s)", consultation.id, consultation.cad_ref, staff.username)
+        return Created(consultation, join_url, link, message)
+
+    async def deliver(self, db: AsyncSession, message: OutboxMessage, link: LinkMessage) -> OutboxMessage:
+        """Hand the message to the notifier and keep how it went on its outbox row
+        (``message`` is updated in place and returned)."""
+        try:
+            delivery = await self.notifier.send(link)
+        except Exception as exc:  # noqa: BLE001 - the consultation exists: its creator must still get the link
+            log.exception("notifier %s failed (consultation=%s)", self.notifier.name, message.consultation_id)
+            delivery = Delivery("failed", self.notifier.name, error=f"notifier error: {type(exc).__name__}")
+        await db.execute(
+            update(OutboxMessage).where(OutboxMessage.id == message.id).values(
+                status=delivery.status, provider=delivery.provider, provider_ref=delivery.ref, error=delivery.error)
+        )
+        await db.commit()
+        message.status, message.provider = delivery.status, delivery.provider
+        message.provider_ref, message.error = delivery.ref, delivery.error
+        # Never the link or the recipient in the log: the link is the victim's key. A
+        # failure is its status and codes only (evr.notify.gateway_error).
         log.info("link message %s (consultation=%s channel=%s provider=%s ref=%s)",
-                 delivery.status, consultation.id, channel, delivery.provider, delivery.ref or "-")
+                 delivery.status, message.consultation_id, message.channel, delivery.provider, delivery.ref or "-")
         if delivery.error:
-            log.warning("link message failed (consultation=%s): %s", consultation.id, delivery.error)
+            log.warning("link message failed (consultation=%s): %s", message.consultation_id, delivery.error)
         return message
 
     @staticmethod
@@ -160,44 +189,62 @@ class Consultations:
         return await db.scalar(select(Consultation).where(Consultation.token_hash == sha256_hex(token)))
 
     def link_state(self, consultation: Consultation) -> str:
-        """``open``, ``closed`` or ``expired`` (a link never opened dies after its TTL)."""
+        """``open``, ``closed`` or ``expired`` (a link never claimed dies after its TTL)."""
         if consultation.status == "closed":
             return "closed"
         if consultation.bound_at is None and consultation.expires_at <= self.clock():
             return "expired"
         return "open"
 
-    async def bind(self, db: AsyncSession, consultation: Consultation) -> Optional[str]:
-        """Bind the link to the browser opening it first; return the cookie's secret,
-        or None when another browser bound it first (atomic on every database)."""
+    async def claim(self, db: AsyncSession, consultation: Consultation) -> Optional[str]:
+        """Bind the link to the browser claiming it first, in ``db``'s transaction (the
+        caller commits it with its audit entry); return the binding cookie's secret, or
+        None when it is already bound, closed or expired. One conditional UPDATE, so
+        of any number of browsers claiming at once exactly one wins, on every database."""
         secret = secrets.token_urlsafe(32)
+        now = self.clock()
         result = await db.execute(
             update(Consultation)
-            .where(Consultation.id == consultation.id, Consultation.binding_hash.is_(None))
-            .values(binding_hash=sha256_hex(secret), bound_at=self.clock())
+            .where(Consultation.id == consultation.id, Consultation.binding_hash.is_(None),
+                   Consultation.status != "closed", Consultation.expires_at > now)
+            .values(binding_hash=sha256_hex(secret), bound_at=now)
         )
-        await db.commit()
         if result.rowcount != 1:
             return None
-        log.info("link opened and bound to a browser (consultation=%s)", consultation.id)
+        log.info("link claimed by a browser (consultation=%s)", consultation.id)
         return secret
 
     @staticmethod
     def binding_ok(consultation: Consultation, cookie: Optional[str]) -> bool:
-        return bool(cookie) and consultation.binding_hash == sha256_hex(cookie or "")
+        return bool(cookie) and consultation.binding_hash is not None and secrets.compare_digest(
+            consultation.binding_hash, sha256_hex(cookie or ""))
 
     async def joined(self, db: AsyncSession, consultation: Consultation, staff: Staff) -> None:
-        """Record that a member of staff joined (and 'arrived' for the first officer)."""
+        """Record, in ``db``'s transaction, that a member of staff joined (and 'arrived'
+        for the first officer); the caller commits it with its audit entry."""
         if await db.get(ConsultationStaff, (consultation.id, staff.id)) is None:
             db.add(ConsultationStaff(consultation_id=consultation.id, user_id=staff.id, joined_at=self.clock()))
         if consultation.arrived_at is None:
             consultation.arrived_at = self.clock()
             log.info("officer arrived (consultation=%s user=%s)", consultation.id, staff.username)
-        await db.commit()
+        await db.flush()
+
+    def close(self, consultation: Consultation, staff: Staff) -> bool:
+        """Close the consultation (its link dies forever) in the session it was loaded
+        in; False when it was closed already. The caller commits with the audit entry."""
+        if consultation.status == "closed":
+            return False
+        consultation.status = "closed"
+        consultation.closed_at = self.clock()
+        consultation.closed_by = staff.id
+        log.info("consultation closed (id=%s by=%s)", consultation.id, staff.username)
+        return True
 
     async def outbox(self, db: AsyncSession, staff: Staff, consultation_id: Optional[str]) -> list[OutboxMessage]:
+        """Link messages of the consultations ``staff`` created, and no one else's: a
+        message names the victim's contact (the link itself is never kept)."""
         query = select(OutboxMessage).join(Consultation, Consultation.id == OutboxMessage.consultation_id)
-        query = query.where(self.visible(staff))
+        query = query.where(Consultation.created_by == staff.id)
         if consultation_id:
             query = query.where(OutboxMessage.consultation_id == consultation_id)
         return list(await db.scalars(query.order_by(OutboxMessage.id.desc()).limit(200)))
@@ -217,9 +264,11 @@ def consultation_json(c: Consultation, participants: Optional[list[dict[str, Any
     }
 
 
-def message_json(m: OutboxMessage) -> dict[str, Any]:
+def message_json(m: OutboxMessage, body: Optional[str] = None) -> dict[str, Any]:
+    """An outbox message; ``body`` replaces the kept (redacted) body in the one answer
+    that may show the link (the create response)."""
     return {
         "id": m.id, "consultation_id": m.consultation_id, "channel": m.channel, "recipient": m.recipient,
-        "body": m.body, "created_at": rfc3339(m.created_at), "status": m.status, "provider": m.provider,
+        "body": body if body is not None else m.body, "created_at": rfc3339(m.created_at), "status": m.status, "provider": m.provider,
         "error": m.error,
     }

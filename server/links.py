@@ -1,67 +1,264 @@
 """The victim's link: which consultation a request to ``/j/{token}/...`` is for, and
-whether this browser may use it (open, not expired, bound to this browser)."""
+whether this browser may use it (open, not expired, claimed by this browser).
+
+Opening the link binds nothing. Email security scanners, SMS and chat previews fetch
+a link before the victim does, and a ``GET`` or ``HEAD`` that bound it would hand the
+call to them. The page's script claims the link (``POST /j/{token}/claim``, same
+origin only) when the victim presses its first button; the answer sets the binding
+cookie, and every other resource under the link needs that cookie. Of any number of
+browsers claiming at once exactly one wins (one conditional UPDATE), and the claim
+is audit-logged in the same transaction.
+
+Everything under ``/j/{token}/`` other than the page and its socket is an API for the
+page's scripts, and answers in the contract's JSON error shape whatever goes wrong
+(:func:`json_errors`); the page and the socket answer with pages a person can read.
+
+Guessing tokens is hopeless (256 bits) but not free: unknown tokens are counted per
+client address and past :data:`UNKNOWN_PER_MINUTE` in a minute that address gets 429
+for the rest of the minute (:class:`UnknownTokens`), logged once, not once a guess.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Optional
+import re
+import time
+from typing import Callable, Optional
 
 from aiohttp import web
 
 from . import pages
 from .audit import Actor
 from .db import Consultation
-from .errors import ApiError
-from .http import CONSULTATIONS, DB
+from .errors import ApiError, error_response
+from .http import AUDIT, CONSULTATIONS, DB, HUB, SETTINGS, same_origin, secure_cookies
 
 log = logging.getLogger(__name__)
 
-#: The cookie that binds a link to the first browser that opened it.
+#: The cookie that binds a link to the browser that claimed it.
 BINDING_COOKIE = "evr_link"
+
+#: Unknown tokens one client address may present in a minute before it gets 429.
+UNKNOWN_PER_MINUTE = 30
+#: How many addresses the throttle remembers at most (memory stays bounded).
+MAX_ADDRESSES = 100_000
 
 #: What an API under /j/{token}/ answers instead of the pages' refusals.
 _REFUSALS = {
     404: ("unknown_link", "This link is not known."),
     410: ("link_closed", "This link has been closed or has expired."),
     403: ("link_in_use", "This link is in use in another browser."),
+    429: ("too_many_unknown_links", "Too many unknown links from this address: wait a minute."),
 }
+
+#: Paths of the APIs under a link: anything below /j/{token}/ except the socket.
+_LINK_API = re.compile(r"^/j/[^/]+/(?!ws$).")
+
+
+class UnknownTokens:
+    """Counts unknown link tokens per client address in fixed one-minute windows."""
+
+    def __init__(self, limit: int = UNKNOWN_PER_MINUTE, window: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic, max_addresses: int = MAX_ADDRESSES) -> None:
+        self.limit = limit
+        self.window = window
+        self.clock = clock
+        self.max_addresses = max_addresses
+        #: address -> [window start, unknown tokens in it]
+        self._seen: dict[str, list[float]] = {}
+
+    def _entry(self, address: str) -> Optional[list[float]]:
+        entry = self._seen.get(address)
+        if entry is not None and self.clock() - entry[0] >= self.window:
+            del self._seen[address]
+            return None
+        return entry
+
+    def retry_after(self, address: str) -> Optional[int]:
+        """Seconds until ``address`` may look up links again; None when it may now."""
+        entry = self._entry(address)
+        if entry is None or entry[1] < self.limit:
+            return None
+        return max(1, int(entry[0] + self.window - self.clock()) + 1)
+
+    def unknown(self, address: str) -> None:
+        """Count an unknown token from ``address`` (one summary line when it reaches the limit)."""
+        entry = self._entry(address)
+        if entry is None:
+            if len(self._seen) >= self.max_addresses:
+                self._prune()
+            entry = self._seen[address] = [self.clock(), 0]
+        entry[1] += 1
+        log.debug("unknown link token (client=%s, %d this minute)", address, entry[1])
+        if entry[1] == self.limit:
+            log.warning("client %s presented %d unknown link tokens within a minute; its link requests "
+                        "get 429 until the minute is over", address, self.limit)
+
+    def _prune(self) -> None:
+        now = self.clock()
+        for address in [a for a, (start, _) in self._seen.items() if now - start >= self.window]:
+            del self._seen[address]
+        if len(self._seen) >= self.max_addresses:  # a flood of addresses: forget the oldest half
+            for address in sorted(self._seen, key=lambda a: self._seen[a][0])[: len(self._seen) // 2]:
+                del self._seen[address]
+
+
+UNKNOWN_TOKENS = web.AppKey("unknown_link_tokens", UnknownTokens)
+
+
+class LinkRefused(ApiError):
+    """A refusal of an API under the link, with ``Retry-After`` when throttled."""
+
+    def __init__(self, status: int, retry_after: Optional[str] = None) -> None:
+        code, message = _REFUSALS.get(status, _REFUSALS[403])
+        super().__init__(status, code, message)
+        self.retry_after = retry_after
+
+    def response(self) -> web.Response:
+        response = super().response()
+        if self.retry_after:
+            response.headers["Retry-After"] = self.retry_after
+        return response
+
+
+def _client(request: web.Request) -> str:
+    return request.remote or "-"
 
 
 async def victim_consultation(request: web.Request) -> tuple[Optional[Consultation], Optional[web.Response]]:
-    """The consultation behind the link, or the page that says why not."""
+    """The consultation behind the link, or the page that says why not. An unclaimed
+    link is returned as it is (its page may be shown; nothing else may be used)."""
+    throttle = request.app[UNKNOWN_TOKENS]
+    wait = throttle.retry_after(_client(request))
+    if wait is not None:
+        refusal = pages.too_many_unknown_links()
+        refusal.headers["Retry-After"] = str(wait)
+        return None, refusal
     service = request.app[CONSULTATIONS]
-    token = request.match_info["token"]
     async with request.app[DB]() as db:
-        consultation = await service.by_token(db, token)
-        if consultation is None:
-            return None, pages.link_unknown()
-        state = service.link_state(consultation)
-        if state == "closed":
-            return None, pages.link_closed()
-        if state == "expired":
-            return None, pages.link_expired()
-        cookie = request.cookies.get(BINDING_COOKIE)
-        if consultation.binding_hash is None:
-            return consultation, None
-        if not service.binding_ok(consultation, cookie):
-            log.warning("link opened in a second browser; refused (consultation=%s)", consultation.id)
-            return None, pages.link_in_use()
-        return consultation, None
+        consultation = await service.by_token(db, request.match_info["token"])
+    if consultation is None:
+        throttle.unknown(_client(request))
+        return None, pages.link_unknown()
+    state = service.link_state(consultation)
+    if state == "closed":
+        return None, pages.link_closed()
+    if state == "expired":
+        return None, pages.link_expired()
+    if consultation.binding_hash is not None and not service.binding_ok(
+            consultation, request.cookies.get(BINDING_COOKIE)):
+        log.info("link used by a browser that did not claim it; refused (consultation=%s)", consultation.id)
+        return None, pages.link_in_use()
+    return consultation, None
+
+
+def _refused(refusal: web.Response) -> LinkRefused:
+    return LinkRefused(refusal.status, refusal.headers.get("Retry-After"))
 
 
 async def victim_link(request: web.Request) -> Consultation:
-    """For JSON APIs under the link: the consultation, once the link has been opened in
-    this browser; otherwise an ``ApiError`` with the same status the pages give."""
+    """For JSON APIs under the link: the consultation, once this browser has claimed
+    the link; otherwise an ``ApiError`` with the same status the pages give (403
+    ``link_not_claimed`` before any claim)."""
     consultation, refusal = await victim_consultation(request)
     if refusal is not None:
-        code, message = _REFUSALS.get(refusal.status, _REFUSALS[403])
-        raise ApiError(refusal.status, code, message)
+        raise _refused(refusal)
     assert consultation is not None
     if consultation.binding_hash is None:
-        raise ApiError(403, "open_link_first", "Open the link in your browser first.")
+        raise ApiError(403, "link_not_claimed", "Open the link and start on its page first.")
     return consultation
 
 
 def victim_actor(request: web.Request) -> Actor:
     """The audit log's view of the victim (never named: the link is who they are)."""
     return Actor("victim", "victim", request.remote)
+
+
+# -- the handlers ----------------------------------------------------------------
+
+
+async def victim_page(request: web.Request) -> web.Response:
+    """``GET``/``HEAD /j/{token}``: the victim's page, or why not. Binds nothing."""
+    consultation, refusal = await victim_consultation(request)
+    return refusal if refusal is not None else pages.victim()
+
+
+async def claim(request: web.Request) -> web.Response:
+    """``POST /j/{token}/claim`` from the page's script: bind the link to this browser.
+
+    200 ``{"status"}`` and the binding cookie for the first browser, and for it again;
+    403 for any other browser or without a same-origin ``Origin``; 410 closed or
+    expired; 404 unknown."""
+    if request.headers.get("Origin") is None or not same_origin(request):
+        raise ApiError(403, "cross_origin", "A link is claimed from its own page only.")
+    consultation, refusal = await victim_consultation(request)
+    if refusal is not None:
+        raise _refused(refusal)
+    assert consultation is not None
+    if consultation.binding_hash is not None:  # claimed by this very browser (its cookie matched)
+        return web.json_response({"status": consultation.status})
+    async with request.app[AUDIT].transaction() as tx:
+        secret = await request.app[CONSULTATIONS].claim(tx.db, consultation)
+        if secret is not None:
+            tx.add(victim_actor(request), "link.claim", f"consultation:{consultation.id}",
+                   consultation_id=consultation.id)
+    if secret is None:  # another browser claimed it a moment earlier, or it closed or expired
+        _, refusal = await victim_consultation(request)
+        raise _refused(refusal) if refusal is not None else LinkRefused(403)
+    response = web.json_response({"status": consultation.status})
+    # Lax, not Strict: the victim comes back by tapping the link in a message (a
+    # navigation from another site) and must be recognised.
+    response.set_cookie(
+        BINDING_COOKIE, secret, httponly=True, samesite="Lax", secure=secure_cookies(request),
+        path=f"/j/{request.match_info['token']}",
+        max_age=int(request.app[SETTINGS].binding_cookie_days * 86400),
+    )
+    return response
+
+
+async def victim_socket(request: web.Request) -> web.StreamResponse:
+    """``GET /j/{token}/ws``: the victim's signalling socket (claimed links only)."""
+    consultation, refusal = await victim_consultation(request)
+    if refusal is not None:
+        return refusal
+    assert consultation is not None
+    if consultation.binding_hash is None:
+        return pages.message(403, "Open the link first", "Open the link in your browser to join.")
+    if not same_origin(request):
+        return pages.message(403, "Refused", "Cross-origin connection refused.")
+    hub = request.app[HUB]
+    participant = hub.room(consultation).participant("victim", "victim")
+    return await hub.serve(request, consultation, participant)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Callable) -> web.StreamResponse:
+    """JSON errors, never a page or a traceback, from every API under a link."""
+    if not _LINK_API.match(request.path):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http_error")
+        return error_response(exc.status, code, exc.reason)
+    except Exception:
+        # The route's pattern, never the path: the path carries the token.
+        route = request.match_info.route.resource
+        log.exception("unhandled error on %s %s", request.method, route.canonical if route else "/j/…")
+        return error_response(500, "internal_error", "Something went wrong on the server.")
+
+
+def setup(app: web.Application) -> None:
+    """The victim's page, the claim and the socket; JSON errors and the unknown-token
+    throttle for everything under ``/j/``."""
+    app[UNKNOWN_TOKENS] = UnknownTokens()
+    app.middlewares.append(json_errors)
+    app.add_routes([
+        web.get("/j/{token}", victim_page),
+        web.post("/j/{token}/claim", claim),
+        web.get("/j/{token}/ws", victim_socket),
+    ])

@@ -1,13 +1,17 @@
 """Link delivery: a notifier interface, the outbox default and a GOV.UK Notify-style gateway.
 
-Every message is kept in the outbox table (staff read it through the API); a
-notifier decides whether it also leaves the building. Logs never carry the link
-or the recipient, only that a message went and how.
+Every message is kept in the outbox table, with the link's token taken out
+(:attr:`LinkMessage.kept`): the raw link lives only in memory, as long as the notifier
+needs it, and in the one answer to the officer who created it. A notifier decides
+whether the message also leaves the building. Logs and the outbox never carry the
+link, and a gateway's answer is reduced to its status and error codes (its text may
+echo the recipient or the message).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Optional, Protocol
@@ -16,6 +20,8 @@ import aiohttp
 import jwt
 
 from .config import Settings
+from .logs import redact_links
+from .text import parse_json
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +44,11 @@ class LinkMessage:
     subject: str
     body: str
     url: str
+
+    @property
+    def kept(self) -> str:
+        """The body as the outbox keeps it: the link without its token (``…/j/…``)."""
+        return redact_links(self.body)
 
 
 @dataclass(frozen=True)
@@ -113,12 +124,14 @@ class NotifyGatewayNotifier:
             async with self._session.post(
                 f"{self.url}/v2/notifications/{message.channel}", json=payload, headers=headers
             ) as response:
-                data = await response.json(content_type=None)
+                try:
+                    data = parse_json(await response.text())
+                except (ValueError, UnicodeDecodeError):  # not JSON (a proxy's page): the status says enough
+                    data = None
                 if response.status >= 300:
-                    errors = data.get("errors") if isinstance(data, dict) else None
-                    reason = f"gateway answered {response.status}: {errors or data}"
-                    return Delivery("failed", self.name, error=reason[:500])
-                return Delivery("sent", self.name, ref=str(data.get("id")) if isinstance(data, dict) else None)
+                    return Delivery("failed", self.name, error=gateway_error(response.status, data))
+                ref = data.get("id") if isinstance(data, dict) else None
+                return Delivery("sent", self.name, ref=str(ref)[:128] if ref is not None else None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             return Delivery("failed", self.name, error=f"gateway unreachable: {type(exc).__name__}")
 
@@ -126,6 +139,23 @@ class NotifyGatewayNotifier:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+#: What may be kept of a gateway's error: Notify's error class names (``BadRequestError``...).
+_ERROR_CODE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+
+
+def gateway_error(status: int, data: object) -> str:
+    """A refusal as its status and error codes only (``gateway answered 400:
+    BadRequestError``): never the gateway's text, which may quote the message or the
+    recipient, and is stored in the outbox and logged."""
+    errors = data.get("errors") if isinstance(data, dict) else None
+    codes = []
+    for error in errors if isinstance(errors, list) else []:
+        code = error.get("error") if isinstance(error, dict) else None
+        if isinstance(code, str) and _ERROR_CODE.match(code) and code not in codes:
+            codes.append(code)
+    return f"gateway answered {status}" + (": " + ", ".join(codes[:5]) if codes else "")
 
 
 def make_notifier(settings: Settings) -> Notifier:

@@ -95,3 +95,10 @@ def link_in_use() -> web.Response:
         "For your safety the link works only on the phone or browser that opened it first.",
         "open the link on that phone or browser. If you cannot, call 101 and ask for a new link.",
     )
+
+
+def too_many_unknown_links() -> web.Response:
+    return message(429, "Too many attempts",
+                   "This phone or network tried too many links that do not match an appointment.",
+                   "wait a minute, then open the whole link from your message again. "
+                   "If it still does not work, call 101 and ask for a new link.")

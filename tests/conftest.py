@@ -155,8 +155,19 @@ def link_path(join_url: str) -> str:
     return "/j/" + join_url.rsplit("/j/", 1)[1]
 
 
+def origin_of(client: TestClient) -> str:
+    """The ``Origin`` header a browser sends for the server's own pages."""
+    url = client.make_url("/")
+    return f"{url.scheme}://{url.raw_authority}"
+
+
+async def claim(client: TestClient, path: str, **headers: str) -> Any:
+    """What the victim's page does at its first button: ``POST {path}/claim``, same origin."""
+    return await client.post(path + "/claim", headers={"Origin": origin_of(client), **headers})
+
+
 class Link:
-    """A consultation whose link a victim's browser (``phone``) has opened."""
+    """A consultation whose link a victim's browser (``phone``) has opened and claimed."""
 
     def __init__(self, officer: Staff, created: dict[str, Any], phone: TestClient) -> None:
         self.officer = officer
@@ -176,7 +187,10 @@ def link(staff: Callable[..., Any], new_client: Callable[[], Any]) -> Callable[.
         officer = await staff()
         created = await officer.create()
         phone = await new_client()
-        assert (await phone.get(link_path(created["join_url"]))).status == 200
+        path = link_path(created["join_url"])
+        assert (await phone.get(path)).status == 200  # the page binds nothing...
+        claimed = await claim(phone, path)  # ...its first button claims the link
+        assert claimed.status == 200, await claimed.text()
         return Link(officer, created, phone)
 
     return make

@@ -152,7 +152,9 @@ function showCreated(c) {
       outbox: `${to}: not sent automatically here. Send this message (or read the link) to the victim yourself.`,
       failed: `${to}: sending failed (${m.error || 'no reason given'}). Give the victim the link another way.`,
     }[m.status] || `${to}: ${m.status}.`, m.status === 'failed' ? 'error' : null), el('blockquote', m.body)]
-    : [el('p', 'No message was sent: give the victim the link yourself.')]));
+    : [el('p', 'No message was sent: give the victim the link yourself.')]),
+  // The server keeps no copy of the link (only its hash), so this is the one chance to see it.
+  el('p', 'EVR keeps no copy of this link: copy it or read it to the victim before you leave this screen.', 'hint'));
   $('created-h').focus();
 }
 

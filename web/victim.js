@@ -1,4 +1,5 @@
-// victim.js: the victim's page, served at /j/<token>.
+// victim.js: the victim's page, served at /j/<token>. Opening it binds nothing: the
+// first button pressed claims the link for this browser (POST /j/<token>/claim).
 import { Call, stopStream, videoConstraints } from '/static/call.js';
 
 const $ = (id) => document.getElementById(id);
@@ -39,6 +40,25 @@ async function linkStatus() {
 function linkRefused() {
   stopAll();
   location.replace(location.href);
+}
+
+/** Claim the link for this browser: the victim pressed a button, so this is a person,
+ * not a link preview (opening the page binds nothing). The first browser to claim it
+ * keeps it; pressing again, or rejoining, is fine. True when the link is ours; on a
+ * refusal (403 in use elsewhere, 410 closed or expired, 404) the server's page says
+ * why; false offline, with a note in `where`. */
+async function claim(where) {
+  let r;
+  try {
+    r = await fetch(`/j/${token}/claim`, { method: 'POST', cache: 'no-store', credentials: 'same-origin' });
+  } catch {
+    setText(where, 'We could not reach the appointment. Check your Wi-Fi or mobile data, then try again.');
+    return false;
+  }
+  if (r.ok) return true;
+  if ([403, 404, 410, 429].includes(r.status)) linkRefused();
+  else setText(where, 'Something went wrong. Please try again in a minute.');
+  return false;
 }
 
 // ---- camera and microphone ------------------------------------------------
@@ -175,6 +195,7 @@ async function checkConnection() {
 }
 
 async function check() {
+  if (!(await claim('media-help'))) return;
   stopMeter();
   stopStream(stream);
   stream = null;
@@ -204,6 +225,7 @@ async function join() {
   $('remote').srcObject = call.remote;
   $('remote').play().catch(() => {});
   stopMeter();
+  if (!(await claim('media-help'))) return show('intro');
   if (!(await acquire())) return show('intro');
   camOff = muted = false;
   call.receiveVideo = !audioOnly;
