@@ -174,7 +174,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http_error")
         return error_response(exc.status, code, exc.reason)
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        # The route's pattern, never the path: a victim's path carries the link's token.
+        resource = request.match_info.route.resource
+        log.exception("unhandled error on %s %s", request.method, resource.canonical if resource else "?")
         if wants_json(request):
             return error_response(500, "internal_error", "Something went wrong on the server.")
         return pages.message(500, "Something went wrong", "Please try again in a minute. If you are in danger call 999.")

@@ -11,7 +11,7 @@ is audit-logged in the same transaction.
 
 Everything under ``/j/{token}/`` other than the page and its socket is an API for the
 page's scripts, and answers in the contract's JSON error shape whatever goes wrong
-(:func:`json_errors`); the page and the socket answer with pages a person can read.
+(:func:`evr.app.json_errors`); the page and the socket answer with pages a person can read.
 
 Guessing tokens is hopeless (256 bits) but not free: unknown tokens are counted per
 client address and past :data:`UNKNOWN_PER_MINUTE` in a minute that address gets 429
@@ -21,7 +21,6 @@ for the rest of the minute (:class:`UnknownTokens`), logged once, not once a gue
 from __future__ import annotations
 
 import logging
-import re
 import time
 from typing import Callable, Optional
 
@@ -30,7 +29,7 @@ from aiohttp import web
 from . import pages
 from .audit import Actor
 from .db import Consultation
-from .errors import ApiError, error_response
+from .errors import ApiError
 from .http import AUDIT, CONSULTATIONS, DB, HUB, SETTINGS, same_origin, secure_cookies
 
 log = logging.getLogger(__name__)
@@ -50,9 +49,6 @@ _REFUSALS = {
     403: ("link_in_use", "This link is in use in another browser."),
     429: ("too_many_unknown_links", "Too many unknown links from this address: wait a minute."),
 }
-
-#: Paths of the APIs under a link: anything below /j/{token}/ except the socket.
-_LINK_API = re.compile(r"^/j/[^/]+/(?!ws$).")
 
 
 class UnknownTokens:
@@ -231,32 +227,9 @@ async def victim_socket(request: web.Request) -> web.StreamResponse:
     return await hub.serve(request, consultation, participant)
 
 
-@web.middleware
-async def json_errors(request: web.Request, handler: Callable) -> web.StreamResponse:
-    """JSON errors, never a page or a traceback, from every API under a link."""
-    if not _LINK_API.match(request.path):
-        return await handler(request)
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return exc.response()
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http_error")
-        return error_response(exc.status, code, exc.reason)
-    except Exception:
-        # The route's pattern, never the path: the path carries the token.
-        route = request.match_info.route.resource
-        log.exception("unhandled error on %s %s", request.method, route.canonical if route else "/j/…")
-        return error_response(500, "internal_error", "Something went wrong on the server.")
-
-
 def setup(app: web.Application) -> None:
-    """The victim's page, the claim and the socket; JSON errors and the unknown-token
-    throttle for everything under ``/j/``."""
+    """The victim's page, the claim and the socket, and the unknown-token throttle."""
     app[UNKNOWN_TOKENS] = UnknownTokens()
-    app.middlewares.append(json_errors)
     app.add_routes([
         web.get("/j/{token}", victim_page),
         web.post("/j/{token}/claim", claim),
