@@ -180,6 +180,8 @@ class Authenticator:
     def __init__(self, settings: Settings, clock: Clock) -> None:
         self.settings = settings
         self.clock = clock
+        self._pruned_at: Optional[datetime] = None
+        _dummy_hash()  # made now, so the first unknown name costs what a known one does
 
     @property
     def _lockout(self) -> timedelta:
@@ -271,15 +273,27 @@ class Authenticator:
 
     async def _failed(self, db: AsyncSession, address: str, key: Optional[str], count: int) -> None:
         """The attempt's places stay taken; the one that reaches the limit locks the name."""
+        now = self.clock()
         if key is not None and count >= self.settings.login_max_failures:
-            await self._lock(db, key, self.clock())
-            await db.commit()
+            await self._lock(db, key, now)
             log.warning("login failures: user name locked (user=%s)", key)
         else:
             log.info("login failed (user=%s attempt=%d)", key or "-", count)
+        await self._prune(db, now)
+        await db.commit()
         # Slow down guessing: 0.25 s, 0.5 s, 1 s ... capped at 4 s.
         delay = min(4.0, self.settings.login_failure_delay * (2 ** max(0, count - 1)))
         await asyncio.sleep(delay)
+
+    async def _prune(self, db: AsyncSession, now: datetime) -> None:
+        """Forget rows that decide nothing any more (the next attempt would start them
+        again): address windows and name locks that have ended. Failures make rows, from
+        any address and for any name, so this runs after one, at most once a window."""
+        if self._pruned_at is not None and now - self._pruned_at < self._lockout:
+            return
+        self._pruned_at = now
+        await db.execute(delete(LoginThrottle).where(LoginThrottle.window_start <= _at(now - self._lockout)))
+        await db.execute(delete(LoginFailure).where(LoginFailure.locked_until <= _at(now)))
 
     async def _succeeded(self, db: AsyncSession, address: str, key: Optional[str]) -> None:
         """Give the places back: the name's failures are forgotten, the address's

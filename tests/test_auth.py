@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -115,6 +115,24 @@ async def test_a_successful_login_does_not_count_against_the_address(new_client,
     for i in range(address_limit):
         assert (await login(client, f"guess-{i}", "wrong-password")).status == 401
     assert (await login(client, "gina")).status == 429
+
+
+async def test_ended_windows_and_locks_are_forgotten(new_client, users, clock, server):
+    from evr.db import LoginThrottle
+
+    await users("kim")
+    client = await new_client()
+    for _ in range(5):
+        assert (await login(client, "kim", "wrong-password")).status == 401
+    assert (await login(client, "nobody-1", "wrong-password")).status == 401
+    clock.advance(minutes=16)
+    assert (await login(client, "nobody-2", "wrong-password")).status == 401
+    async with server.app[DB]() as db:
+        names = set(await db.scalars(select(LoginFailure.username)))
+        windows = list(await db.scalars(select(LoginThrottle.window_start)))
+    assert names == {"nobody-1", "nobody-2"}  # kim's lock ended: nothing left to decide
+    assert len(windows) == 1 and windows[0] > clock() - timedelta(minutes=1)
+    assert (await login(client, "kim")).status == 200
 
 
 @pytest.mark.parametrize("name", ["nul\u0000name", "x" * 65, " padded", "", "tab\tname"])
