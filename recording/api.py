@@ -63,7 +63,9 @@ def recording_json(r: Recording) -> dict[str, Any]:
 
 async def _consultation(request: web.Request, staff: Staff) -> Consultation:
     """The consultation, if this member of staff may see it. Records staff see every
-    consultation's recordings (they manage retention), but open content only with a reason."""
+    consultation's recordings (they manage retention), but open content only with a reason.
+    No one else: admin manages users, not evidence."""
+    staff.require(*CALL_ROLES, "records")
     cid = request.match_info["id"]
     async with request.app[DB]() as db:
         if staff.role == "records":

@@ -216,9 +216,10 @@ async def audit_search(request: web.Request) -> web.Response:
 
 
 async def _visible_consultation(request: web.Request, staff: Staff) -> str:
-    """The consultation id, if this member of staff may see it (records and admin see all)."""
+    """The consultation id, if this member of staff may see it (records staff see all;
+    admin none: it manages users, not consultations)."""
     cid = _uuid(request.match_info["id"], "consultation")
-    if staff.role in ("records", "admin"):
+    if staff.role == "records":
         return cid
     async with request.app[DB]() as db:
         await request.app[CONSULTATIONS].get(db, staff, cid)

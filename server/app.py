@@ -212,14 +212,26 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def login(request: web.Request) -> web.Response:
+    """Only a JSON post from the service's own origin: a form or ``text/plain`` post
+    (which any page may send cross-site without asking) is 415, another ``Origin``
+    403, so no page can log a browser in to an account of its choosing."""
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "Send the login as JSON (Content-Type: application/json).")
+    if not same_origin(request):
+        raise ApiError(403, "cross_origin", "Log in from the service's own pages.")
     body = await read_json(request)
     if not isinstance(body, dict) or not isinstance(body.get("username"), str) or not isinstance(
         body.get("password"), str
     ):
         raise ApiError(400, "bad_request", "Send a JSON object with username and password.")
+    auth = request.app[AUTH]
     async with request.app[DB]() as db:
-        staff, token = await request.app[AUTH].login(db, body["username"], body["password"])
-    await request.app[AUDIT].record(actor(request, staff), "auth.login", f"user:{staff.username}")
+        user = await auth.check(db, body["username"], body["password"], request.remote)
+    # The session and its audit entry commit together, or neither.
+    async with request.app[AUDIT].transaction() as tx:
+        staff, token = auth.open_session(tx.db, user)
+        tx.add(actor(request, staff), "auth.login", f"user:{staff.username}")
+    log.info("login ok (user=%s role=%s)", staff.username, staff.role)
     response = web.json_response({"username": staff.username, "role": staff.role, "csrf_token": staff.csrf_token})
     response.set_cookie(
         SESSION_COOKIE, token, httponly=True, samesite="Strict", secure=secure_cookies(request), path="/",

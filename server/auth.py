@@ -1,45 +1,70 @@
-"""Staff authentication: argon2 passwords, hashed session tokens, CSRF, roles, lockout."""
+"""Staff authentication: argon2 passwords, hashed session tokens, CSRF, roles, lockout.
+
+Guessing is bounded before any password is checked. Each attempt first reserves a
+place, atomically (``INSERT … ON CONFLICT … DO UPDATE … RETURNING``, on SQLite and
+PostgreSQL alike), in two counters: its client address's (across user names, in a
+window of ``login_lockout_minutes``) and its user name's; the decision is taken on
+the values the database returns, so forty guesses sent at once are counted as forty,
+not as one each. Only an attempt both counters admit runs argon2. A success gives its
+places back; a failure keeps them, and the failure that reaches
+``login_max_failures`` locks the name for ``login_lockout_minutes``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import logging
 import secrets
+import unicodedata
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Optional
+from datetime import datetime, timedelta
+from typing import Any, Optional
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, select
+from sqlalchemy import case, delete, literal, null, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .config import Settings
-from .db import LoginFailure, StaffSession, User
+from .db import LoginFailure, LoginThrottle, StaffSession, User, UTCDateTime
 from .errors import ApiError
+from .roles import CALL_ROLES, RESERVED_NAMES, ROLES, SUPERVISOR_ROLES
 from .timeutil import Clock
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "ADDRESS_MAX_FAILURES", "Authenticator", "BAD_LOGIN", "CALL_ROLES", "CSRF_HEADER", "MIN_PASSWORD",
+    "RESERVED_NAMES", "ROLES", "SESSION_COOKIE", "SUPERVISOR_ROLES", "Staff", "add_user", "check_password",
+    "csrf_ok", "end_sessions", "hash_password", "insert_user", "new_user", "sha256_hex", "username_problem", "verify_password",
+]
 
-ROLES = ("officer", "sergeant", "records", "admin")
-#: Roles that take part in calls and create consultations.
-CALL_ROLES = ("officer", "sergeant")
-#: Roles that see every consultation, not only their own.
-SUPERVISOR_ROLES = ("sergeant", "admin")
+log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "evr_session"
 CSRF_HEADER = "X-CSRF-Token"
 BAD_LOGIN = "Wrong user name or password."
+MIN_PASSWORD = 10
+#: Failed logins from one client address, across user names, before it gets 429 for
+#: the rest of the window (``login_lockout_minutes``). Successful logins do not count.
+ADDRESS_MAX_FAILURES = 20
 
 _hasher = PasswordHasher()
-# Verified against when the user name is unknown, so both cases cost the same.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the user name is unknown, so both cases cost the same
+    (made on first use: importing this module stays cheap for the command line)."""
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 def sha256_hex(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
+    # surrogatepass: a token from a header or path that was not UTF-8 hashes (and
+    # matches nothing) instead of failing with UnicodeEncodeError.
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def hash_password(password: str) -> str:
@@ -72,19 +97,81 @@ class Staff:
             raise ApiError(403, "forbidden", "Your role may not do that.")
 
 
-async def add_user(db: AsyncSession, username: str, role: str, password: str, clock: Clock) -> User:
+# -- accounts -------------------------------------------------------------------------
+
+
+def username_problem(username: str) -> Optional[str]:
+    """Why ``username`` cannot be a user's name, or None when it can."""
+    if not username or len(username) > 64 or not username.isprintable() or username.strip() != username:
+        return "user name must be 1-64 printable characters without surrounding spaces"
+    if unicodedata.normalize("NFKC", username).casefold() in RESERVED_NAMES:
+        return f"the user names {' and '.join(RESERVED_NAMES)} are reserved (the audit log uses them)"
+    return None
+
+
+def check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise ValueError(f"password must be at least {MIN_PASSWORD} characters")
+
+
+def new_user(username: str, role: str, password: str, clock: Clock) -> User:
+    """A user checked and with its password hashed, not yet added (ValueError says why not)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
-    if not username or len(username) > 64 or not username.isprintable() or username.strip() != username:
-        raise ValueError("user name must be 1-64 printable characters without surrounding spaces")
-    if len(password) < 10:
-        raise ValueError("password must be at least 10 characters")
-    if await db.scalar(select(User).where(User.username == username)):
-        raise ValueError(f"user {username!r} already exists")
-    user = User(username=username, role=role, password_hash=hash_password(password), created_at=clock())
+    problem = username_problem(username)
+    if problem:
+        raise ValueError(problem)
+    check_password(password)
+    return User(username=username, role=role, password_hash=hash_password(password), created_at=clock())
+
+
+async def add_user(db: AsyncSession, username: str, role: str, password: str, clock: Clock,
+                   commit: bool = True) -> User:
+    """Add a user (ValueError says why not: a bad or reserved name, a short password,
+    a name already taken). With ``commit=False`` the caller commits (with its audit entry)."""
+    return await insert_user(db, new_user(username, role, password, clock), commit)
+
+
+async def insert_user(db: AsyncSession, user: User, commit: bool = True) -> User:
+    """Add a user made by :func:`new_user` (ValueError when the name is taken, also by
+    someone adding it a moment ago)."""
+    if await db.scalar(select(User.id).where(User.username == user.username)) is not None:
+        raise ValueError(f"user {user.username!r} already exists")
     db.add(user)
-    await db.commit()
+    try:
+        await db.flush()
+        if commit:
+            await db.commit()
+    except IntegrityError:
+        await db.rollback()
+        raise ValueError(f"user {user.username!r} already exists") from None
     return user
+
+
+async def end_sessions(db: AsyncSession, user_id: int) -> int:
+    """Delete every session of a user (in the caller's transaction); how many there were."""
+    result = await db.execute(delete(StaffSession).where(StaffSession.user_id == user_id))
+    return int(result.rowcount or 0)
+
+
+# -- logging in -----------------------------------------------------------------------
+
+
+def _insert(db: AsyncSession) -> Any:
+    """The dialect's INSERT, which has ``on_conflict_do_update`` on both databases."""
+    dialect = db.bind.dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - EVR runs on these two
+        raise RuntimeError(f"no atomic login counting on {dialect}")
+    return insert
+
+
+def _at(value: datetime) -> Any:
+    """A time as a bound value of the column type (naive UTC), wherever it is used."""
+    return literal(value, UTCDateTime())
 
 
 class Authenticator:
@@ -93,25 +180,134 @@ class Authenticator:
     def __init__(self, settings: Settings, clock: Clock) -> None:
         self.settings = settings
         self.clock = clock
+        self._pruned_at: Optional[datetime] = None
+        _dummy_hash()  # made now, so the first unknown name costs what a known one does
 
-    async def login(self, db: AsyncSession, username: str, password: str) -> tuple[Staff, str]:
-        """Check a password; return the staff member and the session cookie's token."""
-        now = self.clock()
-        key = username.strip().lower()[:64]
-        failure = await db.get(LoginFailure, key)
-        if failure and failure.locked_until and failure.locked_until > now:
-            log.warning("login refused: account locked (user=%s)", key)
-            raise ApiError(429, "locked", "Too many failed attempts. Try again later.")
+    @property
+    def _lockout(self) -> timedelta:
+        return timedelta(minutes=self.settings.login_lockout_minutes)
+
+    async def check(self, db: AsyncSession, username: str, password: str, address: Optional[str]) -> User:
+        """The user, once the throttles admit the attempt and the password is right;
+        otherwise ApiError 429 (``locked``, ``throttled``) or 401 (``bad_credentials``)."""
+        address = (address or "unknown")[:64]
+        possible = username_problem(username) is None or await self._exists(db, username)
+        key = username.strip().lower()[:64] if possible else None
+        if key is not None:
+            # Cheap refusal first: a locked name is refused without touching the address.
+            if await self._locked(db, key):
+                raise ApiError(429, "locked", "Too many failed attempts. Try again later.")
+        admitted = await self._reserve(db, address, key)
+        if not possible:  # no user can have this name: nothing to check
+            await self._failed(db, address, None, 0)
+            raise ApiError(401, "bad_credentials", BAD_LOGIN)
         user = await db.scalar(select(User).where(User.username == username))
         loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(
-            None, verify_password, user.password_hash if user else _DUMMY_HASH, password
-        )
+        ok = await loop.run_in_executor(None, verify_password, user.password_hash if user else _dummy_hash(),
+                                        password)
         if not ok or user is None or user.disabled:
-            await self._record_failure(db, key, failure)
+            await self._failed(db, address, key, admitted)
             raise ApiError(401, "bad_credentials", BAD_LOGIN)
-        if failure:
-            await db.delete(failure)
+        await self._succeeded(db, address, key)
+        return user
+
+    async def _exists(self, db: AsyncSession, username: str) -> bool:
+        """A name no new user may have (reserved, say) that an older database holds."""
+        if not username or len(username) > 64 or "\x00" in username:
+            return False
+        return await db.scalar(select(User.id).where(User.username == username)) is not None
+
+    async def _locked(self, db: AsyncSession, key: str) -> bool:
+        until = await db.scalar(select(LoginFailure.locked_until).where(LoginFailure.username == key))
+        await db.commit()  # end the read: the writes below start a transaction of their own
+        return until is not None and until > self.clock()
+
+    async def _reserve(self, db: AsyncSession, address: str, key: Optional[str]) -> int:
+        """Count this attempt against its address and its user name, atomically, and
+        decide on the counts returned. Returns the name's count (its place in line)."""
+        now = self.clock()
+        insert = _insert(db)
+        window_open = LoginThrottle.window_start > _at(now - self._lockout)
+        by_address = (
+            insert(LoginThrottle).values(address=address, count=1, window_start=now)
+            .on_conflict_do_update(index_elements=[LoginThrottle.address], set_={
+                "count": case((window_open, LoginThrottle.count + 1), else_=1),
+                "window_start": case((window_open, LoginThrottle.window_start), else_=_at(now)),
+            })
+            .returning(LoginThrottle.count)
+        )
+        tries = (await db.execute(by_address)).scalar_one()
+        if tries > ADDRESS_MAX_FAILURES:
+            await db.commit()
+            log.warning("login refused: too many failures from one address")
+            raise ApiError(429, "throttled", "Too many failed attempts from here. Try again later.")
+        if key is None:
+            await db.commit()
+            return 0
+        locked = LoginFailure.locked_until > _at(now)
+        by_name = (
+            insert(LoginFailure).values(username=key, count=1, last_at=now, locked_until=None)
+            .on_conflict_do_update(index_elements=[LoginFailure.username], set_={
+                # Locked: unchanged. A lock that has ended: start again. Otherwise one more.
+                "count": case((locked, LoginFailure.count), (LoginFailure.locked_until.is_not(None), 1),
+                              else_=LoginFailure.count + 1),
+                "locked_until": case((locked, LoginFailure.locked_until), else_=null()),
+                "last_at": _at(now),
+            })
+            .returning(LoginFailure.count, LoginFailure.locked_until)
+        )
+        count, until = (await db.execute(by_name)).one()
+        if until is not None or count > self.settings.login_max_failures:
+            if until is None:  # others hold every place: lock now, so the refusal ends
+                await self._lock(db, key, now)
+            await db.commit()
+            log.warning("login refused: account locked (user=%s)", key)
+            raise ApiError(429, "locked", "Too many failed attempts. Try again later.")
+        await db.commit()
+        return int(count)
+
+    async def _lock(self, db: AsyncSession, key: str, now: datetime) -> None:
+        await db.execute(update(LoginFailure).where(LoginFailure.username == key,
+                                                    LoginFailure.locked_until.is_(None))
+                         .values(locked_until=now + self._lockout))
+
+    async def _failed(self, db: AsyncSession, address: str, key: Optional[str], count: int) -> None:
+        """The attempt's places stay taken; the one that reaches the limit locks the name."""
+        now = self.clock()
+        if key is not None and count >= self.settings.login_max_failures:
+            await self._lock(db, key, now)
+            log.warning("login failures: user name locked (user=%s)", key)
+        else:
+            log.info("login failed (user=%s attempt=%d)", key or "-", count)
+        await self._prune(db, now)
+        await db.commit()
+        # Slow down guessing: 0.25 s, 0.5 s, 1 s ... capped at 4 s.
+        delay = min(4.0, self.settings.login_failure_delay * (2 ** max(0, count - 1)))
+        await asyncio.sleep(delay)
+
+    async def _prune(self, db: AsyncSession, now: datetime) -> None:
+        """Forget rows that decide nothing any more (the next attempt would start them
+        again): address windows and name locks that have ended. Failures make rows, from
+        any address and for any name, so this runs after one, at most once a window."""
+        if self._pruned_at is not None and now - self._pruned_at < self._lockout:
+            return
+        self._pruned_at = now
+        await db.execute(delete(LoginThrottle).where(LoginThrottle.window_start <= _at(now - self._lockout)))
+        await db.execute(delete(LoginFailure).where(LoginFailure.locked_until <= _at(now)))
+
+    async def _succeeded(self, db: AsyncSession, address: str, key: Optional[str]) -> None:
+        """Give the places back: the name's failures are forgotten, the address's
+        attempt was not a failure."""
+        await db.execute(update(LoginThrottle).where(LoginThrottle.address == address, LoginThrottle.count > 0)
+                         .values(count=LoginThrottle.count - 1))
+        if key is not None:
+            await db.execute(delete(LoginFailure).where(LoginFailure.username == key))
+        await db.commit()
+
+    def open_session(self, db: AsyncSession, user: User) -> tuple[Staff, str]:
+        """A new session for ``user`` added to ``db`` (the caller commits, with its
+        audit entry); returns the staff member and the session cookie's token."""
+        now = self.clock()
         token = secrets.token_urlsafe(32)
         session = StaffSession(
             id=sha256_hex(token),
@@ -121,37 +317,28 @@ class Authenticator:
             expires_at=now + timedelta(hours=self.settings.session_ttl_hours),
         )
         db.add(session)
-        await db.commit()
-        log.info("login ok (user=%s role=%s)", user.username, user.role)
         return Staff(user.id, user.username, user.role, session.id, session.csrf_token), token
 
-    async def _record_failure(self, db: AsyncSession, key: str, failure: Optional[LoginFailure]) -> None:
-        now = self.clock()
-        if failure is None:
-            failure = LoginFailure(username=key, count=0, last_at=now)
-            db.add(failure)
-        failure.count += 1
-        failure.last_at = now
-        if failure.count >= self.settings.login_max_failures:
-            failure.locked_until = now + timedelta(minutes=self.settings.login_lockout_minutes)
-            failure.count = 0
-            log.warning("login failures: user name locked (user=%s)", key)
-        else:
-            log.info("login failed (user=%s attempt=%d)", key, failure.count)
-        count = failure.count
+    async def login(self, db: AsyncSession, username: str, password: str,
+                    address: Optional[str] = None) -> tuple[Staff, str]:
+        """Check a password and open a session (without an audit entry; the HTTP
+        login writes one with the session)."""
+        user = await self.check(db, username, password, address)
+        staff, token = self.open_session(db, user)
         await db.commit()
-        # Slow down guessing: 0.25 s, 0.5 s, 1 s ... capped at 4 s.
-        delay = min(4.0, self.settings.login_failure_delay * (2 ** max(0, count - 1)))
-        await asyncio.sleep(delay)
+        log.info("login ok (user=%s role=%s)", user.username, user.role)
+        return staff, token
 
     async def resolve(self, db: AsyncSession, token: Optional[str]) -> Optional[Staff]:
-        if not token:
+        if not token or len(token) > 128:
             return None
         session = await db.get(StaffSession, sha256_hex(token))
         if session is None:
             return None
         if session.expires_at <= self.clock():
-            await db.delete(session)
+            # A statement, not the ORM's delete: parallel requests with the same
+            # expired cookie each delete it (once) without a stale-row error.
+            await db.execute(delete(StaffSession).where(StaffSession.id == session.id))
             await db.commit()
             return None
         user = await db.get(User, session.user_id)
@@ -166,4 +353,8 @@ class Authenticator:
 
 
 def csrf_ok(staff: Staff, header: Optional[str]) -> bool:
-    return bool(header) and hmac.compare_digest(staff.csrf_token, header or "")
+    # compare_digest refuses non-ASCII str (TypeError): a token is ASCII, so anything
+    # else is simply wrong.
+    if not header or not header.isascii():
+        return False
+    return hmac.compare_digest(staff.csrf_token, header)

@@ -7,10 +7,11 @@ import asyncio
 import getpass
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Awaitable, Callable, Optional, Sequence
 
 from . import __version__, logs
 from .config import DEFAULT_DATA_DIR, Settings
+from .roles import ROLES
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -36,8 +37,22 @@ def build_parser() -> argparse.ArgumentParser:
     add = user_commands.add_parser("add", help="create a staff user (password from stdin when piped)")
     _common(add)
     add.add_argument("name")
-    add.add_argument("--role", required=True, choices=("officer", "sergeant", "records", "admin"))
+    add.add_argument("--role", required=True, choices=ROLES,
+                     help="call_handler is accepted but has no powers yet")
     add.set_defaults(func=cmd_user_add)
+    listing = user_commands.add_parser("list", help="the staff users: name, role, disabled, created, last login")
+    _common(listing)
+    listing.add_argument("--format", choices=("table", "json"), default="table")
+    listing.set_defaults(func=cmd_user_list)
+    disable = user_commands.add_parser("disable", help="disable a user and end all their sessions at once")
+    _common(disable)
+    disable.add_argument("name")
+    disable.set_defaults(func=cmd_user_disable)
+    passwd = user_commands.add_parser("passwd", help="set a user's password (from stdin when piped) "
+                                                     "and end all their sessions")
+    _common(passwd)
+    passwd.add_argument("name")
+    passwd.set_defaults(func=cmd_user_passwd)
 
     from .recording.cli import register as recording_commands
 
@@ -88,37 +103,202 @@ def cmd_serve(args: argparse.Namespace) -> int:
 ACCESS_LOG = '%a "%r" %s %b %Tfs'
 
 
-def cmd_user_add(args: argparse.Namespace) -> int:
-    from .auth import add_user
-    from .db import make_engine, migrate, sessionmaker
-    from .timeutil import utcnow
+# -- evr user: staff accounts ------------------------------------------------------------
+#
+# Changes are audit-logged as the operating-system user who ran the command (role
+# ``cli``, as the retention commands), in one transaction with the change. Exit 0
+# done, 1 refused (no such user), 2 bad usage (a bad name or password).
 
-    settings = load_settings(args)
+
+class UserCommandError(Exception):
+    """Exit with ``code`` and this message."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _read_password() -> str:
+    """A new password: asked twice on a terminal, else the first line of stdin."""
     if sys.stdin.isatty():
         password = getpass.getpass("Password: ")
         if getpass.getpass("Again: ") != password:
-            print("evr: the passwords differ", file=sys.stderr)
-            return 2
-    else:
-        password = sys.stdin.readline().rstrip("\r\n")
+            raise UserCommandError(2, "the passwords differ")
+        return password
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def _user_command(args: argparse.Namespace, work: Callable[[Any, Any], Awaitable[None]], audited: bool = True) -> int:
+    """Open the database (and, for changes, the audit log with the service's key and
+    store, signing a checkpoint at the end), run ``work(sessionmaker, audit)``."""
+    settings = load_settings(args)
 
     async def run() -> None:
+        from .audit import AuditLog
+        from .db import make_engine, migrate, sessionmaker
+        from .timeutil import utcnow
+
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(settings.db_url)
+        store = None
         try:
             await migrate(engine)
-            async with sessionmaker(engine)() as db:
-                await add_user(db, args.name, args.role, password, utcnow)
+            db = sessionmaker(engine)
+            if not audited:
+                await work(db, None)
+                return
+            from .evidence import make_store
+            from .keys import load_signing_key
+
+            store = make_store(settings)
+            audit = AuditLog(db, utcnow, load_signing_key(settings), store, settings.audit_checkpoint_every)
+            try:
+                await work(db, audit)
+            finally:
+                await audit.checkpoint()
         finally:
+            if store is not None:
+                await store.close()
             await engine.dispose()
 
     try:
         asyncio.run(run())
+    except UserCommandError as exc:
+        print(f"evr: {exc}", file=sys.stderr)
+        return exc.code
+    except ValueError as exc:  # a bad name, role or password
+        print(f"evr: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+async def _find_user(db: Any, name: str) -> Any:
+    from sqlalchemy import select
+
+    from .db import User
+
+    user = await db.scalar(select(User).where(User.username == name))
+    if user is None:
+        raise UserCommandError(1, f"no user {name!r}")
+    return user
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    from .auth import insert_user, new_user
+    from .retention.cli import cli_actor
+    from .timeutil import utcnow
+
+    try:
+        password = _read_password()
+        user = new_user(args.name, args.role, password, utcnow)  # checked and hashed before the transaction
+    except UserCommandError as exc:
+        print(f"evr: {exc}", file=sys.stderr)
+        return exc.code
     except ValueError as exc:
         print(f"evr: {exc}", file=sys.stderr)
         return 2
-    print(f"user {args.name} added with role {args.role}")
-    return 0
+
+    async def work(db: Any, audit: Any) -> None:
+        async with audit.transaction() as tx:
+            await insert_user(tx.db, user, commit=False)
+            tx.add(cli_actor(), "user.add", f"user:{user.username}", details={"role": user.role})
+
+    code = _user_command(args, work)
+    if code == 0:
+        print(f"user {args.name} added with role {args.role}")
+    return code
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    """Every user, without secrets; the last login is the newest ``auth.login`` entry
+    of the audit log (``-`` when there is none)."""
+    import json
+
+    from sqlalchemy import func, select
+
+    from .db import AuditEntry, User
+    from .timeutil import rfc3339
+
+    async def work(db: Any, _audit: Any) -> None:
+        async with db() as session:
+            users = list(await session.scalars(select(User).order_by(User.username)))
+            last = dict((await session.execute(
+                select(AuditEntry.object, func.max(AuditEntry.at))
+                .where(AuditEntry.action == "auth.login").group_by(AuditEntry.object))).all())
+        rows = [{"name": u.username, "role": u.role, "disabled": bool(u.disabled), "created": rfc3339(u.created_at),
+                 "last_login": rfc3339(last.get(f"user:{u.username}"))} for u in users]
+        if args.format == "json":
+            print(json.dumps({"users": rows}, indent=2, ensure_ascii=False))
+            return
+        table = [("NAME", "ROLE", "DISABLED", "CREATED", "LAST LOGIN")] + [
+            (r["name"], r["role"], "yes" if r["disabled"] else "no", _minute(r["created"]), _minute(r["last_login"]))
+            for r in rows]
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        for row in table:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+    return _user_command(args, work, audited=False)
+
+
+def _minute(stamp: Optional[str]) -> str:
+    """``2026-11-21 10:00Z`` from an RFC 3339 time, ``-`` for none."""
+    return f"{stamp[:10]} {stamp[11:16]}Z" if stamp else "-"
+
+
+def cmd_user_disable(args: argparse.Namespace) -> int:
+    """Disable the user and delete every session of theirs in the same transaction
+    (the running server refuses a deleted session at once and closes its sockets)."""
+    from .auth import end_sessions
+    from .retention.cli import cli_actor
+
+    ended = 0
+
+    async def work(db: Any, audit: Any) -> None:
+        nonlocal ended
+        async with audit.transaction() as tx:
+            user = await _find_user(tx.db, args.name)
+            already = bool(user.disabled)
+            user.disabled = True
+            ended = await end_sessions(tx.db, user.id)
+            tx.add(cli_actor(), "user.disable", f"user:{user.username}",
+                   details={"sessions_ended": ended, "already_disabled": already})
+
+    code = _user_command(args, work)
+    if code == 0:
+        print(f"user {args.name} disabled; {ended} session(s) ended")
+    return code
+
+
+def cmd_user_passwd(args: argparse.Namespace) -> int:
+    """A new password (checked and hashed first), and every session of the user ended
+    in the same transaction."""
+    from .auth import check_password, end_sessions, hash_password
+    from .retention.cli import cli_actor
+
+    try:
+        password = _read_password()
+        check_password(password)
+    except UserCommandError as exc:
+        print(f"evr: {exc}", file=sys.stderr)
+        return exc.code
+    except ValueError as exc:
+        print(f"evr: {exc}", file=sys.stderr)
+        return 2
+    hashed = hash_password(password)
+    ended = 0
+
+    async def work(db: Any, audit: Any) -> None:
+        nonlocal ended
+        async with audit.transaction() as tx:
+            user = await _find_user(tx.db, args.name)
+            user.password_hash = hashed
+            ended = await end_sessions(tx.db, user.id)
+            tx.add(cli_actor(), "user.passwd", f"user:{user.username}", details={"sessions_ended": ended})
+
+    code = _user_command(args, work)
+    if code == 0:
+        print(f"password of {args.name} changed; {ended} session(s) ended")
+    return code
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -157,7 +157,9 @@ class Consultations:
 
     @staticmethod
     def visible(staff: Staff) -> Any:
-        """The WHERE clause of what ``staff`` may see."""
+        """The WHERE clause of what ``staff`` may see: sergeants every consultation,
+        officers those they created or joined, anyone else none (admin manages users,
+        records staff reach evidence through retention, call handlers have no powers yet)."""
         if staff.sees_all:
             return true()
         if staff.role != "officer":

@@ -80,7 +80,8 @@ class StaffSession(Base):
 
 
 class LoginFailure(Base):
-    """Failed logins per user name (known or not, so both behave alike)."""
+    """Failed (and in-flight) logins per user name, known or not so both behave alike;
+    ``locked_until`` set once they reach ``login_max_failures``."""
 
     __tablename__ = "login_failures"
 
@@ -88,6 +89,17 @@ class LoginFailure(Base):
     count: Mapped[int] = mapped_column(Integer, default=0)
     last_at: Mapped[datetime] = mapped_column(UTCDateTime)
     locked_until: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
+
+
+class LoginThrottle(Base):
+    """Failed (and in-flight) logins per client address across user names, in a window
+    of ``login_lockout_minutes`` from ``window_start`` (migration 0009)."""
+
+    __tablename__ = "login_throttle"
+
+    address: Mapped[str] = mapped_column(String(64), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class Consultation(Base):

@@ -7,9 +7,10 @@ import what they need from here.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from aiohttp import web
+from yarl import URL
 
 from .audit import Actor, AuditLog
 from .auth import Authenticator, Staff
@@ -57,10 +58,30 @@ async def read_json(request: web.Request) -> Any:
 
 
 def same_origin(request: web.Request) -> bool:
+    """No ``Origin`` (not a browser), or the whole origin (scheme, host and port) of
+    the service: ``public_url``'s when configured, else the request's own
+    ``scheme://host``. For WebSockets and the login, which a hostile page could
+    otherwise open or post from the victim's or officer's browser."""
     origin = request.headers.get("Origin")
     if origin is None:
-        return True  # not a browser (browsers always send Origin on WebSocket)
-    return origin.split("://", 1)[-1] == request.host
+        return True
+    expected = _origin(base_url(request), path_allowed=True)
+    return expected is not None and _origin(origin) == expected
+
+
+def _origin(value: str, path_allowed: bool = False) -> Optional[tuple[str, str, Optional[int]]]:
+    """(scheme, host, port) of an http(s) origin, default ports made explicit; None
+    for anything else (``null``, junk, user info, a path in an ``Origin`` header)."""
+    try:
+        url = URL(value)
+        host = url.host
+    except (ValueError, TypeError):  # UnicodeError is a ValueError
+        return None
+    if url.scheme not in ("http", "https") or not host or url.user is not None or url.password is not None:
+        return None
+    if not path_allowed and (url.raw_path not in ("", "/") or url.raw_query_string or url.raw_fragment):
+        return None
+    return url.scheme, host.lower().rstrip("."), url.port
 
 
 def base_url(request: web.Request) -> str:

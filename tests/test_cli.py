@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+import json
+import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
+from typing import Optional
 
 import pytest
+from sqlalchemy import select
+
+from conftest import PASSWORD
 
 EVR = [sys.executable, "-m", "evr"]
 
 
-def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
-    return subprocess.run([*EVR, *args], input=stdin, capture_output=True, text=True, timeout=60)
+def run(*args: str, stdin: str = "", env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*EVR, *args], input=stdin, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **env} if env else None)
 
 
-@pytest.mark.parametrize("command", [[], ["serve"], ["user", "add"]])
+@pytest.mark.parametrize("command", [[], ["serve"], ["user", "add"], ["user", "list"], ["user", "disable"],
+                                     ["user", "passwd"]])
 def test_every_command_has_help(command):
     result = run(*command, "--help")
     assert result.returncode == 0 and "usage: evr" in result.stdout
@@ -57,7 +68,8 @@ def test_serve_comes_up_on_a_fresh_data_dir_and_logs_in(tmp_path):
         page = urllib.request.urlopen(base + "/console")
         assert page.status == 200 and "Content-Security-Policy" in page.headers
         request = urllib.request.Request(
-            base + "/api/login", data=b'{"username": "alice", "password": "a long password"}', method="POST"
+            base + "/api/login", data=b'{"username": "alice", "password": "a long password"}', method="POST",
+            headers={"Content-Type": "application/json"},
         )
         assert urllib.request.urlopen(request).status == 200
     finally:
@@ -77,3 +89,94 @@ def test_the_access_log_never_shows_a_link_token():
                                ("127.0.0.1", "GET /j/AbC_d-123/ws HTTP/1.1", 101), None)
     _RedactLinks().filter(record)
     assert "AbC_d-123" not in record.getMessage() and "/j/…/ws" in record.getMessage()
+
+
+# -- evr user list | disable | passwd ---------------------------------------------------
+
+
+def test_user_list_disable_and_passwd(tmp_path):
+    data = str(tmp_path / "data")
+    for name, role in (("alice", "officer"), ("bob", "admin"), ("carl", "call_handler")):
+        assert run("user", "add", name, "--role", role, "--data", data, stdin="a long password\n").returncode == 0
+    listed = run("user", "list", "--data", data)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "ROLE", "DISABLED", "CREATED", "LAST", "LOGIN"]
+    assert [line.split()[:3] for line in lines[1:]] == [["alice", "officer", "no"], ["bob", "admin", "no"],
+                                                        ["carl", "call_handler", "no"]]
+    assert "argon2" not in listed.stdout and all(line.endswith("-") for line in lines[1:])  # never logged in
+
+    disabled = run("user", "disable", "alice", "--data", data)
+    assert disabled.returncode == 0 and "alice disabled" in disabled.stdout
+    users = json.loads(run("user", "list", "--format", "json", "--data", data).stdout)["users"]
+    assert [(u["name"], u["disabled"]) for u in users] == [("alice", True), ("bob", False), ("carl", False)]
+    assert all(u["created"].endswith("Z") and u["last_login"] is None and "password" not in str(u) for u in users)
+
+    assert run("user", "passwd", "bob", "--data", data, stdin="another long password\n").returncode == 0
+    short = run("user", "passwd", "bob", "--data", data, stdin="short\n")
+    assert short.returncode == 2 and "at least 10" in short.stderr
+    for command in (["disable", "nobody"], ["passwd", "nobody"]):
+        missing = run("user", *command, "--data", data, stdin="another long password\n")
+        assert missing.returncode == 1 and "no user 'nobody'" in missing.stderr
+
+    # Every change is in the audit log, as the operating-system user (role cli).
+    with sqlite3.connect(tmp_path / "data" / "evr.sqlite3") as db:
+        entries = db.execute("SELECT action, object, role FROM audit_log ORDER BY id").fetchall()
+    assert entries == [("user.add", "user:alice", "cli"), ("user.add", "user:bob", "cli"),
+                       ("user.add", "user:carl", "cli"), ("user.disable", "user:alice", "cli"),
+                       ("user.passwd", "user:bob", "cli")]
+    assert run("audit", "verify", "--data", data).returncode == 0
+
+
+@pytest.mark.parametrize("name", ["victim", "System", "VICTIM"])
+def test_reserved_user_names_are_refused(tmp_path, name):
+    refused = run("user", "add", name, "--role", "officer", "--data", str(tmp_path), stdin="a long password\n")
+    assert refused.returncode == 2 and "reserved" in refused.stderr
+
+
+async def cli(settings, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    """The real command, in a process of its own, on the test server's data and database."""
+    return await asyncio.to_thread(run, *args, "--data", str(settings.data_dir), stdin=stdin,
+                                   env={"EVR_DATABASE_URL": settings.database_url})
+
+
+async def test_disable_and_passwd_end_the_users_sessions_at_once(staff, new_client, settings):
+    alice = await staff("alice", "officer")
+    alice_again = await staff("alice2", "officer")  # someone else's session is left alone
+    assert (await cli(settings, "user", "disable", "alice")).returncode == 0
+    assert (await alice.get("/api/me")).status == 401
+    assert (await alice_again.get("/api/me")).status == 200
+    client = await new_client()
+    login = {"username": "alice", "password": PASSWORD}
+    assert (await client.post("/api/login", json=login)).status == 401
+
+    bob = await staff("bob", "sergeant")
+    changed = await cli(settings, "user", "passwd", "bob", stdin="a brand new password\n")
+    assert changed.returncode == 0 and "1 session(s) ended" in changed.stdout
+    assert (await bob.get("/api/me")).status == 401
+    assert (await client.post("/api/login", json={"username": "bob", "password": PASSWORD})).status == 401
+    assert (await client.post("/api/login", json={"username": "bob", "password": "a brand new password"})).status == 200
+    listed = json.loads((await cli(settings, "user", "list", "--format", "json")).stdout)["users"]
+    last = {u["name"]: u["last_login"] for u in listed}
+    assert last["bob"] and last["bob"].endswith("Z") and last["alice"]  # both logged in through the API
+
+
+async def test_a_change_whose_audit_entry_fails_is_not_made(staff, server, settings, audit_fails, monkeypatch):
+    from evr.app import DB
+    from evr.cli import main
+    from evr.db import User
+
+    alice = await staff("alice", "officer")
+    monkeypatch.setenv("EVR_DATABASE_URL", settings.database_url)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a brand new password\n"))
+    audit_fails()
+    data = ["--data", str(settings.data_dir)]
+    for command in (["user", "disable", "alice"], ["user", "passwd", "alice"]):
+        with pytest.raises(Exception, match="audit write failed"):
+            await asyncio.to_thread(main, [*command, *data])
+    assert (await alice.get("/api/me")).status == 200  # the session was not ended either
+    async with server.app[DB]() as db:
+        user = await db.scalar(select(User).where(User.username == "alice"))
+    assert not user.disabled
+    from evr.auth import verify_password
+    assert verify_password(user.password_hash, PASSWORD)

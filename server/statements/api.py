@@ -110,6 +110,7 @@ async def _tell(request: web.Request, statement: Statement, **extra: Any) -> Non
 
 
 async def _consultation(request: web.Request, staff: Staff) -> Consultation:
+    staff.require(*CALL_ROLES)  # records staff read statements through retention, with a reason
     async with request.app[DB]() as db:
         return await request.app[CONSULTATIONS].get(db, staff, request.match_info["id"])
 
