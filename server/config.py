@@ -8,6 +8,7 @@ file (``--config FILE`` or ``DATA/evr.toml``) and environment variables named
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
 import tomllib
@@ -55,6 +56,11 @@ class Settings:
     #: Force ``Secure`` cookies even when the request did not arrive over HTTPS
     #: (behind a TLS-terminating proxy).
     secure_cookies: bool = False
+    #: Reverse proxies (addresses or networks, comma separated) whose
+    #: ``X-Forwarded-For`` names the real client: login and link throttles and the
+    #: audit log then see the victim's or officer's address, not the proxy's.
+    #: Empty: the header is ignored (anyone could write it).
+    trusted_proxies: str = ""
     #: PEM file of the service's Ed25519 signing key (manifests, audit checkpoints);
     #: generated under ``DATA/keys/`` at first start when empty.
     signing_key: str = ""
@@ -114,6 +120,11 @@ class Settings:
         from evr.retention.policy import Policy
 
         Policy.from_config(self.retention)  # a bad [retention] table fails here, named
+        for network in filter(None, (n.strip() for n in self.trusted_proxies.split(","))):
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"trusted_proxies: {network!r} is not an address or network") from None
 
     def prepare_data_dir(self) -> Path:
         """Make the data directory the service's alone, before anything is written.

@@ -145,3 +145,50 @@ def test_a_data_dir_made_wider_is_tightened(tmp_path: Path) -> None:
         assert (data / "later.txt").stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(old)
+
+
+async def _login_client(settings: Settings, clock: Any, forwarded: str) -> str:
+    """Log in through a server with ``settings`` sending ``X-Forwarded-For``; the
+    client address the audit log kept for the login."""
+    from sqlalchemy import select
+
+    from evr.auth import add_user
+    from evr.db import AuditEntry
+    from evr.http import DB
+
+    from conftest import PASSWORD
+
+    server = TestServer(create_app(settings, clock=clock))
+    await server.start_server()
+    client = TestClient(server)
+    await client.start_server()
+    try:
+        async with server.app[DB]() as db:
+            await add_user(db, "olga", "officer", PASSWORD, clock)
+        response = await client.post("/api/login", json={"username": "olga", "password": PASSWORD},
+                                     headers={"X-Forwarded-For": forwarded})
+        assert response.status == 200, await response.text()
+        async with server.app[DB]() as db:
+            entry = await db.scalar(select(AuditEntry).where(AuditEntry.action == "auth.login"))
+        return entry.client
+    finally:
+        await client.close()
+        await server.close()
+
+
+async def test_client_address_behind_a_trusted_proxy(settings: Settings, clock: Any) -> None:
+    """Behind the force's proxy every request comes from the proxy: the throttles would
+    lock the whole force out together and the audit log would name the proxy. Only a
+    trusted proxy's X-Forwarded-For counts, and only its right-most untrusted hop."""
+    proxied = Settings.load(data_dir=settings.data_dir, environ={}, database_url=settings.database_url,
+                            trusted_proxies="127.0.0.0/8, ::1")
+    assert await _login_client(proxied, clock, "198.51.100.1, 203.0.113.7") == "203.0.113.7"
+
+
+async def test_forwarded_for_is_ignored_without_trusted_proxies(settings: Settings, clock: Any) -> None:
+    assert await _login_client(settings, clock, "203.0.113.7") in ("127.0.0.1", "::1")
+
+
+def test_trusted_proxies_must_be_addresses(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="trusted_proxies"):
+        Settings.load(data_dir=tmp_path, environ={}, trusted_proxies="10.0.0.0/8, proxy.example")
