@@ -101,7 +101,7 @@ class Inspector:
         async with self._slots:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-B", "-m", "evr.uploads.worker", stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, stderr=None if os.environ.get("EVR_DEBUG_WORKER") else asyncio.subprocess.DEVNULL, env=worker_environment(),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=worker_environment(),
                 cwd="/", close_fds=True)
             self._running.add(proc)
             try:
