@@ -30,6 +30,7 @@ import base64
 import hashlib
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -474,11 +475,19 @@ def _initials(consultation: Consultation, upload: Upload) -> str:
     return letters[:4] or "EVR"
 
 
+#: A tus metadata key: printable ASCII, no space or comma.
+_METADATA_KEY = re.compile(r"[!-+\--~]+")
+
+
 def decode_metadata(header: str) -> dict[str, str]:
-    """tus Upload-Metadata: ``key base64,key base64,key`` (values UTF-8)."""
+    """tus Upload-Metadata: ``key base64,key base64,key`` (keys ASCII, values base64
+    of UTF-8); a 400 for anything else (undecodable header bytes arrive as lone
+    surrogates and are refused here, never stored)."""
     found: dict[str, str] = {}
     for pair in filter(None, (p.strip() for p in header.split(","))):
         key, _, value = pair.partition(" ")
+        if not _METADATA_KEY.fullmatch(key):
+            raise ApiError(400, "bad_metadata", "Upload-Metadata keys are ASCII letters, digits and punctuation.")
         try:
             # NUL cannot be stored (PostgreSQL text): kept visibly as U+FFFD.
             found[key] = base64.b64decode(value.strip(), validate=True).decode("utf-8").replace("\x00", "\ufffd")
