@@ -172,3 +172,23 @@ async def test_a_worker_that_answers_wrongly_is_stopped_and_its_answer_unused(mo
     found = await worker.Inspector(Settings()).inspect(io.BytesIO(b"x"), 1, "image/png", preview=True)
     assert found.preview is None
     assert found.skipped == "The preview process answered wrongly and was stopped: no preview."
+
+
+@pytest.mark.parametrize("script, reason", [
+    ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "The preview process stopped (signal 9): no preview."),
+    (None, "The preview process could not start: no preview."),
+])
+async def test_a_worker_that_dies_or_cannot_start_leaves_a_reason(monkeypatch, script, reason):
+    from evr.config import Settings
+    from evr.uploads import worker
+
+    real = asyncio.create_subprocess_exec
+
+    async def instead(*args: Any, **kwargs: Any) -> Any:
+        if script is None:
+            raise OSError(11, "Resource temporarily unavailable")
+        return await real(sys.executable, "-c", script, **kwargs)
+
+    monkeypatch.setattr(worker.asyncio, "create_subprocess_exec", instead)
+    found = await worker.Inspector(Settings()).inspect(io.BytesIO(b"x"), 1, "image/png", preview=True)
+    assert (found.preview, found.skipped) == (None, reason)

@@ -99,10 +99,15 @@ class Inspector:
                "cpu_seconds": int(settings.upload_preview_timeout) + 5}
         found = Inspection({})
         async with self._slots:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-B", "-m", "evr.uploads.worker", stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=worker_environment(),
-                cwd="/", close_fds=True)
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-B", "-m", "evr.uploads.worker", stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=worker_environment(),
+                    cwd="/", close_fds=True)
+            except OSError as exc:  # out of processes or memory: the upload is kept all the same
+                log.error("could not start an upload preview worker: %s", exc)
+                found.skipped = "The preview process could not start: no preview."
+                return found
             self._running.add(proc)
             try:
                 await asyncio.wait_for(self._converse(proc, f, length, job, found), settings.upload_preview_timeout)
@@ -112,7 +117,8 @@ class Inspector:
                                  " stopped: no preview.")
             except WorkerFault as exc:
                 log.warning("upload preview worker misbehaved (%s); stopped", exc)
-                found.preview, found.skipped = None, "The preview process answered wrongly and was stopped: no preview."
+                found.meta, found.preview = {}, None  # nothing it said is used
+                found.skipped = "The preview process answered wrongly and was stopped: no preview."
             except (asyncio.IncompleteReadError, ConnectionError):  # it died
                 code = await _stop(proc, grace=2.0)
                 found.preview, found.skipped = None, (
