@@ -100,6 +100,22 @@ class Settings:
     #: Content types accepted as evidence, comma separated (``image/*`` allowed);
     #: empty for the built-in list. Anything else is kept in quarantine.
     upload_allowed_types: str = ""
+    #: Quotas, refused (413) at creation before any byte: uploads the victim may start
+    #: through their link and the bytes they may declare (unfinished uploads count by
+    #: their declared length), and the same for a whole consultation (victim and staff).
+    upload_link_max_files: int = 50
+    upload_link_max_bytes: int = 5 * 1024**3
+    upload_consultation_max_files: int = 200
+    upload_consultation_max_bytes: int = 50 * 1024**3
+    #: Previews and embedded metadata are read by a separate worker process per upload
+    #: (hostile files): at most this many at once, each with this much address space
+    #: (MiB) and this long (seconds) before it is stopped.
+    upload_preview_workers: int = 2
+    upload_preview_memory_mb: int = 1024
+    upload_preview_timeout: float = 30.0
+    #: Largest image or video frame decoded for a preview (width x height, after a
+    #: JPEG's reduced decoding); a larger one is kept without a preview (bombs).
+    upload_preview_max_pixels: int = 36_000_000
     # -- statements (MG11) --
     #: The force's name, printed on statements and in a generated certificate.
     force_name: str = ""

@@ -395,6 +395,12 @@ class Upload(Base):
     #: Embedded metadata (EXIF, video duration...).
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     quarantine_reason: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    #: Who uploaded it, by id (migration 0007): the member of staff's user id; None for
+    #: the victim (``uploader_role`` ``victim``), who has no account. Decisions use
+    #: the role and this id, never ``uploaded_by`` (a display name).
+    uploader_id: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id"), nullable=True)
+    #: Why an image or video has no preview (too large, unreadable, the worker stopped).
+    preview_skipped: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
 
 
 # -- statements (MG11, migration 0006) -----------------------------------------

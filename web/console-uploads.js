@@ -1,6 +1,7 @@
 // console-uploads.js: the officer's "Evidence uploads" panel in a call: every upload
 // of the consultation arriving with its progress, a preview (image thumbnail or a
-// video's first frame, made by the server), quarantine flags, the exhibit reference
+// video's first frame, made by the server; or why there is none), who sent it (by
+// role), quarantine flags, the exhibit reference
 // (editable) and a link that downloads the original. Polls while the call is open.
 import { $, api, el, errorText } from '/static/staff.js';
 import { formatSize as size } from '/static/upload.js';
@@ -28,7 +29,9 @@ function row(u) {
   li.append(preview, head, bar, status, facts, actions);
   let shown = false;
   function render(now) {
-    head.textContent = `${now.filename} (${size(now.size)}) from ${now.uploaded_by}`;
+    // Who sent it by role (the victim has no name; a user name is only shown).
+    const sender = now.uploader_role === 'victim' ? 'the victim' : `${now.uploaded_by} (${now.uploader_role})`;
+    head.textContent = `${now.filename} (${size(now.size)}) from ${sender}`;
     bar.max = now.size || 1;
     bar.value = now.received;
     bar.hidden = now.status !== 'uploading';
@@ -46,6 +49,8 @@ function row(u) {
       img.alt = `Preview of ${now.filename}`;
       img.src = `${base}/preview`; // fetched once: each view is audit-logged
       preview.append(img);
+    } else if (now.preview_skipped) {
+      preview.append(el('p', now.preview_skipped, 'upload-status'));
     }
     const open = el('a', now.status === 'quarantined' ? 'Download (quarantined)' : 'Open (download)');
     open.href = `${base}/content`;

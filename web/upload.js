@@ -19,8 +19,9 @@ async function checksum(blob) {
 }
 
 function httpError(status, body) {
+  // 507: the server is short of space for this file now; trying again at once will not help.
   return Object.assign(new Error(body?.error?.message || `The server answered ${status}.`),
-    { status, code: body?.error?.code, retry: status >= 500 || status === 423 });
+    { status, code: body?.error?.code, retry: (status >= 500 && status !== 507) || status === 423 });
 }
 
 const connectionLost = () => Object.assign(new Error('The connection was lost.'), { retry: true });

@@ -37,6 +37,12 @@ function showReceipt(item, data) {
 }
 
 function addFile(file) {
+  if (file.size === 0) { // the server refuses empty files (nothing to keep as evidence)
+    const item = el('li', null, 'upload-item');
+    item.append(el('p', `${file.name} is empty, so it was not sent. Choose another file.`, 'upload-status'));
+    $('upload-list').append(item);
+    return;
+  }
   const item = el('li', null, 'upload-item');
   const name = el('p', `${file.name} (${formatSize(file.size)})`, 'upload-name');
   const bar = el('progress');

@@ -2,11 +2,28 @@
 sealed as they stream in, typed from their content, ingested into the evidence store.
 
 ``setup(app)`` registers the routes and the service (see :mod:`.api`, :mod:`.service`).
+The names below load on first use: the preview worker (``python -m
+evr.uploads.worker``) imports this package and must start without the web stack.
 """
 
 from __future__ import annotations
 
-from .api import UPLOADS, setup
-from .service import Uploads
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .api import UPLOADS, setup
+    from .service import Uploads
 
 __all__ = ["UPLOADS", "Uploads", "setup"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("UPLOADS", "setup"):
+        from . import api
+
+        return getattr(api, name)
+    if name == "Uploads":
+        from .service import Uploads
+
+        return Uploads
+    raise AttributeError(name)

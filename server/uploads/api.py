@@ -5,6 +5,11 @@ staff's list, item, content, preview and exhibit-reference views.
 Bodies are read from ``request.content`` as they arrive, never whole. Content is only
 ever served as an attachment, ``nosniff``, sandboxed; a quarantined file as
 ``application/octet-stream``. Collection, views and downloads are audit-logged.
+
+Everything under ``/j/{token}/uploads`` answers JSON, errors included (an unknown
+method or path, a fault), like ``/api/``: the victim's page reads these answers.
+tus headers are numbers in ASCII digits (:func:`evr.text.parse_count`) and base64 of
+UTF-8; anything else is a 400, never a 500.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from aiohttp import web
 from sqlalchemy import select
 
 from ..audit import Actor
-from ..auth import CALL_ROLES
+from ..auth import CALL_ROLES, Staff
 from ..db import Consultation, Upload
 from ..errors import ApiError, error_response
 from ..evidence import IntegrityError
@@ -37,11 +42,14 @@ from ..http import (
     read_json,
 )
 from ..links import victim_actor, victim_link
+from ..text import TextError, parse_count
 from ..timeutil import rfc3339
 from .service import (
     CHECKSUMS,
+    GONE,
     ChecksumMismatch,
     Patch,
+    Uploader,
     Uploads,
     decode_metadata,
     original_key,
@@ -56,7 +64,9 @@ TUS_EXTENSIONS = "creation,checksum,termination"
 OFFSET_TYPE = "application/offset+octet-stream"
 #: How often unfinished uploads are checked for purging (seconds).
 PURGE_INTERVAL = 3600.0
-EXHIBIT_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 /._-]{0,63}$")
+EXHIBIT_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9 /._-]{0,63}")
+#: Upload ids are UUIDs; anything else is not found (and never reaches the database).
+UPLOAD_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 #: A PATCH that sends nothing for this long is taken as a lost connection (a phone
 #: out of coverage often just goes quiet): what arrived is kept, the client resumes.
 IDLE_TIMEOUT = 60.0
@@ -68,13 +78,17 @@ def setup(app: web.Application) -> None:
     victim = "/j/{token}/uploads"
     staff = "/api/consultations/{id}/uploads"
     app.add_routes([
+        # Each path's routes in a row: the catch-all ("*", last) answers any other method.
         web.options(victim, tus_options),
         web.post(victim, tus(victim_create)),
-        web.get(victim, victim_list, allow_head=False),
+        web.get(victim, json_only(victim_list), allow_head=False),
+        web.route("*", victim, json_only(method_not_allowed)),
         web.head(victim + "/{uid}", tus(victim_head)),
         web.patch(victim + "/{uid}", tus(victim_patch)),
         web.delete(victim + "/{uid}", tus(victim_delete)),
-        web.get(victim + "/{uid}", victim_receipt, allow_head=False),
+        web.get(victim + "/{uid}", json_only(victim_receipt), allow_head=False),
+        web.route("*", victim + "/{uid}", json_only(method_not_allowed)),
+        web.route("*", victim + "/{uid}/{rest:.*}", json_only(no_such_path)),
         web.options(staff, tus_options),
         web.post(staff, tus(staff_create)),
         web.get(staff, staff_list, allow_head=False),
@@ -94,6 +108,7 @@ async def _service(app: web.Application) -> Any:
     purger = asyncio.ensure_future(_purge_forever(uploads))
     yield
     purger.cancel()
+    await uploads.inspector.close()
 
 
 async def _purge_forever(uploads: Uploads) -> None:
@@ -117,9 +132,10 @@ def upload_json(u: Upload) -> dict[str, Any]:
         "id": u.id, "filename": u.filename, "size": u.length, "sha256": u.sha256, "content_type": u.content_type,
         "exhibit_ref": u.exhibit_ref, "uploaded_by": u.uploaded_by, "created_at": rfc3339(u.created_at),
         "status": u.status, "received": u.offset, "completed_at": rfc3339(u.completed_at),
-        "original_name": u.original_name, "declared_type": u.declared_type, "uploader_role": u.uploader_role,
+        "original_name": u.original_name, "declared_type": u.declared_type,
+        "uploader_role": u.uploader_role, "uploader_id": u.uploader_id,
         "quarantined": u.status == "quarantined", "quarantine_reason": u.quarantine_reason,
-        "preview": u.has_preview, "metadata": u.meta or {},
+        "preview": u.has_preview, "preview_skipped": u.preview_skipped, "metadata": u.meta or {},
     }
 
 
@@ -133,10 +149,35 @@ def receipt_json(u: Upload) -> dict[str, Any]:
 # -- tus -------------------------------------------------------------------------
 
 
+def json_only(handler: Handler) -> Handler:
+    """Errors as JSON, a fault too (logged; the app answers HTML outside ``/api/``)."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return exc.response()
+        except web.HTTPException:
+            raise
+        except Exception:
+            log.exception("uploads: unhandled error on %s", request.method)
+            return error_response(500, "internal_error", "Something went wrong on the server.")
+
+    return wrapped
+
+
+async def method_not_allowed(request: web.Request) -> web.Response:
+    raise ApiError(405, "method_not_allowed", f"{request.method} is not used here.")
+
+
+async def no_such_path(request: web.Request) -> web.Response:
+    raise ApiError(404, "not_found", "No such resource.")
+
+
 def tus(handler: Handler) -> Handler:
     """tus framing: the version check, ``Tus-Resumable`` on every answer, errors as JSON."""
 
-    async def wrapped(request: web.Request) -> web.StreamResponse:
+    async def framed(request: web.Request) -> web.StreamResponse:
         try:
             if request.headers.get("Tus-Resumable") != TUS_VERSION:
                 raise ApiError(412, "tus_version", f"Send Tus-Resumable: {TUS_VERSION}.")
@@ -152,7 +193,7 @@ def tus(handler: Handler) -> Handler:
         response.headers["Cache-Control"] = "no-store"
         return response
 
-    return wrapped
+    return json_only(framed)
 
 
 async def tus_options(request: web.Request) -> web.Response:
@@ -164,23 +205,19 @@ async def tus_options(request: web.Request) -> web.Response:
 
 
 def _int_header(request: web.Request, name: str) -> int:
-    value = request.headers.get(name, "")
-    if not value.isdigit() or len(value) > 20:
-        raise ApiError(400, f"bad_{name.lower().replace('-', '_')}", f"{name} must be a non-negative integer.")
-    return int(value)
+    try:
+        return parse_count(request.headers.get(name), name)
+    except TextError as exc:
+        raise ApiError(400, f"bad_{name.lower().replace('-', '_')}", str(exc)) from None
 
 
-async def _create(request: web.Request, consultation: Consultation, uploader: Actor, location: str) -> web.Response:
+async def _create(request: web.Request, consultation: Consultation, uploader: Uploader, location: str) -> web.Response:
     if "Upload-Defer-Length" in request.headers:
         raise ApiError(400, "defer_length", "Upload-Defer-Length is not supported: send Upload-Length.")
     length = _int_header(request, "Upload-Length")
     metadata = decode_metadata(request.headers.get("Upload-Metadata", ""))
-    async with request.app[DB]() as db:
-        upload = await request.app[UPLOADS].create(db, consultation, uploader, length, metadata)
+    upload = await request.app[UPLOADS].create(consultation, uploader, length, metadata)
     return web.Response(status=201, headers={"Location": f"{location}/{upload.id}", "Upload-Offset": str(upload.offset)})
-
-
-GONE = ("terminated", "purged")
 
 
 def _not_gone(upload: Upload) -> Upload:
@@ -223,9 +260,14 @@ async def _delete(request: web.Request, upload: Upload, who: Actor) -> web.Respo
 
 
 async def _upload(request: web.Request, consultation: Consultation, victim: bool = False) -> Upload:
-    async with request.app[DB]() as db:
-        upload = await db.get(Upload, request.match_info["uid"])
-    if upload is None or upload.consultation_id != consultation.id or (victim and upload.uploaded_by != "victim"):
+    """The upload in the path, of this consultation (and the victim's own, for the
+    victim: by role, never by a name a member of staff could also have)."""
+    uid = request.match_info["uid"]
+    upload = None
+    if UPLOAD_ID.fullmatch(uid):
+        async with request.app[DB]() as db:
+            upload = await db.get(Upload, uid)
+    if upload is None or upload.consultation_id != consultation.id or (victim and upload.uploader_role != "victim"):
         raise ApiError(404, "not_found", "No such upload.")
     return upload
 
@@ -239,7 +281,7 @@ def _victim_location(request: web.Request) -> str:
 
 async def victim_create(request: web.Request) -> web.Response:
     consultation = await victim_link(request)
-    return await _create(request, consultation, victim_actor(request), _victim_location(request))
+    return await _create(request, consultation, Uploader(victim_actor(request)), _victim_location(request))
 
 
 async def victim_head(request: web.Request) -> web.Response:
@@ -263,24 +305,30 @@ async def victim_list(request: web.Request) -> web.Response:
     consultation = await victim_link(request)
     async with request.app[DB]() as db:
         rows = await db.scalars(select(Upload).where(
-            Upload.consultation_id == consultation.id, Upload.uploaded_by == "victim").order_by(Upload.created_at))
+            Upload.consultation_id == consultation.id, Upload.uploader_role == "victim").order_by(Upload.created_at))
         return web.json_response({"uploads": [receipt_json(u) for u in rows]})
 
 
 # -- staff -----------------------------------------------------------------------
 
 
-async def _staff(request: web.Request, *roles: str) -> tuple[Consultation, Actor]:
+async def _staff_and_consultation(request: web.Request, *roles: str) -> tuple[Staff, Consultation]:
     staff = current_staff(request)
     staff.require(*(roles or CALL_ROLES))  # records staff read uploads through retention, with a reason
     async with request.app[DB]() as db:
         consultation = await request.app[CONSULTATIONS].get(db, staff, request.match_info["id"])
+    return staff, consultation
+
+
+async def _staff(request: web.Request, *roles: str) -> tuple[Consultation, Actor]:
+    staff, consultation = await _staff_and_consultation(request, *roles)
     return consultation, actor(request, staff)
 
 
 async def staff_create(request: web.Request) -> web.Response:
-    consultation, who = await _staff(request, *CALL_ROLES)
-    return await _create(request, consultation, who, f"/api/consultations/{consultation.id}/uploads")
+    staff, consultation = await _staff_and_consultation(request, *CALL_ROLES)
+    uploader = Uploader(actor(request, staff), staff.id)
+    return await _create(request, consultation, uploader, f"/api/consultations/{consultation.id}/uploads")
 
 
 async def staff_head(request: web.Request) -> web.Response:
@@ -296,18 +344,10 @@ async def staff_patch(request: web.Request) -> web.StreamResponse:
     upload = await _upload(request, consultation)
     body = await read_json(request)
     ref = body.get("exhibit_ref") if isinstance(body, dict) else None
-    if not isinstance(ref, str) or not EXHIBIT_REF.match(ref.strip()):
+    if not isinstance(ref, str) or not EXHIBIT_REF.fullmatch(ref.strip()):
         raise ApiError(422, "invalid_exhibit_ref", "exhibit_ref must be 1-64 letters, digits, spaces or - / _ .",
                        fields=["exhibit_ref"])
-    if upload.status not in ("complete", "quarantined"):
-        raise ApiError(409, "not_finished", "An exhibit reference is given once the upload has finished.")
-    async with request.app[DB]() as db:
-        row = await db.get(Upload, upload.id)
-        assert row is not None
-        before, row.exhibit_ref = row.exhibit_ref, ref.strip()
-        await db.commit()
-    await request.app[AUDIT].record(who, "upload.exhibit_ref", f"upload:{upload.id}", consultation_id=consultation.id,
-                                    details={"from": before, "to": row.exhibit_ref})
+    row = await request.app[UPLOADS].set_exhibit_ref(upload.id, ref.strip(), who)
     return web.json_response(upload_json(row))
 
 

@@ -8,7 +8,19 @@ then commits; a PATCH whose checksum fails (or that breaks off while checksummed
 off the file again. When the last byte arrives the upload is *ingested*: its type is
 detected from the content, metadata and a preview taken, the sealed file is verified
 and moved into the evidence store unchanged, an exhibit reference is assigned and the
-evidence item registered. Memory use does not depend on the size.
+evidence item registered. Memory use does not depend on the size; metadata and the
+preview are read by a worker process (:mod:`.worker`), never in the server.
+
+Limits are checked when an upload is created, before any byte: its size, the link's
+and the consultation's quotas (uploads started, and bytes declared by those not
+cancelled or purged) and the free space of the staging disk less what unfinished
+uploads may still send. The count and the insert happen in one transaction that holds
+the database-wide lock of the audit log's transaction (and the consultation's row):
+creations at once cannot pass a limit together.
+
+Every change of state commits with its audit entry or not at all
+(:meth:`evr.audit.AuditLog.transaction`): start, collection, exhibit reference,
+termination and purge.
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ import base64
 import hashlib
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -26,7 +39,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..audit import Actor, AuditLog
@@ -37,6 +50,7 @@ from ..evidence import EvidenceStore, ItemExists
 from ..evidence.crypto import CHUNK, HEADER_LEN, Opener, SealedReader, Sealer
 from ..timeutil import Clock
 from . import content
+from .worker import Inspector
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +58,23 @@ log = logging.getLogger(__name__)
 CHECKSUMS = {"sha256": hashlib.sha256, "sha1": hashlib.sha1, "md5": hashlib.md5}
 #: Free space kept on the staging disk beyond an upload's own size.
 DISK_MARGIN = 256 * 1024 * 1024
+
+
+#: Statuses of uploads that hold (or may still receive) bytes.
+GONE = ("terminated", "purged")
+
+
+@dataclass(frozen=True)
+class Uploader:
+    """Who sends an upload: the audit log's actor, and a member of staff's user id
+    (None for the victim, who has no account: the role ``victim`` says who it is)."""
+
+    actor: Actor
+    user_id: Optional[int] = None
+
+    @property
+    def is_victim(self) -> bool:
+        return self.actor.role == "victim"
 
 
 class ChecksumMismatch(Exception):
@@ -86,7 +117,7 @@ class Uploads:
         self._hashes: dict[str, Any] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._ingests: dict[str, asyncio.Task[Upload]] = {}
-        self._exhibit_lock = asyncio.Lock()
+        self.inspector = Inspector(settings)
 
     def staged(self, upload_id: str) -> Path:
         return self.staging / f"{upload_id}.sealed"
@@ -96,36 +127,72 @@ class Uploads:
 
     # -- creation ------------------------------------------------------------
 
-    async def create(self, db: AsyncSession, consultation: Consultation, uploader: Actor, length: int,
+    async def create(self, consultation: Consultation, uploader: Uploader, length: int,
                      metadata: dict[str, str]) -> Upload:
+        """A new upload of ``length`` bytes (nothing received yet), within every limit."""
+        if length == 0:
+            raise ApiError(422, "empty_file", "This file is empty: there is nothing to keep as evidence.")
         if length > self.settings.upload_max_bytes:
             raise ApiError(413, "too_large", f"Files up to {self.settings.upload_max_bytes} bytes are accepted.",
                            max_bytes=self.settings.upload_max_bytes)
         self.staging.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if shutil.disk_usage(self.staging).free < length + DISK_MARGIN:
-            raise ApiError(507, "insufficient_storage", "There is not enough space for this file now.")
         now = self.clock()
         name = metadata.get("filename") or metadata.get("name") or ""
+        who = uploader.actor
         upload = Upload(
             id=str(uuid.uuid4()), consultation_id=consultation.id, status="uploading",
-            uploaded_by=uploader.name[:64], uploader_role=uploader.role[:16], client=(uploader.client or "")[:64] or None,
+            uploaded_by=who.name[:64], uploader_role=who.role[:16], uploader_id=uploader.user_id,
+            client=(who.client or "")[:64] or None,
             original_name=name[:4096], filename=content.sanitise_filename(name),
             declared_type=(metadata.get("filetype") or metadata.get("type") or "")[:255] or None,
             length=length, offset=0, staged_bytes=HEADER_LEN, staged_records=0,
             created_at=now, updated_at=now, has_preview=False, meta={},
         )
         sealer = Sealer(self.master, original_key(upload))
-        await asyncio.to_thread(self._new_staging_file, self.staged(upload.id), sealer.header)
+        path = self.staged(upload.id)
+        await asyncio.to_thread(self._new_staging_file, path, sealer.header)
+        try:
+            async with self.audit.transaction() as tx:
+                await self._check_limits(tx.db, consultation.id, uploader, length)
+                tx.db.add(upload)
+                tx.add(who, "upload.start", f"upload:{upload.id}", consultation_id=consultation.id,
+                       details={"filename": upload.filename, "length": length})
+        except BaseException:
+            await asyncio.to_thread(path.unlink, True)
+            raise
         self._hashes[upload.id] = hashlib.sha256()
-        db.add(upload)
-        await db.commit()
-        log.info("upload started (id=%s consultation=%s by=%s length=%d)", upload.id, consultation.id,
-                 upload.uploaded_by, length)
-        if length == 0:  # complete already: no PATCH will come to finish it
-            async with self.lock(upload.id):
-                await self._append(upload, Patch(_nothing, 0, None))
-            upload = await self.ingest(upload.id)
+        log.info("upload started (id=%s consultation=%s role=%s length=%d)", upload.id, consultation.id,
+                 upload.uploader_role, length)
         return upload
+
+    async def _check_limits(self, db: AsyncSession, consultation_id: str, uploader: Uploader, length: int) -> None:
+        """Refuse an upload past a quota or the free space (413, 507), counting in the
+        caller's transaction (which holds the database-wide lock, see the module)."""
+        s = self.settings
+        # Also lock the consultation's row (PostgreSQL): the count and the insert stay
+        # atomic per consultation even without the audit log's lock.
+        await db.execute(select(Consultation.id).where(Consultation.id == consultation_id).with_for_update())
+        held = case((Upload.status.in_(GONE), 0), else_=Upload.length)
+        counts = select(func.count(), func.coalesce(func.sum(held), 0)).where(Upload.consultation_id == consultation_id)
+        limits = [("consultation", counts, s.upload_consultation_max_files, s.upload_consultation_max_bytes)]
+        if uploader.is_victim:
+            limits.insert(0, ("link", counts.where(Upload.uploader_role == "victim"),
+                              s.upload_link_max_files, s.upload_link_max_bytes))
+        for scope, query, max_files, max_bytes in limits:
+            files, size = (await db.execute(query)).one()
+            if files + 1 > max_files:
+                raise ApiError(413, "upload_quota_files", f"At most {max_files} files can be sent for this {scope}.",
+                               scope=scope, limit=max_files)
+            if int(size) + length > max_bytes:
+                raise ApiError(413, "upload_quota_bytes",
+                               f"At most {max_bytes} bytes can be sent for this {scope}; {int(size)} are taken.",
+                               scope=scope, limit=max_bytes, used=int(size))
+        # What unfinished uploads may still send is spoken for on the staging disk.
+        reserved = await db.scalar(select(func.coalesce(func.sum(Upload.length - Upload.offset), 0)).where(
+            Upload.status == "uploading"))
+        free = (await asyncio.to_thread(shutil.disk_usage, self.staging)).free
+        if free - int(reserved or 0) - DISK_MARGIN < length:
+            raise ApiError(507, "insufficient_storage", "There is not enough space for this file now; try later.")
 
     @staticmethod
     def _new_staging_file(path: Path, header: bytes) -> None:
@@ -205,7 +272,7 @@ class Uploads:
             if writing is not None:
                 await writing
             keep = broken is None or (check is None and not isinstance(broken, ApiError))
-            if keep and (buffer or (remaining == 0 and sealer.records == 0)):
+            if keep and buffer:
                 await asyncio.to_thread(seal, bytes(buffer), received == remaining)
             if keep and check is not None and check.digest() != patch.checksum[1]:  # type: ignore[index]
                 keep, broken = False, ChecksumMismatch()
@@ -260,7 +327,7 @@ class Uploads:
         started = time.monotonic()
         hasher = self._hashes.get(upload.id) or await asyncio.to_thread(self._rehash, upload)
         sha256 = hasher.hexdigest()
-        detected, allowed, meta, preview = await asyncio.to_thread(self._examine, upload, path)
+        detected, allowed, found = await self._examine(upload, path)
         key = original_key(upload)
         try:
             await self.store.add_sealed(key, path, sha256=sha256)
@@ -270,12 +337,17 @@ class Uploads:
                 digest.update(chunk)
             if digest.hexdigest() != sha256:
                 raise
-        if preview is not None and not await self.store.exists(preview_key(upload)):
-            await self.store.add_bytes(preview_key(upload), preview)
-        async with self._exhibit_lock, self.db() as db:
+        if found.preview is not None and not await self.store.exists(preview_key(upload)):
+            await self.store.add_bytes(preview_key(upload), found.preview)
+        # The store is add-only: what was added above stays if this transaction fails,
+        # and a retry (the next start's recover()) finds it and goes on.
+        async with self.audit.transaction() as tx:
+            db = tx.db
             row = await db.get(Upload, upload.id)
             consultation = await db.get(Consultation, upload.consultation_id)
             assert row is not None and consultation is not None
+            if row.status != "uploading":
+                return row
             number = 1 + (await db.scalar(
                 select(func.count()).select_from(Upload).where(
                     Upload.consultation_id == upload.consultation_id, Upload.exhibit_ref.is_not(None))
@@ -284,8 +356,9 @@ class Uploads:
             row.status = "complete" if allowed else "quarantined"
             row.sha256 = sha256
             row.content_type = detected
-            row.meta = meta
-            row.has_preview = preview is not None
+            row.meta = found.meta
+            row.has_preview = found.preview is not None
+            row.preview_skipped = found.skipped
             row.quarantine_reason = None if allowed else (
                 f"The content is {detected}, which is not an accepted evidence type; kept in quarantine.")
             row.exhibit_ref = f"{_initials(consultation, row)}/{number}"
@@ -293,29 +366,48 @@ class Uploads:
             db.add(EvidenceItem(id=row.id, kind="upload", consultation_id=row.consultation_id,
                                 prefix=prefix(row.consultation_id, row.id), created_at=now, sha256=sha256,
                                 size=row.length))
-            await db.commit()
+            tx.add(Actor(row.uploaded_by, row.uploader_role, row.client), "upload.collect", f"upload:{row.id}",
+                   consultation_id=row.consultation_id,
+                   details={"filename": row.filename, "original_name": row.original_name, "size": row.length,
+                            "sha256": sha256, "content_type": detected, "exhibit_ref": row.exhibit_ref,
+                            "status": row.status, "uploader_id": row.uploader_id,
+                            "preview_skipped": row.preview_skipped})
         self._hashes.pop(upload.id, None)
         self._locks.pop(upload.id, None)
         await asyncio.to_thread(path.unlink, True)
-        await self.audit.record(
-            Actor(row.uploaded_by, row.uploader_role, row.client), "upload.collect", f"upload:{row.id}",
-            consultation_id=row.consultation_id,
-            details={"filename": row.filename, "original_name": row.original_name, "size": row.length,
-                     "sha256": sha256, "content_type": detected, "exhibit_ref": row.exhibit_ref, "status": row.status},
-        )
         log.info("upload %s (id=%s consultation=%s size=%d sha256=%s type=%s; ingested in %.1f s)", row.status,
                  row.id, row.consultation_id, row.length, sha256, detected, time.monotonic() - started)
         return row
 
-    def _examine(self, upload: Upload, path: Path) -> tuple[str, bool, dict[str, Any], Optional[bytes]]:
-        """The detected type, whether it is accepted, its metadata, and a preview (only
-        for an accepted type)."""
-        with SealedReader(self.master, original_key(upload), path) as reader:
-            detected = content.detect(reader.read(content.SNIFF_BYTES))
+    async def _examine(self, upload: Upload, path: Path) -> tuple[str, bool, content.Inspection]:
+        """The detected type, whether it is accepted, and what the worker found
+        (metadata, and a preview only for an accepted type)."""
+        reader = await asyncio.to_thread(SealedReader, self.master, original_key(upload), path)
+        try:
+            detected = content.detect(await asyncio.to_thread(reader.read, content.SNIFF_BYTES))
             allowed = content.is_allowed(detected, self.allowed)
-            reader.seek(0)
-            meta, preview = content.inspect(reader, detected, preview=allowed)
-        return detected, allowed, meta, preview
+            if not content.inspectable(detected):
+                return detected, allowed, content.Inspection({})
+            found = await self.inspector.inspect(reader, reader.length, detected, preview=allowed)
+        finally:
+            await asyncio.to_thread(reader.close)
+        if found.skipped:
+            log.info("upload %s: no preview (%s)", upload.id, found.skipped)
+        return detected, allowed, found
+
+    # -- the exhibit reference -----------------------------------------------
+
+    async def set_exhibit_ref(self, upload_id: str, ref: str, who: Actor) -> Upload:
+        """Change a finished upload's exhibit reference, with its audit entry."""
+        async with self.audit.transaction() as tx:
+            row = await tx.db.get(Upload, upload_id)
+            assert row is not None
+            if row.status not in ("complete", "quarantined"):
+                raise ApiError(409, "not_finished", "An exhibit reference is given once the upload has finished.")
+            before, row.exhibit_ref = row.exhibit_ref, ref
+            tx.add(who, "upload.exhibit_ref", f"upload:{row.id}", consultation_id=row.consultation_id,
+                   details={"from": before, "to": ref})
+        return row
 
     # -- ending without content ----------------------------------------------
 
@@ -335,18 +427,17 @@ class Uploads:
 
     async def _drop(self, upload_id: str, status: str, actor: Actor, action: str) -> None:
         async with self.lock(upload_id):
-            async with self.db() as db:
-                row = await db.get(Upload, upload_id)
+            async with self.audit.transaction() as tx:
+                row = await tx.db.get(Upload, upload_id)
                 if row is None or row.status != "uploading" or row.offset == row.length:
                     return
                 row.status = status
                 row.updated_at = self.clock()
-                await db.commit()
+                tx.add(actor, action, f"upload:{upload_id}", consultation_id=row.consultation_id,
+                       details={"filename": row.filename, "received": row.offset, "length": row.length})
             await asyncio.to_thread(self.staged(upload_id).unlink, True)
         self._hashes.pop(upload_id, None)
         self._locks.pop(upload_id, None)
-        await self.audit.record(actor, action, f"upload:{upload_id}", consultation_id=row.consultation_id,
-                                details={"filename": row.filename, "received": row.offset, "length": row.length})
         log.info("upload %s (id=%s consultation=%s received=%d of %d)", status, upload_id, row.consultation_id,
                  row.offset, row.length)
 
@@ -360,10 +451,6 @@ class Uploads:
                 await self.ingest(upload_id)
             except Exception:
                 log.exception("could not finish upload %s; will retry at next start", upload_id)
-
-
-async def _nothing() -> bytes:
-    return b""
 
 
 def _header_and_truncate(f: Any, committed: int) -> bytes:
@@ -383,16 +470,24 @@ def _sync(f: Any) -> None:
 
 def _initials(consultation: Consultation, upload: Upload) -> str:
     """Exhibits are numbered under the producer's initials (the victim's when known)."""
-    name = (consultation.victim or {}).get("name", "") if upload.uploaded_by == "victim" else upload.uploaded_by
+    name = (consultation.victim or {}).get("name", "") if upload.uploader_role == "victim" else upload.uploaded_by
     letters = "".join(part[0] for part in name.replace(".", " ").split() if part[:1].isalpha()).upper()
     return letters[:4] or "EVR"
 
 
+#: A tus metadata key: printable ASCII, no space or comma.
+_METADATA_KEY = re.compile(r"[!-+\--~]+")
+
+
 def decode_metadata(header: str) -> dict[str, str]:
-    """tus Upload-Metadata: ``key base64,key base64,key`` (values UTF-8)."""
+    """tus Upload-Metadata: ``key base64,key base64,key`` (keys ASCII, values base64
+    of UTF-8); a 400 for anything else (undecodable header bytes arrive as lone
+    surrogates and are refused here, never stored)."""
     found: dict[str, str] = {}
     for pair in filter(None, (p.strip() for p in header.split(","))):
         key, _, value = pair.partition(" ")
+        if not _METADATA_KEY.fullmatch(key):
+            raise ApiError(400, "bad_metadata", "Upload-Metadata keys are ASCII letters, digits and punctuation.")
         try:
             # NUL cannot be stored (PostgreSQL text): kept visibly as U+FFFD.
             found[key] = base64.b64decode(value.strip(), validate=True).decode("utf-8").replace("\x00", "\ufffd")
