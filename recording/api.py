@@ -239,14 +239,11 @@ async def classify(request: web.Request) -> web.Response:
     if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:
         raise ApiError(422, "reason_required", "Say why (up to 1000 characters).", fields=["reason"])
     consultation, recording = await _recording(request, staff)
-    old = recording.classification
-    async with request.app[DB]() as db:
-        row = await db.get(Recording, recording.id)
+    async with request.app[AUDIT].transaction() as tx:  # the change and its entry, or neither
+        row = await tx.db.get(Recording, recording.id)
         assert row is not None
-        row.classification = body["classification"]
-        await db.commit()
-        recording = row
-    await request.app[AUDIT].record(actor(request, staff), "recording.classify", f"recording:{recording.id}",
-                                    consultation_id=consultation.id, reason=reason.strip(),
-                                    details={"from": old, "to": recording.classification})
-    return web.json_response(recording_json(recording))
+        old, row.classification = row.classification, body["classification"]
+        tx.add(actor(request, staff), "recording.classify", f"recording:{row.id}", consultation_id=consultation.id,
+               reason=reason.strip(), details={"from": old, "to": row.classification})
+        answer = recording_json(row)
+    return web.json_response(answer)
