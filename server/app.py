@@ -218,6 +218,8 @@ async def logout(request: web.Request) -> web.Response:
     async with request.app[DB]() as db:
         await request.app[AUTH].logout(db, staff)
     await request.app[AUDIT].record(actor(request, staff), "auth.logout", f"user:{staff.username}")
+    # The session's signalling sockets end with it, now (close code 4003).
+    await request.app[HUB].end_sessions([staff.session_id], "You signed out.")
     response = web.json_response({"ok": True})
     response.del_cookie(SESSION_COOKIE, path="/")
     return response
@@ -308,7 +310,7 @@ async def staff_socket(request: web.Request) -> web.StreamResponse:
                                     consultation_id=consultation.id)
     hub = request.app[HUB]
     participant = hub.room(consultation).participant(f"staff:{staff.id}", staff.role, staff.id)
-    return await hub.serve(request, consultation, participant)
+    return await hub.serve(request, consultation, participant, session_id=staff.session_id)
 
 
 # -- the victim --------------------------------------------------------------

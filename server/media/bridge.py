@@ -229,10 +229,17 @@ class Room:
                 raise OfferError("bad_sdp", f"The offer could not be used: {_short(exc)}") from exc
             if len(pc.getTransceivers()) != 2:
                 raise OfferError("bad_sdp", "The offer must carry one audio and one video transceiver.")
+            if any(leg.receivers[kind].track is None for kind in KINDS):  # e.g. a=recvonly, a=inactive
+                raise OfferError("bad_sdp", "The offer must send audio and video (sendrecv or sendonly).")
+            if any(t.receiver.transport is None for t in pc.getTransceivers()):
+                raise OfferError("bad_sdp", "The offer's sections could not be given a transport.")
             for kind in KINDS:
                 attach_sink(leg.receivers[kind], kind, self._frame_handler(p, leg, kind))
-            answer = await pc.createAnswer()
-            await pc.setLocalDescription(answer)
+            try:
+                await pc.setLocalDescription(await pc.createAnswer())
+            except Exception as exc:  # an offer aiortc took but cannot answer
+                log.warning("consultation %s: no answer to an accepted offer: %s", self.id, _short(exc))
+                raise OfferError("bad_sdp", "The offer could not be answered.") from exc
         except BaseException:
             await leg.close()
             raise
@@ -380,6 +387,14 @@ def _check_offer(sdp: str) -> None:
     for media in description.media:
         if not media.ice.usernameFragment or not media.dtls or not media.dtls.fingerprints:
             raise OfferError("bad_sdp", f"The {media.kind} section lacks ICE or DTLS parameters.")
+    # aiortc fails half way through (no transport) on sections without a mid, or a
+    # BUNDLE group naming a section that is not there: refuse those before it tries.
+    mids = [m.rtp.muxId for m in description.media]
+    if not all(mids) or len(set(mids)) != len(mids):
+        raise OfferError("bad_sdp", "Every section of the offer needs its own a=mid.")
+    for group in description.group:
+        if group.semantic == "BUNDLE" and not set(group.items) <= set(mids):
+            raise OfferError("bad_sdp", "The offer's BUNDLE group names a section it does not have.")
 
 
 def _short(exc: BaseException) -> str:
