@@ -235,3 +235,22 @@ async def test_classification_and_its_audit_entry_commit_together(call, server, 
     [row] = await rows(server, Recording, id=rid)
     assert row.classification == "non_evidential", "changed without its audit entry"
     assert "recording.classify" not in await actions(server, f"recording:{rid}")
+
+
+async def test_reasons_and_ids_that_cannot_be_stored_are_refused_not_500(call, server):
+    """PostgreSQL stores no NUL in text: a reason or a recording id holding one was a 500."""
+    c = await call()
+    await c.console.wait_media(audio=20, video=15)
+    await c.victim.wait_for(lambda m: m["type"] == "state" and m["recording"] is True)
+    rid = (await rows(server, Recording, consultation_id=c.id))[0].id
+    base = f"/api/consultations/{c.id}/recordings"
+    nul = await c.officer.post(f"{base}/{rid}/classification", {"classification": "evidential", "reason": "a\u0000b"})
+    assert nul.status == 422 and (await nul.json())["error"]["code"] == "invalid"
+    [row] = await rows(server, Recording, id=rid)
+    assert row.classification == "non_evidential"
+    for path in (f"{base}/{rid}/export?reason=a%00b", f"{base}/{rid}/playback?reason=%1b[2J"):
+        response = await c.officer.get(path)
+        assert response.status == 422, path
+    for bad_id in ("%00", "x" * 300, "%ED%A0%80"):
+        response = await c.officer.get(f"{base}/{bad_id}")
+        assert response.status == 404 and (await response.json())["error"]["code"] == "not_found", bad_id
