@@ -209,8 +209,9 @@ class Hub:
             if client in self.clients.get(consultation.id, ()):
                 self.clients[consultation.id].discard(client)
                 if not room.closed:
-                    # Shielded: aiohttp may cancel this handler when the peer vanishes.
-                    await asyncio.shield(room.disconnect(participant))
+                    # Owned by the hub and shielded: aiohttp may cancel this handler when
+                    # the peer vanishes, and the disconnect must still run to its end.
+                    await asyncio.shield(self.tasks.spawn(room.disconnect(participant), f"{participant.role} left"))
         return ws
 
     async def _handle(self, room: Room, client: Client, data: str) -> None:
