@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import tempfile
 import uuid
 import zipfile
@@ -33,6 +34,15 @@ log = logging.getLogger(__name__)
 
 CLASSIFICATIONS = ("non_evidential", "evidential")
 MAX_REASON = 1000
+#: Control characters other than tab and line breaks: not text a person wrote, and
+#: PostgreSQL stores no NUL (it failed the request after the checks, as a 500).
+_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _checked_reason(reason: str) -> str:
+    if _CONTROLS.search(reason):
+        raise ApiError(422, "invalid", "The reason must be plain text (no control characters).", fields=["reason"])
+    return reason
 
 
 def setup(app: web.Application) -> None:
@@ -82,6 +92,10 @@ async def _consultation(request: web.Request, staff: Staff) -> Consultation:
 
 async def _recording(request: web.Request, staff: Staff) -> tuple[Consultation, Recording]:
     consultation = await _consultation(request, staff)
+    try:
+        uuid.UUID(request.match_info["rid"])
+    except ValueError:  # never sent to the database (PostgreSQL refuses a NUL, say)
+        raise not_found("No such recording.") from None
     async with request.app[DB]() as db:
         recording = await db.scalar(select(Recording).where(
             Recording.id == request.match_info["rid"], Recording.consultation_id == consultation.id))
@@ -96,7 +110,7 @@ def _reason(request: web.Request, required: bool) -> Optional[str]:
         raise ApiError(422, "invalid", f"The reason is limited to {MAX_REASON} characters.")
     if required and not reason:
         raise ApiError(422, "reason_required", "Say why (the reason is kept in the audit log).")
-    return reason or None
+    return _checked_reason(reason) or None
 
 
 async def list_recordings(request: web.Request) -> web.Response:
@@ -240,15 +254,13 @@ async def classify(request: web.Request) -> web.Response:
     reason = body.get("reason")
     if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:
         raise ApiError(422, "reason_required", "Say why (up to 1000 characters).", fields=["reason"])
+    _checked_reason(reason)
     consultation, recording = await _recording(request, staff)
-    old = recording.classification
-    async with request.app[DB]() as db:
-        row = await db.get(Recording, recording.id)
+    async with request.app[AUDIT].transaction() as tx:  # the change and its entry, or neither
+        row = await tx.db.get(Recording, recording.id)
         assert row is not None
-        row.classification = body["classification"]
-        await db.commit()
-        recording = row
-    await request.app[AUDIT].record(actor(request, staff), "recording.classify", f"recording:{recording.id}",
-                                    consultation_id=consultation.id, reason=reason.strip(),
-                                    details={"from": old, "to": recording.classification})
-    return web.json_response(recording_json(recording))
+        old, row.classification = row.classification, body["classification"]
+        tx.add(actor(request, staff), "recording.classify", f"recording:{row.id}", consultation_id=consultation.id,
+               reason=reason.strip(), details={"from": old, "to": row.classification})
+        answer = recording_json(row)
+    return web.json_response(answer)

@@ -258,7 +258,8 @@ class Recorder:
         self.thread = threading.Thread(target=self.writer.run, args=(self.items,),
                                        name=f"recording-{self.recording_id[:8]}", daemon=True)
         self.thread.start()
-        self.task = asyncio.ensure_future(self._deliver())
+        # Owned here: finish() awaits it; _deliver() logs and survives a failing event.
+        self.task = self.loop.create_task(self._deliver(), name=f"recording {self.recording_id}: store events")
 
     # -- loop side ------------------------------------------------------------
 

@@ -1,11 +1,25 @@
 """Recordings: start one per participant, store each segment as it closes, chain the
-entries, seal the manifest at the end, and recover what a crash left behind."""
+entries, seal the manifest at the end, and recover what a crash left behind.
+
+Metadata trouble never loses a recording. A participant's media goes to the spool
+(``DATA/spool/recordings/<id>/``) from its first frame, next to ``recording.json``
+(which consultation and participant it belongs to), while the database row is made
+by a task the service owns (:class:`evr.tasks.TaskSet`): a row that cannot be written
+with its metadata (a ``User-Agent`` that does not encode, say) is written without
+it, and a database that refuses altogether leaves the spool for the next start.
+Each state change (capture, seal, termination, quarantine) commits with its audit
+entry in one transaction. At start, :meth:`Recordings.recover` closes every recording
+left open and deals with every spool folder that has no open recording, so no
+plaintext media stays in the spool unlisted (see :meth:`Recordings.recover`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
+import os
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -22,6 +36,8 @@ from evr.config import Settings
 from evr.db import Consultation, EvidenceItem, Recording, RecordingEntry, User
 from evr.evidence import EvidenceStore, ItemExists
 from evr.keys import fingerprint
+from evr.tasks import TaskSet
+from evr.text import clean_header
 from evr.timeutil import Clock, rfc3339
 
 from . import manifest
@@ -40,6 +56,12 @@ async def entries_of(db: AsyncSession, recording_id: str) -> list[dict[str, Any]
     return list(await db.scalars(query.order_by(RecordingEntry.seq)))
 
 
+#: The file in a recording's spool folder that says whose media it holds.
+SPOOL_METADATA = "recording.json"
+#: Where media that belongs to no recording is kept, encrypted, in the evidence store.
+QUARANTINE_PREFIX = "quarantine/spool/"
+
+
 @dataclass
 class Active:
     """What the service keeps of a recording in progress."""
@@ -51,9 +73,16 @@ class Active:
     index: int = 0
     head: str = manifest.GENESIS
     created: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Whether its database row exists (set before ``created``).
+    stored: bool = False
 
 
 class Recordings:
+    #: Pauses between further attempts to write a recording's row, once it failed
+    #: with its metadata and then without it. After the last, the spool waits for
+    #: the next start (:meth:`recover`).
+    create_retry_delays: tuple[float, ...] = (0.5, 2.0, 5.0)
+
     def __init__(self, settings: Settings, clock: Clock, db: async_sessionmaker, store: EvidenceStore,
                  key: Ed25519PrivateKey, audit: AuditLog) -> None:
         self.settings = settings
@@ -64,43 +93,90 @@ class Recordings:
         self.audit = audit
         self.spool = settings.data_dir / "spool" / "recordings"
         self.active: dict[str, Active] = {}
+        self.tasks = TaskSet("recordings")
 
     # -- capture ---------------------------------------------------------------
 
     def start(self, consultation_id: str, role: str, user_id: Optional[int], user_agent: Optional[str],
               request_keyframe: Callable[[], None]) -> Recorder:
-        """Begin a participant's recording (called on its first frame, on the event loop)."""
+        """Begin a participant's recording (called on its first frame, on the event loop).
+
+        The spool folder says whose media it holds before any media is written, so a
+        recording whose row is never made is still recovered at the next start."""
         rid = str(uuid.uuid4())
         active = self.active[rid] = Active(rid, consultation_id, self.clock())
+        user_agent = clean_header(user_agent)
+        _write_spool_metadata(self.spool / rid, {
+            "recording_id": rid, "consultation_id": consultation_id, "participant": role, "user_id": user_id,
+            "user_agent": user_agent, "started_at": rfc3339(active.started_at),
+        })
         recorder = Recorder(rid, self.spool / rid, lambda event: self._on_event(active, event), request_keyframe,
                             self.settings.recording_segment_seconds, self.settings.recording_queue_packets)
         active.recorder = recorder
-        asyncio.ensure_future(self._create(active, role, user_id, user_agent))
+        self.tasks.spawn(self._create(active, role, user_id, user_agent), f"create recording {rid}")
         return recorder
 
     async def _create(self, active: Active, role: str, user_id: Optional[int], user_agent: Optional[str]) -> None:
+        """Write the recording's row and its ``recording.capture`` entry. When that
+        fails with the metadata (user agent), try again without it (saying why in the
+        entry), then a few more times; the media is spooled meanwhile and never dropped."""
+        left_out: Optional[str] = None
+        retries = iter(self.create_retry_delays)
         try:
-            async with self.db() as db:
-                username = (await db.get(User, user_id)).username if user_id is not None else None
-                db.add(Recording(
-                    id=active.id, consultation_id=active.consultation_id, participant=role,
-                    participant_user=username, user_agent=(user_agent or "")[:512] or None, status="recording",
-                    started_at=active.started_at, head_hash=manifest.GENESIS, segments=0, duration_s=0.0,
-                    classification="non_evidential",
-                ))
-                db.add(EvidenceItem(id=active.id, kind="recording", consultation_id=active.consultation_id,
-                                    prefix=prefix(active.consultation_id, active.id), created_at=active.started_at,
-                                    size=0))
-                await db.commit()
-            await self.audit.record(Actor.system(), "recording.capture", f"recording:{active.id}",
-                                    consultation_id=active.consultation_id,
-                                    details={"participant": role, "user": username})
-            log.info("recording %s started (consultation=%s participant=%s)", active.id, active.consultation_id, role)
+            while True:
+                try:
+                    await self._insert(active, role, user_id, None if left_out else user_agent, left_out)
+                    active.stored = True
+                    log.info("recording %s started (consultation=%s participant=%s)",
+                             active.id, active.consultation_id, role)
+                    return
+                except Exception as exc:  # noqa: BLE001 - the media must still be recorded
+                    if left_out is None:
+                        left_out = type(exc).__name__
+                        log.exception("recording %s: its row could not be written with its metadata; "
+                                      "trying without it", active.id)
+                        continue
+                    delay = next(retries, None)
+                    if delay is None:
+                        log.error("recording %s: its row could not be written (%s); the media stays in the "
+                                  "spool and is recovered at the next start", active.id, _short(exc))
+                        return
+                    log.warning("recording %s: its row could not be written (%s); again in %.1f s",
+                                active.id, _short(exc), delay)
+                    await asyncio.sleep(delay)
         finally:
             active.created.set()
 
+    async def _insert(self, active: Active, role: str, user_id: Optional[int], user_agent: Optional[str],
+                      left_out: Optional[str], recovered: bool = False) -> None:
+        async with self.audit.transaction() as tx:
+            user = await tx.db.get(User, user_id) if user_id is not None else None
+            username = user.username if user is not None else None
+            tx.db.add(Recording(
+                id=active.id, consultation_id=active.consultation_id, participant=role,
+                participant_user=username, user_agent=user_agent, status="recording",
+                started_at=active.started_at, head_hash=manifest.GENESIS, segments=0, duration_s=0.0,
+                classification="non_evidential",
+            ))
+            tx.db.add(EvidenceItem(id=active.id, kind="recording", consultation_id=active.consultation_id,
+                                   prefix=prefix(active.consultation_id, active.id), created_at=active.started_at,
+                                   size=0))
+            details: dict[str, Any] = {"participant": role, "user": username}
+            if left_out:
+                details["metadata_left_out"] = left_out
+            if recovered:
+                details["recovered_from_spool"] = True
+            tx.add(Actor.system(), "recording.capture", f"recording:{active.id}",
+                   consultation_id=active.consultation_id, details=details)
+
     async def _on_event(self, active: Active, event: Event) -> None:
         await active.created.wait()
+        if not active.stored:  # no row (yet): the spool keeps everything for recover()
+            if isinstance(event, End):
+                self.active.pop(active.id, None)
+                log.error("recording %s ended without a database row; its media stays in the spool for "
+                          "the next start", active.id)
+            return
         if isinstance(event, SegmentClosed):
             await self._store_segment(active, event)
         elif isinstance(event, Gap):
@@ -147,67 +223,12 @@ class Recordings:
         active.head = linked["hash"]
         return linked
 
-    async def _end(self, active: Active, reason: str, at: datetime, status: str) -> None:
-        await self._append(active, {"type": "end", "reason": reason, "at": rfc3339(at)})
-        async with self.db() as db:
-            recording = await db.get(Recording, active.id)
-            consultation = await db.get(Consultation, active.consultation_id)
-            officer = await db.get(User, consultation.created_by) if consultation else None
-            entries = await entries_of(db, active.id)
-            assert recording is not None and consultation is not None
-            recording.status = status
-            recording.ended_at = at
-            body = manifest.build({
-                "id": recording.id,
-                "consultation_id": consultation.id,
-                "cad_ref": consultation.cad_ref,
-                "officer": officer.username if officer else None,
-                "participant": {"role": recording.participant, "user": recording.participant_user,
-                                "user_agent": recording.user_agent},
-                "started_at": rfc3339(recording.started_at),
-                "ended_at": rfc3339(at),
-                "status": status,
-                "segment_seconds": self.settings.recording_segment_seconds,
-            }, entries, fingerprint(self.key.public_key()))
-            base = prefix(active.consultation_id, active.id)
-            stored = await self.store.add_bytes(base + manifest.MANIFEST, body)
-            await self.store.add_bytes(base + manifest.SIGNATURE, manifest.sign(self.key, body))
-            recording.manifest_sha256 = stored.sha256
-            item = await db.get(EvidenceItem, active.id)
-            if item is not None:
-                item.sha256 = stored.sha256
-                item.size = sum(e["size"] for e in entries if e["type"] == "segment")
-            await db.commit()
-        self.active.pop(active.id, None)
-        await asyncio.to_thread(shutil.rmtree, self.spool / active.id, True)
-        log.info("recording %s %s (%s)", active.id, status, reason)
-
-    # -- crash recovery ------------------------------------------------------------
-
-    async def recover(self) -> int:
-        """Close every recording a crash left open: store what its last segments hold,
-        add a termination entry, seal the manifest. Returns how many were closed."""
-        async with self.db() as db:
-            open_ = list(await db.scalars(select(Recording).where(Recording.status == "recording")))
-        for recording in open_:
-            await self._recover_one(recording)
-        return len(open_)
-
-    async def _recover_one(self, recording: Recording) -> None:
-        async with self.db() as db:
-            entries = await entries_of(db, recording.id)
-        active = Active(recording.id, recording.consultation_id, recording.started_at)
-        active.created.set()
-        active.index = len(entries)
-        active.head = entries[-1]["hash"] if entries else manifest.GENESIS
-        stored_seqs = {e["seq"] for e in entries if e["type"] == "segment"}
-        last_end = recording.started_at
-        for e in entries:
-            for k in ("ended_at", "to", "at"):
-                if e.get(k):
-                    last_end = max(last_end, datetime.fromisoformat(e[k].replace("Z", "+00:00")))
-        directory = self.spool / recording.id
+    async def _store_leftovers(self, active: Active, stored_seqs: set[int]) -> tuple[int, datetime]:
+        """Store every segment file still in the spool that no entry holds yet (a
+        segment whose storing failed, or what a crash left): (how many, latest end)."""
+        directory = self.spool / active.id
         leftovers = sorted(directory.glob("seg-*.webm")) if directory.is_dir() else []
+        count, last_end = 0, active.started_at
         for path in leftovers:
             seq = int(path.stem.split("-")[1])
             if seq in stored_seqs:
@@ -215,20 +236,252 @@ class Recordings:
                 continue
             salvaged = await asyncio.to_thread(_salvage, path, seq)
             if salvaged is None:
-                log.warning("recording %s: %s held no media; discarded", recording.id, path.name)
+                log.warning("recording %s: %s held no media; discarded", active.id, path.name)
                 path.unlink(missing_ok=True)
                 continue
             await self._store_segment(active, salvaged)
+            stored_seqs.add(seq)
+            count += 1
             last_end = max(last_end, self._wall(active, salvaged.end_s))
-        await self._end(active, "server_restart", last_end, "terminated")
-        await self.audit.record(Actor.system(), "recording.terminate", f"recording:{recording.id}",
-                                consultation_id=recording.consultation_id,
-                                details={"reason": "server_restart", "recovered_segments": len(leftovers)})
+        return count, last_end
+
+    async def _end(self, active: Active, reason: str, at: datetime, status: str,
+                   details: Optional[dict[str, Any]] = None) -> None:
+        async with self.db() as db:
+            entries = await entries_of(db, active.id)
+        stored_seqs = {e["seq"] for e in entries if e["type"] == "segment"}
+        stored_late, _ = await self._store_leftovers(active, stored_seqs)
+        if stored_late:
+            log.warning("recording %s: %d segment(s) stored late, at the end", active.id, stored_late)
+        await self._append(active, {"type": "end", "reason": reason, "at": rfc3339(at)})
+        await self._seal(active, reason, status, details)
+
+    async def _seal(self, active: Active, reason: str, status: str, details: Optional[dict[str, Any]] = None) -> None:
+        """Sign and store the manifest (entries up to the end entry), then mark the
+        recording sealed with its audit entry (``recording.seal``, or
+        ``recording.terminate`` when a restart ended it) in one transaction."""
+        async with self.db() as db:
+            recording = await db.get(Recording, active.id)
+            assert recording is not None
+            consultation = await db.get(Consultation, active.consultation_id)
+            assert consultation is not None
+            officer = await db.get(User, consultation.created_by)
+            entries = await entries_of(db, active.id)
+        at = entries[-1]["at"]
+        body = manifest.build({
+            "id": recording.id,
+            "consultation_id": consultation.id,
+            "cad_ref": consultation.cad_ref,
+            "officer": officer.username if officer else None,
+            "participant": {"role": recording.participant, "user": recording.participant_user,
+                            "user_agent": recording.user_agent},
+            "started_at": rfc3339(recording.started_at),
+            "ended_at": at,
+            "status": status,
+            "segment_seconds": self.settings.recording_segment_seconds,
+        }, entries, fingerprint(self.key.public_key()))
+        body = await self._keep_manifest(prefix(active.consultation_id, active.id), body, entries[-1]["hash"])
+        kept = manifest.parse(body)["recording"]
+        sha256 = hashlib.sha256(body).hexdigest()
+        size = sum(e["size"] for e in entries if e["type"] == "segment")
+        async with self.audit.transaction() as tx:
+            row = await tx.db.get(Recording, active.id)
+            assert row is not None
+            row.status = kept["status"]
+            row.ended_at = datetime.fromisoformat(kept["ended_at"].replace("Z", "+00:00"))
+            row.manifest_sha256 = sha256
+            item = await tx.db.get(EvidenceItem, active.id)
+            if item is not None:
+                item.sha256, item.size = sha256, size
+            action = "recording.terminate" if kept["status"] == "terminated" else "recording.seal"
+            tx.add(Actor.system(), action, f"recording:{active.id}", consultation_id=active.consultation_id,
+                   details={"reason": reason, "status": kept["status"], "segments": len(manifest.segments(entries)),
+                            "manifest_sha256": sha256, **(details or {})})
+        self.active.pop(active.id, None)
+        directory = self.spool / active.id
+        if any(directory.glob("seg-*.webm")):
+            log.error("recording %s: segment files remain in the spool after sealing; kept for the next start",
+                      active.id)
+        else:
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+        log.info("recording %s %s (%s)", active.id, kept["status"], reason)
+
+    async def _keep_manifest(self, base: str, body: bytes, head: str) -> bytes:
+        """Store ``manifest.json`` and its signature; the bytes kept. A seal whose
+        database commit failed after storing them (the store never overwrites) is
+        finished with what it stored, when that is this service's signed manifest
+        of the same chain."""
+        try:
+            await self.store.add_bytes(base + manifest.MANIFEST, body)
+        except ItemExists:
+            stored = await self.store.read_bytes(base + manifest.MANIFEST)
+            if manifest.parse(stored).get("head") != head:
+                raise
+            body = stored
+        signature = manifest.sign(self.key, body)  # Ed25519 is deterministic: the same bytes again
+        try:
+            await self.store.add_bytes(base + manifest.SIGNATURE, signature)
+        except ItemExists:
+            manifest.check_signature(self.key.public_key(), body, await self.store.read_bytes(base + manifest.SIGNATURE))
+        return body
+
+    # -- crash recovery ------------------------------------------------------------
+
+    async def recover(self) -> int:
+        """Close every recording a crash left open: store what its last segments hold,
+        add a termination entry, seal the manifest. Returns how many were closed.
+
+        Then every spool folder without an open recording is dealt with, so that no
+        participant's media is left as plaintext in the spool outside the evidence
+        store, retention and the audit log:
+
+        - its ``recording.json`` names a consultation that exists (the row was never
+          written: a metadata fault, a database outage, a crash before the commit):
+          the row is made now (``recording.capture``, ``recovered_from_spool``) and the
+          recording salvaged and sealed as ``terminated`` like any other left open.
+          This keeps the evidence best: it becomes an ordinary recording of its
+          consultation (listed, playable, exportable, verifiable, under retention).
+        - otherwise (no or unreadable metadata, an unknown consultation, files left
+          beside an already sealed recording that it does not hold): every file is
+          moved into the evidence store under ``quarantine/spool/`` (encrypted at
+          rest, add-only, never overwritten; Object Lock on S3), a
+          ``recording.quarantine`` audit entry lists each file with its SHA-256 and
+          size, and a warning is logged. Encrypted in the store rather than in a
+          private folder of the data directory: a folder would leave plaintext media
+          on disk, and could be emptied without a trace.
+        """
+        async with self.db() as db:
+            open_ = list(await db.scalars(select(Recording).where(Recording.status == "recording")))
+        for recording in open_:
+            try:
+                await self._recover_one(recording)
+            except Exception:  # noqa: BLE001 - the others still get closed; this one's spool stays
+                log.exception("recording %s could not be closed; its spool is kept", recording.id)
+        await self._recover_spool({r.id for r in open_})
+        return len(open_)
+
+    async def _recover_one(self, recording: Recording) -> None:
+        async with self.db() as db:
+            entries = await entries_of(db, recording.id)
+        active = Active(recording.id, recording.consultation_id, recording.started_at)
+        active.created.set()
+        active.stored = True
+        active.index = len(entries)
+        active.head = entries[-1]["hash"] if entries else manifest.GENESIS
+        if entries and entries[-1]["type"] == "end":  # ended, but the seal did not commit
+            status = "terminated" if entries[-1]["reason"] == "server_restart" else "complete"
+            await self._seal(active, entries[-1]["reason"], status)
+            return
+        stored_seqs = {e["seq"] for e in entries if e["type"] == "segment"}
+        last_end = recording.started_at
+        for e in entries:
+            for k in ("ended_at", "to", "at"):
+                if e.get(k):
+                    last_end = max(last_end, datetime.fromisoformat(e[k].replace("Z", "+00:00")))
+        salvaged, salvaged_end = await self._store_leftovers(active, stored_seqs)
+        last_end = max(last_end, salvaged_end)
+        await self._append(active, {"type": "end", "reason": "server_restart", "at": rfc3339(last_end)})
+        await self._seal(active, "server_restart", "terminated", {"recovered_segments": salvaged})
+
+    async def _recover_spool(self, handled: set[str]) -> None:
+        if not self.spool.is_dir():
+            return
+        for path in sorted(self.spool.iterdir()):
+            if path.name in handled:
+                continue
+            try:
+                await self._recover_orphan(path)
+            except Exception:  # noqa: BLE001 - left where it is, and said loudly
+                log.exception("spool entry %s could not be recovered or quarantined; it is left in place",
+                              clean_header(path.name))
+
+    async def _recover_orphan(self, path: Path) -> None:
+        async with self.db() as db:
+            row = await db.get(Recording, path.name) if path.is_dir() else None
+            meta = _read_spool_metadata(path) if row is None and path.is_dir() else None
+            consultation = await db.get(Consultation, meta["consultation_id"]) if meta else None
+        if row is not None:  # sealed already: drop what it holds, quarantine the rest
+            async with self.db() as db:
+                held = {(e["file"], e["sha256"]) for e in await entries_of(db, row.id) if e["type"] == "segment"}
+            for seg in sorted(path.glob("seg-*.webm")):
+                if (seg.name, (await asyncio.to_thread(hash_file, seg))[0]) in held:
+                    seg.unlink()
+            (path / SPOOL_METADATA).unlink(missing_ok=True)
+            if any(path.iterdir()):
+                await self._quarantine(path, f"files beside the sealed recording {row.id} that it does not hold")
+            else:
+                path.rmdir()
+            return
+        if meta is not None and consultation is not None:
+            active = Active(path.name, consultation.id, meta["started_at"])
+            await self._insert(active, meta["participant"], meta.get("user_id"), clean_header(meta.get("user_agent")),
+                               None, recovered=True)
+            async with self.db() as db:
+                recording = await db.get(Recording, path.name)
+            assert recording is not None
+            log.warning("recording %s: found in the spool without its row; recovered and sealed", path.name)
+            await self._recover_one(recording)
+            return
+        why = ("spool metadata names no known consultation" if meta is not None
+               else "no readable spool metadata (whose media it is is unknown)")
+        await self._quarantine(path, why)
+
+    async def _quarantine(self, path: Path, why: str) -> None:
+        """Move a spool entry into the store under ``quarantine/spool/``, audit-logged."""
+        batch = f"{QUARANTINE_PREFIX}{self.clock().strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:12]}/"
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        report = []
+        for n, file in enumerate(files, 1):
+            key = f"{batch}{n:04d}.bin"
+            sha256, size = await asyncio.to_thread(hash_file, file)
+            await self.store.add_file(key, file, sha256=sha256)
+            name = file.relative_to(self.spool).as_posix()
+            report.append({"file": clean_header(name, 256), "key": key, "sha256": sha256, "size": size})
+        name = clean_header(path.name, 100) or "?"
+        async with self.audit.transaction() as tx:
+            tx.add(Actor.system(), "recording.quarantine", f"spool:{name}",
+                   reason=why, details={"stored_under": batch, "files": report})
+        await asyncio.to_thread(shutil.rmtree if path.is_dir() else Path.unlink, path)
+        log.warning("spool entry %s quarantined (%s): %d file(s) moved, encrypted, to %s in the evidence store",
+                    name, why, len(report), batch)
 
     async def shutdown(self) -> None:
         for active in list(self.active.values()):
             if active.recorder is not None:
                 await active.recorder.finish("server_shutdown")
+        await self.tasks.close()
+
+
+def _write_spool_metadata(directory: Path, meta: dict[str, Any]) -> None:
+    """Say in the spool folder whose media it holds (readable by the service alone)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(directory / SPOOL_METADATA, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(meta, f)
+    except OSError:  # the writer will meet the same disk; its failures are reported there
+        log.exception("recording %s: could not write its spool metadata", meta.get("recording_id"))
+
+
+def _read_spool_metadata(directory: Path) -> Optional[dict[str, Any]]:
+    """``recording.json`` of a spool folder, checked; None when missing or unusable."""
+    try:
+        meta = json.loads((directory / SPOOL_METADATA).read_text())
+        uuid.UUID(meta["recording_id"])
+        uuid.UUID(meta["consultation_id"])
+        started = datetime.fromisoformat(meta["started_at"].replace("Z", "+00:00"))
+        if meta["recording_id"] != directory.name or meta["participant"] not in ("victim", "officer", "sergeant"):
+            return None
+        user_id, user_agent = meta.get("user_id"), meta.get("user_agent")
+        if (user_id is not None and not isinstance(user_id, int)) or not isinstance(user_agent, (str, type(None))):
+            return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return {**meta, "started_at": started}
+
+
+def _short(exc: BaseException) -> str:
+    return (str(exc) or type(exc).__name__)[:200]
 
 
 def _salvage(path: Path, seq: int) -> Optional[SegmentClosed]:

@@ -278,9 +278,11 @@ async def login(request: web.Request) -> web.Response:
 
 async def logout(request: web.Request) -> web.Response:
     staff = current_staff(request)
-    async with request.app[DB]() as db:
-        await request.app[AUTH].logout(db, staff)
-    await request.app[AUDIT].record(actor(request, staff), "auth.logout", f"user:{staff.username}")
+    async with request.app[AUDIT].transaction() as tx:  # the session ends with its audit entry
+        await request.app[AUTH].logout(tx.db, staff)
+        tx.add(actor(request, staff), "auth.logout", f"user:{staff.username}")
+    # The session's signalling sockets end with it, now (close code 4003).
+    await request.app[HUB].end_sessions([staff.session_id], "You signed out.")
     response = web.json_response({"ok": True})
     response.del_cookie(SESSION_COOKIE, path="/")
     return response
@@ -376,4 +378,4 @@ async def staff_socket(request: web.Request) -> web.StreamResponse:
                consultation_id=consultation.id)
     hub = request.app[HUB]
     participant = hub.room(consultation).participant(f"staff:{staff.id}", staff.role, staff.id)
-    return await hub.serve(request, consultation, participant)
+    return await hub.serve(request, consultation, participant, session_id=staff.session_id)

@@ -347,8 +347,9 @@ class Authenticator:
         return Staff(user.id, user.username, user.role, session.id, session.csrf_token)
 
     async def logout(self, db: AsyncSession, staff: Staff) -> None:
+        """End ``staff``'s session in ``db``'s transaction (the caller commits it with
+        its audit entry)."""
         await db.execute(delete(StaffSession).where(StaffSession.id == staff.session_id))
-        await db.commit()
         log.info("logout (user=%s)", staff.username)
 
 

@@ -8,6 +8,9 @@ Used by the tests and benchmarks, and handy for checking a deployment::
         ...
         await client.leave()
 
+Like the pages, it uses exactly the ICE servers the server's ``config`` message
+names: none by default (aiortc would otherwise ask a public STUN server).
+
 It sends pre-encoded media (:mod:`evr.media.sources`), so it costs almost no CPU,
 and counts what arrives: Opus packets and VP8 frames (``decode=False``, the default),
 or decoded frames (``decode=True``) to prove the relayed stream is valid.
@@ -22,9 +25,9 @@ import re
 from typing import Any, Callable, Optional
 
 import aiohttp
-from yarl import URL
-from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from yarl import URL
 
 from .media.passthrough import EncodedFrame, attach_sink, on_keyframe_request
 from .media.sources import Clip, EncodedSourceTrack, opus_clip, vp8_clip
@@ -80,6 +83,8 @@ class CallClient:
         self._reader: Optional[asyncio.Task[None]] = None
         self._consumers: set[asyncio.Task[None]] = set()
         self._message_event = asyncio.Event()
+        #: From the server's ``config`` message; empty (no STUN, no TURN) until then.
+        self.ice_servers: list[RTCIceServer] = []
 
     # -- signalling -----------------------------------------------------------
 
@@ -98,6 +103,9 @@ class CallClient:
             message = json.loads(msg.data)
             self.messages.append(message)
             self._message_event.set()
+            if message.get("type") == "config":
+                self.ice_servers = [RTCIceServer(s["urls"], s.get("username"), s.get("credential"))
+                                    for s in message.get("ice_servers", [])]
             if message.get("type") == "answer" and self._answer and not self._answer.done():
                 self._answer.set_result(message["sdp"])
             elif message.get("type") == "error" and self._answer and not self._answer.done():
@@ -131,8 +139,9 @@ class CallClient:
         apply the answer. Called again, it is a rejoin: a new peer connection."""
         if self.ws is None or self.ws.closed:
             await self.connect()
+        await self.wait_for(lambda m: m["type"] == "config", timeout)
         await self._close_pc()
-        pc = self.pc = RTCPeerConnection()
+        pc = self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(self.ice_servers)))
         clips = self.clips or {
             "audio": opus_clip(), "video": vp8_clip(*self.video_size, bitrate=self.video_bitrate)
         }

@@ -1,30 +1,45 @@
 """WebSocket signalling and the hub that keeps every live consultation's room.
 
 One JSON object per text frame. Client → server: ``offer``, ``candidate``,
-``pause``, ``resume``. Server → client: ``answer``, ``state``, ``closed``, ``error``.
+``pause``, ``resume``. Server → client: ``config`` (first, the ICE servers the page
+may use: none unless the force configured some), ``answer``, ``state``, ``closed``,
+``error``.
+
+Whatever a client sends gets an ``error`` reply or its answer, never a dead socket:
+every frame is parsed by :func:`evr.text.parse_json` (depth, lone surrogates, huge
+numbers). A staff socket lives only as long as the session it was opened with:
+logging out ends it at once (:meth:`Hub.end_sessions`), and a task the hub owns
+checks every :data:`SESSION_CHECK_SECONDS` that each staff socket's session still
+exists and its user is not disabled (``evr user disable`` runs in another process).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable, Optional
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiortc import RTCIceServer
+from sqlalchemy import not_, select
 
 from .config import Settings
-from .db import Consultation
+from .db import Consultation, StaffSession, User
 from .media.bridge import OfferError, Participant, Room
+from .tasks import TaskSet
+from .text import JsonError, clean_header, parse_json
 from .timeutil import Clock
 
 log = logging.getLogger(__name__)
 
 CLOSE_CONSULTATION_CLOSED = 4000
 CLOSE_REPLACED = 4001
+#: The staff member's session ended (logout, expiry, account disabled).
+CLOSE_SESSION_ENDED = 4003
+#: How often the hub checks that every staff socket's session is still valid.
+SESSION_CHECK_SECONDS = 2.0
 #: Frames up to this size are read and answered with an error when over the
 #: contract's 64 KiB; anything larger is abuse and closes the socket (1008).
 HARD_FRAME_LIMIT = 1024 * 1024
@@ -60,6 +75,8 @@ class TokenBucket:
 class Client:
     ws: web.WebSocketResponse
     participant: Participant
+    #: The staff session the socket was opened with (None for the victim).
+    session_id: Optional[str] = None
 
     async def send(self, message: dict[str, Any]) -> None:
         if not self.ws.closed:
@@ -80,7 +97,12 @@ class Hub:
         self.recordings = recordings
         self.rooms: dict[str, Room] = {}
         self.clients: dict[str, set[Client]] = {}
+        #: Configured STUN/TURN servers; an empty list (never None: aiortc would
+        #: then use a public STUN server of a third party) when there are none.
         self.ice_servers = _ice_servers(settings)
+        self.tasks = TaskSet("hub")
+        self._session_watch: Optional[asyncio.Task[None]] = None
+        self.session_check_seconds = SESSION_CHECK_SECONDS
 
     def room(self, consultation: Consultation) -> Room:
         room = self.rooms.get(consultation.id)
@@ -145,26 +167,32 @@ class Hub:
             await room.close()
 
     async def shutdown(self) -> None:
+        await self.tasks.close()  # the session watch
         for consultation_id in list(self.rooms):
             room = self.rooms.pop(consultation_id)
             clients = self.clients.pop(consultation_id, set())
             await asyncio.gather(*(c.ws.close(code=WSCloseCode.GOING_AWAY) for c in clients), return_exceptions=True)
             await room.close("server_shutdown")
 
-    async def serve(self, request: web.Request, consultation: Consultation,
-                    participant: Participant) -> web.WebSocketResponse:
-        """Run one signalling socket until it closes."""
+    async def serve(self, request: web.Request, consultation: Consultation, participant: Participant,
+                    session_id: Optional[str] = None) -> web.WebSocketResponse:
+        """Run one signalling socket until it closes (a staff socket gives the
+        ``session_id`` it was opened with: it ends with that session)."""
         ws = SignallingSocket(max_msg_size=HARD_FRAME_LIMIT, heartbeat=25.0)
         await ws.prepare(request)
         room = self.room(consultation)
-        participant.user_agent = request.headers.get("User-Agent", "")[:512] or None
-        client = Client(ws, participant)
+        # Kept in the recording's row and manifest: made safe here, where it comes in.
+        participant.user_agent = clean_header(request.headers.get("User-Agent"))
+        client = Client(ws, participant, session_id)
+        if session_id is not None:
+            self._watch_sessions()
         for other in [c for c in self.clients[consultation.id] if c.participant is participant]:
             # One socket per participant: a new one replaces the old (rejoin).
             await other.send({"type": "error", "code": "replaced", "message": "Joined again from a new connection."})
             await other.ws.close(code=CLOSE_REPLACED, message=b"replaced")
             self.clients[consultation.id].discard(other)
         self.clients[consultation.id].add(client)
+        await client.send(self.config_message())
         await client.send(self.state_message(consultation.id))
         bucket = TokenBucket(self.settings.ws_max_rate, self.settings.ws_burst)
         try:
@@ -181,8 +209,9 @@ class Hub:
             if client in self.clients.get(consultation.id, ()):
                 self.clients[consultation.id].discard(client)
                 if not room.closed:
-                    # Shielded: aiohttp may cancel this handler when the peer vanishes.
-                    await asyncio.shield(room.disconnect(participant))
+                    # Owned by the hub and shielded: aiohttp may cancel this handler when
+                    # the peer vanishes, and the disconnect must still run to its end.
+                    await asyncio.shield(self.tasks.spawn(room.disconnect(participant), f"{participant.role} left"))
         return ws
 
     async def _handle(self, room: Room, client: Client, data: str) -> None:
@@ -190,9 +219,9 @@ class Hub:
             await client.send(_error("too_large", f"Messages are limited to {self.settings.ws_max_message} bytes."))
             return
         try:
-            message = json.loads(data)
-        except ValueError:
-            await client.send(_error("malformed", "The message is not valid JSON."))
+            message = parse_json(data)
+        except JsonError as exc:
+            await client.send(_error("malformed" if exc.code == "malformed_json" else exc.code, str(exc)))
             return
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             await client.send(_error("malformed", "A message is a JSON object with a string 'type'."))
@@ -218,6 +247,65 @@ class Hub:
         except Exception:  # a bug must not cost the caller their socket
             log.exception("consultation %s: %s message failed", room.id, kind[:40])
             await client.send(_error("internal_error", "The server could not handle that message."))
+
+
+    def config_message(self) -> dict[str, Any]:
+        """The ICE servers a page gives its RTCPeerConnection: exactly the configured
+        ones (an empty list by default, so a browser contacts nobody else either)."""
+        servers = []
+        for server in self.ice_servers:
+            entry: dict[str, Any] = {"urls": list(server.urls) if isinstance(server.urls, list) else [server.urls]}
+            if server.username is not None:
+                entry["username"] = server.username
+            if server.credential is not None:
+                entry["credential"] = server.credential
+            servers.append(entry)
+        return {"type": "config", "ice_servers": servers}
+
+    # -- staff sessions --------------------------------------------------------
+
+    def _watch_sessions(self) -> None:
+        """Start the session check (once; it runs until the hub shuts down)."""
+        if self._session_watch is None or self._session_watch.done():
+            self._session_watch = self.tasks.spawn(self._session_loop(), "staff session check")
+
+    async def _session_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.session_check_seconds)
+            try:
+                await self.check_sessions()
+            except Exception:  # noqa: BLE001 - a database hiccup: check again next time
+                log.exception("checking staff sessions failed")
+
+    def _staff_clients(self) -> list[Client]:
+        return [c for clients in self.clients.values() for c in clients if c.session_id is not None]
+
+    async def check_sessions(self) -> int:
+        """End every staff socket whose session is gone, expired or whose user is
+        disabled; how many were ended."""
+        wanted = {c.session_id for c in self._staff_clients()}
+        if not wanted:
+            return 0
+        async with self.db_factory() as db:
+            live = set(await db.scalars(
+                select(StaffSession.id).join(User, User.id == StaffSession.user_id).where(
+                    StaffSession.id.in_(wanted), StaffSession.expires_at > self.clock(), not_(User.disabled))
+            ))
+        return await self.end_sessions(wanted - live)
+
+    async def end_sessions(self, session_ids: Iterable[Optional[str]],
+                           message: str = "Your session has ended. Sign in again to rejoin.") -> int:
+        """Close every socket opened with one of these sessions (logout, disable):
+        an ``error`` (``session_ended``) first, then close code 4003."""
+        ended = set(session_ids) - {None}
+        targets = [c for c in self._staff_clients() if c.session_id in ended]
+        for client in targets:
+            await client.send(_error("session_ended", message))
+        await asyncio.gather(*(c.ws.close(code=CLOSE_SESSION_ENDED, message=b"session ended") for c in targets),
+                             return_exceptions=True)
+        if targets:
+            log.info("ended %d staff socket(s) whose session ended", len(targets))
+        return len(targets)
 
 
 def _error(code: str, message: str) -> dict[str, Any]:

@@ -65,7 +65,14 @@ def h264_only(pc):
                                if c.mimeType.lower() == "video/h264"])
 
 
-@pytest.mark.parametrize("shape", [only_audio, h264_only])
+def receive_only(pc):
+    # Nothing to relay or record: the bridge's receivers get no track (was a 500-like
+    # internal_error, found by the property test in test_signalling_hardening.py).
+    pc.addTransceiver("audio", direction="recvonly")
+    pc.addTransceiver("video", direction="recvonly")
+
+
+@pytest.mark.parametrize("shape", [only_audio, h264_only, receive_only])
 async def test_an_offer_the_bridge_cannot_relay_is_refused(link, shape):
     from aiortc import RTCPeerConnection
 

@@ -12,13 +12,33 @@
 //              to another device): the page asks the server why
 //   'closed'   police closed the consultation; the link is finished
 //   'replaced' the same person joined from another tab or window (close 4001)
-//   'fatal'    {code, message}: the server refused us (close 1008)
+//   'fatal'    {code, message}: the server refused us (close 1008), or the staff
+//              session ended (signed out or disabled: close 4003)
 //   'error'    {type:'error', code, message} from the server; the socket stays up
 
 const GIVE_UP_MS = 60000;        // stop auto-retrying after about a minute
 const ICE_WAIT_MS = 4000;        // longest wait for ICE gathering before offering
 const DISCONNECT_GRACE_MS = 4000; // 'disconnected' may heal by itself
 const CONNECT_TIMEOUT_MS = 20000; // no media path after this: start over
+const CONFIG_WAIT_MS = 3000;     // longest wait for the server's 'config' before offering
+const ICE_SCHEMES = /^(stun|stuns|turn|turns):/i;
+
+/**
+ * The ICE servers the server's 'config' message names, checked: only STUN and TURN
+ * URLs. With none configured this is empty and the peer connection contacts nobody
+ * but the server (no public STUN server of a third party).
+ */
+function iceServersFrom(list) {
+  if (!Array.isArray(list)) return [];
+  return list.flatMap((s) => {
+    const urls = (Array.isArray(s?.urls) ? s.urls : [s?.urls]).filter((u) => typeof u === 'string' && ICE_SCHEMES.test(u));
+    if (!urls.length) return [];
+    const server = { urls };
+    if (typeof s.username === 'string') server.username = s.username;
+    if (typeof s.credential === 'string') server.credential = s.credential;
+    return [server];
+  });
+}
 
 /** Camera constraints kept modest for low-end phones and poor networks. */
 export function videoConstraints(facingMode = 'user', deviceId = null) {
@@ -72,6 +92,8 @@ export class Call extends EventTarget {
     this.local = null;
     this.ws = null;
     this.pc = null;
+    this.iceServers = [];  // from the server's 'config' message: none unless configured
+    this.endedBecause = null; // the server's word before closing a staff socket (4003)
     this.active = false;   // false before start(), after leave() and after 'closed'
     this.sending = true;   // false while the call is paused: nothing leaves this device
     this.receiveVideo = true; // false in sound-only mode: the server sends no video either
@@ -180,7 +202,8 @@ export class Call extends EventTarget {
     this.emit('conn', this.recovering === 'network' ? 'network' : this.recovering || this.failSince ? 'reconnecting' : 'connecting');
     const ws = (this.ws = new WebSocket(this.wsUrl));
     let opened = false;
-    ws.onopen = () => { opened = true; this.offer(); };
+    // The server's first message is 'config' (the ICE servers to use); offer then.
+    ws.onopen = () => { opened = true; this.setTimer('config', CONFIG_WAIT_MS, () => this.offer()); };
     ws.onmessage = (e) => this.onMessage(e.data);
     ws.onclose = (e) => {
       if (ws !== this.ws) return; // a socket we replaced on purpose
@@ -188,6 +211,9 @@ export class Call extends EventTarget {
       if (e.code === 4000) this.finish('closed');
       else if (e.code === 4001) this.finish('replaced'); // joined again elsewhere: do not fight it
       else if (e.code === 1008) this.finish('fatal', { code: 'policy', message: e.reason || 'The connection was refused.' });
+      else if (e.code === 4003) {
+        this.finish('fatal', { code: 'session_ended', message: this.endedBecause || 'Your session has ended. Sign in again.' });
+      }
       else if (this.active) {
         if (!opened) this.emit('refused');
         if (this.active) this.retryLater('retrying');
@@ -197,7 +223,7 @@ export class Call extends EventTarget {
 
   async offer() {
     this.pc?.close();
-    const pc = (this.pc = new RTCPeerConnection());
+    const pc = (this.pc = new RTCPeerConnection({ iceServers: this.iceServers }));
     let sent = false;
     for (const kind of ['audio', 'video']) {
       const track = this.sending ? this.localTrack(kind) : null;
@@ -258,7 +284,13 @@ export class Call extends EventTarget {
     try { m = JSON.parse(data); } catch { return; }
     const pc = this.pc;
     try {
-      if (m.type === 'answer' && pc?.signalingState === 'have-local-offer') {
+      if (m.type === 'config') {
+        this.iceServers = iceServersFrom(m.ice_servers);
+        if (!this.pc && this.ws?.readyState === WebSocket.OPEN) {
+          clearTimeout(this.timers.config);
+          this.offer();
+        }
+      } else if (m.type === 'answer' && pc?.signalingState === 'have-local-offer') {
         await pc.setRemoteDescription({ type: 'answer', sdp: m.sdp });
       } else if (m.type === 'candidate' && pc?.remoteDescription) {
         await pc.addIceCandidate(m.candidate || undefined);
@@ -267,7 +299,10 @@ export class Call extends EventTarget {
         this.emit('state', m);
       } else if (m.type === 'closed') this.finish('closed');
       else if (m.type === 'statement') window.dispatchEvent(new CustomEvent('evr:statement', { detail: m })); // statement-*.js
-      else if (m.type === 'error') this.emit('error', m);
+      else if (m.type === 'error') {
+        if (m.code === 'session_ended') this.endedBecause = m.message;
+        this.emit('error', m);
+      }
     } catch (err) {
       console.warn('signalling', m.type, err);
       if (m.type === 'answer' && pc === this.pc) this.retryLater('reconnecting');

@@ -23,6 +23,7 @@ from aiortc import (
 )
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
+from ..tasks import TaskSet
 from .passthrough import EncodedFrame, RelayTrack, attach_sink, on_keyframe_request, send_pli
 
 if TYPE_CHECKING:
@@ -81,18 +82,15 @@ class Leg:
     async def close(self) -> None:
         """Close the peer connection; never cancelled half way (that breaks aiortc)."""
         self.stop_tracks()
-        task = asyncio.ensure_future(self.pc.close())
-        _closing.add(task)
-        task.add_done_callback(_closing.discard)
+        task = _closing.spawn(self.pc.close(), "peer connection teardown")
         done, _ = await asyncio.wait({asyncio.shield(task)}, timeout=TEARDOWN_TIMEOUT)
-        if not done:
+        if not done:  # it runs on, owned by _closing, which logs how it ends
             log.warning("peer connection teardown is taking longer than %.1f s", TEARDOWN_TIMEOUT)
-        elif task.exception() is not None:
-            log.warning("peer connection teardown failed: %r", task.exception())
 
 
-#: Teardowns in progress (referenced so they run to the end).
-_closing: set[asyncio.Future[None]] = set()
+#: Teardowns in progress: never cancelled (that breaks aiortc), kept until they end,
+#: a failure logged.
+_closing = TaskSet("bridge")
 
 
 @dataclass
@@ -145,6 +143,8 @@ class Room:
         self.closed = False
         self._on_change = on_change
         self._seq = 0
+        #: State notifications this room started (see :meth:`_notify`).
+        self.tasks = TaskSet(f"room {consultation_id}")
 
     # -- participants -------------------------------------------------------
 
@@ -195,7 +195,7 @@ class Room:
                 source.recorder = self.recordings.start(
                     self.id, source.role, source.user_id, source.user_agent, source.request_keyframe
                 )
-                asyncio.ensure_future(self._on_change(self))  # tell everyone: recording
+                self._notify("recording started")  # tell everyone: recording
             source.recorder.push(kind, frame, leg)
         for track in source.watchers[kind]:
             track.push(frame, leg)
@@ -205,7 +205,8 @@ class Room:
         if self.closed:
             raise OfferError("closed", "This consultation is closed.")
         _check_offer(offer_sdp)
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=self.ice_servers or None))
+        # Always a list: with None aiortc uses a public STUN server of a third party.
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=list(self.ice_servers)))
         leg = Leg(pc)
         try:
             for kind in KINDS:
@@ -228,10 +229,17 @@ class Room:
                 raise OfferError("bad_sdp", f"The offer could not be used: {_short(exc)}") from exc
             if len(pc.getTransceivers()) != 2:
                 raise OfferError("bad_sdp", "The offer must carry one audio and one video transceiver.")
+            if any(leg.receivers[kind].track is None for kind in KINDS):  # e.g. a=recvonly, a=inactive
+                raise OfferError("bad_sdp", "The offer must send audio and video (sendrecv or sendonly).")
+            if any(t.receiver.transport is None for t in pc.getTransceivers()):
+                raise OfferError("bad_sdp", "The offer's sections could not be given a transport.")
             for kind in KINDS:
                 attach_sink(leg.receivers[kind], kind, self._frame_handler(p, leg, kind))
-            answer = await pc.createAnswer()
-            await pc.setLocalDescription(answer)
+            try:
+                await pc.setLocalDescription(await pc.createAnswer())
+            except Exception as exc:  # an offer aiortc took but cannot answer
+                log.warning("consultation %s: no answer to an accepted offer: %s", self.id, _short(exc))
+                raise OfferError("bad_sdp", "The offer could not be answered.") from exc
         except BaseException:
             await leg.close()
             raise
@@ -260,14 +268,19 @@ class Room:
         text = candidate.get("candidate")
         if not isinstance(text, str):
             raise OfferError("bad_candidate", "candidate.candidate must be a string.")
+        mid, index = candidate.get("sdpMid"), candidate.get("sdpMLineIndex")
+        if mid is not None and (not isinstance(mid, str) or len(mid) > 64):
+            raise OfferError("bad_candidate", "candidate.sdpMid must be a short string or null.")
+        if index is not None and (isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 1024):
+            raise OfferError("bad_candidate", "candidate.sdpMLineIndex must be a small whole number or null.")
         if not text:  # an empty candidate also means end of candidates
             await p.leg.pc.addIceCandidate(None)
             return
         try:
             # aiortc's parser asserts on a short line, so AssertionError is bad input too.
             parsed = candidate_from_sdp(text.removeprefix("candidate:"))
-            parsed.sdpMid = candidate.get("sdpMid")
-            parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
+            parsed.sdpMid = mid
+            parsed.sdpMLineIndex = index
             await p.leg.pc.addIceCandidate(parsed)
         except (ValueError, IndexError, AssertionError, TypeError) as exc:
             raise OfferError("bad_candidate", "The candidate could not be used.") from exc
@@ -287,7 +300,11 @@ class Room:
     def _leg_state_changed(self, p: Participant, leg: Leg) -> None:
         if p.leg is leg and not self.closed:
             log.info("consultation %s: %s connection %s", self.id, p.role, leg.pc.connectionState)
-            asyncio.ensure_future(self._on_change(self))
+            self._notify(f"{p.role} connection {leg.pc.connectionState}")
+
+    def _notify(self, why: str) -> None:
+        """Work out and send the room's state from a callback that cannot wait for it."""
+        self.tasks.spawn(self._on_change(self), f"state change: {why}")
 
     def _frame_handler(self, p: Participant, leg: Leg, kind: str) -> Callable[[EncodedFrame], None]:
         return lambda frame: self._forward(p, leg, kind, frame)
@@ -336,6 +353,7 @@ class Room:
         await asyncio.gather(*(leg.close() for leg in legs))
         recorders = [p.recorder for p in self.participants.values() if p.recorder is not None]
         await asyncio.gather(*(r.finish(reason) for r in recorders))
+        await self.tasks.close()  # state notifications: nobody is left to tell
 
     @property
     def recording(self) -> bool:
@@ -369,6 +387,14 @@ def _check_offer(sdp: str) -> None:
     for media in description.media:
         if not media.ice.usernameFragment or not media.dtls or not media.dtls.fingerprints:
             raise OfferError("bad_sdp", f"The {media.kind} section lacks ICE or DTLS parameters.")
+    # aiortc fails half way through (no transport) on sections without a mid, or a
+    # BUNDLE group naming a section that is not there: refuse those before it tries.
+    mids = [m.rtp.muxId for m in description.media]
+    if not all(mids) or len(set(mids)) != len(mids):
+        raise OfferError("bad_sdp", "Every section of the offer needs its own a=mid.")
+    for group in description.group:
+        if group.semantic == "BUNDLE" and not set(group.items) <= set(mids):
+            raise OfferError("bad_sdp", "The offer's BUNDLE group names a section it does not have.")
 
 
 def _short(exc: BaseException) -> str:

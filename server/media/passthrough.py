@@ -27,6 +27,8 @@ from aiortc import RTCRtpReceiver, RTCRtpSender, rtcrtpreceiver
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from ..tasks import TaskSet
+
 log = logging.getLogger(__name__)
 
 #: RTP clock rates of the pinned codecs.
@@ -103,7 +105,8 @@ def attach_sink(receiver: RTCRtpReceiver, kind: str, on_frame: Callable[[Encoded
         receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=4, prefetch=0)  # type: ignore[attr-defined]
 
 
-_pli_tasks: set[asyncio.Task[None]] = set()
+#: Keyframe requests being sent (kept until sent; a failure is logged).
+_pli_tasks = TaskSet("passthrough")
 
 
 def media_ssrc(receiver: RTCRtpReceiver) -> Optional[int]:
@@ -124,9 +127,7 @@ def send_pli(receiver: RTCRtpReceiver) -> bool:
     media = media_ssrc(receiver)
     if media is None:
         return False
-    task = asyncio.ensure_future(receiver._send_rtcp_pli(media))
-    _pli_tasks.add(task)
-    task.add_done_callback(_pli_tasks.discard)
+    _pli_tasks.spawn(receiver._send_rtcp_pli(media), "keyframe request")
     return True
 
 
