@@ -26,6 +26,9 @@ from typing import Any, Optional
 #: Bidirectional embedding, override and isolate controls (U+202A–202E, U+2066–2069).
 BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
 _SURROGATES = re.compile("[\ud800-\udfff]")
+#: What no text column can keep: lone surrogates (not UTF-8) and NUL (PostgreSQL's
+#: text refuses it; SQLite would keep it and the two back ends would disagree).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _CONTROLS = re.compile("[\x00-\x1f\x7f]")
 _ASCII_DIGITS = re.compile(r"[0-9]+")
 
@@ -66,7 +69,7 @@ def parse_json(text: str) -> Any:
     """Parse JSON from outside: :class:`JsonError` ``malformed_json`` for what is not
     JSON (or nests past :data:`MAX_JSON_DEPTH`: Python's parser recurses, and 30,000
     levels raise ``RecursionError``), ``unencodable_text`` for a string or key that
-    cannot be stored (a lone surrogate such as ``"\\ud800"``)."""
+    cannot be stored (a lone surrogate such as ``"\\ud800"``, or a NUL)."""
     import json
 
     try:
@@ -88,15 +91,16 @@ def check_json(value: Any) -> Optional[JsonError]:
     while stack:
         item, path, depth = stack.pop()
         if isinstance(item, str):
-            if _SURROGATES.search(item):
-                return JsonError("unencodable_text", f"{path} holds text that is not valid Unicode.")
+            if _UNSTORABLE.search(item):
+                return JsonError("unencodable_text", f"{path} holds text that cannot be stored "
+                                                     "(a NUL, or not valid Unicode).")
         elif isinstance(item, (dict, list)):
             if depth >= MAX_JSON_DEPTH:
                 return JsonError("malformed_json", f"The JSON nests deeper than {MAX_JSON_DEPTH} levels.")
             if isinstance(item, dict):
                 for key, child in item.items():
-                    if _SURROGATES.search(key):
-                        return JsonError("unencodable_text", f"A key in {path} is not valid Unicode.")
+                    if _UNSTORABLE.search(key):
+                        return JsonError("unencodable_text", f"A key in {path} cannot be stored.")
                     stack.append((child, f"{path}.{key[:40]}", depth + 1))
             else:
                 stack.extend((child, f"{path}[{i}]", depth + 1) for i, child in enumerate(item))

@@ -97,3 +97,14 @@ def test_clean_header_is_always_storable(text: str) -> None:
     cleaned.encode("utf-8")
     assert len(cleaned) <= 512
     assert not any(ord(c) < 32 or 0x202A <= ord(c) <= 0x202E or 0x2066 <= ord(c) <= 0x2069 for c in cleaned)
+
+
+def test_nul_is_unstorable_anywhere() -> None:
+    """PostgreSQL's text keeps no NUL: it failed requests after their checks (a 500)."""
+    for body in ('{"reason": "a\\u0000b"}', '{"a\\u0000": 1}', '[["\\u0000"]]'):
+        try:
+            parse_json(body)
+        except JsonError as exc:
+            assert exc.code == "unencodable_text"
+        else:
+            raise AssertionError(body)

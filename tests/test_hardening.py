@@ -192,3 +192,13 @@ async def test_forwarded_for_is_ignored_without_trusted_proxies(settings: Settin
 def test_trusted_proxies_must_be_addresses(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="trusted_proxies"):
         Settings.load(data_dir=tmp_path, environ={}, trusted_proxies="10.0.0.0/8, proxy.example")
+
+
+async def test_logout_ends_the_session_with_its_audit_entry(staff: Callable[..., Any],
+                                                            audit_fails: Callable[[], None]) -> None:
+    officer = await staff()
+    audit_fails()
+    response = await officer.post("/api/logout")
+    assert response.status == 500
+    # Not logged out without the entry that says so: the session still works.
+    assert (await officer.get("/api/me")).status == 200
