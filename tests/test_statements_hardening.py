@@ -306,6 +306,9 @@ async def test_an_undecodable_user_agent_is_kept_cleaned(link, server):
     ({**DRAFT, "text": "x" * 60001}, "text"),
     ({**DRAFT, "read_to_witness": "someone"}, "read_to_witness"),
     ({**DRAFT, "read_to_witness": {"name": 5}}, "read_to_witness.name"),
+    ({**DRAFT, "exhibits": [{"ref": "JS/1", "upload_id": "a\u0000b"}]}, "exhibits[0].upload_id"),
+    ({**DRAFT, "exhibits": [{"ref": "JS/1", "upload_id": "x" * 5000}]}, "exhibits[0].upload_id"),
+    ({**DRAFT, "exhibits": [{"upload_id": "00000000-0000-4000-8000-000000000000"}] * 500}, "exhibits"),
 ])
 async def test_malformed_drafts_name_the_field(link, server, body, field):
     c = await link()

@@ -225,7 +225,10 @@ class Statements:
     async def uploads(self, db: AsyncSession, consultation: Consultation, body: Any) -> dict[str, dict[str, Any]]:
         """The consultation's finished uploads that exhibits in ``body`` name."""
         exhibits = body.get("exhibits") if isinstance(body, dict) else None
-        wanted = [e["upload_id"] for e in exhibits or () if isinstance(e, dict) and isinstance(e.get("upload_id"), str)]
+        if not isinstance(exhibits, list) or len(exhibits) > sc.MAX_EXHIBITS:
+            return {}  # content.parse refuses it
+        wanted = [e["upload_id"] for e in exhibits
+                  if isinstance(e, dict) and isinstance(e.get("upload_id"), str) and _is_uuid(e["upload_id"])]
         if not wanted:
             return {}
         from evr.db import Upload  # the uploads feature's table
@@ -520,6 +523,15 @@ class Statements:
             signature = await db.get(StatementSignature, statement.id)
         name = (signature.record or {}).get("document_name") if signature else None
         return await self.store.read_bytes(prefix(consultation.id, statement.id) + (name or PDF_NAME))
+
+
+def _is_uuid(value: str) -> bool:
+    """Whether ``value`` is an id as the service writes them (anything else, NUL
+    included, is never looked up: PostgreSQL refuses NUL in a query)."""
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
 
 
 def _attempt_names(suffix: str) -> tuple[str, str, str]:
