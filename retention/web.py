@@ -123,8 +123,8 @@ async def _call(coro: Awaitable[Any]) -> Any:
 
 #: Longest free-text query value (an object name, an actor, an action).
 MAX_QUERY_TEXT = 200
-#: The largest entry id a cursor may name (the column is a 64-bit integer).
-MAX_CURSOR = 2**63 - 1
+#: The largest entry id a cursor may name (the column is a 32-bit integer on PostgreSQL).
+MAX_CURSOR = 2**31 - 1
 _UNUSABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
 
