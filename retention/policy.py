@@ -242,7 +242,10 @@ def parse_time(value: str, name: str = "time") -> datetime:
         raise ValueError(f"{name} must be a date (2032-01-31) or an RFC 3339 time, not {value!r}") from None
     if parsed.tzinfo is None:
         raise ValueError(f"{name} must carry a time zone (e.g. 2032-01-31T09:00:00Z)")
-    return parsed.astimezone(timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00:00+14:00 is before the first day there is
+        raise ValueError(f"{name} is out of range: {value!r}") from None
 
 
 def parse_date(value: str, name: str = "date") -> date:

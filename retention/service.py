@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -70,11 +71,21 @@ class RetentionError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+#: What a reason may not hold: controls other than line breaks and tabs (NUL cannot be
+#: stored by PostgreSQL), and lone surrogates (no encoding can store them).
+_UNSTORABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
+
 def _reason(reason: Optional[str]) -> str:
+    """A reason kept in the audit log: 422 unless it is text that can be stored,
+    checked before anything is written (web and command line alike)."""
     if not isinstance(reason, str) or not reason.strip():
         raise RetentionError(422, "reason_required", "Give a reason: it is kept in the audit log.")
     if len(reason) > MAX_REASON:
         raise RetentionError(422, "reason_too_long", f"The reason is longer than {MAX_REASON} characters.")
+    if _UNSTORABLE.search(reason):
+        raise RetentionError(422, "invalid_reason", "The reason holds control characters or text that is not "
+                                                    "valid Unicode.")
     return reason.strip()
 
 
@@ -345,6 +356,13 @@ class Retention:
             query = query.limit(limit)
         async with self.db() as db:
             return [_schedule_row(r) for r in await db.execute(query)]
+
+    async def count_due(self, before: Optional[datetime] = None) -> int:
+        """How many items :meth:`due` lists by ``before`` (default now)."""
+        before = before or self.clock()
+        async with self.db() as db:
+            return await db.scalar(select(func.count()).select_from(RetentionItem)
+                                   .where(_live(), RetentionItem.due_at <= before)) or 0
 
     async def stream_due(self, before: Optional[datetime] = None) -> AsyncIterator[ScheduleRow]:
         """The whole due list, in pages (for the CSV export and the command line)."""

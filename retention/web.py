@@ -12,8 +12,10 @@ import asyncio
 import csv
 import io
 import logging
+import re
 import uuid
 from contextlib import suppress
+from datetime import datetime
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
 from aiohttp import web
@@ -25,6 +27,7 @@ from evr.http import (
     AUDIT, CLOCK, CONSULTATIONS, DB, SETTINGS, SIGNING_KEY, STORE, actor, current_staff, read_json,
 )
 from evr.pages import WEB_DIR
+from evr.text import TextError, parse_count
 
 from .policy import ASSESSMENT_CRITERIA, Policy, parse_date, parse_time
 from .service import CSV_COLUMNS, Retention, RetentionError
@@ -114,9 +117,33 @@ async def _call(coro: Awaitable[Any]) -> Any:
         raise ApiError(exc.status, exc.code, exc.message) from None
 
 
-def _time(request: web.Request, name: str) -> Any:
-    value = request.query.get(name)
-    if value is None or value == "":
+# Query parameters come from anyone who can type a URL: each is checked here, once,
+# and anything unusable is a 400 naming it (never a 500 from the database or the
+# audit log's hash, which cannot take NUL or a lone surrogate).
+
+#: Longest free-text query value (an object name, an actor, an action).
+MAX_QUERY_TEXT = 200
+#: The largest entry id a cursor may name (the column is a 32-bit integer on PostgreSQL).
+MAX_CURSOR = 2**31 - 1
+_UNUSABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def query_text(value: Optional[str], name: str, limit: int = MAX_QUERY_TEXT) -> Optional[str]:
+    """A free-text query value, or None when absent or empty: 400 when longer than
+    ``limit`` or holding control characters or lone surrogates."""
+    if not value:
+        return None
+    if len(value) > limit or _UNUSABLE.search(value):
+        raise bad_request(f"{name} must be text of at most {limit} characters, without control characters.",
+                          "invalid_parameter")
+    return value
+
+
+def query_time(value: Optional[str], name: str) -> Optional[datetime]:
+    """A date or RFC 3339 time from the query (None when absent or empty); 400 otherwise,
+    also for times that exist in no calendar once moved to UTC (0001-01-01T00:00+14:00)."""
+    value = query_text(value, name, 64)
+    if value is None:
         return None
     try:
         return parse_time(value, name)
@@ -124,17 +151,62 @@ def _time(request: web.Request, name: str) -> Any:
         raise bad_request(str(exc), "invalid_parameter") from None
 
 
-def _int(request: web.Request, name: str, default: int, high: int) -> int:
-    value = request.query.get(name)
+def query_count(value: Optional[str], name: str, default: int, high: int) -> int:
+    """A whole number from 1 to ``high`` written with the ASCII digits 0-9 (``²`` and
+    Arabic-Indic digits are not numbers here), ``default`` when absent or empty; 400
+    otherwise."""
     if value in (None, ""):
         return default
     try:
-        number = int(value)
-    except ValueError:
-        number = -1
+        number = parse_count(value, name, high)
+    except TextError:
+        number = 0
     if not 1 <= number <= high:
         raise bad_request(f"{name} must be a whole number from 1 to {high}.", "invalid_parameter")
     return number
+
+
+def query_id(value: Optional[str], name: str) -> Optional[str]:
+    """An id (a UUID) to filter by, or None when absent or empty; 400 otherwise."""
+    if value in (None, ""):
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise bad_request(f"{name} must be an id.", "invalid_parameter") from None
+
+
+def _time(request: web.Request, name: str) -> Optional[datetime]:
+    return query_time(request.query.get(name), name)
+
+
+def _int(request: web.Request, name: str, default: int, high: int) -> int:
+    return query_count(request.query.get(name), name, default, high)
+
+
+def _text(request: web.Request, name: str) -> Optional[str]:
+    return query_text(request.query.get(name), name)
+
+
+def audit_cursor(value: Optional[str]) -> Optional[int]:
+    """``cursor`` of the audit search: an entry id (from ``next_cursor``); 400 otherwise."""
+    if value in (None, ""):
+        return None
+    try:
+        return parse_count(value, "cursor", MAX_CURSOR)
+    except TextError:
+        raise bad_request("cursor must be an entry id (from next_cursor).", "invalid_parameter") from None
+
+
+def due_cursor(value: Optional[str]) -> Optional[tuple[datetime, str]]:
+    """``cursor`` of the due list: ``<due time>|<item id>`` (from ``next_cursor``); 400 otherwise."""
+    if value in (None, ""):
+        return None
+    try:
+        stamp, item_id = value.split("|", 1)
+        return parse_time(stamp, "cursor"), str(uuid.UUID(item_id))
+    except ValueError:
+        raise bad_request("cursor must be a next_cursor value.", "invalid_parameter") from None
 
 
 def _only(request: web.Request, *known: str) -> None:
@@ -193,14 +265,11 @@ async def audit_search(request: web.Request) -> web.Response:
     order = request.query.get("order", "asc")
     if order not in ("asc", "desc"):
         raise bad_request("order must be asc or desc.", "invalid_parameter")
-    cursor = request.query.get("cursor")
-    if cursor is not None and not cursor.isdigit():
-        raise bad_request("cursor must be an entry id (from next_cursor).", "invalid_parameter")
     q = AuditQuery(
-        object=request.query.get("object") or None, consultation_id=request.query.get("consultation") or None,
-        actor=request.query.get("actor") or None, action=request.query.get("action") or None,
+        object=_text(request, "object"), consultation_id=_text(request, "consultation"),
+        actor=_text(request, "actor"), action=_text(request, "action"),
         since=_time(request, "since"), until=_time(request, "until"),
-        cursor=int(cursor) if cursor else None, descending=order == "desc",
+        cursor=audit_cursor(request.query.get("cursor")), descending=order == "desc",
         limit=_int(request, "limit", 100, MAX_PAGE),
     )
     async with request.app[DB]() as db:
@@ -263,13 +332,7 @@ async def due(request: web.Request) -> web.Response:
     _records(request)
     _only(request, "before", "limit", "cursor")
     service = request.app[RETENTION]
-    after = None
-    if request.query.get("cursor"):
-        try:
-            stamp, item_id = request.query["cursor"].split("|", 1)
-            after = (parse_time(stamp, "cursor"), item_id)
-        except ValueError:
-            raise bad_request("cursor must be a next_cursor value.", "invalid_parameter") from None
+    after = due_cursor(request.query.get("cursor"))
     limit = _int(request, "limit", 200, MAX_PAGE)
     await service.refresh()
     rows = await service.due(_time(request, "before"), limit, after)
@@ -281,12 +344,16 @@ async def due(request: web.Request) -> web.Response:
 
 
 async def schedule_csv(request: web.Request) -> web.StreamResponse:
-    """The due schedule as CSV (logged as an export)."""
+    """The due schedule as CSV, logged as an export before a row of it leaves (an
+    export whose entry cannot be written is not sent)."""
     staff = _records(request)
     _only(request, "before")
     service = request.app[RETENTION]
     before = _time(request, "before") or request.app[CLOCK]()
     await service.refresh()
+    rows = await service.count_due(before)
+    await request.app[AUDIT].record(actor(request, staff), "retention.export", "retention_schedule",
+                                    details={"before": before.isoformat(), "rows": rows, "format": "csv"})
     response = web.StreamResponse(headers={
         "Content-Type": "text/csv; charset=utf-8",
         "Content-Disposition": f'attachment; filename="retention-schedule-{before.date().isoformat()}.csv"',
@@ -295,16 +362,12 @@ async def schedule_csv(request: web.Request) -> web.StreamResponse:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS)
-    count = 0
     async for row in service.stream_due(before):
         writer.writerow(row.csv())
-        count += 1
         if buffer.tell() > 64 * 1024:
             await response.write(buffer.getvalue().encode())
             buffer.seek(0), buffer.truncate()
     await response.write(buffer.getvalue().encode())
-    await request.app[AUDIT].record(actor(request, staff), "retention.export", "retention_schedule",
-                                    details={"before": before.isoformat(), "rows": count, "format": "csv"})
     await response.write_eof()
     return response
 
@@ -338,7 +401,7 @@ async def content(request: web.Request) -> web.StreamResponse:
     staff = _records(request)
     _only(request, "key", "reason")
     item_id = _uuid(request.match_info["item"], "evidence item")
-    key, reason = request.query.get("key", ""), request.query.get("reason", "")
+    key, reason = query_text(request.query.get("key"), "key", 1024), request.query.get("reason", "")
     if not key:
         raise bad_request("Name the object to open (key).", "missing_key")
     chunks = await _call(request.app[RETENTION].open_content(actor(request, staff), item_id, key, reason))
@@ -415,11 +478,12 @@ async def certificates(request: web.Request) -> web.Response:
     _records(request)
     _only(request, "consultation", "item", "before", "limit")
     rows = await request.app[RETENTION].certificates(
-        request.query.get("consultation") or None, request.query.get("item") or None, _time(request, "before"),
-        _int(request, "limit", 100, MAX_PAGE))
+        query_id(request.query.get("consultation"), "consultation"), query_id(request.query.get("item"), "item"),
+        _time(request, "before"), _int(request, "limit", 100, MAX_PAGE))
     return web.json_response({"certificates": rows})
 
 
 async def certificate(request: web.Request) -> web.Response:
     _records(request)
-    return web.json_response(await _call(request.app[RETENTION].certificate(request.match_info["cert"])))
+    cert_id = _uuid(request.match_info["cert"], "disposal certificate")
+    return web.json_response(await _call(request.app[RETENTION].certificate(cert_id)))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any, Optional
 
 from aiohttp import web
@@ -33,6 +34,7 @@ from evr.http import (
     same_origin,
 )
 from evr.links import victim_actor, victim_link
+from evr.text import JsonError, TextError, clean_header, parse_count, parse_json
 from evr.timeutil import rfc3339
 from sqlalchemy import select
 
@@ -47,6 +49,8 @@ STATEMENTS = web.AppKey("statements", Statements)
 MAX_SIGN_BODY = 8 * 1024 * 1024
 MAX_CHANGE_TEXT = 4000
 MAX_REASON = 1000
+#: The largest version number (the database column is a 32-bit integer).
+MAX_VERSION = 2**31 - 1
 
 
 def setup(app: web.Application) -> None:
@@ -122,6 +126,34 @@ async def _staff_statement(request: web.Request, staff: Staff) -> tuple[Consulta
     return consultation, statement
 
 
+def version_number(text: str) -> int:
+    """A version number from a path: ASCII digits, from 1 (the service reads 0 as "the
+    newest") to what the database's integer holds; 404 otherwise (no such version)."""
+    try:
+        number = parse_count(text, "version", MAX_VERSION)
+    except TextError:
+        raise not_found("No such version.") from None
+    if number < 1:
+        raise not_found("No such version.")
+    return number
+
+
+_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
+
+def _free_text(value: Any, field: str, limit: int, message: str, code: str, multiline: bool = False) -> str:
+    """Optional free text (a reason, how the witness was identified, a change asked for):
+    a string of at most ``limit`` characters, stripped; controls (NUL, which PostgreSQL
+    cannot store) and lone surrogates are refused with 422, and so is a line break unless
+    ``multiline``."""
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > limit or _CONTROLS.search(value) or (
+            not multiline and ("\n" in value or "\r" in value)):
+        raise ApiError(422, code, message, fields=[field])
+    return value.strip()
+
+
 async def _body(request: web.Request) -> Any:
     """The JSON body; an empty body is an empty object."""
     if not request.body_exists:
@@ -143,11 +175,7 @@ async def create(request: web.Request) -> web.Response:
         raise ApiError(409, "consultation_closed", "This consultation is closed.")
     body = await read_json(request)
     content = await _parse(request, consultation, body)
-    async with request.app[DB]() as db:
-        statement = await request.app[STATEMENTS].create(db, consultation, staff.username, content)
-    await request.app[AUDIT].record(actor(request, staff), "statement.create", f"statement:{statement.id}",
-                                    consultation_id=consultation.id,
-                                    details={"version": 1, "content_sha256": sc.content_hash(content)})
+    statement = await request.app[STATEMENTS].create(consultation, actor(request, staff), content)
     await _tell(request, statement)
     return web.json_response({**summary_json(statement), "content": content}, status=201)
 
@@ -189,12 +217,7 @@ async def get_statement(request: web.Request) -> web.Response:
 async def get_version(request: web.Request) -> web.Response:
     staff = current_staff(request)
     consultation, statement = await _staff_statement(request, staff)
-    try:
-        number = int(request.match_info["version"])
-    except ValueError:
-        number = 0
-    if number < 1:  # the service reads 0 as "the newest"
-        raise not_found("No such version.")
+    number = version_number(request.match_info["version"])
     async with request.app[DB]() as db:
         version = await request.app[STATEMENTS].version(db, statement, number)
     await request.app[AUDIT].record(actor(request, staff), "statement.view", f"statement:{statement.id}",
@@ -213,14 +236,8 @@ async def save(request: web.Request) -> web.Response:
     if base is not None and (isinstance(base, bool) or not isinstance(base, int)):
         raise ApiError(422, "invalid_statement", "version must be the version number you edited.", fields=["version"])
     content = await _parse(request, consultation, body)
-    async with request.app[DB]() as db:
-        statement = await db.merge(statement)
-        statement, saved, cancelled = await request.app[STATEMENTS].save(db, statement, staff.username, content, base)
+    statement, saved, cancelled = await request.app[STATEMENTS].save(statement, actor(request, staff), content, base)
     if saved:
-        await request.app[AUDIT].record(
-            actor(request, staff), "statement.save", f"statement:{statement.id}", consultation_id=consultation.id,
-            details={"version": statement.version, "content_sha256": sc.content_hash(content),
-                     "signature_cancelled": cancelled})
         await _tell(request, statement, **({"signature_cancelled": True} if cancelled else {}))
     return web.json_response({**summary_json(statement), "saved": saved, "signature_cancelled": cancelled})
 
@@ -232,20 +249,15 @@ async def send(request: web.Request) -> web.Response:
     body = await _body(request)
     if not isinstance(body, dict):
         raise ApiError(400, "bad_request", "Send a JSON object (or nothing).")
-    identification = body.get("identification")
-    if identification is not None and (not isinstance(identification, str) or len(identification) > 1000):
-        raise ApiError(422, "invalid_identification", "identification: how the witness was identified "
-                                                      "(up to 1000 characters).", fields=["identification"])
+    identification = _free_text(body.get("identification"), "identification", 1000,
+                                "identification: how the witness was identified (up to 1000 characters).",
+                                code="invalid_identification", multiline=True)
     base = body.get("version")
-    if base is not None and base != statement.version:
-        raise ApiError(409, "version_conflict", f"This statement is at version {statement.version}, not {base}.")
-    async with request.app[DB]() as db:
-        statement = await db.merge(statement)
-        sent = await request.app[STATEMENTS].send(db, consultation, statement, staff.username,
-                                                  (identification or "").strip() or None)
+    if base is not None and (isinstance(base, bool) or not isinstance(base, int)):
+        raise ApiError(422, "invalid_statement", "version must be the version number you sent.", fields=["version"])
+    statement, sent = await request.app[STATEMENTS].send(consultation, statement, actor(request, staff),
+                                                         identification or None, base)
     if sent:
-        await request.app[AUDIT].record(actor(request, staff), "statement.send", f"statement:{statement.id}",
-                                        consultation_id=consultation.id, details={"version": statement.version})
         await _tell(request, statement)
     return web.json_response({"id": statement.id, "status": statement.status, "version": statement.version})
 
@@ -271,9 +283,8 @@ async def staff_preview(request: web.Request) -> web.Response:
 async def download(request: web.Request) -> web.Response:
     """The sealed PDF, as stored (every download is in the audit log)."""
     staff = current_staff(request)
-    reason = (request.query.get("reason") or "").strip()
-    if len(reason) > MAX_REASON:
-        raise ApiError(422, "invalid", f"The reason is limited to {MAX_REASON} characters.")
+    reason = _free_text(request.query.get("reason"), "reason", MAX_REASON,
+                        f"The reason is limited to {MAX_REASON} characters of text.", code="invalid")
     consultation, statement = await _staff_statement(request, staff)
     if statement.status != "signed":
         raise ApiError(409, "not_signed", "This statement has not been signed yet.")
@@ -337,9 +348,9 @@ async def victim_preview(request: web.Request) -> web.Response:
 
 
 async def _read_limited(request: web.Request, limit: int) -> Any:
-    """A JSON body of up to ``limit`` bytes (over the application's usual limit)."""
-    import json
-
+    """A JSON body of up to ``limit`` bytes (over the application's usual limit), read
+    by :func:`evr.text.parse_json` like every other body: 400 when it is not UTF-8 JSON
+    or nests too deep, 422 for a lone surrogate."""
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "too_large", "The request body is too large.")
     data = bytearray()
@@ -348,9 +359,11 @@ async def _read_limited(request: web.Request, limit: int) -> Any:
         if len(data) > limit:
             raise ApiError(413, "too_large", "The request body is too large.")
     try:
-        return json.loads(bytes(data))
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "malformed_json", "The body is not valid JSON.") from None
+        return parse_json(bytes(data).decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ApiError(400, "malformed_json", "The body is not valid JSON (nor UTF-8 text).") from None
+    except JsonError as exc:
+        raise ApiError(400 if exc.code == "malformed_json" else 422, exc.code, str(exc)) from None
 
 
 def _same_origin(request: web.Request) -> None:
@@ -376,7 +389,7 @@ async def victim_sign(request: web.Request) -> web.Response:
     shown = body.get("document_sha256")
     if shown is not None and not isinstance(shown, str):
         raise ApiError(422, "invalid", "document_sha256 must be the hash you were shown.", fields=["document_sha256"])
-    user_agent = request.headers.get("User-Agent", "")[:512] or None
+    user_agent = clean_header(request.headers.get("User-Agent"), 512)
     signature = await request.app[STATEMENTS].sign(consultation, statement, image, typed_name, shown,
                                                    victim_actor(request), user_agent)
     await _tell(request, statement, sha256=signature.document_sha256, pages=signature.pages)
@@ -389,14 +402,12 @@ async def victim_change(request: web.Request) -> web.Response:
     _same_origin(request)
     consultation, statement = await _victim_statement(request, sent_only=False)
     body = await read_json(request)
-    message: Optional[str] = body.get("message") if isinstance(body, dict) else None
-    if not isinstance(message, str) or not message.strip() or len(message) > MAX_CHANGE_TEXT:
+    message = _free_text(body.get("message") if isinstance(body, dict) else None, "message", MAX_CHANGE_TEXT,
+                         f"Say what should change (up to {MAX_CHANGE_TEXT} characters).", code="invalid_message",
+                         multiline=True)
+    if not message:
         raise ApiError(422, "invalid_message", f"Say what should change (up to {MAX_CHANGE_TEXT} characters).",
                        fields=["message"])
-    async with request.app[DB]() as db:
-        statement = await db.merge(statement)
-        statement = await request.app[STATEMENTS].request_change(db, statement, message.strip())
-    await request.app[AUDIT].record(victim_actor(request), "statement.change_request", f"statement:{statement.id}",
-                                    consultation_id=consultation.id, details={"version": statement.version})
+    statement = await request.app[STATEMENTS].request_change(statement, victim_actor(request), message)
     await _tell(request, statement, change_requested=True)
     return web.json_response({"id": statement.id, "status": statement.status, "version": statement.version})

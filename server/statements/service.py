@@ -16,13 +16,14 @@ import hashlib
 import io
 import json
 import logging
+import struct
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Optional
 
-from PIL import Image, ImageChops, UnidentifiedImageError
+from PIL import Image, ImageChops
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -41,11 +42,14 @@ log = logging.getLogger(__name__)
 #: Largest signature image accepted (decoded PNG bytes) and its largest sides.
 MAX_SIGNATURE_BYTES = 512 * 1024
 MAX_SIGNATURE_SIDE = 4000
+#: And its largest area: the signing pad is 600x200; 4 megapixels decode to 16 MB of RGBA.
+MAX_SIGNATURE_PIXELS = 4_000_000
 #: Pixels of ink (not blank, not transparent) below which a signature is empty.
 MIN_INK_PIXELS = 40
 EDITABLE = ("draft", "awaiting_signature")
 PDF_NAME = "statement.pdf"
 PNG_PREFIX = "data:image/png;base64,"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def prefix(consultation_id: str, statement_id: str) -> str:
@@ -76,44 +80,55 @@ def conflict(code: str, message: str) -> ApiError:
     return ApiError(409, code, message)
 
 
+def _refused(code: str, message: str) -> ApiError:
+    return ApiError(422, code, message, fields=["signature_png"])
+
+
+def png_size(raw: bytes) -> tuple[int, int]:
+    """The width and height a PNG declares in its header (IHDR, which must come first),
+    read without decoding anything; :class:`ValueError` when there is no such header."""
+    if len(raw) < 33 or not raw.startswith(PNG_SIGNATURE) or raw[8:16] != b"\x00\x00\x00\x0dIHDR":
+        raise ValueError("no PNG header")
+    width, height = struct.unpack(">II", raw[16:24])
+    return width, height
+
+
 def check_signature(data_url: Any) -> SignatureImage:
-    """A drawn signature as a PNG data URL: 422 when absent, oversize, not a PNG, or blank."""
+    """A drawn signature as a PNG data URL: 422 when absent, oversize, not a PNG, or blank.
+
+    Everything here is the witness's browser's (or an attacker's) bytes: the size is
+    checked before base64 decoding, and the dimensions the PNG declares before Pillow
+    decodes a pixel, so a small file declaring a huge image (a decompression bomb)
+    costs nothing. Any failure to read it is a 422, never a 500."""
     if not isinstance(data_url, str) or not data_url.startswith(PNG_PREFIX):
-        raise ApiError(422, "invalid_signature", "signature_png must be a data:image/png;base64 URL.",
-                       fields=["signature_png"])
+        raise _refused("invalid_signature", "signature_png must be a data:image/png;base64 URL.")
     encoded = data_url[len(PNG_PREFIX):]
+    too_large = f"The signature image is larger than {MAX_SIGNATURE_BYTES // 1024} KiB."
     if len(encoded) > (MAX_SIGNATURE_BYTES * 4) // 3 + 4:
-        raise ApiError(422, "signature_too_large",
-                       f"The signature image is larger than {MAX_SIGNATURE_BYTES // 1024} KiB.",
-                       fields=["signature_png"])
+        raise _refused("signature_too_large", too_large)
     try:
-        raw = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(422, "invalid_signature", "signature_png is not valid base64.",
-                       fields=["signature_png"]) from None
+        raw = base64.b64decode(encoded.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError):  # UnicodeEncodeError is a ValueError
+        raise _refused("invalid_signature", "signature_png is not valid base64.") from None
     if not raw:
-        raise ApiError(422, "empty_signature", "The signature is empty: sign in the box.", fields=["signature_png"])
+        raise _refused("empty_signature", "The signature is empty: sign in the box.")
     if len(raw) > MAX_SIGNATURE_BYTES:
-        raise ApiError(422, "signature_too_large",
-                       f"The signature image is larger than {MAX_SIGNATURE_BYTES // 1024} KiB.",
-                       fields=["signature_png"])
-    if not raw.startswith(b"\x89PNG\r\n\x1a\n"):
-        raise ApiError(422, "invalid_signature", "signature_png is not a PNG image.", fields=["signature_png"])
+        raise _refused("signature_too_large", too_large)
     try:
-        with Image.open(io.BytesIO(raw)) as image:
-            if image.format != "PNG":
-                raise ValueError("not a PNG")
-            w, h = image.size
-            if not (0 < w <= MAX_SIGNATURE_SIDE and 0 < h <= MAX_SIGNATURE_SIDE):
-                raise ApiError(422, "signature_too_large",
-                               f"The signature image is larger than {MAX_SIGNATURE_SIDE} pixels a side.",
-                               fields=["signature_png"])
+        width, height = png_size(raw)
+    except ValueError:
+        raise _refused("invalid_signature", "signature_png is not a PNG image.") from None
+    if not (0 < width <= MAX_SIGNATURE_SIDE and 0 < height <= MAX_SIGNATURE_SIDE) \
+            or width * height > MAX_SIGNATURE_PIXELS:
+        raise _refused("signature_too_large", f"The signature image is larger than {MAX_SIGNATURE_SIDE} pixels a "
+                                              f"side or {MAX_SIGNATURE_PIXELS // 1_000_000} million pixels.")
+    try:
+        with Image.open(io.BytesIO(raw), formats=["PNG"]) as image:
+            if image.format != "PNG" or image.size != (width, height):
+                raise ValueError("not the PNG its header declares")
             rgba = image.convert("RGBA")
-    except ApiError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        raise ApiError(422, "invalid_signature", "signature_png is not a readable PNG image.",
-                       fields=["signature_png"]) from None
+    except Exception:  # noqa: BLE001 - Pillow raises many kinds on damaged data; all are the sender's fault
+        raise _refused("invalid_signature", "signature_png is not a readable PNG image.") from None
     # Ink: visible (alpha) and darker than paper.
     opaque = rgba.getchannel("A").point(lambda a: 255 if a > 32 else 0)
     dark = rgba.convert("L").point(lambda v: 255 if v < 200 else 0)
@@ -210,7 +225,10 @@ class Statements:
     async def uploads(self, db: AsyncSession, consultation: Consultation, body: Any) -> dict[str, dict[str, Any]]:
         """The consultation's finished uploads that exhibits in ``body`` name."""
         exhibits = body.get("exhibits") if isinstance(body, dict) else None
-        wanted = [e["upload_id"] for e in exhibits or () if isinstance(e, dict) and isinstance(e.get("upload_id"), str)]
+        if not isinstance(exhibits, list) or len(exhibits) > sc.MAX_EXHIBITS:
+            return {}  # content.parse refuses it
+        wanted = [e["upload_id"] for e in exhibits
+                  if isinstance(e, dict) and isinstance(e.get("upload_id"), str) and _is_uuid(e["upload_id"])]
         if not wanted:
             return {}
         from evr.db import Upload  # the uploads feature's table
@@ -225,93 +243,120 @@ class Statements:
         db.add(StatementEvent(statement_id=statement.id, at=self.clock(), kind=kind, version=statement.version,
                               actor=actor[:64], text=text))
 
-    async def create(self, db: AsyncSession, consultation: Consultation, who: str, content: dict[str, Any]
-                     ) -> Statement:
+    async def create(self, consultation: Consultation, who: Actor, content: dict[str, Any]) -> Statement:
+        """A new draft (version 1), with its audit entry in the same transaction."""
         now = self.clock()
-        statement = Statement(id=str(uuid.uuid4()), consultation_id=consultation.id, status="draft", version=1,
-                              created_by=who, created_at=now, updated_at=now)
-        db.add(statement)
-        await db.flush()
-        db.add(StatementVersion(statement_id=statement.id, version=1, content=content,
-                                content_sha256=sc.content_hash(content), saved_by=who, saved_at=now))
-        self._event(db, statement, "created", who)
-        await db.commit()
+        async with self.audit.transaction() as tx:
+            db = tx.db
+            statement = Statement(id=str(uuid.uuid4()), consultation_id=consultation.id, status="draft", version=1,
+                                  created_by=who.name, created_at=now, updated_at=now)
+            db.add(statement)
+            await db.flush()
+            digest = sc.content_hash(content)
+            db.add(StatementVersion(statement_id=statement.id, version=1, content=content,
+                                    content_sha256=digest, saved_by=who.name, saved_at=now))
+            self._event(db, statement, "created", who.name)
+            tx.add(who, "statement.create", f"statement:{statement.id}", consultation_id=consultation.id,
+                   details={"version": 1, "content_sha256": digest})
         return statement
 
-    async def save(self, db: AsyncSession, statement: Statement, who: str, content: dict[str, Any],
-                   base: Optional[int]) -> tuple[Statement, bool, bool]:
-        """A new version when the content differs: (statement, saved, signature cancelled)."""
-        if statement.status not in EDITABLE:
-            raise conflict("statement_signed" if statement.status == "signed" else "statement_sealing",
-                           "This statement has been signed and can no longer change."
-                           if statement.status == "signed" else "This statement is being signed right now.")
-        if base is not None and base != statement.version:
-            raise conflict("version_conflict", f"This statement is at version {statement.version}, not {base}: "
-                                               "reload it before saving.")
-        current = await self.version(db, statement)
-        digest = sc.content_hash(content)
-        if digest == current.content_sha256:
-            return statement, False, False
-        now = self.clock()
-        was = statement.status
-        result = await db.execute(
-            update(Statement).where(Statement.id == statement.id, Statement.version == statement.version,
-                                    Statement.status.in_(EDITABLE))
-            .values(version=statement.version + 1, status="draft", updated_at=now, sent_at=None, sent_by=None)
-            .execution_options(synchronize_session=False))
-        if result.rowcount != 1:
-            await db.rollback()
-            raise conflict("version_conflict", "The statement changed meanwhile: reload it before saving.")
-        number = statement.version + 1
-        db.add(StatementVersion(statement_id=statement.id, version=number, content=content,
-                                content_sha256=digest, saved_by=who, saved_at=now))
-        await db.flush()
-        await db.refresh(statement)
-        if was == "awaiting_signature":
-            self._event(db, statement, "signature_cancelled", who)
-        self._event(db, statement, "saved", who)
-        await db.commit()
-        return statement, True, was == "awaiting_signature"
+    async def _fresh(self, db: AsyncSession, statement: Statement) -> Statement:
+        """The statement as it is now, read inside the transaction that changes it."""
+        found = await db.get(Statement, statement.id, populate_existing=True)
+        if found is None:  # pragma: no cover - statements are never deleted
+            raise not_found("No such statement.")
+        return found
 
-    async def send(self, db: AsyncSession, consultation: Consultation, statement: Statement, who: str,
-                   identification: Optional[str]) -> bool:
-        """Send for signature; False when it already was (nothing changed)."""
+    async def save(self, statement: Statement, who: Actor, content: dict[str, Any], base: Optional[int]
+                   ) -> tuple[Statement, bool, bool]:
+        """A new version when the content differs: (statement, saved, signature cancelled).
+        The version, its events and its audit entry commit together, or none of them."""
+        async with self.audit.transaction() as tx:
+            db = tx.db
+            statement = await self._fresh(db, statement)
+            if statement.status not in EDITABLE:
+                raise conflict("statement_signed" if statement.status == "signed" else "statement_sealing",
+                               "This statement has been signed and can no longer change."
+                               if statement.status == "signed" else "This statement is being signed right now.")
+            if base is not None and base != statement.version:
+                raise conflict("version_conflict", f"This statement is at version {statement.version}, not {base}: "
+                                                   "reload it before saving.")
+            current = await self.version(db, statement)
+            digest = sc.content_hash(content)
+            if digest == current.content_sha256:
+                return statement, False, False
+            now = self.clock()
+            was = statement.status
+            result = await db.execute(
+                update(Statement).where(Statement.id == statement.id, Statement.version == statement.version,
+                                        Statement.status.in_(EDITABLE))
+                .values(version=statement.version + 1, status="draft", updated_at=now, sent_at=None, sent_by=None)
+                .execution_options(synchronize_session=False))
+            if result.rowcount != 1:
+                raise conflict("version_conflict", "The statement changed meanwhile: reload it before saving.")
+            number = statement.version + 1
+            db.add(StatementVersion(statement_id=statement.id, version=number, content=content,
+                                    content_sha256=digest, saved_by=who.name, saved_at=now))
+            await db.flush()
+            await db.refresh(statement)
+            cancelled = was == "awaiting_signature"
+            if cancelled:
+                self._event(db, statement, "signature_cancelled", who.name)
+            self._event(db, statement, "saved", who.name)
+            tx.add(who, "statement.save", f"statement:{statement.id}", consultation_id=statement.consultation_id,
+                   details={"version": number, "content_sha256": digest, "signature_cancelled": cancelled})
+        return statement, True, cancelled
+
+    async def send(self, consultation: Consultation, statement: Statement, who: Actor,
+                   identification: Optional[str], base: Optional[int] = None) -> tuple[Statement, bool]:
+        """Send for signature: (statement, sent); not sent when it already was (nothing
+        changed). The change and its audit entry commit together."""
         if consultation.status == "closed":
             raise ApiError(410, "consultation_closed", "The consultation is closed: its link can no longer sign.")
-        if statement.status == "awaiting_signature":
-            return False
-        if statement.status != "draft":
-            raise conflict("statement_signed", "This statement has already been signed.")
-        current = await self.version(db, statement)
-        needed = sc.missing(current.content)
-        if needed:
-            raise ApiError(422, "incomplete", "Before sending, fill in: " + ", ".join(needed) + ".", fields=needed)
-        result = await db.execute(
-            update(Statement).where(Statement.id == statement.id, Statement.status == "draft",
-                                    Statement.version == statement.version)
-            .values(status="awaiting_signature", sent_by=who, sent_at=self.clock(), updated_at=self.clock(),
-                    identification=identification or default_identification(who))
-            .execution_options(synchronize_session=False))
-        if result.rowcount != 1:
-            await db.rollback()
-            raise conflict("version_conflict", "The statement changed meanwhile: reload it and send again.")
-        await db.refresh(statement)
-        self._event(db, statement, "sent", who)
-        await db.commit()
-        return True
+        async with self.audit.transaction() as tx:
+            db = tx.db
+            statement = await self._fresh(db, statement)
+            if base is not None and base != statement.version:
+                raise conflict("version_conflict", f"This statement is at version {statement.version}, not {base}.")
+            if statement.status == "awaiting_signature":
+                return statement, False
+            if statement.status != "draft":
+                raise conflict("statement_signed", "This statement has already been signed.")
+            current = await self.version(db, statement)
+            needed = sc.missing(current.content)
+            if needed:
+                raise ApiError(422, "incomplete", "Before sending, fill in: " + ", ".join(needed) + ".",
+                               fields=needed)
+            result = await db.execute(
+                update(Statement).where(Statement.id == statement.id, Statement.status == "draft",
+                                        Statement.version == statement.version)
+                .values(status="awaiting_signature", sent_by=who.name, sent_at=self.clock(), updated_at=self.clock(),
+                        identification=identification or default_identification(who.name))
+                .execution_options(synchronize_session=False))
+            if result.rowcount != 1:
+                raise conflict("version_conflict", "The statement changed meanwhile: reload it and send again.")
+            await db.refresh(statement)
+            self._event(db, statement, "sent", who.name)
+            tx.add(who, "statement.send", f"statement:{statement.id}", consultation_id=consultation.id,
+                   details={"version": statement.version})
+        return statement, True
 
-    async def request_change(self, db: AsyncSession, statement: Statement, text: str) -> Statement:
-        result = await db.execute(
-            update(Statement).where(Statement.id == statement.id, Statement.status == "awaiting_signature",
-                                    Statement.version == statement.version)
-            .values(status="draft", updated_at=self.clock())
-            .execution_options(synchronize_session=False))
-        if result.rowcount != 1:
-            await db.rollback()
-            raise conflict("not_awaiting_signature", "This statement is not waiting for your signature.")
-        await db.refresh(statement)
-        self._event(db, statement, "change_requested", "victim", text)
-        await db.commit()
+    async def request_change(self, statement: Statement, who: Actor, text: str) -> Statement:
+        """The witness asks for a change: back to draft with their words, and the audit
+        entry, in one transaction."""
+        async with self.audit.transaction() as tx:
+            db = tx.db
+            result = await db.execute(
+                update(Statement).where(Statement.id == statement.id, Statement.status == "awaiting_signature",
+                                        Statement.version == statement.version)
+                .values(status="draft", updated_at=self.clock())
+                .execution_options(synchronize_session=False))
+            if result.rowcount != 1:
+                raise conflict("not_awaiting_signature", "This statement is not waiting for your signature.")
+            statement = await self._fresh(db, statement)
+            self._event(db, statement, "change_requested", "victim", text)
+            tx.add(who, "statement.change_request", f"statement:{statement.id}",
+                   consultation_id=statement.consultation_id, details={"version": statement.version})
         return statement
 
     # -- signing ---------------------------------------------------------------------
@@ -356,11 +401,21 @@ class Statements:
             reason=f"MG11 witness statement {statement.id} (version {version.version}) signed by the witness",
             location="EVR video response", name=typed_name)
         digest = hashlib.sha256(sealed).hexdigest()
+        base = prefix(consultation.id, statement.id)
+        # The store never overwrites: an attempt that failed (a crash, or its database
+        # transaction refused) left its files; this one adds its own beside them, its PDF
+        # too, and its record names which PDF is its own.
+        existing = set(await self.store.keys(base))
+        suffix, attempt = "", 1
+        while any(f"{base}{name}" in existing for name in _attempt_names(suffix)):
+            attempt += 1
+            suffix = f"-{attempt}"
+        png_name, record_name, pdf_name = _attempt_names(suffix)
         record = {
             "type": "evr.statement_signing_record", "version": 1,
             "statement_id": statement.id, "statement_version": version.version,
             "consultation_id": consultation.id, "cad_ref": consultation.cad_ref,
-            "document_sha256": digest, "document_size": len(sealed),
+            "document_sha256": digest, "document_size": len(sealed), "document_name": pdf_name,
             "shown_sha256": rendered.preview_sha256, "content_sha256": version.content_sha256,
             "pages": layout.statement_pages, "declaration": layout.declaration,
             "declaration_accepted": True, "typed_name": typed_name,
@@ -370,29 +425,21 @@ class Statements:
             "identification": statement.identification, "read_to_witness_by": reader,
             "sealed_by": self.identity.subject,
         }
-        base = prefix(consultation.id, statement.id)
-        # The store never overwrites: an attempt torn by a crash left its files; this one
-        # adds its own beside them. The PDF goes last: once it is there, sealing is done.
-        existing = set(await self.store.keys(base))
-        suffix, attempt = "", 1
-        while f"{base}signature{suffix}.png" in existing or f"{base}signing-record{suffix}.json" in existing:
-            attempt += 1
-            suffix = f"-{attempt}"
-        await self.store.add_bytes(f"{base}signature{suffix}.png", image.original, sha256=image.sha256)
+        # The PDF goes last: once it is there, this attempt's sealing can be finished.
+        await self.store.add_bytes(base + png_name, image.original, sha256=image.sha256)
         raw_record = json.dumps(record, indent=1, sort_keys=True, ensure_ascii=False).encode()
-        await self.store.add_bytes(f"{base}signing-record{suffix}.json", raw_record)
-        await self.store.add_bytes(base + PDF_NAME, sealed, sha256=digest)
-        await self.audit.record(actor, "statement.sign", f"statement:{statement.id}", consultation_id=consultation.id,
-                                details={"version": version.version, "shown_sha256": rendered.preview_sha256,
-                                         "signature_png_sha256": image.sha256})
-        row = await self._signed(consultation.id, statement, record, len(sealed))
+        await self.store.add_bytes(base + record_name, raw_record)
+        await self.store.add_bytes(base + pdf_name, sealed, sha256=digest)
+        row = await self._signed(consultation.id, statement, record, len(sealed), actor)
         log.info("statement sealed (id=%s consultation=%s pages=%d sha256=%s)", statement.id, consultation.id,
                  layout.statement_pages, digest)
         return row
 
     async def _signed(self, consultation_id: str, statement: Statement, record: dict[str, Any], size: int,
-                      recovered: bool = False) -> StatementSignature:
-        """Record a sealed statement in the database and the audit log (its files are in the store)."""
+                      signer: Actor, recovered: bool = False) -> StatementSignature:
+        """Record a sealed statement (its files are in the store): the signature, the
+        evidence item, the status and both audit entries (the witness's signature and
+        the seal) in one transaction, or nothing."""
         now = datetime.fromisoformat(record["signed_at"].replace("Z", "+00:00"))
         digest = record["document_sha256"]
         row = StatementSignature(
@@ -402,42 +449,42 @@ class Statements:
             binding_hash=record["link_binding_sha256"] or "", client_ip=record["client_ip"],
             user_agent=record["user_agent"], officer=record["officer"] or "",
             identification=record["identification"] or "", read_by=record["read_to_witness_by"], record=record)
-        async with self.db() as db:
+        obj = f"statement:{statement.id}"
+        async with self.audit.transaction() as tx:
+            db = tx.db
+            result = await db.execute(update(Statement).where(Statement.id == statement.id,
+                                                              Statement.status == "sealing")
+                                      .values(status="signed", sha256=digest, signed_at=now, updated_at=now)
+                                      .execution_options(synchronize_session=False))
+            if result.rowcount != 1:  # only the attempt that claimed it (status "sealing") finishes it
+                raise conflict("not_awaiting_signature", "This statement is not being signed.")
             db.add(row)
             db.add(EvidenceItem(id=statement.id, kind="statement", consultation_id=consultation_id,
                                 prefix=prefix(consultation_id, statement.id), created_at=now, sha256=digest,
                                 size=size))
-            await db.execute(update(Statement).where(Statement.id == statement.id)
-                             .values(status="signed", sha256=digest, signed_at=now, updated_at=now)
-                             .execution_options(synchronize_session=False))
             db.add(StatementEvent(statement_id=statement.id, at=now, kind="signed",
                                   version=record["statement_version"], actor="victim"))
-            await db.commit()
+            tx.add(signer, "statement.sign", obj, consultation_id=consultation_id,
+                   details={"version": record["statement_version"], "shown_sha256": record["shown_sha256"],
+                            "signature_png_sha256": record["signature_png_sha256"],
+                            **({"recovered": True} if recovered else {})})
+            tx.add(Actor.system(), "statement.seal", obj, consultation_id=consultation_id,
+                   details={"sha256": digest, "pages": record["pages"], "sealed_by": record["sealed_by"],
+                            **({"recovered": True} if recovered else {})})
         statement.status, statement.sha256, statement.signed_at = "signed", digest, now
-        await self.audit.record(Actor.system(), "statement.seal", f"statement:{statement.id}",
-                                consultation_id=consultation_id,
-                                details={"sha256": digest, "pages": record["pages"], "sealed_by": record["sealed_by"],
-                                         **({"recovered": True} if recovered else {})})
         return row
 
     async def recover(self) -> int:
-        """After an unclean stop, a statement left ``sealing`` is finished from what its
+        """After an unclean stop, a statement left ``sealing`` is finished from what an
         attempt stored when its PDF got there; otherwise it waits for its signature again."""
         async with self.db() as db:
             stuck = list(await db.scalars(select(Statement).where(Statement.status == "sealing")))
         for statement in stuck:
-            base = prefix(statement.consultation_id, statement.id)
-            record = None
-            if await self.store.exists(base + PDF_NAME):
-                sealed = await self.store.read_bytes(base + PDF_NAME)
-                digest = hashlib.sha256(sealed).hexdigest()
-                for key in await self.store.keys(base):
-                    if key.rsplit("/", 1)[-1].startswith("signing-record"):
-                        candidate = json.loads(await self.store.read_bytes(key))
-                        if candidate.get("document_sha256") == digest:
-                            record = candidate
-            if record is not None:
-                await self._signed(statement.consultation_id, statement, record, len(sealed), recovered=True)
+            found = await self._stored_attempt(statement)
+            if found is not None:
+                record, size = found
+                signer = Actor("victim", "victim", record.get("client_ip"))
+                await self._signed(statement.consultation_id, statement, record, size, signer, recovered=True)
                 log.warning("statement %s: sealing interrupted after the PDF was stored; finished", statement.id)
                 continue
             async with self.db() as db:
@@ -446,6 +493,49 @@ class Statements:
                 await db.commit()
         return len(stuck)
 
+    async def _stored_attempt(self, statement: Statement) -> Optional[tuple[dict[str, Any], int]]:
+        """The newest attempt whose record and PDF are both in the store (and agree) for
+        the version waiting to be signed: (its record, the PDF's size), or None."""
+        base = prefix(statement.consultation_id, statement.id)
+        keys = set(await self.store.keys(base))
+        best: Optional[tuple[int, dict[str, Any], int]] = None
+        for key in keys:
+            name = key[len(base):]
+            if not (name.startswith("signing-record") and name.endswith(".json")):
+                continue
+            try:
+                record = json.loads(await self.store.read_bytes(key))
+                attempt = int(name[len("signing-record-"):-len(".json")] or 1) if name != "signing-record.json" else 1
+            except ValueError:
+                continue
+            pdf_key = base + str(record.get("document_name") or PDF_NAME)
+            if record.get("statement_version") != statement.version or pdf_key not in keys:
+                continue
+            sealed = await self.store.read_bytes(pdf_key)
+            if hashlib.sha256(sealed).hexdigest() == record.get("document_sha256") and (
+                    best is None or attempt > best[0]):
+                best = (attempt, record, len(sealed))
+        return None if best is None else (best[1], best[2])
+
     async def pdf(self, consultation: Consultation, statement: Statement) -> bytes:
-        return await self.store.read_bytes(prefix(consultation.id, statement.id) + PDF_NAME)
+        """The sealed PDF: the one the signing record in the database names."""
+        async with self.db() as db:
+            signature = await db.get(StatementSignature, statement.id)
+        name = (signature.record or {}).get("document_name") if signature else None
+        return await self.store.read_bytes(prefix(consultation.id, statement.id) + (name or PDF_NAME))
+
+
+def _is_uuid(value: str) -> bool:
+    """Whether ``value`` is an id as the service writes them (anything else, NUL
+    included, is never looked up: PostgreSQL refuses NUL in a query)."""
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+def _attempt_names(suffix: str) -> tuple[str, str, str]:
+    """The signature image, signing record and sealed PDF of one signing attempt
+    (the first has no suffix: ``statement.pdf``)."""
+    return f"signature{suffix}.png", f"signing-record{suffix}.json", f"statement{suffix}.pdf"
 
