@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import tempfile
 import uuid
 import zipfile
@@ -23,6 +22,7 @@ from evr.errors import ApiError, not_found
 from evr.evidence import ItemExists
 from evr.http import AUDIT, CONSULTATIONS, DB, RECORDINGS, SIGNING_KEY, STORE, actor, current_staff, read_json
 from evr.keys import fingerprint, public_pem
+from evr.text import plain_text
 from evr.timeutil import rfc3339
 
 from . import manifest as mf
@@ -34,13 +34,8 @@ log = logging.getLogger(__name__)
 
 CLASSIFICATIONS = ("non_evidential", "evidential")
 MAX_REASON = 1000
-#: Control characters other than tab and line breaks: not text a person wrote, and
-#: PostgreSQL stores no NUL (it failed the request after the checks, as a 500).
-_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
 def _checked_reason(reason: str) -> str:
-    if _CONTROLS.search(reason):
+    if not plain_text(reason):  # PostgreSQL stores no NUL: it was a 500 after the checks
         raise ApiError(422, "invalid", "The reason must be plain text (no control characters).", fields=["reason"])
     return reason
 

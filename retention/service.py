@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -45,6 +44,7 @@ from evr.db import (
 )
 from evr.evidence.store import EvidenceStore, StillLocked
 from evr.keys import fingerprint
+from evr.text import plain_text
 from evr.timeutil import Clock, rfc3339
 
 from .policy import ASSESSMENT_CRITERIA, DECISIONS, NON_EVIDENTIAL, UNCLASSIFIED, Policy, ReviewState
@@ -71,11 +71,6 @@ class RetentionError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-#: What a reason may not hold: controls other than line breaks and tabs (NUL cannot be
-#: stored by PostgreSQL), and lone surrogates (no encoding can store them).
-_UNSTORABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
-
-
 def _reason(reason: Optional[str]) -> str:
     """A reason kept in the audit log: 422 unless it is text that can be stored,
     checked before anything is written (web and command line alike)."""
@@ -83,7 +78,7 @@ def _reason(reason: Optional[str]) -> str:
         raise RetentionError(422, "reason_required", "Give a reason: it is kept in the audit log.")
     if len(reason) > MAX_REASON:
         raise RetentionError(422, "reason_too_long", f"The reason is longer than {MAX_REASON} characters.")
-    if _UNSTORABLE.search(reason):
+    if not plain_text(reason):
         raise RetentionError(422, "invalid_reason", "The reason holds control characters or text that is not "
                                                     "valid Unicode.")
     return reason.strip()

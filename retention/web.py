@@ -12,7 +12,6 @@ import asyncio
 import csv
 import io
 import logging
-import re
 import uuid
 from contextlib import suppress
 from datetime import datetime
@@ -27,7 +26,7 @@ from evr.http import (
     AUDIT, CLOCK, CONSULTATIONS, DB, SETTINGS, SIGNING_KEY, STORE, actor, current_staff, read_json,
 )
 from evr.pages import WEB_DIR
-from evr.text import TextError, parse_count
+from evr.text import TextError, parse_count, plain_text
 
 from .policy import ASSESSMENT_CRITERIA, Policy, parse_date, parse_time
 from .service import CSV_COLUMNS, Retention, RetentionError
@@ -125,7 +124,6 @@ async def _call(coro: Awaitable[Any]) -> Any:
 MAX_QUERY_TEXT = 200
 #: The largest entry id a cursor may name (the column is a 32-bit integer on PostgreSQL).
 MAX_CURSOR = 2**31 - 1
-_UNUSABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
 
 def query_text(value: Optional[str], name: str, limit: int = MAX_QUERY_TEXT) -> Optional[str]:
@@ -133,7 +131,7 @@ def query_text(value: Optional[str], name: str, limit: int = MAX_QUERY_TEXT) -> 
     ``limit`` or holding control characters or lone surrogates."""
     if not value:
         return None
-    if len(value) > limit or _UNUSABLE.search(value):
+    if len(value) > limit or not plain_text(value, multiline=False):
         raise bad_request(f"{name} must be text of at most {limit} characters, without control characters.",
                           "invalid_parameter")
     return value

@@ -54,7 +54,8 @@ async def read_json(request: web.Request) -> Any:
     try:
         return parse_json(text)
     except JsonError as exc:
-        raise ApiError(400 if exc.code == "malformed_json" else 422, exc.code, str(exc)) from None
+        fields = {"fields": [exc.field]} if exc.field else {}
+        raise ApiError(400 if exc.code == "malformed_json" else 422, exc.code, str(exc), **fields) from None
 
 
 def same_origin(request: web.Request) -> bool:

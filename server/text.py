@@ -37,6 +37,19 @@ class TextError(ValueError):
     """Text or a number from outside that cannot be used; the message names where."""
 
 
+#: Controls other than tab and line breaks: not text a person wrote; NUL cannot be
+#: stored by PostgreSQL; with lone surrogates, what :func:`plain_text` refuses.
+_NOT_PLAIN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+_LINE_BREAKS = re.compile("[\n\r]")
+
+
+def plain_text(value: str, multiline: bool = True) -> bool:
+    """True when ``value`` is text a person wrote and every back end can store (a
+    reason, a message, a search): no control characters but tab and, when
+    ``multiline``, line breaks; no lone surrogates."""
+    return not _NOT_PLAIN.search(value) and (multiline or not _LINE_BREAKS.search(value))
+
+
 def strip_bidi(value: str) -> str:
     return BIDI_CONTROLS.sub("", value)
 
@@ -60,9 +73,12 @@ MAX_JSON_DEPTH = 32
 class JsonError(TextError):
     """A JSON document that cannot be used; ``code`` says why (for the API error)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, field: Optional[str] = None) -> None:
         super().__init__(message)
         self.code = code
+        #: Where in the document, as the API's ``fields`` name it (``victim.name``,
+        #: ``exhibits[0].upload_id``), when one value is to blame.
+        self.field = field
 
 
 def parse_json(text: str) -> Any:
@@ -93,7 +109,7 @@ def check_json(value: Any) -> Optional[JsonError]:
         if isinstance(item, str):
             if _UNSTORABLE.search(item):
                 return JsonError("unencodable_text", f"{path} holds text that cannot be stored "
-                                                     "(a NUL, or not valid Unicode).")
+                                                     "(a NUL, or not valid Unicode).", path[2:] or None)
         elif isinstance(item, (dict, list)):
             if depth >= MAX_JSON_DEPTH:
                 return JsonError("malformed_json", f"The JSON nests deeper than {MAX_JSON_DEPTH} levels.")

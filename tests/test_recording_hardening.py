@@ -245,7 +245,7 @@ async def test_reasons_and_ids_that_cannot_be_stored_are_refused_not_500(call, s
     rid = (await rows(server, Recording, consultation_id=c.id))[0].id
     base = f"/api/consultations/{c.id}/recordings"
     nul = await c.officer.post(f"{base}/{rid}/classification", {"classification": "evidential", "reason": "a\u0000b"})
-    assert nul.status == 422 and (await nul.json())["error"]["code"] == "invalid"
+    assert nul.status == 422 and (await nul.json())["error"]["code"] == "unencodable_text"
     [row] = await rows(server, Recording, id=rid)
     assert row.classification == "non_evidential"
     for path in (f"{base}/{rid}/export?reason=a%00b", f"{base}/{rid}/playback?reason=%1b[2J"):

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-from typing import Any, Optional
+from typing import Any
 
 from aiohttp import web
 from evr.auth import CALL_ROLES, Staff
@@ -34,7 +33,7 @@ from evr.http import (
     same_origin,
 )
 from evr.links import victim_actor, victim_link
-from evr.text import JsonError, TextError, clean_header, parse_count, parse_json
+from evr.text import JsonError, TextError, clean_header, parse_count, parse_json, plain_text
 from evr.timeutil import rfc3339
 from sqlalchemy import select
 
@@ -138,9 +137,6 @@ def version_number(text: str) -> int:
     return number
 
 
-_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
-
-
 def _free_text(value: Any, field: str, limit: int, message: str, code: str, multiline: bool = False) -> str:
     """Optional free text (a reason, how the witness was identified, a change asked for):
     a string of at most ``limit`` characters, stripped; controls (NUL, which PostgreSQL
@@ -148,8 +144,7 @@ def _free_text(value: Any, field: str, limit: int, message: str, code: str, mult
     ``multiline``."""
     if value is None:
         return ""
-    if not isinstance(value, str) or len(value) > limit or _CONTROLS.search(value) or (
-            not multiline and ("\n" in value or "\r" in value)):
+    if not isinstance(value, str) or len(value) > limit or not plain_text(value, multiline):
         raise ApiError(422, code, message, fields=[field])
     return value.strip()
 
