@@ -619,10 +619,13 @@ class Retention:
                              automatic: bool) -> None:
         now = self.clock()
         run = uuid.uuid4().hex
-        # 1. Recompute from the sources and claim what is still due and not held.
+        # 1. Recompute from the sources and claim what is still due and not held, with a
+        #    ``retention.dispose_start`` entry naming the run and its items: content is
+        #    removed only once the log says who began erasing what (the append lock is
+        #    also SQLite's write lock, and PostgreSQL's rows are locked FOR UPDATE).
         claimed: list[tuple[ScheduleRow, dict[str, Any]]] = []
-        async with self.db() as db:
-            await _begin_write(db)
+        async with self.audit.transaction() as claim:
+            db = claim.db
             await self._update(db, await self._compute(db, [r.item_id for r in batch]))
             still = {r.item_id: r for r in await db.scalars(
                 select(RetentionItem).where(RetentionItem.item_id.in_([r.item_id for r in batch]),
@@ -645,7 +648,8 @@ class Retention:
                 await db.execute(_SET_STATE, [
                     {"b_id": row.item_id, "b_state": "disposing", "b_due": still[row.item_id].due_at,
                      "b_disposal": decision, "b_now": now} for row, decision in claimed])
-            await db.commit()
+                claim.add(who, "retention.dispose_start", f"disposal:{run}",
+                          details={"items": [row.item_id for row, _ in claimed], "automatic": automatic})
         if not claimed:
             return
         # 2. Remove the content from the store, every version.

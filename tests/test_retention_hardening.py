@@ -199,3 +199,34 @@ async def test_a_next_review_out_of_range_is_422(server, people):
     response = await records.post("/api/retention/review", {"id": footage["id"], "decision": "retain",
                                                              "reason": "r", "next_review": "0001-01-01T00:00:00+14:00"})
     assert response.status == 422, await response.text()
+
+
+async def test_a_disposal_whose_start_cannot_be_logged_removes_nothing(server, clock, people, audit_fails):
+    """Erasure is the one change that cannot be rolled back: the content went before
+    the log said so, and a failing audit write afterwards left it gone without an
+    ``evidence.erase`` entry. Now the claim and a ``retention.dispose_start`` entry
+    commit together before anything is removed."""
+    from evr.db import RetentionItem
+    from test_retention import objects
+
+    _, records, cid = people
+    footage = await add_item(server, cid)
+    clock.advance(days=32)
+    audit_fails()
+    response = await records.post("/api/retention/dispose", {"ids": [footage["id"]], "execute": True})
+    assert response.status == 500
+    assert len(await objects(server, footage["prefix"])) == 2
+    async with server.app[DB]() as db:
+        assert (await db.get(RetentionItem, footage["id"])).state != "disposing"
+
+
+async def test_a_disposal_run_is_logged_before_it_erases(server, clock, people):
+    _, records, cid = people
+    footage = await add_item(server, cid)
+    clock.advance(days=32)
+    await json_of(await records.post("/api/retention/dispose", {"ids": [footage["id"]], "execute": True}), 200)
+    async with server.app[DB]() as db:
+        entries = list(await db.scalars(select(AuditEntry).where(AuditEntry.action.in_(
+            ("retention.dispose_start", "evidence.erase"))).order_by(AuditEntry.id)))
+    assert [e.action for e in entries] == ["retention.dispose_start", "evidence.erase"]
+    assert entries[0].details["items"] == [footage["id"]] and entries[0].actor == "rita"
