@@ -36,7 +36,7 @@ from .roles import CALL_ROLES, RESERVED_NAMES, ROLES, SUPERVISOR_ROLES
 from .timeutil import Clock
 
 __all__ = [
-    "ADDRESS_MAX_FAILURES", "Authenticator", "BAD_LOGIN", "CALL_ROLES", "CSRF_HEADER", "MIN_PASSWORD",
+    "Authenticator", "BAD_LOGIN", "CALL_ROLES", "CSRF_HEADER", "MIN_PASSWORD",
     "RESERVED_NAMES", "ROLES", "SESSION_COOKIE", "SUPERVISOR_ROLES", "Staff", "add_user", "check_password",
     "csrf_ok", "end_sessions", "hash_password", "insert_user", "new_user", "sha256_hex", "username_problem", "verify_password",
 ]
@@ -47,9 +47,6 @@ SESSION_COOKIE = "evr_session"
 CSRF_HEADER = "X-CSRF-Token"
 BAD_LOGIN = "Wrong user name or password."
 MIN_PASSWORD = 10
-#: Failed logins from one client address, across user names, before it gets 429 for
-#: the rest of the window (``login_lockout_minutes``). Successful logins do not count.
-ADDRESS_MAX_FAILURES = 20
 
 _hasher = PasswordHasher()
 
@@ -237,7 +234,7 @@ class Authenticator:
             .returning(LoginThrottle.count)
         )
         tries = (await db.execute(by_address)).scalar_one()
-        if tries > ADDRESS_MAX_FAILURES:
+        if tries > self.settings.login_address_max_failures:
             await db.commit()
             log.warning("login refused: too many failures from one address")
             raise ApiError(429, "throttled", "Too many failed attempts from here. Try again later.")

@@ -37,6 +37,12 @@ class Settings:
     #: Failed logins for one user name before it is locked for ``login_lockout_minutes``.
     login_max_failures: int = 5
     login_lockout_minutes: float = 15.0
+    #: Failed logins from one client address, across user names, within
+    #: ``login_lockout_minutes`` before that address gets 429.
+    login_address_max_failures: int = 20
+    #: Unknown link tokens one client address may present in a minute before its
+    #: link requests get 429.
+    link_unknown_per_minute: int = 30
     #: Delay added per failed login (seconds, doubled each failure, capped at 4 s).
     login_failure_delay: float = 0.25
     #: ``outbox`` (staff read it through the API) or ``notify`` (HTTP gateway).

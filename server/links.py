@@ -14,7 +14,7 @@ page's scripts, and answers in the contract's JSON error shape whatever goes wro
 (:func:`evr.app.json_errors`); the page and the socket answer with pages a person can read.
 
 Guessing tokens is hopeless (256 bits) but not free: unknown tokens are counted per
-client address and past :data:`UNKNOWN_PER_MINUTE` in a minute that address gets 429
+client address and past ``link_unknown_per_minute`` in a minute that address gets 429
 for the rest of the minute (:class:`UnknownTokens`), logged once, not once a guess.
 """
 
@@ -37,8 +37,6 @@ log = logging.getLogger(__name__)
 #: The cookie that binds a link to the browser that claimed it.
 BINDING_COOKIE = "evr_link"
 
-#: Unknown tokens one client address may present in a minute before it gets 429.
-UNKNOWN_PER_MINUTE = 30
 #: How many addresses the throttle remembers at most (memory stays bounded).
 MAX_ADDRESSES = 100_000
 
@@ -54,7 +52,7 @@ _REFUSALS = {
 class UnknownTokens:
     """Counts unknown link tokens per client address in fixed one-minute windows."""
 
-    def __init__(self, limit: int = UNKNOWN_PER_MINUTE, window: float = 60.0,
+    def __init__(self, limit: int, window: float = 60.0,
                  clock: Callable[[], float] = time.monotonic, max_addresses: int = MAX_ADDRESSES) -> None:
         self.limit = limit
         self.window = window
@@ -229,7 +227,7 @@ async def victim_socket(request: web.Request) -> web.StreamResponse:
 
 def setup(app: web.Application) -> None:
     """The victim's page, the claim and the socket, and the unknown-token throttle."""
-    app[UNKNOWN_TOKENS] = UnknownTokens()
+    app[UNKNOWN_TOKENS] = UnknownTokens(app[SETTINGS].link_unknown_per_minute)
     app.add_routes([
         web.get("/j/{token}", victim_page),
         web.post("/j/{token}/claim", claim),
