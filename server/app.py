@@ -7,7 +7,7 @@ from typing import Any, Awaitable, Callable, Optional
 
 from aiohttp import web
 
-from . import pages, uploads
+from . import openapi, pages, uploads
 from .audit import AuditLog
 from .auth import CALL_ROLES, CSRF_HEADER, SESSION_COOKIE, Authenticator, csrf_ok
 from .config import Settings
@@ -70,6 +70,7 @@ def create_app(settings: Settings, clock: Clock = utcnow, notifier: Optional[Not
     recording_api.setup(app)
     retention_web.setup(app)
     statements_api.setup(app)
+    openapi.setup(app)
     app.on_shutdown.append(_shutdown)
     app.add_routes(
         [
