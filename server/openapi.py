@@ -665,7 +665,8 @@ def _paths() -> dict[str, dict[str, Any]]:
             {"200": _answer("Signed and sealed.", _obj(("id", "status", "sha256"), id=UUID,
                                                        status={"const": "signed"}, sha256=SHA256, pages=INT,
                                                        signed_at=TIME))},
-            security=VICTIM, params=(TOKEN, SID), body=_ref("Sign"), example=EXAMPLES["sign"], errors=(400, 403, 404, 409, 410, 413, 422))},
+            security=VICTIM, params=(TOKEN, SID), body=_ref("Sign"), example=EXAMPLES["sign"],
+            errors=(400, 403, 404, 409, 410, 413, 422))},
         j + "/statements/{sid}/change": {"post": _op(
             "Ask for a change (back to draft; same-origin)", "victim",
             {"200": _answer("Back to draft.", _obj(("id", "status", "version"), id=UUID, status=STR, version=INT))},

@@ -10,23 +10,33 @@ columns refuse what SQLite takes (NUL characters).
 
 Before fuzzing, the fixture builds a realistic state, so paths with ``{id}`` reach
 real objects: an officer (and records staff, and a spare session for logout), a
-consultation with a victim whose browser claimed the link, a short aiortc call (so
-there are recordings), an upload finished by the victim and one left unfinished, a
-statement sent for signature, and a second consultation that the fuzzer may close.
-Three in four generated path parameters are replaced by those real ids (the rest
-stay random, for the 404 paths); the victim's operations carry the link's binding
-cookie, staff ones the session cookie and X-CSRF-Token.
+consultation whose link a victim's browser claimed, an upload finished by the victim
+and one left unfinished, a statement sent for signature, and a second consultation
+with the recordings of a short aiortc call, then closed (the fuzzer's closes go to
+it). Three in four generated path parameters are replaced by those real ids (the
+rest stay random, for the 404 paths); the victim's operations carry the link's
+binding cookie, staff ones the session cookie and X-CSRF-Token.
 
-Every operation gets ``EVR_FUZZ_EXAMPLES`` (10) generated cases of valid and
-invalid input plus schemathesis's coverage cases (boundaries, wrong types, missing
-and unexpected parameters), with a fixed seed (``EVR_FUZZ_SEED``, or ``random``).
-Checks: no 5xx (``not_a_server_error``), every answer matches its documented schema
+Three passes over every documented operation:
+
+- ``test_api``: schemathesis's cases: the document's examples, its coverage phase
+  (boundaries, wrong types, missing and unexpected parameters, other methods) and
+  ``EVR_FUZZ_EXAMPLES`` (10) generated valid and invalid requests.
+- ``test_api_hostile``: the same generator, with hostile values put where the
+  operation reads input (:func:`_hostile`): what a schema-driven generator rarely
+  makes (lone surrogates, NUL, non-ASCII digits, 30,000-deep JSON, invalid UTF-8).
+- ``test_every_input``: systematically, each JSON string field, each documented
+  query parameter and header with each hostile value, against the real objects.
+
+The seed is fixed (``EVR_FUZZ_SEED``, or ``random``). Checks: no 5xx
+(``not_a_server_error``), every answer matches its documented schema
 (``response_schema_conformance``; an undocumented status must be the contract's error
 shape) and documented content type (``content_type_conformance``). A failure shows the
-request as a curl line and the server's log lines it caused (the traceback).
+request as sent and the server's log lines it caused (the traceback). What was sent
+and answered per operation goes to ``tests/artifacts/fuzz-http-<backend>.txt``.
 
-Known defects, found by this fuzzer and being fixed elsewhere, are listed once in
-:data:`KNOWN_DEFECTS`: those operations are strict xfails (they must fail, so the list
+Known defects, found by these tests and being fixed elsewhere, are listed once in
+:data:`KNOWN_DEFECTS`: those tests are strict xfails (they must fail, so the list
 shrinks as fixes land).
 """
 
@@ -60,21 +70,16 @@ from schemathesis.checks import (  # noqa: E402  (checks are registered lazily: 
     response_schema_conformance,
 )
 
+from conftest import ELIGIBLE, PASSWORD, PG_URL  # noqa: E402
 from evr import openapi  # noqa: E402
 from evr.app import create_app  # noqa: E402
 from evr.config import Settings  # noqa: E402
 
-PG_URL = os.environ.get("EVR_TEST_POSTGRES", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
-PASSWORD = "correct horse battery staple"
-ELIGIBLE = {"adult_or_carer_present": True, "offender_absent": True, "safe_location": True, "consent": True}
 EXAMPLES = int(os.environ.get("EVR_FUZZ_EXAMPLES", "10"))
 _seed = os.environ.get("EVR_FUZZ_SEED", "20261130")
 SEED: Optional[int] = None if _seed == "random" else int(_seed)
 
-#: Tests that fail today because of a defect being fixed in another branch (issue 11):
-#: "test METHOD /path" (or with " @postgresql" for one back end) -> what fails and
-#: where. Each is a strict xfail: when the fix lands it passes, fails as XPASS, and
-#: its line here goes.
+# What the known defects are (see KNOWN_DEFECTS below).
 _WS_PLAIN_400 = ("finding 11 (JSON errors under /j/ too): a GET of /j/{token}/ws without the WebSocket handshake "
                  "answers aiohttp's text/plain 400 (server/app.py json_errors converts only /api/; a 500 under /j/ "
                  "is an HTML page too)")
@@ -122,6 +127,7 @@ KNOWN_DEFECTS: dict[str, str] = {
 #: The document the server publishes, built from the same code (the fixture checks
 #: that the live server serves exactly this).
 DOCUMENT = openapi.build(create_app(Settings.load(data_dir=Path("/nonexistent-evr-fuzz"), environ={})))
+
 
 def _config(examples_phase: bool) -> Any:
     settings: dict[str, Any] = {
@@ -276,8 +282,11 @@ def _summary(live: Live, backend: str, seconds: float) -> None:
     """What the run sent and got, per operation (tests/artifacts/fuzz-http-BACKEND.txt)."""
     ARTIFACTS.mkdir(exist_ok=True)
     total = sum(sum(c.values()) for c in live.statuses.values())
-    lines = [f"evr serve on {backend}: {total} requests to {len(live.statuses)} operations in {seconds:.0f} s "
-             f"(server start and set-up included), {EXAMPLES} examples per operation and test, seed {SEED}"]
+    documented = {f"{m.upper()} {p}" for p, ops in DOCUMENT["paths"].items() for m in ops}
+    reached = sum(sum(c.values()) for k, c in live.statuses.items() if k in documented)
+    lines = [f"evr serve on {backend}: {total} requests in {seconds:.0f} s (start and set-up included), "
+             f"{reached} of them to the {len(documented)} documented operations, the rest other methods on their "
+             f"paths; {EXAMPLES} examples per operation and test, seed {SEED}"]
     for label in sorted(live.statuses, key=lambda k: k.split(" ", 1)[::-1]):
         counts = live.statuses[label]
         lines.append(f"{label}: " + ", ".join(f"{status}x{n}" for status, n in sorted(counts.items())))
@@ -329,7 +338,8 @@ def _prepare(live: Live) -> None:
     tus = {"Tus-Resumable": "1.0.0"}
     png = _png()
     made = live.victim.post(f"{link}/uploads", timeout=30, headers={
-        **tus, "Upload-Length": str(len(png)), "Upload-Metadata": _metadata(filename="scene.png", filetype="image/png")})
+        **tus, "Upload-Length": str(len(png)),
+        "Upload-Metadata": _metadata(filename="scene.png", filetype="image/png")})
     assert made.status_code == 201, made.text
     finished = made.headers["Location"].rsplit("/", 1)[1]
     sent = live.victim.patch(f"{link}/uploads/{finished}", data=png, timeout=60, headers={
