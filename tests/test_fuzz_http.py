@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import os
 import re
 import socket
@@ -87,6 +88,9 @@ _TUS_DIGITS = ("finding 11 (non-ASCII digits): Upload-Length/Upload-Offset '\u00
                "raises ValueError: 500 (server/uploads/api.py _int_header; use evr.text.parse_count)")
 _SIGN_DEPTH = ("finding 11 (30,000-deep JSON): POST /j/{token}/statements/{sid}/sign parses with json.loads: "
                "RecursionError, 500 HTML page (server/statements/api.py _read_limited; use evr.text.parse_json)")
+_SIGN_USER_AGENT = ("finding 2's sibling: a victim's browser whose User-Agent is not UTF-8 cannot sign: sealing "
+                    "writes it raw into signing-record.json, UnicodeEncodeError, 500 (server/statements/api.py "
+                    "victim_sign; use evr.text.clean_header); the statement stays awaiting signature")
 _AUDIT_CURSOR = ("finding 11 (cursors): GET /api/audit?cursor=\u00b2 -> ValueError, cursor past 64 bits -> "
                  "OverflowError (SQLite), past 32 bits -> DataError (PostgreSQL): 500 (retention/web.py "
                  "audit_search; use evr.text.parse_count with the column's bound)")
@@ -101,13 +105,14 @@ _NUL = ("PostgreSQL refuses NUL (U+0000) in text: a NUL in a JSON string, query 
 KNOWN_DEFECTS: dict[str, str] = {
     "test_api GET /j/{token}/ws": _WS_PLAIN_400,
     "test_api_hostile GET /j/{token}/ws": _WS_PLAIN_400,
+    "test_every_input GET /j/{token}/ws": _WS_PLAIN_400,
     "test_api_hostile POST /j/{token}/uploads": _TUS_DIGITS,
     "test_every_input POST /j/{token}/uploads": _TUS_DIGITS,
     "test_every_input PATCH /j/{token}/uploads/{uid}": _TUS_DIGITS,
     "test_every_input POST /api/consultations/{id}/uploads": _TUS_DIGITS,
     "test_every_input PATCH /api/consultations/{id}/uploads/{uid}": _TUS_DIGITS,
     "test_api_hostile POST /j/{token}/statements/{sid}/sign": _SIGN_DEPTH,
-    "test_every_input POST /j/{token}/statements/{sid}/sign": _SIGN_DEPTH,
+    "test_every_input POST /j/{token}/statements/{sid}/sign": _SIGN_DEPTH + "; and " + _SIGN_USER_AGENT,
     "test_every_input GET /api/audit": _AUDIT_CURSOR + "; on PostgreSQL also: " + _NUL,
     "test_api GET /api/audit @postgresql": _NUL + " (?actor=...NUL...)",
     "test_api_hostile GET /api/audit @postgresql": _AUDIT_CURSOR,
@@ -563,7 +568,6 @@ def _hostile(case: Any, data: Any) -> dict[str, Any]:
     arguments of the request (sent as they are: schemathesis would re-check them
     against the schema, and cannot hold bytes or lone surrogates)."""
     import copy
-    import json
 
     operation = DOCUMENT["paths"][case.path][case.method.lower()]
     json_body = "application/json" in operation.get("requestBody", {}).get("content", {})
@@ -610,6 +614,10 @@ def test_api_hostile(case: Any, data: Any, live: Live) -> None:
 
 # -- every input, systematically: each text field, parameter and header ---------------------
 
+#: User-Agent headers that are not text: invalid UTF-8, an encoded lone surrogate, a
+#: bidi override (what is kept of a browser must be cleaned, never refused or fatal).
+HOSTILE_USER_AGENT = (b"\xff\xfe", b"Mozilla/5.0 \xed\xa0\x80", "\u202eMozilla".encode())
+
 #: What every string field of every JSON body gets: text that cannot be stored (a lone
 #: surrogate: the database, the audit hash and the logs all encode UTF-8) and NUL
 #: (PostgreSQL's text columns refuse it).
@@ -637,10 +645,15 @@ def _with(value: Any, pointer: tuple[Any, ...], new: Any) -> Any:
 
 def _inputs(path: str, method: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """(what, request arguments) for every hostile input of one operation."""
-    import json
 
     operation = DOCUMENT["paths"][path][method]
     example = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("example")
+    if path.endswith("/sign"):
+        example = {**example, "signature_png": SIGNATURE}  # past the image checks, into sealing
+    valid = {"data": json.dumps(example).encode(), "headers": {"Content-Type": "application/json"}} \
+        if example is not None else {"headers": {}}
+    for raw in HOSTILE_USER_AGENT:  # an otherwise valid request from a browser that sends this
+        yield f"header User-Agent: {raw!r}", {**valid, "headers": {**valid["headers"], "User-Agent": raw}}
     if example is not None:
         for pointer in _text_places(example):
             for value in UNSTORABLE:
@@ -664,28 +677,49 @@ def _inputs(path: str, method: str) -> Iterator[tuple[str, dict[str, Any]]]:
                 yield f"header {param['name']}: {raw!r}", {"headers": {param["name"]: raw}}
 
 
+class _Ids(dict[str, str]):
+    """Path parameters: the real objects' ids, and an unknown one for the rest."""
+
+    def __missing__(self, name: str) -> str:
+        return "00000000-0000-4000-8000-000000000000"
+
+
+def _sent_statement(live: Live) -> str:
+    """A new statement of the main consultation, sent for signature: its id."""
+    statements = f"{live.url}/api/consultations/{live.real['id'][0]}/statements"
+    example = DOCUMENT["paths"]["/api/consultations/{id}/statements"]["post"]["requestBody"]["content"][
+        "application/json"]["example"]
+    officer = {"X-CSRF-Token": live.csrf["officer"]}
+    drafted = live.officer.post(statements, json=example, headers=officer, timeout=60)
+    assert drafted.status_code == 201, drafted.text
+    sid = drafted.json()["id"]
+    sent = live.officer.post(f"{statements}/{sid}/send", json={}, headers=officer, timeout=60)
+    assert sent.status_code == 200, sent.text
+    return sid
+
+
 OPERATIONS = [(path, method) for path, ops in DOCUMENT["paths"].items() for method in ops
               if any(True for _ in _inputs(path, method))]
 
 
 @pytest.mark.parametrize(("path", "method"), OPERATIONS, ids=[f"{m.upper()} {p}" for p, m in OPERATIONS])
 def test_every_input(path: str, method: str, live: Live) -> None:
-    """Each string field of each JSON body with unstorable text, each body nested 30,000
-    deep, each documented query parameter and header with invalid UTF-8, non-ASCII
-    digits and numbers past 64 bits, against real objects: a JSON 4xx, never a 500."""
+    """A User-Agent that is not text on an otherwise valid request, each string field of
+    each JSON body with unstorable text, each body nested 30,000 deep, each documented
+    query parameter and header with invalid UTF-8, non-ASCII digits and numbers past
+    64 bits, against real objects: a JSON 4xx, never a 500."""
     session, csrf = _user(live, method, path)
-    url_path = path
-    for name, choices in live.real.items():
-        if choices:
-            url_path = url_path.replace("{" + name + "}", choices[0])
-    url_path = url_path.replace("{version}", "1")
+    real = {name: choices[0] for name, choices in live.real.items() if choices}
     if path.startswith(("/api/consultations/{id}/recordings", "/api/consultations/{id}/close")):
-        url_path = url_path.replace(live.real["id"][0], live.recorded)
+        real["id"] = live.recorded
+    url_path = path.format_map(_Ids(version="1", **real))
     operation = DOCUMENT["paths"][path][method]
     tus = {"Tus-Resumable": "1.0.0"} if any(p["name"] == "Tus-Resumable" and p["required"]
                                              for p in operation.get("parameters", [])) else {}
     failures = []
     for what, arguments in _inputs(path, method):
+        if path.endswith("/sign"):  # each try on a statement waiting for its signature
+            url_path = path.format_map(_Ids(**{**real, "sid": _sent_statement(live)}))
         headers = {**tus, **csrf, **arguments.pop("headers", {})}
         offset = live.log_size()
         answer = session.request(method.upper(), f"{live.url}{url_path}", headers=headers, timeout=60, **arguments)
