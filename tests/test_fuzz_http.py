@@ -253,8 +253,9 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     database = _database(request.param, data)
     db_url = next(database)
     port = _free_port()
-    env = {**os.environ, "EVR_DATABASE_URL": db_url, "EVR_LOGIN_FAILURE_DELAY": "0.01",
-           "EVR_RETENTION_SWEEP_MINUTES": "100000"}
+    # Embedded defaults but the database; none of the caller's EVR_* settings.
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("EVR_")},
+           "EVR_DATABASE_URL": db_url, "EVR_LOGIN_FAILURE_DELAY": "0.01"}
     for name, role in (("officer1", "officer"), ("records1", "records")):
         _cli(data, env, "user", "add", name, "--role", role, stdin=PASSWORD + "\n")
     log = data.parent / "serve.log"
