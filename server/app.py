@@ -8,7 +8,7 @@ from typing import Any, Awaitable, Callable, Optional
 
 from aiohttp import web
 
-from . import links, pages, uploads
+from . import links, openapi, pages, uploads
 from .audit import AuditLog
 from .auth import CALL_ROLES, CSRF_HEADER, SESSION_COOKIE, Authenticator, csrf_ok
 from .config import Settings
@@ -73,6 +73,7 @@ def create_app(settings: Settings, clock: Clock = utcnow, notifier: Optional[Not
     retention_web.setup(app)
     statements_api.setup(app)
     links.setup(app)
+    openapi.setup(app)
     app.on_shutdown.append(_shutdown)
     app.add_routes(
         [
