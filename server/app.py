@@ -43,6 +43,7 @@ from .recording.service import Recordings
 from .retention import web as retention_web
 from .signalling import Hub
 from .statements import api as statements_api
+from .text import plain_text
 from .timeutil import Clock, rfc3339, utcnow
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ CSP = (
 
 
 def create_app(settings: Settings, clock: Clock = utcnow, notifier: Optional[Notifier] = None) -> web.Application:
-    app = web.Application(middlewares=[forwarded_client(settings), json_errors, staff_session],
+    app = web.Application(middlewares=[forwarded_client(settings), json_errors, plain_parameters, staff_session],
                           client_max_size=MAX_JSON_BODY)
     app.on_response_prepare.append(security_headers)
     app[SETTINGS] = settings
@@ -189,13 +190,13 @@ def forwarded_client(settings: Settings) -> Any:
 
 def wants_json(request: web.Request) -> bool:
     """API paths answer errors as JSON: everything under /api/, and the victim's APIs
-    under /j/{token}/ (claim, uploads, statements); the link's page and socket answer
-    with pages."""
+    under /j/{token}/ (claim, socket, uploads, statements); only the link's page
+    answers with pages."""
     path = request.path
     if path.startswith("/api/"):
         return True
     parts = path.split("/")  # "", "j", token, resource...
-    return len(parts) > 3 and parts[1] == "j" and parts[3] not in ("", "ws")
+    return len(parts) > 3 and parts[1] == "j" and parts[3] != ""
 
 
 @web.middleware
@@ -217,6 +218,18 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if wants_json(request):
             return error_response(500, "internal_error", "Something went wrong on the server.")
         return pages.message(500, "Something went wrong", "Please try again in a minute. If you are in danger call 999.")
+
+
+@web.middleware
+async def plain_parameters(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Query parameters and path segments are single-line text every back end can
+    store, or 400: a NUL reached PostgreSQL (a 500) from whatever query a handler
+    forgot to check, and no parameter of EVR's holds a control character."""
+    for name, value in (*request.query.items(), *request.match_info.items()):
+        if not plain_text(value, multiline=False) or not plain_text(name, multiline=False):
+            raise ApiError(400, "invalid_parameter",
+                           f"The parameter {name[:40]!r} holds control characters or text that is not valid Unicode.")
+    return await handler(request)
 
 
 @web.middleware

@@ -211,15 +211,12 @@ async def claim(request: web.Request) -> web.Response:
 
 
 async def victim_socket(request: web.Request) -> web.StreamResponse:
-    """``GET /j/{token}/ws``: the victim's signalling socket (claimed links only)."""
-    consultation, refusal = await victim_consultation(request)
-    if refusal is not None:
-        return refusal
-    assert consultation is not None
-    if consultation.binding_hash is None:
-        return pages.message(403, "Open the link first", "Open the link in your browser to join.")
+    """``GET /j/{token}/ws``: the victim's signalling socket (claimed links only).
+    Refused with JSON errors like the other APIs under the link: a socket is not a
+    page, and a browser's WebSocket never shows one."""
+    consultation = await victim_link(request)
     if not same_origin(request):
-        return pages.message(403, "Refused", "Cross-origin connection refused.")
+        raise ApiError(403, "cross_origin", "Cross-origin connection refused.")
     hub = request.app[HUB]
     participant = hub.room(consultation).participant("victim", "victim")
     return await hub.serve(request, consultation, participant)

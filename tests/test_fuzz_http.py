@@ -80,54 +80,13 @@ EXAMPLES = int(os.environ.get("EVR_FUZZ_EXAMPLES", "10"))
 _seed = os.environ.get("EVR_FUZZ_SEED", "20261130")
 SEED: Optional[int] = None if _seed == "random" else int(_seed)
 
-# What the known defects are (see KNOWN_DEFECTS below).
-_WS_PLAIN_400 = ("finding 11 (JSON errors under /j/ too): a GET of /j/{token}/ws without the WebSocket handshake "
-                 "answers aiohttp's text/plain 400 (server/app.py json_errors converts only /api/; a 500 under /j/ "
-                 "is an HTML page too)")
-_TUS_DIGITS = ("finding 11 (non-ASCII digits): Upload-Length/Upload-Offset '\u00b2' pass str.isdigit and int() "
-               "raises ValueError: 500 (server/uploads/api.py _int_header; use evr.text.parse_count)")
-_SIGN_DEPTH = ("finding 11 (30,000-deep JSON): POST /j/{token}/statements/{sid}/sign parses with json.loads: "
-               "RecursionError, 500 HTML page (server/statements/api.py _read_limited; use evr.text.parse_json)")
-_SIGN_USER_AGENT = ("finding 2's sibling: a victim's browser whose User-Agent is not UTF-8 cannot sign: sealing "
-                    "writes it raw into signing-record.json, UnicodeEncodeError, 500 (server/statements/api.py "
-                    "victim_sign; use evr.text.clean_header); the statement stays awaiting signature")
-_AUDIT_CURSOR = ("finding 11 (cursors): GET /api/audit?cursor=\u00b2 -> ValueError, cursor past 64 bits -> "
-                 "OverflowError (SQLite), past 32 bits -> DataError (PostgreSQL): 500 (retention/web.py "
-                 "audit_search; use evr.text.parse_count with the column's bound)")
-_NUL = ("PostgreSQL refuses NUL (U+0000) in text: a NUL in a JSON string, query parameter or header reaches the "
-        "database and answers 500 (sibling of finding 11's lone surrogates: evr.text.check_json and the query "
-        "parameters should refuse it with 422)")
-
-#: Tests that fail today because of a defect being fixed in another branch (issue 11):
-#: "test METHOD /path" (or with " @postgresql" for one back end) -> what fails and
-#: where. Each is a strict xfail: when the fix lands it passes, fails as XPASS, and
-#: its line here goes. Calibrated for the default seed.
-KNOWN_DEFECTS: dict[str, str] = {
-    "test_api GET /j/{token}/ws": _WS_PLAIN_400,
-    "test_api_hostile GET /j/{token}/ws": _WS_PLAIN_400,
-    "test_every_input GET /j/{token}/ws": _WS_PLAIN_400,
-    "test_api_hostile POST /j/{token}/uploads": _TUS_DIGITS,
-    "test_every_input POST /j/{token}/uploads": _TUS_DIGITS,
-    "test_every_input PATCH /j/{token}/uploads/{uid}": _TUS_DIGITS,
-    "test_every_input POST /api/consultations/{id}/uploads": _TUS_DIGITS,
-    "test_every_input PATCH /api/consultations/{id}/uploads/{uid}": _TUS_DIGITS,
-    "test_api_hostile POST /j/{token}/statements/{sid}/sign": _SIGN_DEPTH,
-    "test_every_input POST /j/{token}/statements/{sid}/sign": _SIGN_DEPTH + "; and " + _SIGN_USER_AGENT,
-    "test_every_input GET /api/audit": _AUDIT_CURSOR + "; on PostgreSQL also: " + _NUL,
-    "test_api GET /api/audit @postgresql": _NUL + " (?actor=...NUL...)",
-    "test_api_hostile GET /api/audit @postgresql": _AUDIT_CURSOR,
-    "test_api_hostile GET /api/consultations/{id}/recordings/{rid}/playback @postgresql":
-        _NUL + " (?reason=%00: the audit entry's insert fails)",
-    "test_every_input GET /api/consultations/{id}/recordings/{rid}/playback @postgresql": _NUL + " (?reason=%00)",
-    "test_every_input GET /api/consultations/{id}/recordings/{rid}/export @postgresql": _NUL + " (?reason=%00)",
-    "test_every_input POST /api/consultations/{id}/recordings/{rid}/classification @postgresql":
-        _NUL + ' ("reason": "nul\\u0000byte"); worse, finding 3 again: the classification is committed, then '
-               "its audit entry fails (recording/api.py classify)",
-    "test_every_input POST /api/login @postgresql": _NUL + ' ("username" with NUL: server/auth.py login)',
-    "test_every_input GET /api/outbox @postgresql": _NUL + " (?consultation=%00: server/consultations.py outbox)",
-    "test_every_input PUT /api/consultations/{id}/retention @postgresql": _NUL + ' ("reason"; rolled back)',
-    "test_every_input GET /api/retention/certificates @postgresql": _NUL + " (?consultation=%00, ?item=%00)",
-}
+#: Tests that fail because of a known defect: "test METHOD /path" (or with
+#: " @postgresql" for one back end) -> what fails and where. Each is a strict xfail:
+#: when the fix lands it passes, fails as XPASS, and its line here goes. Empty: the
+#: issue 11 defects this fuzzer found (non-ASCII digits in tus headers and cursors,
+#: deep JSON and a non-UTF-8 User-Agent on signing, NUL on PostgreSQL, plain-text
+#: errors under /j/) are fixed, and each has a test of its own.
+KNOWN_DEFECTS: dict[str, str] = {}
 
 #: The document the server publishes, built from the same code (the fixture checks
 #: that the live server serves exactly this).

@@ -202,3 +202,22 @@ async def test_logout_ends_the_session_with_its_audit_entry(staff: Callable[...,
     assert response.status == 500
     # Not logged out without the entry that says so: the session still works.
     assert (await officer.get("/api/me")).status == 200
+
+
+@pytest.mark.parametrize("query", ["consultation=%00", "consultation=a%01b", "x%00=1", "consultation=a%0Ab"])
+async def test_query_parameters_with_controls_are_400(staff: Callable[..., Any], query: str) -> None:
+    """A NUL in any query parameter reached PostgreSQL from the outbox (a 500)."""
+    from yarl import URL
+
+    officer = await staff()
+    response = await officer.client.get(URL(f"/api/outbox?{query}", encoded=True))
+    assert response.status == 400, await response.text()
+    assert (await response.json())["error"]["code"] == "invalid_parameter"
+
+
+async def test_the_victims_socket_refuses_with_json(link: Callable[..., Any], new_client: Callable[[], Any]) -> None:
+    opened = await link()
+    stranger = await new_client()
+    response = await stranger.get(opened.path + "/ws")
+    assert response.status == 403 and response.content_type == "application/json"
+    assert (await response.json())["error"]["code"] == "link_in_use"
