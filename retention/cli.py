@@ -155,7 +155,7 @@ def _run(args: argparse.Namespace, work: Callable[[Any], Awaitable[int]]) -> int
         from .policy import Policy
         from .service import Retention
 
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.prepare_data_dir()
         engine = make_engine(settings.db_url)
         store = None
         try:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import os
 import sys
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Optional, Sequence
+from typing import Any, Awaitable, Callable, Optional, Sequence, TypeVar
 
 from . import __version__, logs
 from .config import DEFAULT_DATA_DIR, Settings
@@ -110,6 +111,9 @@ ACCESS_LOG = '%a "%r" %s %b %Tfs'
 # done, 1 refused (no such user), 2 bad usage (a bad name or password).
 
 
+T = TypeVar("T")
+
+
 class UserCommandError(Exception):
     """Exit with ``code`` and this message."""
 
@@ -118,14 +122,20 @@ class UserCommandError(Exception):
         self.code = code
 
 
-def _read_password() -> str:
-    """A new password: asked twice on a terminal, else the first line of stdin."""
+def _new_password(use: Callable[[str], T]) -> T:
+    """Read a new password (asked twice on a terminal, else the first line of stdin)
+    and return what ``use`` makes of it (checked and hashed before any transaction);
+    :class:`UserCommandError` (exit 2) when they differ or ``use`` refuses it."""
     if sys.stdin.isatty():
         password = getpass.getpass("Password: ")
         if getpass.getpass("Again: ") != password:
             raise UserCommandError(2, "the passwords differ")
-        return password
-    return sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        return use(password)
+    except ValueError as exc:
+        raise UserCommandError(2, str(exc)) from None
 
 
 def _user_command(args: argparse.Namespace, work: Callable[[Any, Any], Awaitable[None]], audited: bool = True) -> int:
@@ -138,7 +148,7 @@ def _user_command(args: argparse.Namespace, work: Callable[[Any, Any], Awaitable
         from .db import make_engine, migrate, sessionmaker
         from .timeutil import utcnow
 
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.prepare_data_dir()
         engine = make_engine(settings.db_url)
         store = None
         try:
@@ -189,14 +199,10 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     from .timeutil import utcnow
 
     try:
-        password = _read_password()
-        user = new_user(args.name, args.role, password, utcnow)  # checked and hashed before the transaction
+        user = _new_password(lambda password: new_user(args.name, args.role, password, utcnow))
     except UserCommandError as exc:
         print(f"evr: {exc}", file=sys.stderr)
         return exc.code
-    except ValueError as exc:
-        print(f"evr: {exc}", file=sys.stderr)
-        return 2
 
     async def work(db: Any, audit: Any) -> None:
         async with audit.transaction() as tx:
@@ -275,16 +281,15 @@ def cmd_user_passwd(args: argparse.Namespace) -> int:
     from .auth import check_password, end_sessions, hash_password
     from .retention.cli import cli_actor
 
-    try:
-        password = _read_password()
+    def checked_hash(password: str) -> str:
         check_password(password)
+        return hash_password(password)
+
+    try:
+        hashed = _new_password(checked_hash)
     except UserCommandError as exc:
         print(f"evr: {exc}", file=sys.stderr)
         return exc.code
-    except ValueError as exc:
-        print(f"evr: {exc}", file=sys.stderr)
-        return 2
-    hashed = hash_password(password)
     ended = 0
 
     async def work(db: Any, audit: Any) -> None:
@@ -303,6 +308,7 @@ def cmd_user_passwd(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logs.configure()  # every record, the access log's too, without link tokens
+    os.umask(0o077)  # nothing any command writes (keys, exports, the database) is for other users
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
