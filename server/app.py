@@ -222,10 +222,11 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 @web.middleware
 async def plain_parameters(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Query parameters and path segments are single-line text every back end can
-    store, or 400: a NUL reached PostgreSQL (a 500) from whatever query a handler
-    forgot to check, and no parameter of EVR's holds a control character."""
-    for name, value in (*request.query.items(), *request.match_info.items()):
+    """Query parameters are single-line text every back end can store, or 400
+    ``invalid_parameter``: a NUL reached PostgreSQL (a 500) from whatever query a
+    handler forgot to check, and no parameter of EVR's holds a control character.
+    (Path segments are ids and tokens, which their handlers check: a bad one is 404.)"""
+    for name, value in request.query.items():
         if not plain_text(value, multiline=False) or not plain_text(name, multiline=False):
             raise ApiError(400, "invalid_parameter",
                            f"The parameter {name[:40]!r} holds control characters or text that is not valid Unicode.")

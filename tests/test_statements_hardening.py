@@ -250,6 +250,10 @@ async def test_nul_and_control_characters_in_free_text_are_422(link, server, whe
         assert (await sign(c, sid)).status == 200
         before = await snapshot(server, sid)
         response = await c.officer.get(f"/api/consultations/{c.id}/statements/{sid}/pdf?reason=court%00")
+        # A query parameter: refused as malformed (400) before any handler.
+        assert response.status == 400, await response.text()
+        assert await snapshot(server, sid) == before
+        return
     assert response.status == 422, await response.text()
     assert await snapshot(server, sid) == before
 
