@@ -1,6 +1,6 @@
 // console.js: the officer's console, served at /console.
 import { Call, stopStream, videoConstraints } from '/static/call.js';
-import { $, api, el, errorText, session } from '/static/staff.js';
+import { $, api, el, errorText, session, signInOut } from '/static/staff.js';
 
 // The call handler's eligibility questions, and what a No means.
 const QUESTIONS = {
@@ -34,42 +34,18 @@ function fmtDuration(ms) {
 
 // ---- sign in and out -----------------------------------------------------
 
-$('login-form').addEventListener('submit', async (e) => {
-  e.preventDefault();
-  const f = e.target;
-  const r = await api('POST', '/api/login', { username: f.elements.username.value, password: f.elements.password.value });
-  if (!r.ok) return void ($('login-error').textContent = errorText(r, 'Could not sign in.'));
-  f.reset();
-  $('login-error').textContent = '';
-  signedIn(r.data);
-});
-
-function signedIn(me) {
-  session.csrf = me.csrf_token;
-  $('who').textContent = `${me.username} (${me.role})`;
-  show('home');
-  refresh();
-  clearInterval(listTimer);
-  listTimer = setInterval(refresh, 5000);
-}
-
-// A reload keeps the session: the cookie is still there, ask who we are.
-api('GET', '/api/me').then((r) => { if (r.ok) signedIn(r.data); });
-
-session.onExpired = () => signedOut('Your session has ended. Please sign in again.');
-
-function signedOut(message = '') {
-  if (current) endCall();
-  clearInterval(listTimer);
-  session.csrf = null;
-  $('who').textContent = '';
-  $('login-error').textContent = message;
-  show('login');
-}
-
-$('logout').addEventListener('click', async () => {
-  await api('POST', '/api/logout');
-  signedOut();
+signInOut({
+  onSignedIn() {
+    show('home');
+    refresh();
+    clearInterval(listTimer);
+    listTimer = setInterval(refresh, 5000);
+  },
+  onSignedOut() {
+    if (current) endCall();
+    clearInterval(listTimer);
+    show('login');
+  },
 });
 
 // ---- list ----------------------------------------------------------------

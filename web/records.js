@@ -2,7 +2,7 @@
 // Everything shown comes from /api/retention/... and /api/audit; every value is put
 // in the page as text, never as HTML.
 
-import { $, api, el, errorText, session } from '/static/staff.js';
+import { $, api, el, errorText, signInOut } from '/static/staff.js';
 
 let criteria = {};       // name -> question (National Retention Assessment Criteria)
 let current = null;      // the item shown
@@ -45,51 +45,28 @@ function ask(dialog) {
 
 // ---- sign in and out -----------------------------------------------------
 
-$('login-form').addEventListener('submit', async (e) => {
-  e.preventDefault();
-  const f = e.target;
-  const r = await api('POST', '/api/login', { username: f.elements.username.value, password: f.elements.password.value });
-  if (!r.ok) return void ($('login-error').textContent = errorText(r, 'Could not sign in.'));
-  f.reset();
-  signedIn(r.data);
-});
-
-async function signedIn(me) {
-  session.csrf = me.csrf_token;
-  $('who').textContent = `${me.username} (${me.role})`;
-  $('logout').hidden = false;
-  if (me.role !== 'records') {
-    $('login-error').textContent = 'The records console is for records staff. Your role may not use it.';
-    return;
-  }
-  $('login-error').textContent = '';
-  $('v-login').hidden = true;
-  $('v-home').hidden = false;
-  $('v-home').querySelector('h1').focus();
-  const r = await api('GET', '/api/retention/classes');
-  if (r.ok) criteria = r.data.criteria;
-  renderCriteria();
-  loadDue();
-}
-
-api('GET', '/api/me').then((r) => { if (r.ok) signedIn(r.data); });
-
-session.onExpired = () => signedOut('Your session has ended. Please sign in again.');
-
-function signedOut(message = '') {
-  session.csrf = null;
-  current = null;
-  $('who').textContent = '';
-  $('logout').hidden = true;
-  $('login-error').textContent = message;
-  $('v-home').hidden = true;
-  $('item').hidden = true;
-  $('v-login').hidden = false;
-}
-
-$('logout').addEventListener('click', async () => {
-  await api('POST', '/api/logout');
-  signedOut();
+signInOut({
+  async onSignedIn(me) {
+    $('logout').hidden = false;
+    if (me.role !== 'records') {
+      $('login-error').textContent = 'The records console is for records staff. Your role may not use it.';
+      return;
+    }
+    $('v-login').hidden = true;
+    $('v-home').hidden = false;
+    $('v-home').querySelector('h1').focus();
+    const r = await api('GET', '/api/retention/classes');
+    if (r.ok) criteria = r.data.criteria;
+    renderCriteria();
+    loadDue();
+  },
+  onSignedOut() {
+    current = null;
+    $('logout').hidden = true;
+    $('v-home').hidden = true;
+    $('item').hidden = true;
+    $('v-login').hidden = false;
+  },
 });
 
 // ---- tabs ------------------------------------------------------------------

@@ -1,15 +1,10 @@
 // staff.js: what the staff pages (the officer's console, the records console) share:
-// DOM helpers and the JSON API client that sends the session cookie and, on changes,
-// the CSRF token. The token lives in memory only (``session.csrf``).
+// DOM helpers, the JSON API client that sends the session cookie and, on changes,
+// the CSRF token, and signing in and out. The token lives in memory only
+// (``session.csrf``).
+import { $ } from '/static/dom.js';
 
-export const $ = (id) => document.getElementById(id);
-
-export function el(tag, text, className) {
-  const e = document.createElement(tag);
-  if (text != null) e.textContent = text;
-  if (className) e.className = className;
-  return e;
-}
+export { $, el } from '/static/dom.js';
 
 /** The signed-in session: its CSRF token, and what to do when the server ends it. */
 export const session = { csrf: null, onExpired: () => {} };
@@ -30,4 +25,41 @@ export async function api(method, path, body) {
   const data = await r.json().catch(() => null);
   if (r.status === 401 && path !== '/api/login' && session.csrf) session.onExpired();
   return { ok: r.ok, status: r.status, data };
+}
+
+/**
+ * Signing in and out, the same on every staff page: the form #login-form (errors in
+ * #login-error), the #logout button and #who. A reload stays signed in (the cookie is
+ * still there: GET /api/me). ``onSignedIn(me)`` runs when a session starts,
+ * ``onSignedOut()`` when it ends (signed out, or expired on the server); returns the
+ * sign-out function, for a page that ends a session itself.
+ */
+export function signInOut({ onSignedIn, onSignedOut = () => {} }) {
+  const signedIn = (me) => {
+    session.csrf = me.csrf_token;
+    $('who').textContent = `${me.username} (${me.role})`;
+    onSignedIn(me);
+  };
+  const signedOut = (message = '') => {
+    onSignedOut();
+    session.csrf = null;
+    $('who').textContent = '';
+    $('login-error').textContent = message;
+  };
+  $('login-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const f = e.target;
+    const r = await api('POST', '/api/login', { username: f.elements.username.value, password: f.elements.password.value });
+    if (!r.ok) return void ($('login-error').textContent = errorText(r, 'Could not sign in.'));
+    f.reset();
+    $('login-error').textContent = '';
+    signedIn(r.data);
+  });
+  $('logout').addEventListener('click', async () => {
+    await api('POST', '/api/logout');
+    signedOut();
+  });
+  session.onExpired = () => signedOut('Your session has ended. Please sign in again.');
+  api('GET', '/api/me').then((r) => { if (r.ok) signedIn(r.data); });
+  return signedOut;
 }

@@ -4,35 +4,13 @@
 // name, signs in a box with a finger or mouse, confirms, and signs, or asks the
 // officer for a change. Follows the server's {type: 'statement'} messages (call.js
 // passes them on as a window event 'evr:statement') and checks every 15 s anyway.
-const $ = (id) => document.getElementById(id);
-const token = location.pathname.split('/')[2] || '';
-const base = `/j/${token}/statements`;
+import { $, el, getJSON, linkURL, postJSON, token } from '/static/link.js';
+
+const base = linkURL('statements');
 const POLL_MS = 15000;
 
 let shown = null; // the statement on screen: {id, version, status, document_sha256, pages}
 let busy = false;
-
-function el(tag, text, cls) {
-  const e = document.createElement(tag);
-  if (text) e.textContent = text;
-  if (cls) e.className = cls;
-  return e;
-}
-
-async function getJSON(url) {
-  const r = await fetch(url, { credentials: 'same-origin', cache: 'no-store' }).catch(() => null);
-  if (!r) return { ok: false, status: 0, body: null };
-  return { ok: r.ok, status: r.status, body: await r.json().catch(() => null) };
-}
-
-async function postJSON(url, body) {
-  const r = await fetch(url, {
-    method: 'POST', credentials: 'same-origin', cache: 'no-store',
-    headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body),
-  }).catch(() => null);
-  if (!r) return { ok: false, status: 0, body: null };
-  return { ok: r.ok, status: r.status, body: await r.json().catch(() => null) };
-}
 
 // -- the pages, as sealed ------------------------------------------------------------
 

@@ -1,18 +1,10 @@
 // victim-uploads.js: "Send photos or files" on the victim's page: a tus upload per
 // file with a progress bar, pause and resume, and a receipt (name, size, SHA-256,
 // exhibit reference) once the server has it.
+import { $, el, linkURL } from '/static/link.js';
 import { TusUpload, formatSize } from '/static/upload.js';
 
-const $ = (id) => document.getElementById(id);
-const token = location.pathname.split('/')[2] || '';
-const endpoint = `/j/${token}/uploads`;
-
-function el(tag, text, cls) {
-  const e = document.createElement(tag);
-  if (text) e.textContent = text;
-  if (cls) e.className = cls;
-  return e;
-}
+const endpoint = linkURL('uploads');
 
 async function receipt(upload) {
   for (let i = 0; i < 120; i += 1) { // the server finishes checking the file after the last byte

@@ -1,10 +1,9 @@
 // victim.js: the victim's page, served at /j/<token>. Opening it binds nothing: the
 // first button pressed claims the link for this browser (POST /j/<token>/claim).
 import { Call, stopStream, videoConstraints } from '/static/call.js';
+import { $, linkURL } from '/static/link.js';
 
-const $ = (id) => document.getElementById(id);
-const token = location.pathname.split('/')[2] || '';
-const call = new Call(`/j/${token}/ws`);
+const call = new Call(linkURL('ws'));
 
 let stream = null;     // local camera and microphone
 let audioOnly = false; // sound only: no video either way
@@ -50,7 +49,7 @@ function linkRefused() {
 async function claim(where) {
   let r;
   try {
-    r = await fetch(`/j/${token}/claim`, { method: 'POST', cache: 'no-store', credentials: 'same-origin' });
+    r = await fetch(linkURL('claim'), { method: 'POST', cache: 'no-store', credentials: 'same-origin' });
   } catch {
     setText(where, 'We could not reach the appointment. Check your Wi-Fi or mobile data, then try again.');
     return false;
