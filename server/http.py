@@ -3,35 +3,50 @@
 Feature modules (recordings, uploads, statements, retention...) register their own
 routes with a ``setup(app)`` function called from :func:`evr.app.create_app`, and
 import what they need from here.
+
+Every key is typed exactly (``app[HUB]`` is a :class:`~evr.signalling.Hub` to a type
+checker, as in aiohttp's ``examples/background_tasks.py``). The types are imported for
+the checker only: this module is imported by every view and by the command line's
+helpers, and must not load aiortc (the media stack) or the statement signer with it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from aiohttp import web
 from yarl import URL
 
-from .audit import Actor, AuditLog
-from .auth import Authenticator, Staff
-from .config import Settings
-from .consultations import Consultations
+from .audit import Actor
 from .errors import ApiError
-from .signalling import Hub
 from .text import JsonError, parse_json
 
-SETTINGS = web.AppKey("settings", Settings)
-CLOCK = web.AppKey("clock", object)
-DB = web.AppKey("db", object)
-AUTH = web.AppKey("auth", Authenticator)
-CONSULTATIONS = web.AppKey("consultations", Consultations)
-HUB = web.AppKey("hub", Hub)
-NOTIFIER = web.AppKey("notifier", object)
-AUDIT = web.AppKey("audit", AuditLog)
-STORE = web.AppKey("store", object)
-SIGNING_KEY = web.AppKey("signing_key", object)
-RECORDINGS = web.AppKey("recordings", object)
-STAFF = web.RequestKey("staff", object)
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+    from .audit import AuditLog
+    from .auth import Authenticator, Staff
+    from .config import Settings
+    from .consultations import Consultations
+    from .evidence import EvidenceStore
+    from .notify import Notifier
+    from .recording.service import Recordings
+    from .signalling import Hub
+    from .timeutil import Clock
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
+CLOCK: web.AppKey[Clock] = web.AppKey("clock")
+DB: web.AppKey[async_sessionmaker[AsyncSession]] = web.AppKey("db")
+AUTH: web.AppKey[Authenticator] = web.AppKey("auth")
+CONSULTATIONS: web.AppKey[Consultations] = web.AppKey("consultations")
+HUB: web.AppKey[Hub] = web.AppKey("hub")
+NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier")
+AUDIT: web.AppKey[AuditLog] = web.AppKey("audit")
+STORE: web.AppKey[EvidenceStore] = web.AppKey("store")
+SIGNING_KEY: web.AppKey[Ed25519PrivateKey] = web.AppKey("signing_key")
+RECORDINGS: web.AppKey[Recordings] = web.AppKey("recordings")
+STAFF: web.RequestKey[Optional[Staff]] = web.RequestKey("staff")
 
 
 def current_staff(request: web.Request) -> Staff:
