@@ -201,11 +201,16 @@ def wants_json(request: web.Request) -> bool:
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The contract's error shape for every API failure; never a traceback."""
+    """The one place refusals are rendered: the contract's JSON error for every API
+    (``/api/``, ``/j/{token}/…``), a page a person can read for the pages (the link's
+    refusals: unknown, closed, expired, in use); never a traceback."""
     try:
         return await handler(request)
     except ApiError as exc:
-        return exc.response()
+        if wants_json(request):
+            return exc.response()
+        return pages.refusal(exc.status, getattr(exc, "reason", exc.code), exc.message,
+                             getattr(exc, "retry_after", None))
     except web.HTTPException as exc:
         if exc.status < 400 or not wants_json(request):
             raise

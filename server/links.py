@@ -40,13 +40,6 @@ BINDING_COOKIE = "evr_link"
 #: How many addresses the throttle remembers at most (memory stays bounded).
 MAX_ADDRESSES = 100_000
 
-#: What an API under /j/{token}/ answers instead of the pages' refusals.
-_REFUSALS = {
-    404: ("unknown_link", "This link is not known."),
-    410: ("link_closed", "This link has been closed or has expired."),
-    403: ("link_in_use", "This link is in use in another browser."),
-    429: ("too_many_unknown_links", "Too many unknown links from this address: wait a minute."),
-}
 
 
 class UnknownTokens:
@@ -101,17 +94,31 @@ UNKNOWN_TOKENS = web.AppKey("unknown_link_tokens", UnknownTokens)
 
 
 class LinkRefused(ApiError):
-    """A refusal of an API under the link, with ``Retry-After`` when throttled."""
+    """Why this request may not use the link. Raised wherever the link is checked and
+    rendered in one place (:func:`evr.app.json_errors`): the contract's JSON error for
+    the APIs under the link, the page that says what to do next (:func:`pages.refusal`)
+    for the link's own page. ``Retry-After`` when throttled."""
 
-    def __init__(self, status: int, retry_after: Optional[str] = None) -> None:
-        code, message = _REFUSALS.get(status, _REFUSALS[403])
+    #: reason (the page's name) -> (status, the API's error code, message)
+    REASONS = {
+        "unknown_link": (404, "unknown_link", "This link is not known."),
+        "link_closed": (410, "link_closed", "This link has been closed."),
+        "link_expired": (410, "link_closed", "This link has expired."),
+        "link_in_use": (403, "link_in_use", "This link is in use in another browser."),
+        "too_many_unknown_links": (429, "too_many_unknown_links", "Too many unknown links from this address: "
+                                                                  "wait a minute."),
+    }
+
+    def __init__(self, reason: str, retry_after: Optional[int] = None) -> None:
+        status, code, message = self.REASONS[reason]
         super().__init__(status, code, message)
+        self.reason = reason
         self.retry_after = retry_after
 
     def response(self) -> web.Response:
         response = super().response()
         if self.retry_after:
-            response.headers["Retry-After"] = self.retry_after
+            response.headers["Retry-After"] = str(self.retry_after)
         return response
 
 
@@ -119,45 +126,37 @@ def _client(request: web.Request) -> str:
     return request.remote or "-"
 
 
-async def victim_consultation(request: web.Request) -> tuple[Optional[Consultation], Optional[web.Response]]:
-    """The consultation behind the link, or the page that says why not. An unclaimed
-    link is returned as it is (its page may be shown; nothing else may be used)."""
+async def victim_consultation(request: web.Request) -> Consultation:
+    """The consultation behind the link, if this browser may use it now; otherwise
+    :class:`LinkRefused` says why. An unclaimed link is returned as it is (its page may
+    be shown; nothing else may be used)."""
     throttle = request.app[UNKNOWN_TOKENS]
     wait = throttle.retry_after(_client(request))
     if wait is not None:
-        refusal = pages.too_many_unknown_links()
-        refusal.headers["Retry-After"] = str(wait)
-        return None, refusal
+        raise LinkRefused("too_many_unknown_links", wait)
     service = request.app[CONSULTATIONS]
     async with request.app[DB]() as db:
         consultation = await service.by_token(db, request.match_info["token"])
     if consultation is None:
         throttle.unknown(_client(request))
-        return None, pages.link_unknown()
+        raise LinkRefused("unknown_link")
     state = service.link_state(consultation)
     if state == "closed":
-        return None, pages.link_closed()
+        raise LinkRefused("link_closed")
     if state == "expired":
-        return None, pages.link_expired()
+        raise LinkRefused("link_expired")
     if consultation.binding_hash is not None and not service.binding_ok(
             consultation, request.cookies.get(BINDING_COOKIE)):
         log.info("link used by a browser that did not claim it; refused (consultation=%s)", consultation.id)
-        return None, pages.link_in_use()
-    return consultation, None
-
-
-def _refused(refusal: web.Response) -> LinkRefused:
-    return LinkRefused(refusal.status, refusal.headers.get("Retry-After"))
+        raise LinkRefused("link_in_use")
+    return consultation
 
 
 async def victim_link(request: web.Request) -> Consultation:
-    """For JSON APIs under the link: the consultation, once this browser has claimed
-    the link; otherwise an ``ApiError`` with the same status the pages give (403
-    ``link_not_claimed`` before any claim)."""
-    consultation, refusal = await victim_consultation(request)
-    if refusal is not None:
-        raise _refused(refusal)
-    assert consultation is not None
+    """For the APIs under the link: the consultation, once this browser has claimed
+    the link; otherwise :class:`LinkRefused` (403 ``link_not_claimed`` before any
+    claim)."""
+    consultation = await victim_consultation(request)
     if consultation.binding_hash is None:
         raise ApiError(403, "link_not_claimed", "Open the link and start on its page first.")
     return consultation
@@ -173,8 +172,8 @@ def victim_actor(request: web.Request) -> Actor:
 
 async def victim_page(request: web.Request) -> web.Response:
     """``GET``/``HEAD /j/{token}``: the victim's page, or why not. Binds nothing."""
-    consultation, refusal = await victim_consultation(request)
-    return refusal if refusal is not None else pages.victim()
+    await victim_consultation(request)
+    return pages.victim()
 
 
 async def claim(request: web.Request) -> web.Response:
@@ -185,10 +184,7 @@ async def claim(request: web.Request) -> web.Response:
     expired; 404 unknown."""
     if request.headers.get("Origin") is None or not same_origin(request):
         raise ApiError(403, "cross_origin", "A link is claimed from its own page only.")
-    consultation, refusal = await victim_consultation(request)
-    if refusal is not None:
-        raise _refused(refusal)
-    assert consultation is not None
+    consultation = await victim_consultation(request)
     if consultation.binding_hash is not None:  # claimed by this very browser (its cookie matched)
         return web.json_response({"status": consultation.status})
     async with request.app[AUDIT].transaction() as tx:
@@ -197,8 +193,8 @@ async def claim(request: web.Request) -> web.Response:
             tx.add(victim_actor(request), "link.claim", f"consultation:{consultation.id}",
                    consultation_id=consultation.id)
     if secret is None:  # another browser claimed it a moment earlier, or it closed or expired
-        _, refusal = await victim_consultation(request)
-        raise _refused(refusal) if refusal is not None else LinkRefused(403)
+        await victim_consultation(request)  # raises why
+        raise LinkRefused("link_in_use")
     response = web.json_response({"status": consultation.status})
     # Lax, not Strict: the victim comes back by tapping the link in a message (a
     # navigation from another site) and must be recognised.

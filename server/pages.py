@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 from functools import lru_cache
 from pathlib import Path
+from typing import Optional
 
 from aiohttp import web
 
@@ -102,3 +103,24 @@ def too_many_unknown_links() -> web.Response:
                    "This phone or network tried too many links that do not match an appointment.",
                    "wait a minute, then open the whole link from your message again. "
                    "If it still does not work, call 101 and ask for a new link.")
+
+
+#: The page for each of the link's refusals (:class:`evr.links.LinkRefused` codes).
+_REFUSAL_PAGES = {
+    "unknown_link": link_unknown,
+    "link_closed": link_closed,
+    "link_expired": link_expired,
+    "link_in_use": link_in_use,
+    "too_many_unknown_links": too_many_unknown_links,
+}
+
+
+def refusal(status: int, reason: str, text: str, retry_after: Optional[int] = None) -> web.Response:
+    """A refusal (an :class:`evr.errors.ApiError`) as a page a person can read: the
+    link's own pages for its refusals (by their ``reason``), a plain message page
+    otherwise."""
+    page = _REFUSAL_PAGES.get(reason)
+    response = page() if page else message(status, "This page cannot be shown", text)
+    if retry_after:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
