@@ -173,7 +173,7 @@ def forwarded_client(settings: Settings) -> Any:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not networks or not trusted(request.remote):
             return await handler(request)
-        client = request.remote
+        client = request.remote or ""
         for hop in reversed(",".join(request.headers.getall("X-Forwarded-For", [])).split(",")):
             hop = hop.strip()
             try:

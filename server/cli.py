@@ -73,7 +73,7 @@ class ConfigError(Exception):
     pass
 
 
-def load_settings(args: argparse.Namespace, **overrides: object) -> Settings:
+def load_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     try:
         return Settings.load(data_dir=args.data, config_file=args.config, **overrides)
     except (ValueError, OSError) as exc:

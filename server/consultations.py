@@ -7,6 +7,7 @@ entry commit together or not at all."""
 
 from __future__ import annotations
 
+import builtins
 import logging
 import re
 import secrets
@@ -242,7 +243,8 @@ class Consultations:
         log.info("consultation closed (id=%s by=%s)", consultation.id, staff.username)
         return True
 
-    async def outbox(self, db: AsyncSession, staff: Staff, consultation_id: Optional[str]) -> list[OutboxMessage]:
+    async def outbox(self, db: AsyncSession, staff: Staff,
+                     consultation_id: Optional[str]) -> builtins.list[OutboxMessage]:
         """Link messages of the consultations ``staff`` created, and no one else's: a
         message names the victim's contact (the link itself is never kept)."""
         query = select(OutboxMessage).join(Consultation, Consultation.id == OutboxMessage.consultation_id)

@@ -127,9 +127,9 @@ def _header(name: str, schema: Schema, required: bool = False, description: str 
 
 
 # Security requirements: staff reads, staff changes (CSRF header too), the victim's link, none.
-STAFF_READ = [{"session": []}]
-STAFF_WRITE = [{"session": [], "csrf": []}]
-VICTIM = [{"link": []}]
+STAFF_READ: list[dict[str, list[str]]] = [{"session": []}]
+STAFF_WRITE: list[dict[str, list[str]]] = [{"session": [], "csrf": []}]
+VICTIM: list[dict[str, list[str]]] = [{"link": []}]
 PUBLIC: list[dict[str, list[str]]] = []
 
 
