@@ -34,6 +34,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .db import AuditCheckpoint, AuditEntry
+from .integrity import GENESIS, canonical
 from .keys import fingerprint
 from .timeutil import Clock, rfc3339
 
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-GENESIS = "0" * 64
 #: An arbitrary constant: the PostgreSQL advisory lock that serialises appends.
 _PG_LOCK = 0x45565241
 #: Where checkpoints are kept in the evidence store (add-only; Object Lock on S3).
@@ -71,11 +71,6 @@ def client_address(request: "web.Request") -> Optional[str]:
 
 def _stamp(value: datetime) -> str:
     return value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds")
-
-
-def canonical(body: Any) -> bytes:
-    """The one JSON form that is hashed and signed."""
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _fields(entry: AuditEntry) -> dict[str, Any]:
