@@ -17,16 +17,13 @@ from typing import Any, Optional
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from evr.integrity import GENESIS, canonical
+
 FORMAT = "evr-recording/1"
-GENESIS = "0" * 64
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 PUBLIC_KEY = "public_key.pem"
 README = "HOW-TO-VERIFY.txt"
-
-
-def canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def segment_name(seq: int) -> str:

@@ -19,7 +19,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from evr.audit import Actor, AuditLog
 from evr.config import Settings
 from evr.db import Consultation, EvidenceItem, Recording, RecordingEntry, User
 from evr.evidence import EvidenceStore, ItemExists
-from evr.keys import fingerprint
+from evr.keys import fingerprint, write_private
 from evr.tasks import TaskSet
 from evr.text import clean_header
 from evr.timeutil import Clock, rfc3339
@@ -196,9 +195,7 @@ class Recordings:
         try:
             await self.store.add_file(key, event.path, sha256=event.sha256)
         except ItemExists:  # stored before a crash, entry not yet written: the bytes must match
-            stored = await self.store.read_bytes(key)
-            if hashlib.sha256(stored).hexdigest() != event.sha256:
-                raise
+            await self.store.check_existing(key, event.sha256)
         entry = {
             "type": "segment", "seq": event.seq, "file": event.path.name, "sha256": event.sha256, "size": event.size,
             "started_at": rfc3339(self._wall(active, event.start_s)),
@@ -456,9 +453,7 @@ def _write_spool_metadata(directory: Path, meta: dict[str, Any]) -> None:
     """Say in the spool folder whose media it holds (readable by the service alone)."""
     try:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(directory / SPOOL_METADATA, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(meta, f)
+        write_private(directory / SPOOL_METADATA, json.dumps(meta).encode())
     except OSError:  # the writer will meet the same disk; its failures are reported there
         log.exception("recording %s: could not write its spool metadata", meta.get("recording_id"))
 

@@ -42,7 +42,10 @@ def load_signing_key(settings: Settings, create: bool = True) -> Ed25519PrivateK
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Create ``path`` (mode 0600; ``FileExistsError`` when it exists) holding ``data``, on disk."""
+    """Create ``path`` (mode 0600; ``FileExistsError`` when it exists) holding ``data``, on disk.
+
+    The one way the service creates a file that only it may read and that must not
+    replace another (keys, staged uploads, spool metadata)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)

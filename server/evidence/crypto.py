@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator, Option
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ..keys import write_private
+
 if TYPE_CHECKING:
     from ..config import Settings
 
@@ -308,15 +310,16 @@ def parse_master_key(value: str) -> MasterKey:
     return MasterKey(raw)
 
 
-def master_key_path(settings: "Settings") -> Path:
-    return settings.data_dir / DEFAULT_KEY_FILE
+def master_key_path(data_dir: Path) -> Path:
+    """Where the master key is kept when none is configured: ``DATA/keys/master-aes256.key``."""
+    return Path(data_dir) / DEFAULT_KEY_FILE
 
 
 def load_master_key(settings: "Settings", create: bool = True) -> MasterKey:
     """The configured master key, else ``DATA/keys/master-aes256.key`` (made at first use)."""
     if settings.master_key:
         return parse_master_key(settings.master_key)
-    return load_key_file(master_key_path(settings), create)
+    return load_key_file(master_key_path(settings.data_dir), create)
 
 
 def load_key_file(path: Path, create: bool = True) -> MasterKey:
@@ -325,11 +328,7 @@ def load_key_file(path: Path, create: bool = True) -> MasterKey:
             raise FileNotFoundError(f"master key {path} does not exist")
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            write_private(path, base64.b64encode(secrets.token_bytes(KEY_BYTES)) + b"\n")
         except FileExistsError:  # made a moment ago by another process
             return load_key_file(path, create=False)
-        with os.fdopen(fd, "w") as f:
-            f.write(base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode() + "\n")
-            f.flush()
-            os.fsync(f.fileno())
     return parse_master_key(str(path))

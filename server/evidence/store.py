@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, AsyncIterator, BinaryIO, Callable, Iterable, Iterator, Optional
 
-from .crypto import CHUNK, MasterKey, Opener, load_key_file, load_master_key, seal_stream
+from .crypto import CHUNK, MasterKey, Opener, load_key_file, load_master_key, master_key_path, seal_stream
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -144,6 +144,16 @@ class EvidenceStore(ABC):
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self._exists, check_key(key))
 
+    async def check_existing(self, key: str, sha256: str) -> None:
+        """An add found ``key`` taken (stored before a crash, by a retry that is now
+        taking it up again): go on only when what is stored is the same item, its
+        plaintext hashing to ``sha256``; otherwise ``ItemExists``."""
+        digest = hashlib.sha256()
+        async for chunk in self.read(key):
+            digest.update(chunk)
+        if digest.hexdigest() != sha256:
+            raise ItemExists(key)
+
     async def keys(self, prefix: str) -> list[str]:
         """Every key under ``prefix`` (an item's folder, e.g. ``recordings/<c>/<r>/``), sorted."""
         return sorted(await asyncio.to_thread(self._keys, prefix))
@@ -211,7 +221,7 @@ class FileStore(EvidenceStore):
 
     def __init__(self, root: Path, master: Optional[MasterKey] = None) -> None:
         self.root = Path(root)
-        super().__init__(master or load_key_file(self.root.parent / "keys" / "master-aes256.key"))
+        super().__init__(master or load_key_file(master_key_path(self.root.parent)))
 
     def path(self, key: str) -> Path:
         return self.root / check_key(key)

@@ -7,7 +7,6 @@ whether two saves differ (only a save that changes it makes a new version).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import unicodedata
 from functools import lru_cache
@@ -17,6 +16,7 @@ from typing import Any, Optional
 from fontTools.ttLib import TTFont
 
 from evr.errors import ApiError
+from evr.integrity import canonical
 
 FONTS = Path(__file__).parent / "fonts"
 REGULAR = FONTS / "DejaVuSans.ttf"
@@ -32,10 +32,6 @@ REAR_TEXT = ("contact", "preferred_contact", "dates_to_avoid", "special_measures
              "taken_when")
 REAR_YES_NO = ("consent_medical_access", "consent_medical_disclosure", "vps_offered", "court_willing")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def content_hash(content: dict[str, Any]) -> str:

@@ -48,6 +48,7 @@ from ..db import Consultation, EvidenceItem, Upload
 from ..errors import ApiError
 from ..evidence import EvidenceStore, ItemExists
 from ..evidence.crypto import CHUNK, HEADER_LEN, Opener, SealedReader, Sealer
+from ..keys import write_private
 from ..timeutil import Clock
 from . import content
 from .worker import Inspector
@@ -196,11 +197,7 @@ class Uploads:
 
     @staticmethod
     def _new_staging_file(path: Path, header: bytes) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            f.flush()
-            os.fsync(f.fileno())
+        write_private(path, header)
 
     # -- bytes ---------------------------------------------------------------
 
@@ -332,11 +329,7 @@ class Uploads:
         try:
             await self.store.add_sealed(key, path, sha256=sha256)
         except ItemExists:  # stored before a crash: make sure it is this upload
-            digest = hashlib.sha256()
-            async for chunk in self.store.read(key):
-                digest.update(chunk)
-            if digest.hexdigest() != sha256:
-                raise
+            await self.store.check_existing(key, sha256)
         if found.preview is not None and not await self.store.exists(preview_key(upload)):
             await self.store.add_bytes(preview_key(upload), found.preview)
         # The store is add-only: what was added above stays if this transaction fails,
