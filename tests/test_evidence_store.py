@@ -51,6 +51,24 @@ async def test_add_read_list_and_never_overwrite(store, tmp_path):
     assert await store.exists(item.key) and not await store.exists("recordings/c1/r1/other")
 
 
+async def test_a_taken_key_is_accepted_again_only_for_the_same_bytes(store):
+    """What a retry after a crash relies on (a staged upload, a recording segment): the
+    item it stored before is accepted, another item under the same key is not."""
+    data = os.urandom(CHUNK + 7)
+    await store.add_bytes("uploads/c/u/original", data)
+    await store.check_existing("uploads/c/u/original", hashlib.sha256(data).hexdigest())
+    with pytest.raises(ItemExists):
+        await store.check_existing("uploads/c/u/original", hashlib.sha256(data + b"x").hexdigest())
+    with pytest.raises(ItemMissing):
+        await store.check_existing("uploads/c/u/none", hashlib.sha256(data).hexdigest())
+
+
+def test_a_file_store_in_the_default_layout_uses_the_services_master_key(tmp_path):
+    """A FileStore under DATA/evidence with no key given uses the service's master key."""
+    settings = Settings.load(data_dir=tmp_path, environ={})
+    assert FileStore(tmp_path / "evidence").master == load_master_key(settings)
+
+
 async def test_files_are_read_only_on_disk(tmp_path):
     store = FileStore(tmp_path / "evidence", MASTER)
     item = await store.add_bytes("uploads/c/u/original", b"x")
