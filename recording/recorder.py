@@ -1,6 +1,7 @@
 """Capture: one participant's encoded media remuxed into WebM segments, off the live path.
 
-The event loop side (:class:`Recorder`) sees every frame the bridge forwards. It
+The event loop side (:class:`Recorder`) is a frame sink of the media bridge
+(:class:`evr.media.bridge.FrameSink`): it sees every frame the room forwards. It
 anchors each track to wall-clock arrival (RTP timestamps within a connection, the
 arrival of a connection's first frame across connections), decides where segments
 end and where gaps are, and hands packets to a writer thread through a bounded
@@ -227,7 +228,8 @@ class _Anchor:
 
 @dataclass
 class Recorder:
-    """The event-loop side of one participant's recording."""
+    """The event-loop side of one participant's recording: the bridge's
+    :class:`~evr.media.bridge.FrameSink` (``on_frame``, ``on_gap``, ``on_close``)."""
 
     recording_id: str
     directory: Path
@@ -263,11 +265,12 @@ class Recorder:
 
     # -- loop side ------------------------------------------------------------
 
-    def note(self, reason: str) -> None:
+    def on_gap(self, reason: str) -> None:
         """Why the next gap (if any) happens: pause, rejoin, disconnected."""
         self.pending_reason = reason
 
-    def push(self, kind: str, frame: EncodedFrame, connection: object) -> None:
+    def on_frame(self, kind: str, frame: EncodedFrame, connection: object) -> None:
+        """Take one frame (on the loop, on the live path: it only queues for the writer)."""
         if self.finished:
             return
         now = frame.arrival
@@ -364,7 +367,7 @@ class Recorder:
         self._after_gap()
         return True
 
-    async def finish(self, reason: str) -> None:
+    async def on_close(self, reason: str) -> None:
         """End the recording: flush, close the last segment, wait for every event."""
         if self.finished:
             await asyncio.shield(self.task)
@@ -374,6 +377,11 @@ class Recorder:
         end = End(reason, at)
         await asyncio.to_thread(self.items.put, end)  # waits for room when the queue is full
         await asyncio.shield(self.task)
+
+    #: The names tools and tests use.
+    push = on_frame
+    note = on_gap
+    finish = on_close
 
     # -- events back from the writer, in order -----------------------------------
 

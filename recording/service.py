@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
@@ -41,6 +41,9 @@ from evr.timeutil import Clock, rfc3339
 
 from . import manifest
 from .recorder import End, Event, Gap, Recorder, SegmentClosed, hash_file
+
+if TYPE_CHECKING:
+    from evr.media.bridge import Participant
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +98,12 @@ class Recordings:
         self.tasks = TaskSet("recordings")
 
     # -- capture ---------------------------------------------------------------
+
+    def sink(self, consultation_id: str, participant: "Participant") -> Recorder:
+        """The bridge's :data:`~evr.media.bridge.SinkFactory`: a participant's media
+        is recorded from its first forwarded frame, through its :class:`Recorder`."""
+        return self.start(consultation_id, participant.role, participant.user_id, participant.user_agent,
+                          participant.request_keyframe)
 
     def start(self, consultation_id: str, role: str, user_id: Optional[int], user_agent: Optional[str],
               request_keyframe: Callable[[], None]) -> Recorder:
@@ -445,7 +454,7 @@ class Recordings:
     async def shutdown(self) -> None:
         for active in list(self.active.values()):
             if active.recorder is not None:
-                await active.recorder.finish("server_shutdown")
+                await active.recorder.on_close("server_shutdown")
         await self.tasks.close()
 
 

@@ -98,6 +98,9 @@ def create_app(settings: Settings, clock: Clock = utcnow, notifier: Optional[Not
 
 
 async def _database(app: web.Application) -> Any:
+    from .media.passthrough import check_compatible
+
+    check_compatible()  # the aiortc hooks: refuse to start, naming what is missing
     settings = app[SETTINGS]
     settings.prepare_data_dir()
     engine = make_engine(settings.db_url)
@@ -111,7 +114,7 @@ async def _database(app: web.Application) -> Any:
     if closed:
         log.warning("closed %d recording(s) left open by an unclean stop", closed)
     app[RECORDINGS] = recordings
-    app[HUB] = Hub(settings, app[CLOCK], app[DB], recordings if settings.recording else None)
+    app[HUB] = Hub(settings, app[CLOCK], app[DB], [recordings.sink] if settings.recording else [])
     yield
     await app[STORE].close()
     await app[NOTIFIER].close()

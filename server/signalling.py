@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiortc import RTCIceServer
@@ -27,7 +27,7 @@ from sqlalchemy import not_, select
 
 from .config import Settings
 from .db import Consultation, StaffSession, User
-from .media.bridge import OfferError, Participant, Room
+from .media.bridge import OfferError, Participant, Room, SinkFactory
 from .tasks import TaskSet
 from .text import JsonError, clean_header, parse_json
 from .timeutil import Clock
@@ -89,12 +89,14 @@ class Client:
 class Hub:
     """Live rooms, their sockets, and the consultation status they drive."""
 
-    def __init__(self, settings: Settings, clock: Clock, db_factory: Any, recordings: Any = None) -> None:
+    def __init__(self, settings: Settings, clock: Clock, db_factory: Any, sinks: Sequence[SinkFactory] = ()) -> None:
         self.settings = settings
         self.clock = clock
         self.db_factory = db_factory
-        #: The recordings service (None when recording is switched off).
-        self.recordings = recordings
+        #: What every room attaches to its participants' media: the recordings'
+        #: sink (none when recording is switched off), so a room that is
+        #: ``capturing`` is recording.
+        self.sinks = tuple(sinks)
         self.rooms: dict[str, Room] = {}
         self.clients: dict[str, set[Client]] = {}
         #: Configured STUN/TURN servers; an empty list (never None: aiortc would
@@ -107,7 +109,7 @@ class Hub:
     def room(self, consultation: Consultation) -> Room:
         room = self.rooms.get(consultation.id)
         if room is None:
-            room = self.rooms[consultation.id] = Room(consultation.id, self.ice_servers, self._changed, self.recordings)
+            room = self.rooms[consultation.id] = Room(consultation.id, self.ice_servers, self._changed, self.sinks)
             room.status = consultation.status
             room.paused = consultation.status == "paused"
             self.clients[consultation.id] = set()
@@ -147,7 +149,7 @@ class Hub:
             "type": "state",
             "status": room.status if room else "waiting",
             "participants": participants,
-            "recording": room.recording if room else False,
+            "recording": room.capturing if room else False,
         }
 
     async def broadcast(self, consultation_id: str, message: dict[str, Any]) -> None:

@@ -152,3 +152,147 @@ async def test_keyframe_requests_name_the_media_stream_not_its_retransmissions()
         assert media_ssrc(receiver) == 1111
     finally:
         await pc.close()
+
+
+# -- the start-up check of every hook --------------------------------------------
+
+from aiortc import RTCRtpReceiver, RTCRtpSender, rtcrtpreceiver  # noqa: E402
+from aiortc.codecs import opus, vpx  # noqa: E402
+from aiortc.rtcrtpreceiver import RemoteStreamTrack  # noqa: E402
+
+from evr.media.passthrough import HOOKS, IncompatibleAiortc, check_compatible, media_ssrc  # noqa: E402
+
+
+async def _receive_without_decoder_thread(self, parameters):  # aiortc renamed what it starts
+    pass
+
+
+def _handle_rtp_elsewhere(self, packet, arrival_time_ms):  # frames no longer go to __decoder_queue
+    return None
+
+
+# Receiver __init__s of an aiortc that renamed one of the three private attributes.
+def _init_without_decoder_queue(self, kind, transport):
+    self._RTCRtpReceiver__jitter_buffer = None
+    self._RTCRtpReceiver__rtx_ssrc = {}
+
+
+def _init_without_jitter_buffer(self, kind, transport):
+    self._RTCRtpReceiver__decoder_queue = None
+    self._RTCRtpReceiver__rtx_ssrc = {}
+
+
+def _init_without_rtx_map(self, kind, transport):
+    self._RTCRtpReceiver__decoder_queue = None
+    self._RTCRtpReceiver__jitter_buffer = None
+
+
+class _NarrowJitterBuffer:
+    def __init__(self, capacity):
+        self.capacity = capacity
+
+
+def _pli_sync(self, media_ssrc):
+    pass
+
+
+def _rtcp_without_keyframe(self, packet):
+    pass
+
+
+async def _next_frame_always_encoding(self, codec):
+    data = await self.track.recv()
+    return self.encoder.encode(data)
+
+
+def _pack_other(self, packet):
+    return [], 0
+
+
+#: How aiortc could break each hook: (hook, what changed, how to make that change).
+BREAKAGES = [
+    ("decoder worker", "decoder_worker renamed",
+     lambda mp: mp.delattr(rtcrtpreceiver, "decoder_worker")),
+    ("decoder worker", "decoder_worker takes other parameters",
+     lambda mp: mp.setattr(rtcrtpreceiver, "decoder_worker", lambda loop, input_q, output_q: None)),
+    ("decoder worker", "receive() no longer starts decoder_worker",
+     lambda mp: mp.setattr(RTCRtpReceiver, "receive", _receive_without_decoder_thread)),
+    ("decoder queue", "frames no longer put into __decoder_queue",
+     lambda mp: mp.setattr(RTCRtpReceiver, "_handle_rtp_packet", _handle_rtp_elsewhere)),
+    ("decoder queue", "the receiver no longer sets __decoder_queue",
+     lambda mp: mp.setattr(RTCRtpReceiver, "__init__", _init_without_decoder_queue)),
+    ("decoder queue", "the remote track has no _queue",
+     lambda mp: mp.setattr(RemoteStreamTrack, "__init__", lambda self, kind, id=None: None)),
+    ("decoder queue", "the decoder is stopped another way",
+     lambda mp: mp.delattr(RTCRtpReceiver, "_RTCRtpReceiver__stop_decoder")),
+    ("audio jitter buffer", "JitterBuffer has no prefetch",
+     lambda mp: mp.setattr(passthrough, "JitterBuffer", _NarrowJitterBuffer)),
+    ("audio jitter buffer", "the receiver no longer sets __jitter_buffer",
+     lambda mp: mp.setattr(RTCRtpReceiver, "__init__", _init_without_jitter_buffer)),
+    ("audio jitter buffer", "the receiver reassembles frames elsewhere",
+     lambda mp: mp.setattr(RTCRtpReceiver, "_handle_rtp_packet", _handle_rtp_elsewhere)),
+    ("keyframe request upstream", "_send_rtcp_pli renamed",
+     lambda mp: mp.delattr(RTCRtpReceiver, "_send_rtcp_pli")),
+    ("keyframe request upstream", "_send_rtcp_pli no longer a coroutine",
+     lambda mp: mp.setattr(RTCRtpReceiver, "_send_rtcp_pli", _pli_sync)),
+    ("keyframe request upstream", "the RTX map is no longer __rtx_ssrc",
+     lambda mp: mp.setattr(RTCRtpReceiver, "__init__", _init_without_rtx_map)),
+    ("keyframe request upstream", "the synchronization sources are gone",
+     lambda mp: mp.delattr(RTCRtpReceiver, "getSynchronizationSources")),
+    ("keyframe request from a watcher", "_send_keyframe renamed",
+     lambda mp: mp.delattr(RTCRtpSender, "_send_keyframe")),
+    ("keyframe request from a watcher", "a PLI no longer calls _send_keyframe",
+     lambda mp: mp.setattr(RTCRtpSender, "_handle_rtcp_packet", _rtcp_without_keyframe)),
+    ("sender packet branch", "the sender encodes whatever its track gives",
+     lambda mp: mp.setattr(RTCRtpSender, "_next_encoded_frame", _next_frame_always_encoding)),
+    ("sender packet branch", "the VP8 encoder has no pack()",
+     lambda mp: mp.delattr(vpx.Vp8Encoder, "pack")),
+    ("sender packet branch", "Opus pack() reads something else",
+     lambda mp: mp.setattr(opus.OpusEncoder, "pack", _pack_other)),
+]
+
+
+def test_the_pinned_aiortc_passes_the_start_up_check_before_and_after_install():
+    assert all(check() == [] for check in HOOKS.values())
+    check_compatible()
+    passthrough.install()
+    check_compatible()  # checks aiortc's own decoder worker, not the one installed
+
+
+def test_every_hook_has_its_breakages_tested():
+    assert {hook for hook, _, _ in BREAKAGES} == set(HOOKS)
+
+
+@pytest.mark.parametrize("hook,change,breaker", BREAKAGES, ids=[f"{h}: {c}" for h, c, _ in BREAKAGES])
+def test_check_compatible_refuses_an_aiortc_that_breaks_a_hook(monkeypatch, hook, change, breaker):
+    breaker(monkeypatch)
+    assert HOOKS[hook](), f"the {hook} check missed: {change}"
+    with pytest.raises(IncompatibleAiortc) as refused:
+        check_compatible()
+    assert f"{hook}: " in str(refused.value)
+    assert aiortc.__version__ in str(refused.value)
+
+
+async def test_the_rtx_lookup_does_not_fall_back_silently():
+    pc = RTCPeerConnection()
+    try:
+        receiver = pc.addTransceiver("video").receiver
+        del receiver._RTCRtpReceiver__rtx_ssrc
+        with pytest.raises(AttributeError):
+            media_ssrc(receiver)
+    finally:
+        await pc.close()
+
+
+async def test_the_app_refuses_to_start_with_an_incompatible_aiortc(monkeypatch, settings, clock):
+    from aiohttp.test_utils import TestServer
+
+    from evr.app import create_app
+
+    monkeypatch.delattr(RTCRtpSender, "_send_keyframe")
+    server = TestServer(create_app(settings, clock=clock))
+    try:
+        with pytest.raises(IncompatibleAiortc, match="_send_keyframe"):
+            await server.start_server()
+    finally:
+        await server.close()

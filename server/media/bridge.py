@@ -3,6 +3,32 @@
 Each participant's received audio and video go, still encoded, to the outgoing
 tracks of the participants that watch them (see :meth:`Room.source_for`). Keyframe
 requests from a watcher travel upstream to its source, rate-limited.
+
+Frame sinks: the seam for whatever else consumes a participant's media
+-----------------------------------------------------------------------
+
+The bridge relays media and knows nothing of what else is done with it. Anything
+that consumes a participant's incoming media (the recording today; guests and a
+faster media engine next) attaches through a :class:`FrameSink`, as aiortc's
+``MediaRecorder`` and ``MediaRelay`` consume a track: the room is built with
+:class:`SinkFactory` callables by its owner (the hub, given them by the app), and
+asks each for a sink when a participant's first frame is forwarded (a participant
+who never sends media has none). From then on the room feeds the sink:
+
+- :meth:`FrameSink.on_frame` with every frame it forwards (still encoded; not while
+  the room is paused, nor frames of a replaced connection), with the connection it
+  came on (a new one after a rejoin, so the sink can restart at a keyframe);
+- :meth:`FrameSink.on_gap` when the participant's media stops for a known reason
+  (``pause``, ``rejoin``, ``disconnected``), before the gap is seen;
+- :meth:`FrameSink.on_close` once, when the room closes (with why: ``closed`` or
+  ``server_shutdown``), after every connection is down.
+
+``on_frame`` and ``on_gap`` run on the event loop, on the receive path of the live
+call: they must return at once (queue the work elsewhere, as the recorder does to
+its writer thread). A sink asks for a keyframe with the participant's
+:meth:`Participant.request_keyframe` (rate-limited like the watchers' requests).
+:attr:`Room.capturing` (a sink consuming media now) is what the hub reports as
+``recording``.
 """
 
 from __future__ import annotations
@@ -11,7 +37,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional, Protocol, Sequence
 
 from aiortc import (
     RTCConfiguration,
@@ -25,10 +51,6 @@ from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from ..tasks import TaskSet
 from .passthrough import EncodedFrame, RelayTrack, attach_sink, on_keyframe_request, send_pli
-
-if TYPE_CHECKING:
-    from evr.recording.recorder import Recorder
-    from evr.recording.service import Recordings
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +115,27 @@ class Leg:
 _closing = TaskSet("bridge")
 
 
+class FrameSink(Protocol):
+    """Consumes one participant's incoming media (see the module's docstring)."""
+
+    #: True once the sink has stopped consuming (closed, or given up).
+    finished: bool
+
+    def on_frame(self, kind: str, frame: EncodedFrame, connection: object) -> None:
+        """One encoded frame of ``kind`` (audio or video) from ``connection``; returns at once."""
+
+    def on_gap(self, reason: str) -> None:
+        """The media stops now for ``reason`` (pause, rejoin, disconnected)."""
+
+    async def on_close(self, reason: str) -> None:
+        """The room closed: no frame follows. Ends what the sink holds."""
+
+
+#: Makes the sink for one participant's media: (consultation id, participant) ->
+#: a sink, or None to leave this participant's media alone.
+SinkFactory = Callable[[str, "Participant"], Optional[FrameSink]]
+
+
 @dataclass
 class Participant:
     key: str
@@ -105,8 +148,9 @@ class Participant:
     watchers: dict[str, set[RelayTrack]] = field(default_factory=lambda: {k: set() for k in KINDS})
     last_pli: float = 0.0
     user_agent: Optional[str] = None
-    #: This participant's recording (from its first frame until the room closes).
-    recorder: Optional["Recorder"] = None
+    #: What consumes this participant's media besides its watchers (from its first
+    #: forwarded frame until the room closes).
+    sinks: Optional[list[FrameSink]] = None
 
     @property
     def is_staff(self) -> bool:
@@ -132,9 +176,10 @@ class Room:
     """The live side of one consultation."""
 
     def __init__(self, consultation_id: str, ice_servers: list[RTCIceServer], on_change: StateListener,
-                 recordings: Optional["Recordings"] = None) -> None:
+                 sinks: Sequence[SinkFactory] = ()) -> None:
         self.id = consultation_id
-        self.recordings = recordings
+        #: Asked for a participant's sinks at its first forwarded frame.
+        self.sink_factories = tuple(sinks)
         self.ice_servers = ice_servers
         self.participants: dict[str, Participant] = {}
         #: waiting, live or paused (the hub works it out and stores it).
@@ -190,13 +235,13 @@ class Room:
             leg.counters.video_in_frames += 1
         if self.paused or source.leg is not leg or self.closed:
             return
-        if self.recordings is not None:
-            if source.recorder is None:
-                source.recorder = self.recordings.start(
-                    self.id, source.role, source.user_id, source.user_agent, source.request_keyframe
-                )
-                self._notify("recording started")  # tell everyone: recording
-            source.recorder.push(kind, frame, leg)
+        if source.sinks is None:
+            made = (factory(self.id, source) for factory in self.sink_factories)
+            source.sinks = [sink for sink in made if sink is not None]
+            if source.sinks:
+                self._notify("media sink attached")  # tell everyone (the hub's "recording")
+        for sink in source.sinks:
+            sink.on_frame(kind, frame, leg)
         for track in source.watchers[kind]:
             track.push(frame, leg)
 
@@ -343,7 +388,7 @@ class Room:
                     track.restart()
 
     async def close(self, reason: str = "closed") -> None:
-        """Tear down every peer connection of this room and end its recordings."""
+        """Tear down every peer connection of this room, then close its sinks."""
         self.closed = True
         legs = [p.leg for p in self.participants.values() if p.leg is not None]
         for p in self.participants.values():
@@ -351,21 +396,22 @@ class Room:
             for kind in KINDS:
                 p.watchers[kind].clear()
         await asyncio.gather(*(leg.close() for leg in legs))
-        recorders = [p.recorder for p in self.participants.values() if p.recorder is not None]
-        await asyncio.gather(*(r.finish(reason) for r in recorders))
+        sinks = [sink for p in self.participants.values() for sink in p.sinks or ()]
+        await asyncio.gather(*(sink.on_close(reason) for sink in sinks))
         await self.tasks.close()  # state notifications: nobody is left to tell
 
     @property
-    def recording(self) -> bool:
-        """Whether media is being recorded now (the ``recording`` flag of ``state``)."""
+    def capturing(self) -> bool:
+        """Whether a sink is consuming media now (the hub's ``recording`` flag of ``state``)."""
         return not self.paused and not self.closed and any(
-            p.recorder is not None and not p.recorder.finished for p in self.participants.values()
+            not sink.finished for p in self.participants.values() for sink in p.sinks or ()
         )
 
     @staticmethod
     def _note(p: Participant, reason: str) -> None:
-        if p.recorder is not None:
-            p.recorder.note(reason)
+        """Tell ``p``'s sinks why its media stops now."""
+        for sink in p.sinks or ():
+            sink.on_gap(reason)
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [

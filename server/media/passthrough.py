@@ -11,20 +11,30 @@ pyproject.toml and exercised by tests/test_passthrough.py) change that:
   objects, which the sender packetizes with the codec's ``pack()``;
 - the sender's keyframe request (a PLI/FIR from the far end) is routed to a
   callback instead of a flag only an encoder reads.
+
+A newer aiortc can rename any of these private names; the hooks would then fail
+silently (a decoder thread per receiver again, keyframe requests lost) or half way
+through a call. :func:`check_compatible` is run at start (``evr.app``) and refuses to
+start, naming every hook whose private name or shape is missing, rather than
+finding out from a victim's frozen picture.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
+import types
 from collections import deque
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Callable, Optional
 
-from aiortc import RTCRtpReceiver, RTCRtpSender, rtcrtpreceiver
-from aiortc.jitterbuffer import JitterBuffer
+import aiortc
+from aiortc import RTCRtpReceiver, RTCRtpSender, rtcrtpreceiver, rtcrtpsender
+from aiortc.codecs import opus, vpx
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from ..tasks import TaskSet
@@ -80,18 +90,23 @@ class EncodedFrameSink:
         )
 
 
-_stock_decoder_worker = rtcrtpreceiver.decoder_worker
+#: aiortc's own decoder worker, kept when :func:`install` replaces it.
+_stock_decoder_worker: Optional[Callable[..., None]] = None
 
 
 def _decoder_worker(loop: Any, input_q: Any, output_q: Any, decode_error: Any) -> None:
     if isinstance(input_q, EncodedFrameSink):
         return  # passthrough receiver: nothing to decode, the thread ends here
+    assert _stock_decoder_worker is not None  # set by install() before this is reachable
     _stock_decoder_worker(loop, input_q, output_q, decode_error)
 
 
 def install() -> None:
     """Make receivers with a sink skip their decoder thread (others keep decoding)."""
-    rtcrtpreceiver.decoder_worker = _decoder_worker
+    global _stock_decoder_worker
+    if rtcrtpreceiver.decoder_worker is not _decoder_worker:
+        _stock_decoder_worker = rtcrtpreceiver.decoder_worker
+        rtcrtpreceiver.decoder_worker = _decoder_worker
 
 
 def attach_sink(receiver: RTCRtpReceiver, kind: str, on_frame: Callable[[EncodedFrame], None]) -> None:
@@ -115,7 +130,7 @@ def media_ssrc(receiver: RTCRtpReceiver) -> Optional[int]:
     A keyframe request must name the media SSRC: Chrome ignores a PLI for its
     retransmission stream, which ``getSynchronizationSources()`` also lists.
     """
-    rtx: dict[int, int] = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {})
+    rtx: dict[int, int] = receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
     sources = [s for s in receiver.getSynchronizationSources() if s.source not in rtx]
     if not sources:
         return None
@@ -231,3 +246,135 @@ class RelayTrack(MediaStreamTrack):
         self._frames.clear()
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+
+# -- the start-up check ----------------------------------------------------------
+
+
+class IncompatibleAiortc(RuntimeError):
+    """The installed aiortc lacks something the passthrough hooks rely on."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(
+            f"aiortc {aiortc.__version__} cannot carry EVR's passthrough media (the hooks in "
+            f"evr.media.passthrough were written for aiortc 1.16.0): " + "; ".join(problems)
+        )
+
+
+def _code_names(code: types.CodeType) -> set[str]:
+    """The global and attribute names a function's code uses (nested code included)."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return names
+
+
+def _uses(owner: type, attr: str, *names: str) -> list[str]:
+    """Problems unless ``owner.attr`` is a function whose code uses every one of ``names``."""
+    where = f"{owner.__module__}.{owner.__qualname__}.{attr}"
+    func = owner.__dict__.get(attr)
+    code = getattr(func, "__code__", None)
+    if code is None:
+        return [f"{where} is missing"]
+    missing = sorted(set(names) - _code_names(code))
+    return [f"{where} no longer uses {', '.join(missing)}"] if missing else []
+
+
+def _parameters(func: Any, where: str, expected: tuple[str, ...]) -> list[str]:
+    """Problems unless ``func`` takes exactly the positional parameters ``expected``."""
+    if not callable(func):
+        return [f"{where} is missing"]
+    names = tuple(inspect.signature(func).parameters)
+    if names != expected:
+        return [f"{where} takes ({', '.join(names)}), not ({', '.join(expected)})"]
+    return []
+
+
+def _check_decoder_worker() -> list[str]:
+    """The receiver starts its decoder thread with the module's ``decoder_worker``,
+    passing (loop, decoder queue, track queue, error flag): :func:`install` swaps it."""
+    current = getattr(rtcrtpreceiver, "decoder_worker", None)
+    worker = _stock_decoder_worker if current is _decoder_worker else current  # installed: check aiortc's
+    return _parameters(worker, "aiortc.rtcrtpreceiver.decoder_worker",
+                       ("loop", "input_q", "output_q", "decode_error")) + _uses(
+        RTCRtpReceiver, "receive", "decoder_worker", "_RTCRtpReceiver__decoder_queue", "_track", "_queue")
+
+
+def _check_decoder_queue() -> list[str]:
+    """The receiver puts ``(codec, JitterFrame)`` into ``__decoder_queue`` and ``None``
+    when it stops; :func:`attach_sink` replaces that queue with an
+    :class:`EncodedFrameSink`, which ends the track through its ``_queue``."""
+    from aiortc.rtcrtpreceiver import RemoteStreamTrack
+
+    return (_uses(RTCRtpReceiver, "__init__", "_RTCRtpReceiver__decoder_queue")
+            + _uses(RTCRtpReceiver, "_handle_rtp_packet", "_RTCRtpReceiver__decoder_queue", "put")
+            + _uses(RTCRtpReceiver, "_RTCRtpReceiver__stop_decoder", "_RTCRtpReceiver__decoder_queue", "put")
+            + _uses(JitterFrame, "__init__", "data", "timestamp")
+            + _uses(RemoteStreamTrack, "__init__", "_queue"))
+
+
+def _check_jitter_buffer() -> list[str]:
+    """Audio gets a shorter ``__jitter_buffer`` (:func:`attach_sink`)."""
+    problems = (_uses(RTCRtpReceiver, "__init__", "_RTCRtpReceiver__jitter_buffer")
+                + _uses(RTCRtpReceiver, "_handle_rtp_packet", "_RTCRtpReceiver__jitter_buffer"))
+    parameters = inspect.signature(JitterBuffer).parameters
+    if not {"capacity", "prefetch"} <= set(parameters):
+        problems.append(f"aiortc.jitterbuffer.JitterBuffer takes ({', '.join(parameters)}), not capacity and prefetch")
+    return problems
+
+
+def _check_keyframe_upstream() -> list[str]:
+    """:func:`send_pli` names the media SSRC (not its RTX stream, from ``__rtx_ssrc``)
+    and sends the PLI with ``_send_rtcp_pli``."""
+    problems = (_uses(RTCRtpReceiver, "__init__", "_RTCRtpReceiver__rtx_ssrc")
+                + _uses(RTCRtpReceiver, "receive", "_RTCRtpReceiver__rtx_ssrc")
+                + _parameters(RTCRtpReceiver.__dict__.get("_send_rtcp_pli"),
+                              "aiortc.RTCRtpReceiver._send_rtcp_pli", ("self", "media_ssrc")))
+    if not inspect.iscoroutinefunction(RTCRtpReceiver.__dict__.get("_send_rtcp_pli")):
+        problems.append("aiortc.RTCRtpReceiver._send_rtcp_pli is not a coroutine function")
+    if not callable(getattr(RTCRtpReceiver, "getSynchronizationSources", None)):
+        problems.append("aiortc.RTCRtpReceiver.getSynchronizationSources is missing")
+    return problems
+
+
+def _check_keyframe_request() -> list[str]:
+    """A PLI/FIR received by a sender calls its ``_send_keyframe`` (:func:`on_keyframe_request`)."""
+    return (_parameters(RTCRtpSender.__dict__.get("_send_keyframe"), "aiortc.RTCRtpSender._send_keyframe", ("self",))
+            + _uses(RTCRtpSender, "_handle_rtcp_packet", "_send_keyframe"))
+
+
+def _check_sender_packet_branch() -> list[str]:
+    """The sender packs what its track gives when it is not an ``av`` frame (the
+    :class:`RelayTrack`'s :class:`EncodedFrame`) with the encoder's ``pack()``, which
+    reads ``bytes()``, ``pts`` and ``time_base``."""
+    problems = _uses(RTCRtpSender, "_next_encoded_frame", "recv", "Frame", "pack")
+    frame_type = getattr(rtcrtpsender, "Frame", None)
+    if isinstance(frame_type, type) and issubclass(EncodedFrame, frame_type):
+        problems.append("aiortc.rtcrtpsender.Frame would take an EncodedFrame for a frame to encode")
+    for encoder in (vpx.Vp8Encoder, opus.OpusEncoder):
+        problems += _uses(encoder, "pack", "bytes", "pts", "time_base")
+    return problems
+
+
+#: Every hook into aiortc's private API, with the check of what it relies on.
+HOOKS: dict[str, Callable[[], list[str]]] = {
+    "decoder worker": _check_decoder_worker,
+    "decoder queue": _check_decoder_queue,
+    "audio jitter buffer": _check_jitter_buffer,
+    "keyframe request upstream": _check_keyframe_upstream,
+    "keyframe request from a watcher": _check_keyframe_request,
+    "sender packet branch": _check_sender_packet_branch,
+}
+
+
+def check_compatible() -> None:
+    """Raise :class:`IncompatibleAiortc` naming every hook the installed aiortc breaks.
+
+    Run at start (``evr.app``): a renamed private name is found before a call, not
+    during one. Names and shapes only: the behaviour is what tests/test_passthrough.py
+    covers, against the pinned aiortc."""
+    problems = [f"{hook}: {problem}" for hook, check in HOOKS.items() for problem in check()]
+    if problems:
+        raise IncompatibleAiortc(problems)

@@ -1,0 +1,170 @@
+"""The bridge's frame-sink seam: what a room feeds the sinks its owner gives it.
+
+The recording attaches through this seam (tests/test_recording*.py cover it end to
+end); guests and a faster media engine will too. These tests drive a room with a
+stand-in sink and no peer connection, so each rule of the seam is seen on its own.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+from fractions import Fraction
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from evr.config import Settings
+from evr.media import bridge
+from evr.media.bridge import FrameSink, Leg, Participant, Room
+from evr.media.passthrough import EncodedFrame
+from evr.signalling import Hub
+
+
+class FakePC:
+    connectionState = "connected"
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class Sink:
+    """Records what the room told it."""
+
+    def __init__(self, events: list[tuple[Any, ...]]) -> None:
+        self.events = events
+        self.finished = False
+
+    def on_frame(self, kind: str, frame: EncodedFrame, connection: object) -> None:
+        self.events.append(("frame", kind, frame.pts, connection))
+
+    def on_gap(self, reason: str) -> None:
+        self.events.append(("gap", reason))
+
+    async def on_close(self, reason: str) -> None:
+        self.events.append(("close", reason))
+        self.finished = True
+
+
+def frame(pts: int) -> EncodedFrame:
+    return EncodedFrame(b"\x00", pts, Fraction(1, 90000), True, 0.0)
+
+
+def room_with(factories: list[Any]) -> tuple[Room, list[str]]:
+    changes: list[str] = []
+
+    async def on_change(room: Room) -> None:
+        changes.append(room.id)
+
+    return Room("c1", [], on_change, factories), changes
+
+
+def joined(room: Room, key: str = "victim") -> tuple[Participant, Leg]:
+    p = room.participant(key, key)
+    p.leg = Leg(FakePC())  # type: ignore[arg-type]
+    return p, p.leg
+
+
+async def test_a_sink_is_made_at_the_first_frame_and_fed_every_forwarded_frame():
+    events: list[tuple[Any, ...]] = []
+    asked: list[tuple[str, Participant]] = []
+
+    def factory(consultation_id: str, participant: Participant) -> FrameSink:
+        asked.append((consultation_id, participant))
+        return Sink(events)
+
+    room, changes = room_with([factory])
+    victim, leg = joined(room)
+    assert not asked and not room.capturing  # no media, no sink
+    room._forward(victim, leg, "video", frame(0))
+    room._forward(victim, leg, "audio", frame(1))
+    assert asked == [("c1", victim)]  # once per participant
+    assert events == [("frame", "video", 0, leg), ("frame", "audio", 1, leg)]
+    assert room.capturing
+    await room.tasks.wait(1)
+    assert changes == ["c1"]  # everyone is told: the hub reports it as recording
+
+
+async def test_no_frames_while_paused_or_from_a_replaced_connection_and_gaps_say_why():
+    events: list[tuple[Any, ...]] = []
+    room, _ = room_with([lambda cid, p: Sink(events)])
+    victim, old = joined(room)
+    room._forward(victim, old, "video", frame(0))
+    room.set_paused(True)
+    assert not room.capturing
+    room._forward(victim, old, "video", frame(1))
+    room.set_paused(False)
+    victim.leg = new = Leg(FakePC())  # type: ignore[arg-type]
+    room._forward(victim, old, "video", frame(2))  # the replaced connection
+    room._forward(victim, new, "video", frame(3))
+    await room.disconnect(victim)
+    assert events == [("frame", "video", 0, old), ("gap", "pause"), ("frame", "video", 3, new),
+                      ("gap", "disconnected")]
+    await room.close()
+
+
+async def test_closing_the_room_closes_every_sink_once_after_the_connections():
+    events: list[tuple[Any, ...]] = []
+    room, _ = room_with([lambda cid, p: Sink(events), lambda cid, p: Sink(events)])
+    victim, leg = joined(room)
+    room._forward(victim, leg, "audio", frame(0))
+    await room.close("server_shutdown")
+    assert leg.pc.closed  # type: ignore[attr-defined]
+    assert events == [("frame", "audio", 0, leg)] * 2 + [("close", "server_shutdown")] * 2
+    assert not room.capturing
+    room._forward(victim, leg, "audio", frame(1))  # after close: nothing more
+    assert len(events) == 4
+
+
+async def test_a_factory_may_leave_a_participant_alone():
+    room, changes = room_with([lambda cid, p: None])
+    victim, leg = joined(room)
+    room._forward(victim, leg, "video", frame(0))
+    assert victim.sinks == [] and not room.capturing
+    await room.tasks.wait(1)
+    assert changes == []
+    assert victim.counters.video_in_frames == 0 and leg.counters.video_in_frames == 1
+
+
+async def test_the_hub_gives_its_rooms_the_sinks_the_app_gave_it(tmp_path: Path):
+    events: list[tuple[Any, ...]] = []
+    hub = Hub(Settings.load(data_dir=tmp_path, environ={}), clock=None, db_factory=None,
+              sinks=[lambda cid, p: Sink(events)])
+    room = hub.room(SimpleNamespace(id="c1", status="live"))  # type: ignore[arg-type]
+    victim, leg = joined(room)
+    assert hub.state_message("c1")["recording"] is False
+    room._forward(victim, leg, "video", frame(0))
+    assert hub.state_message("c1")["recording"] is True
+    await room.close()
+    assert hub.state_message("c1")["recording"] is False
+
+
+def test_the_bridge_neither_imports_nor_names_recording():
+    tree = ast.parse(Path(bridge.__file__).read_text())
+    named: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            named += [node.module or ""] + [a.name for a in node.names]
+        elif isinstance(node, ast.Import):
+            named += [a.name for a in node.names]
+        elif isinstance(node, ast.Name):
+            named.append(node.id)
+        elif isinstance(node, ast.Attribute):
+            named.append(node.attr)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            named.append(node.name)
+        elif isinstance(node, ast.arg):
+            named.append(node.arg)
+    assert not [n for n in named if "record" in n.lower()]
+
+
+def test_the_recorder_is_a_frame_sink():
+    from evr.recording.recorder import Recorder
+
+    for name in ("on_frame", "on_gap", "on_close"):
+        assert callable(getattr(Recorder, name))
+    assert asyncio.iscoroutinefunction(Recorder.on_close)
+    assert "finished" in Recorder.__dataclass_fields__
