@@ -185,8 +185,10 @@ class CallClient:
         except MediaStreamError:
             pass
 
-    async def wait_media(self, audio: int = 10, video: int = 10, timeout: float = 10.0) -> None:
-        """Wait until at least this many more audio packets and video frames arrived."""
+    async def wait_media(self, *, audio: int = 10, video: int = 10, timeout: float = 10.0) -> None:
+        """Wait until at least ``audio`` more audio packets and ``video`` more video frames
+        arrived than had arrived when called: counts of new media, not totals (so never
+        ``video=self.video_frames + n``, which waits for the frames seen so far a second time)."""
         target = (self.audio_packets + audio, self.video_frames + video)
 
         async def poll() -> None:

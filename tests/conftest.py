@@ -8,10 +8,13 @@ to run on SQLite only (CI never does).
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar, Union
 
 import asyncpg
 import pytest
@@ -21,9 +24,37 @@ from evr.app import DB, create_app
 from evr.auth import add_user
 from evr.config import Settings
 
+#: Fixtures shared by several test modules, each in a module of its own: the browser
+#: (Chromium, pages, screenshots and axe-core scans) and a real S3 server (moto).
+pytest_plugins = ["browser_fixtures", "s3server"]
+
 PG_URL = os.environ.get("EVR_TEST_POSTGRES", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 PASSWORD = "correct horse battery staple"
 ELIGIBLE = {"adult_or_carer_present": True, "offender_absent": True, "safe_location": True, "consent": True}
+
+
+T = TypeVar("T")
+
+
+async def eventually(probe: Callable[[], Union[T, Awaitable[T]]], until: Callable[[T], Any] = bool, *,
+                     timeout: float = 10.0, interval: float = 0.05, what: str = "the condition") -> T:
+    """Poll ``probe`` (a function or coroutine function) until ``until(value)`` holds, and
+    return that value: a test waits for what it means to see, never for a fixed time.
+
+    After ``timeout`` seconds it fails with an ``AssertionError`` that names ``what`` and
+    the last value seen, so a failure says where things stood. The probe runs at least
+    once, and once more at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if inspect.isawaitable(value):
+            value = await value
+        if until(value):
+            return value  # type: ignore[return-value]
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what} did not hold within {timeout:g} s; last seen: {value!r}")
+        del value  # keep nothing a probe found alive (a probe may look for what should be gone)
+        await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 
 
 class Clock:

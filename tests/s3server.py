@@ -1,6 +1,8 @@
 """A real S3-compatible HTTP server for the tests: moto's server mode on a free port.
 
-Import the fixtures into a test module (``from s3server import s3_server, s3_store``).
+Its fixtures (``s3_server``, ``s3_settings``) are registered by ``conftest.py`` through
+``pytest_plugins``: a test asks for them by name; helpers (``make_s3_store``,
+``s3_client``) are imported.
 """
 
 from __future__ import annotations

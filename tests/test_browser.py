@@ -1,62 +1,23 @@
 """The victim's page and the officer's console in a real Chromium, against a real server.
 
-Chromium is Debian's (``.ci/run`` installs it; ``EVR_CHROMIUM`` points elsewhere),
-started with fake cameras (three, so "Switch camera" has somewhere to go) and a
-fake microphone. The victim's browser is phone-sized. Every screen is saved as
-a screenshot in ``tests/artifacts/`` (git-ignored) and scanned with axe-core: no
-serious or critical violation is allowed. Any uncaught error or CSP violation on
-any page fails the test.
+The browser fixtures (Debian's Chromium with fake cameras and a fake microphone, the
+victim's phone-sized page, screenshots in ``tests/artifacts/`` scanned with axe-core,
+no uncaught error or CSP violation on any page) are ``browser_fixtures.py``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import re
-import shutil
-from pathlib import Path
 from typing import Any, AsyncIterator
 
 import pytest
-from axe_playwright_python.async_playwright import Axe
 
-from conftest import PASSWORD, link_path
+from browser_fixtures import CAD, SQLITE_ONLY, TIMEOUT, assert_playing, launch, victim_joins
+from conftest import PASSWORD, eventually, link_path
 from evr.client import CallClient
 
-CHROMIUM = os.environ.get("EVR_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
-]
-ARTIFACTS = Path(__file__).parent / "artifacts"
-PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True}
-DESK = {"viewport": {"width": 1280, "height": 900}}
-TIMEOUT = 20_000  # ms: generous, the machine has two cores and runs two browsers' codecs
-CAD = "CAD-2026-000777"
-
-# Test instrumentation, run before the page's own scripts: keep every track the page
-# opens, and count opened and stopped tracks in sessionStorage, which survives the
-# quick exit's navigation to the neutral page.
-TRACK_SPY = """
-(() => {
-  const md = navigator.mediaDevices;
-  if (!md) return;
-  const gum = md.getUserMedia.bind(md);
-  const bump = (key) => sessionStorage.setItem(key, String(Number(sessionStorage.getItem(key) || 0) + 1));
-  window.__tracks = [];
-  md.getUserMedia = async (constraints) => {
-    const stream = await gum(constraints);
-    for (const track of stream.getTracks()) {
-      window.__tracks.push(track);
-      bump('opened');
-      const stop = track.stop.bind(track);
-      track.stop = () => { if (track.readyState === 'live') bump('stopped'); stop(); };
-    }
-    return stream;
-  };
-})();
-"""
+pytestmark = SQLITE_ONLY
 
 # Loudest sample of what an element's stream plays over 0.8 s (0 = silence; the fake
 # microphone beeps every 0.5 s).
@@ -89,144 +50,26 @@ BRIGHTNESS = """(video) => {
   return sum / (d.length / 4);
 }"""
 
-#: Console messages a browser logs by itself for refusals these tests provoke.
-EXPECTED_CONSOLE = ("Failed to load resource", "WebSocket connection to")
-
-
-@pytest.fixture(params=["sqlite"])
-def db_url(request, tmp_path):
-    """One database is enough here: the browser is what this file tests."""
-    return f"sqlite+aiosqlite:///{tmp_path / 'evr.sqlite3'}"
-
-
-async def launch(playwright: Any, cameras: int = 3, allow: bool = True) -> Any:
-    """Chromium with ``cameras`` fake cameras and a fake microphone; ``allow``: the
-    person taps "Allow" when asked for them, otherwise the request is refused."""
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"Chromium not found at {CHROMIUM}: install Debian's chromium (see .ci/run)")
-    args = ARGS + [f"--use-fake-device-for-media-stream=device-count={cameras}"]
-    return await playwright.chromium.launch(
-        executable_path=CHROMIUM, args=args + ["--use-fake-ui-for-media-stream"] * allow)
-
-
-@pytest.fixture
-async def playwright() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        yield p
-
-
-@pytest.fixture
-async def browser(playwright: Any) -> AsyncIterator[Any]:
-    browser = await launch(playwright)
-    yield browser
-    await browser.close()
-
-
-class UI:
-    """Pages in fresh browser contexts (each its own cookies: its own device) on the
-    test server; screenshots and accessibility scans of the screens they show."""
-
-    axe = Axe()
-
-    def __init__(self, browser: Any, base_url: str, test_name: str) -> None:
-        self.browser = browser
-        self.base_url = base_url
-        self.prefix = test_name.removeprefix("test_")
-        self.errors: list[str] = []
-        self.contexts: list[Any] = []
-
-    async def page(self, phone: bool = True, browser: Any = None, allow: bool = True) -> Any:
-        context = await (browser or self.browser).new_context(
-            **(PHONE if phone else DESK), base_url=self.base_url,
-            permissions=["camera", "microphone"] if allow else [])
-        self.contexts.append(context)
-        await context.add_init_script(TRACK_SPY)
-        return await self.tab(context)
-
-    async def tab(self, context: Any) -> Any:
-        """A new page in ``context`` (the same device: same cookies), watched for errors."""
-        page = await context.new_page()
-        page.set_default_timeout(TIMEOUT)
-        page.on("pageerror", lambda e: self.errors.append(f"{page.url}: uncaught {e}"))
-        page.on("console", lambda m: self._console(page, m))
-        return page
-
-    def _console(self, page: Any, message: Any) -> None:
-        if message.type == "error" and not message.text.startswith(EXPECTED_CONSOLE):
-            self.errors.append(f"{page.url}: console error {message.text}")
-
-    async def screen(self, page: Any, name: str) -> None:
-        """Keep a screenshot of what the page shows now, and scan it with axe-core."""
-        ARTIFACTS.mkdir(exist_ok=True)
-        await page.evaluate("window.scrollTo(0, 0)")
-        await page.screenshot(path=ARTIFACTS / f"{self.prefix}-{name}.png", full_page=True)
-        results = await self.axe.run(page)
-        violations = results.response["violations"]
-        (ARTIFACTS / f"{self.prefix}-{name}.axe.json").write_text(json.dumps(violations, indent=1))
-        serious = [v for v in violations if v["impact"] in ("serious", "critical")]
-        assert not serious, f"{name}: {results.generate_report()}"
-
-    async def close(self) -> None:
-        for context in self.contexts:
-            await context.close()
-
-
-@pytest.fixture
-async def ui(browser: Any, server: Any, request: pytest.FixtureRequest) -> AsyncIterator[UI]:
-    made = UI(browser, str(server.make_url("/")).rstrip("/"), request.node.originalname)
-    yield made
-    await made.close()
-    assert made.errors == []
-
-
 # -- helpers -------------------------------------------------------------------
-
-
-async def frames(page: Any, selector: str) -> int:
-    return await page.locator(selector).evaluate("v => v.getVideoPlaybackQuality().totalVideoFrames")
-
-
-async def assert_playing(page: Any, selector: str, frames_more: int = 10) -> None:
-    """The video element shows a picture (videoWidth > 0) and its frames advance."""
-    await page.wait_for_function("s => document.querySelector(s).videoWidth > 0", arg=selector, timeout=TIMEOUT)
-    target = await frames(page, selector) + frames_more
-    await page.wait_for_function(
-        "([s, n]) => document.querySelector(s).getVideoPlaybackQuality().totalVideoFrames >= n",
-        arg=[selector, target], timeout=TIMEOUT)
 
 
 async def hears(page: Any, predicate: Any) -> None:
     """Wait until the loudness of what the page plays (its #remote) satisfies ``predicate``."""
-    peaks = []
-    while not peaks or not predicate(peaks[-1]):
-        assert len(peaks) < 8, f"what the page plays stayed at peaks {peaks}"
-        peaks.append(await page.locator("#remote").evaluate(PEAK))
+    await eventually(lambda: page.locator("#remote").evaluate(PEAK), predicate, timeout=TIMEOUT / 1000,
+                     interval=0, what="the loudness of what the page plays")
 
 
 async def live_tracks(page: Any) -> int:
     return await page.evaluate("window.__tracks.filter((t) => t.readyState === 'live').length")
 
 
-async def victim_joins(page: Any, url: str) -> None:
-    response = await page.goto(url)
-    assert response.status == 200 and await page.title() == "Video appointment"
-    assert response.headers["cache-control"] == "no-store"
-    await page.get_by_role("button", name="Join", exact=True).click()
-    await page.locator("#s-call").wait_for()
-
-
 async def state_after(console: CallClient, since: int, predicate: Any) -> dict[str, Any]:
     """The first state message from the ``since``-th message on that satisfies ``predicate``."""
-    async def scan() -> dict[str, Any]:
-        while True:
-            for message in console.messages[since:]:
-                if message.get("type") == "state" and predicate(message):
-                    return message
-            await asyncio.sleep(0.05)
+    def first() -> dict[str, Any] | None:
+        return next((m for m in console.messages[since:] if m.get("type") == "state" and predicate(m)), None)
 
-    return await asyncio.wait_for(scan(), TIMEOUT / 1000)
+    return await eventually(first, lambda m: m is not None, timeout=TIMEOUT / 1000,
+                            what=f"a state message after message {since}")
 
 
 def victim_connected(state: dict[str, Any]) -> bool:
@@ -235,15 +78,12 @@ def victim_connected(state: dict[str, Any]) -> bool:
 
 async def victim_media(officer: Any, cid: str, predicate: Any = None) -> dict[str, int]:
     """The server's media counters of the victim's current connection (once ``predicate`` holds)."""
-    async def poll() -> dict[str, int]:
-        while True:
-            detail = await officer.consultation(cid)
-            media = next(p["media"] for p in detail["participants"] if p["role"] == "victim")
-            if predicate is None or predicate(media):
-                return media
-            await asyncio.sleep(0.1)
+    async def counters() -> dict[str, int]:
+        detail = await officer.consultation(cid)
+        return next(p["media"] for p in detail["participants"] if p["role"] == "victim")
 
-    return await asyncio.wait_for(poll(), TIMEOUT / 1000)
+    return await eventually(counters, predicate or (lambda _media: True), timeout=TIMEOUT / 1000, interval=0.1,
+                            what="the victim's media counters")
 
 
 async def sessions(page: Any) -> tuple[int, int]:

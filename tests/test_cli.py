@@ -10,14 +10,13 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.request
 from typing import Optional
 
 import pytest
 from sqlalchemy import select
 
-from conftest import PASSWORD
+from conftest import PASSWORD, eventually
 
 EVR = [sys.executable, "-m", "evr"]
 
@@ -59,12 +58,14 @@ def test_serve_comes_up_on_a_fresh_data_dir_and_logs_in(tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(100):
+        def answers() -> bool:
             try:
                 urllib.request.urlopen(base + "/healthz", timeout=1)
-                break
+                return True
             except OSError:
-                time.sleep(0.1)
+                return False
+
+        asyncio.run(eventually(answers, timeout=10, interval=0.1, what="evr serve's /healthz"))
         page = urllib.request.urlopen(base + "/console")
         assert page.status == 200 and "Content-Security-Policy" in page.headers
         request = urllib.request.Request(

@@ -17,7 +17,7 @@ from evr.evidence import FileStore, IntegrityError, ItemExists, ItemMissing, Mas
 from evr.evidence.crypto import CHUNK, SealedReader, Sealer, rechunk
 from evr.evidence.s3 import S3Store
 from evr.evidence.store import StillLocked
-from s3server import make_s3_store, s3_client, s3_server, s3_settings  # noqa: F401 (fixtures)
+from s3server import make_s3_store
 
 MASTER = MasterKey(bytes(range(32)))
 

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from conftest import eventually
 from evr.app import create_app
 from evr.config import Settings
 
@@ -122,11 +123,8 @@ async def test_everything_the_service_writes_is_its_own(call: Callable[..., Any]
     """The database, keys, evidence, the live recording spool: 0700 folders, files
     readable by the service's user alone (the umask is 077 from start-up)."""
     made = await call()
-    import asyncio
-
-    await asyncio.sleep(1.5)  # media reaches the recorder: spool files exist now
     spool = settings.data_dir / "spool"
-    assert any(p.is_file() for p in spool.rglob("*")), "no live spool file to check"
+    await eventually(lambda: any(p.is_file() for p in spool.rglob("*")), what="a live spool file to check")
     assert _loose(settings.data_dir) == []
     assert settings.data_dir.stat().st_mode & 0o777 == 0o700
     await made.officer.post(f"/api/consultations/{made.id}/close")

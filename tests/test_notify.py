@@ -135,11 +135,9 @@ async def test_no_log_record_carries_a_link_token_or_a_gateway_answer(gateway, s
     """A notifier failure, then the victim's requests under the link (the access log
     included): no record, message or exception text, holds the token, the recipient or
     the gateway's words."""
-    import asyncio
-
     from aiohttp.test_utils import TestClient
 
-    from conftest import PASSWORD, claim, link_path
+    from conftest import PASSWORD, claim, eventually, link_path
     from evr.app import DB, create_app
     from evr.auth import add_user
     from evr.db import OutboxMessage
@@ -167,7 +165,9 @@ async def test_no_log_record_carries_a_link_token_or_a_gateway_answer(gateway, s
             assert (await phone.get(path + "/uploads")).status == 200
             assert (await phone.get(path + "/nothing-here")).status == 404
             assert (await phone.get(path + "/ws")).status in (400, 403, 426)
-            await asyncio.sleep(0.1)  # the access log is written after the answer
+            # The access log is written after the answer: wait for the last request's line.
+            await eventually(lambda: [r for r in caplog.records if r.name == "aiohttp.access" and "/ws" in r.getMessage()],
+                             what="the access log line of the last request")
             async with app[DB]() as db:
                 kept = list(await db.scalars(select(OutboxMessage)))
     token = created["join_url"].rsplit("/", 1)[1]

@@ -16,6 +16,7 @@ import aiohttp.http_writer
 import pytest
 from sqlalchemy import select
 
+from conftest import eventually
 from evr.app import DB, HUB, RECORDINGS, STORE
 from evr.db import AuditEntry, EvidenceItem, Recording
 from evr.recording.recorder import Packet, SegmentWriter
@@ -55,6 +56,18 @@ async def actions(server, object_):
     return [e.action for e in await rows(server, AuditEntry, object=object_)]
 
 
+async def media_spooled(server, participants: int = 2) -> None:
+    """Wait until media reached the recorders: each participant's spool folder holds a segment."""
+    spool = server.app[RECORDINGS].spool
+
+    def recorded() -> list[str]:
+        folders = [p for p in spool.iterdir() if p.is_dir()] if spool.is_dir() else []
+        return [p.name for p in folders if any(p.glob("seg-*.webm"))]
+
+    await eventually(recorded, lambda found: len(found) >= participants,
+                     what=f"a spooled segment for each of {participants} participants")
+
+
 async def test_a_user_agent_that_is_not_utf8_is_still_recorded(link, call, server, raw_header_bytes):
     opened = await link()
     victim = call.client(opened.phone.session, opened.ws_url, headers={"User-Agent": "Phone/1.0 \udcff\udcfe(x)"})
@@ -63,7 +76,7 @@ async def test_a_user_agent_that_is_not_utf8_is_still_recorded(link, call, serve
     await console.join()
     await console.wait_media(audio=20, video=15)
     await victim.wait_for(lambda m: m["type"] == "state" and m["recording"] is True)
-    await asyncio.sleep(1.5)
+    await media_spooled(server)
     assert (await opened.officer.post(f"/api/consultations/{opened.id}/close")).status == 200
 
     recorded = await rows(server, Recording, consultation_id=opened.id, participant="victim")
@@ -174,7 +187,7 @@ async def test_a_capture_whose_audit_entry_fails_leaves_no_row_and_loses_no_medi
     fail_audit_of(monkeypatch, "recording.capture")
     c = await call()
     await c.console.wait_media(audio=20, video=15)
-    await asyncio.sleep(2.0)
+    await media_spooled(server)
     assert (await c.officer.post(f"/api/consultations/{c.id}/close")).status == 200
 
     assert await rows(server, Recording, consultation_id=c.id) == []
@@ -195,7 +208,7 @@ async def test_a_seal_whose_audit_entry_fails_is_finished_at_the_next_start(call
     c = await call()
     await c.console.wait_media(audio=20, video=15)
     await c.victim.wait_for(lambda m: m["type"] == "state" and m["recording"] is True)
-    await asyncio.sleep(1.5)
+    await media_spooled(server)
     audit_fails()
     await server.app[HUB].close(c.id)
     recorded = await rows(server, Recording, consultation_id=c.id)

@@ -2,7 +2,7 @@
 the call; after the call the consultation's page plays a recording, marks it
 evidential with a reason, and exports it; the export verifies with ``evr recording verify``.
 
-Reuses the browser fixtures of ``test_browser.py`` (screenshots and axe-core scans, no
+Uses the browser fixtures of ``browser_fixtures.py`` (screenshots and axe-core scans, no
 page error or CSP violation allowed).
 """
 
@@ -13,9 +13,11 @@ import re
 
 import pytest
 
+from browser_fixtures import CAD, SQLITE_ONLY, UI, assert_playing, victim_joins
 from conftest import PASSWORD
 from evr.cli import main as _evr
-from test_browser import CAD, UI, assert_playing, browser, db_url, playwright, ui, victim_joins  # noqa: F401
+
+pytestmark = SQLITE_ONLY
 
 
 @pytest.fixture

@@ -5,41 +5,18 @@ No uncaught error or CSP violation is allowed, nor any serious accessibility fau
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
-import pytest
 from axe_playwright_python.async_playwright import Axe
 from playwright.async_api import expect
 
+from browser_fixtures import ARTIFACTS, SQLITE_ONLY, TIMEOUT
 from conftest import PASSWORD
 from evr.http import STORE
 from test_retention import add_item
 
-CHROMIUM = os.environ.get("EVR_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).parent / "artifacts"
-TIMEOUT = 20_000
-
-
-@pytest.fixture(params=["sqlite"])
-def db_url(request, tmp_path):
-    """One database is enough: the browser is what this file tests."""
-    return f"sqlite+aiosqlite:///{tmp_path / 'evr.sqlite3'}"
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"Chromium not found at {CHROMIUM}: install Debian's chromium (see .ci/run)")
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        yield browser
-        await browser.close()
+pytestmark = SQLITE_ONLY
 
 
 async def serious_violations(page: Any) -> list[str]:

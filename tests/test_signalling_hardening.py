@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from aiortc import RTCConfiguration, RTCPeerConnection
 
+from conftest import eventually
 from evr.client import CallClient
 
 
@@ -36,12 +37,9 @@ async def victim_socket(link):
 
 async def next_error(client, start: int) -> dict:
     """The first error the server sent after message number ``start``."""
-    for _ in range(200):
-        errors = [m for m in client.messages[start:] if m["type"] == "error"]
-        if errors:
-            return errors[0]
-        await asyncio.sleep(0.025)
-    raise AssertionError("no error reply")
+    errors = await eventually(lambda: [m for m in client.messages[start:] if m["type"] == "error"], timeout=5,
+                              interval=0.025, what=f"an error reply after message {start}")
+    return errors[0]
 
 
 async def test_deep_unencodable_odd_and_huge_json_gets_errors_and_the_socket_survives(link):

@@ -2,7 +2,7 @@
 reads the pages on a phone-sized page, draws a signature with the mouse and signs, the
 console shows it signed, and the sealed PDF validates with ``evr statement verify``.
 
-Reuses the browser fixtures of ``test_browser.py`` (Debian's Chromium, fake camera,
+Uses the browser fixtures of ``browser_fixtures.py`` (Debian's Chromium, fake camera,
 screenshots and axe-core scans, no console error or CSP violation allowed).
 """
 
@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import re
 
+from browser_fixtures import CAD, SQLITE_ONLY, UI, victim_joins
 from conftest import PASSWORD
 from evr.cli import main as _evr
 from evr.http import SETTINGS
-from test_browser import CAD, UI, browser, db_url, playwright, ui, victim_joins  # noqa: F401 - fixtures
+
+pytestmark = SQLITE_ONLY
 
 TEXT = ("On Friday 20 November 2026 at about 22:15 I was walking home along the High Street when a man "
         "I did not know pulled my bag from my shoulder and ran towards the station.")

@@ -19,11 +19,11 @@ from sqlalchemy import select
 from tusclient.client import TusClient
 from tusclient.uploader import Uploader
 
+from conftest import eventually
 from evr.app import DB
 from evr.db import AuditEntry, EvidenceItem, Upload
 from evr.uploads import UPLOADS
 from evr.uploads import api as uploads_api
-from s3server import s3_server, s3_settings  # noqa: F401 (fixtures)
 
 TUS = {"Tus-Resumable": "1.0.0"}
 
@@ -249,12 +249,10 @@ async def test_a_broken_connection_keeps_what_arrived(link, server, monkeypatch)
     await writer.drain()
     await asyncio.sleep(0.3)
     writer.transport.abort()  # the phone lost its signal
-    offset = 0
-    for _ in range(50):
-        offset = int((await call.phone.head(url, headers=TUS)).headers["Upload-Offset"])
-        if offset:
-            break
-        await asyncio.sleep(0.1)
+    async def kept() -> int:
+        return int((await call.phone.head(url, headers=TUS)).headers["Upload-Offset"])
+
+    offset = await eventually(kept, timeout=5, interval=0.1, what="an offset kept from the dropped PATCH")
     assert offset == 1536 * 1024
     await tus_send(str(call.phone.make_url(call.path + "/uploads")), victim_headers(call), data, upload_url=str(call.phone.make_url(url)))
     receipt = await (await call.phone.get(url)).json()
