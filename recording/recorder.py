@@ -175,6 +175,7 @@ class SegmentWriter:
             self.size = item.size
         if self.container is None:
             self.open_segment(item)
+        assert self.container is not None
         packet = av.Packet(item.data)
         packet.pts = packet.dts = item.pts_ms
         packet.time_base = MS

@@ -37,7 +37,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Optional, Protocol, Sequence
+from typing import Any, Callable, Coroutine, Optional, Protocol, Sequence
 
 from aiortc import (
     RTCConfiguration,
@@ -169,7 +169,7 @@ class Participant:
             self.last_pli = now
 
 
-StateListener = Callable[["Room"], Awaitable[None]]
+StateListener = Callable[["Room"], Coroutine[Any, Any, None]]
 
 
 class Room:
@@ -215,8 +215,10 @@ class Room:
             for watched in self.participants.values():
                 for kind in KINDS:
                     track = p.leg.tracks.get(kind) if p.leg else None
-                    subscribed = track is not None and track in watched.watchers[kind]
-                    wanted = track is not None and self.source_for(p) is watched
+                    if track is None:
+                        continue
+                    subscribed = track in watched.watchers[kind]
+                    wanted = self.source_for(p) is watched
                     if subscribed and not wanted:
                         watched.watchers[kind].discard(track)
                     elif wanted and not subscribed:
@@ -431,7 +433,7 @@ def _check_offer(sdp: str) -> None:
     if kinds != ["audio", "video"]:
         raise OfferError("bad_sdp", "The offer must carry exactly one audio and one video transceiver.")
     for media in description.media:
-        if not media.ice.usernameFragment or not media.dtls or not media.dtls.fingerprints:
+        if not media.ice or not media.ice.usernameFragment or not media.dtls or not media.dtls.fingerprints:
             raise OfferError("bad_sdp", f"The {media.kind} section lacks ICE or DTLS parameters.")
     # aiortc fails half way through (no transport) on sections without a mid, or a
     # BUNDLE group naming a section that is not there: refuse those before it tries.
