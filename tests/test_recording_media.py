@@ -22,7 +22,7 @@ import aiohttp
 import av
 import pytest
 
-from conftest import ELIGIBLE, PASSWORD, link_path
+from conftest import ELIGIBLE, PASSWORD, eventually, link_path
 from evr.client import CallClient
 from evr.media.passthrough import TIME_BASE, EncodedFrame
 from evr.media.sources import opus_clip, vp8_clip
@@ -50,13 +50,15 @@ async def test_pause_and_reconnect_leave_true_gaps_in_one_recording(call):
     await asyncio.sleep(2.0)
     await c.console.send({"type": "resume"})
     await c.victim.wait_for(lambda m: m["type"] == "state" and m["status"] == "live" and m["recording"] is True)
-    await asyncio.sleep(1.0)
+    await c.console.wait_media(audio=20, video=15)  # recorded again: the pause's gap has an end
+    since = len(c.console.messages)
     await c.victim.drop()  # the phone loses its connection...
-    await asyncio.sleep(1.6)
+    await eventually(lambda: [m for m in c.console.messages[since:] if m["type"] == "state" and not any(
+        p["role"] == "victim" and p["connected"] for p in m["participants"])], what="the server seeing the phone go")
+    await asyncio.sleep(1.6)  # ...for the length of the disconnection's gap...
     again = call.client(c.phone.session, c.victim.ws_url)
-    await again.join()  # ...and comes back on the same link
-    frames = c.console.video_frames
-    await c.console.wait_media(audio=20, video=frames + 30)
+    await again.join()  # ...and it comes back on the same link
+    await c.console.wait_media(audio=20, video=30)  # the rejoined phone's media reaches the officer
     assert (await c.officer.post(f"/api/consultations/{c.id}/close")).status == 200
 
     listed = (await (await c.officer.get(f"/api/consultations/{c.id}/recordings")).json())["recordings"]
