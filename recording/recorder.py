@@ -379,11 +379,6 @@ class Recorder:
         await asyncio.to_thread(self.items.put, end)  # waits for room when the queue is full
         await asyncio.shield(self.task)
 
-    #: The names tools and tests use.
-    push = on_frame
-    note = on_gap
-    finish = on_close
-
     # -- events back from the writer, in order -----------------------------------
 
     def _report(self, event: Event) -> None:

@@ -107,17 +107,13 @@ class Recordings:
 
     def start(self, consultation_id: str, role: str, user_id: Optional[int], user_agent: Optional[str],
               request_keyframe: Callable[[], None]) -> Recorder:
-        """Begin a participant's recording (called on its first frame, on the event loop).
-
-        The spool folder says whose media it holds before any media is written, so a
-        recording whose row is never made is still recovered at the next start."""
+        """Begin a participant's recording (called on its first frame, on the event loop:
+        nothing here touches the disk). The owned ``_create`` task writes the spool
+        folder's metadata (whose media it holds, so a recording whose row is never made
+        is still recovered at the next start), then the row."""
         rid = str(uuid.uuid4())
         active = self.active[rid] = Active(rid, consultation_id, self.clock())
-        user_agent = clean_header(user_agent)
-        _write_spool_metadata(self.spool / rid, {
-            "recording_id": rid, "consultation_id": consultation_id, "participant": role, "user_id": user_id,
-            "user_agent": user_agent, "started_at": rfc3339(active.started_at),
-        })
+        user_agent = clean_header(user_agent)  # the socket cleaned it; a caller of start() may not have
         recorder = Recorder(rid, self.spool / rid, lambda event: self._on_event(active, event), request_keyframe,
                             self.settings.recording_segment_seconds, self.settings.recording_queue_packets)
         active.recorder = recorder
@@ -125,25 +121,24 @@ class Recordings:
         return recorder
 
     async def _create(self, active: Active, role: str, user_id: Optional[int], user_agent: Optional[str]) -> None:
-        """Write the recording's row and its ``recording.capture`` entry. When that
-        fails with the metadata (user agent), try again without it (saying why in the
-        entry), then a few more times; the media is spooled meanwhile and never dropped."""
-        left_out: Optional[str] = None
+        """Write the spool folder's metadata, then the recording's row and its
+        ``recording.capture`` entry, retrying a few times; the media is spooled
+        meanwhile and never dropped (its text was cleaned where it came in, so only a
+        fault of the database or the audit log can stop it)."""
         retries = iter(self.create_retry_delays)
         try:
+            await asyncio.to_thread(_write_spool_metadata, self.spool / active.id, {
+                "recording_id": active.id, "consultation_id": active.consultation_id, "participant": role,
+                "user_id": user_id, "user_agent": user_agent, "started_at": rfc3339(active.started_at),
+            })
             while True:
                 try:
-                    await self._insert(active, role, user_id, None if left_out else user_agent, left_out)
+                    await self._insert(active, role, user_id, user_agent)
                     active.stored = True
                     log.info("recording %s started (consultation=%s participant=%s)",
                              active.id, active.consultation_id, role)
                     return
                 except Exception as exc:  # noqa: BLE001 - the media must still be recorded
-                    if left_out is None:
-                        left_out = type(exc).__name__
-                        log.exception("recording %s: its row could not be written with its metadata; "
-                                      "trying without it", active.id)
-                        continue
                     delay = next(retries, None)
                     if delay is None:
                         log.error("recording %s: its row could not be written (%s); the media stays in the "
@@ -156,7 +151,7 @@ class Recordings:
             active.created.set()
 
     async def _insert(self, active: Active, role: str, user_id: Optional[int], user_agent: Optional[str],
-                      left_out: Optional[str], recovered: bool = False) -> None:
+                      recovered: bool = False) -> None:
         async with self.audit.transaction() as tx:
             user = await tx.db.get(User, user_id) if user_id is not None else None
             username = user.username if user is not None else None
@@ -170,8 +165,6 @@ class Recordings:
                                    prefix=prefix(active.consultation_id, active.id), created_at=active.started_at,
                                    size=0))
             details: dict[str, Any] = {"participant": role, "user": username}
-            if left_out:
-                details["metadata_left_out"] = left_out
             if recovered:
                 details["recovered_from_spool"] = True
             tx.add(Actor.system(), "recording.capture", f"recording:{active.id}",
@@ -421,7 +414,7 @@ class Recordings:
         if meta is not None and consultation is not None:
             active = Active(path.name, consultation.id, meta["started_at"])
             await self._insert(active, meta["participant"], meta.get("user_id"), clean_header(meta.get("user_agent")),
-                               None, recovered=True)
+                               recovered=True)
             async with self.db() as db:
                 recording = await db.get(Recording, path.name)
             assert recording is not None
@@ -433,14 +426,26 @@ class Recordings:
         await self._quarantine(path, why)
 
     async def _quarantine(self, path: Path, why: str) -> None:
-        """Move a spool entry into the store under ``quarantine/spool/``, audit-logged."""
-        batch = f"{QUARANTINE_PREFIX}{self.clock().strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:12]}/"
+        """Move a spool entry into the store under ``quarantine/spool/``, audit-logged.
+
+        The store cannot share the audit log's transaction, so the files go first and
+        the entry after; the keys come from the entry's name and content, so a start
+        that stopped in between stores the same files under the same keys again (checked
+        to be the same bytes) and then writes the entry, instead of leaving unlogged
+        copies under new keys."""
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        hashed = [await asyncio.to_thread(hash_file, file) for file in files]
+        batch_id = hashlib.sha256(path.name.encode("utf-8", "surrogateescape"))
+        for sha256, _ in hashed:
+            batch_id.update(sha256.encode())
+        batch = f"{QUARANTINE_PREFIX}{batch_id.hexdigest()[:32]}/"
         report = []
-        for n, file in enumerate(files, 1):
+        for n, (file, (sha256, size)) in enumerate(zip(files, hashed), 1):
             key = f"{batch}{n:04d}.bin"
-            sha256, size = await asyncio.to_thread(hash_file, file)
-            await self.store.add_file(key, file, sha256=sha256)
+            try:
+                await self.store.add_file(key, file, sha256=sha256)
+            except ItemExists:
+                await self.store.check_existing(key, sha256)
             name = file.relative_to(self.spool).as_posix()
             report.append({"file": clean_header(name, 256), "key": key, "sha256": sha256, "size": size})
         name = clean_header(path.name, 100) or "?"

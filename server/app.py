@@ -212,8 +212,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except ApiError as exc:
         if wants_json(request):
             return exc.response()
-        return pages.refusal(exc.status, getattr(exc, "reason", exc.code), exc.message,
-                             getattr(exc, "retry_after", None))
+        return pages.refusal(exc.status, exc.reason, exc.message, exc.retry_after)
     except web.HTTPException as exc:
         if exc.status < 400 or not wants_json(request):
             raise

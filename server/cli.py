@@ -316,6 +316,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"evr: {exc}", file=sys.stderr)
         return 2
 
-
-#: The redaction now lives in evr.logs, on every root handler; kept under its old name.
-_RedactLinks = logs.RedactLinks

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from aiohttp import web
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+    """A refusal, raised by services and views and rendered in one place
+    (:func:`evr.app.json_errors`): as this JSON for an API, as a page for a page.
+    ``reason`` names the page when it differs from ``code`` (two refusals may share
+    an API code); ``retry_after`` (seconds) goes out as ``Retry-After``."""
+
+    def __init__(self, status: int, code: str, message: str, *, reason: Optional[str] = None,
+                 retry_after: Optional[int] = None, **extra: Any) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.reason = reason or code
+        self.retry_after = retry_after
         self.extra = extra
 
     def response(self) -> web.Response:
-        return error_response(self.status, self.code, self.message, **self.extra)
+        response = error_response(self.status, self.code, self.message, **self.extra)
+        if self.retry_after:
+            response.headers["Retry-After"] = str(self.retry_after)
+        return response
 
 
 def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:

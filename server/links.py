@@ -111,15 +111,7 @@ class LinkRefused(ApiError):
 
     def __init__(self, reason: str, retry_after: Optional[int] = None) -> None:
         status, code, message = self.REASONS[reason]
-        super().__init__(status, code, message)
-        self.reason = reason
-        self.retry_after = retry_after
-
-    def response(self) -> web.Response:
-        response = super().response()
-        if self.retry_after:
-            response.headers["Retry-After"] = str(self.retry_after)
-        return response
+        super().__init__(status, code, message, reason=reason, retry_after=retry_after)
 
 
 def _client(request: web.Request) -> str:

@@ -84,11 +84,11 @@ def test_serve_comes_up_on_a_fresh_data_dir_and_logs_in(tmp_path):
 def test_the_access_log_never_shows_a_link_token():
     import logging
 
-    from evr.cli import _RedactLinks
+    from evr.logs import RedactLinks
 
     record = logging.LogRecord("aiohttp.access", logging.INFO, "", 0, '%s "%s" %s',
                                ("127.0.0.1", "GET /j/AbC_d-123/ws HTTP/1.1", 101), None)
-    _RedactLinks().filter(record)
+    RedactLinks().filter(record)
     assert "AbC_d-123" not in record.getMessage() and "/j/…/ws" in record.getMessage()
 
 

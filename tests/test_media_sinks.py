@@ -88,6 +88,40 @@ async def test_a_sink_is_made_at_the_first_frame_and_fed_every_forwarded_frame()
     assert changes == ["c1"]  # everyone is told: the hub reports it as recording
 
 
+async def test_a_failing_sink_or_factory_never_ends_the_call():
+    """The room feeds sinks from aiortc's receive path: an exception there closed the
+    participant's transport (their audio and video both dropped), and a failing
+    factory was asked again on every frame. Now watchers get every frame, a failing
+    sink is detached and a failing factory asked once."""
+    events: list[tuple[Any, ...]] = []
+    asked: list[str] = []
+
+    class Broken(Sink):
+        def on_frame(self, kind: str, frame: EncodedFrame, connection: object) -> None:
+            raise RuntimeError("disk gone")
+
+    def failing_factory(consultation_id: str, participant: Participant) -> FrameSink:
+        asked.append(participant.role)
+        raise RuntimeError("no spool")
+
+    room, _ = room_with([failing_factory, lambda cid, p: Broken(events), lambda cid, p: Sink(events)])
+    victim, leg = joined(room)
+    class Watcher:
+        pushed: list[int] = []
+
+        def push(self, f: EncodedFrame, via: object) -> None:
+            self.pushed.append(f.pts)
+
+    watcher = Watcher()
+    victim.watchers["video"].add(watcher)  # type: ignore[arg-type]
+    for pts in range(3):
+        room._forward(victim, leg, "video", frame(pts))
+    assert watcher.pushed == [0, 1, 2]  # the live call goes on
+    assert asked == ["victim"]  # asked once, not on every frame
+    assert [e[2] for e in events if e[0] == "frame"] == [0, 1, 2]  # the healthy sink still records
+    assert len(victim.sinks) == 1
+
+
 async def test_no_frames_while_paused_or_from_a_replaced_connection_and_gaps_say_why():
     events: list[tuple[Any, ...]] = []
     room, _ = room_with([lambda cid, p: Sink(events)])

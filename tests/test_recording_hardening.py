@@ -164,6 +164,25 @@ async def test_an_orphan_spool_folder_nobody_can_place_is_quarantined_and_report
     assert not any(media[1000:3000] in p.read_bytes() for p in data.rglob("*") if p.is_file())
 
 
+async def test_a_quarantine_whose_entry_failed_is_finished_under_the_same_keys(server, monkeypatch):
+    """The files reach the store before their entry can be written: a start that
+    stopped between the two stores them again under the same keys (no unlogged second
+    copies), and the entry is written then."""
+    service = server.app[RECORDINGS]
+    stray = service.spool / "notes.txt"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"left by hand")
+    fail_audit_of(monkeypatch, "recording.quarantine")
+    await service.recover()  # logs that the entry is left in place
+    first = await server.app[STORE].keys("quarantine/")
+    assert len(first) == 1 and stray.exists()  # stored, not yet logged: still in the spool
+    monkeypatch.undo()
+    await service.recover()
+    assert await server.app[STORE].keys("quarantine/") == first
+    [entry] = await rows(server, AuditEntry, action="recording.quarantine")
+    assert entry.details["files"][0]["key"] == first[0] and not stray.exists()
+
+
 def fail_audit_of(monkeypatch, *failing: str) -> None:
     """Like the ``audit_fails`` fixture, for these actions only (the call around them
     must still be set up, and its login and joins are audited too)."""

@@ -127,7 +127,7 @@ async def test_a_stalled_disk_costs_counted_drops_and_a_gap_never_memory(tmp_pat
     half = len(frames) // 2
     largest = 0
     for kind, frame in frames[:half]:
-        rec.push(kind, frame, "leg")
+        rec.on_frame(kind, frame, "leg")
         largest = max(largest, rec.items.qsize())
     assert stalled.wait(5)
     assert largest <= 100 and rec.dropped > half - 110  # bounded: the rest were counted, not queued
@@ -136,10 +136,10 @@ async def test_a_stalled_disk_costs_counted_drops_and_a_gap_never_memory(tmp_pat
     while rec.items.qsize():  # the disk catches up
         await asyncio.sleep(0.01)
     for kind, frame in frames[half:]:  # now at the pace the disk takes
-        rec.push(kind, frame, "leg")
+        rec.on_frame(kind, frame, "leg")
         while rec.items.qsize() > 50:
             await asyncio.sleep(0.002)
-    await rec.finish("closed")
+    await rec.on_close("closed")
     stall = [e for e in events if isinstance(e, Gap)]
     assert len(stall) == 1 and stall[0].reason == "writer_stall" and stall[0].dropped_packets == dropped
     assert isinstance(events[-1], End)
@@ -292,12 +292,12 @@ async def test_a_quick_rejoin_restarts_video_at_a_keyframe(tmp_path):
     frames = synthetic_frames(2.0)  # a keyframe each second
     for kind, frame in frames:
         if frame.arrival < 1000.5:
-            rec.push(kind, frame, "first connection")
+            rec.on_frame(kind, frame, "first connection")
     before = len(queued)
     for kind, frame in frames:
         if frame.arrival >= 1000.5:  # mid-way between keyframes, no pause in arrivals
-            rec.push(kind, frame, "second connection")
+            rec.on_frame(kind, frame, "second connection")
     video = [p for p in queued[before:] if isinstance(p, recorder_module.Packet) and p.kind == "video"]
     assert video and video[0].keyframe
     assert not any(isinstance(p, Gap) for p in queued)
-    await rec.finish("closed")
+    await rec.on_close("closed")

@@ -237,15 +237,32 @@ class Room:
             leg.counters.video_in_frames += 1
         if self.paused or source.leg is not leg or self.closed:
             return
-        if source.sinks is None:
-            made = (factory(self.id, source) for factory in self.sink_factories)
-            source.sinks = [sink for sink in made if sink is not None]
-            if source.sinks:
-                self._notify("media sink attached")  # tell everyone (the hub's "recording")
-        for sink in source.sinks:
-            sink.on_frame(kind, frame, leg)
-        for track in source.watchers[kind]:
+        for track in source.watchers[kind]:  # the live call first, whatever a sink does
             track.push(frame, leg)
+        if source.sinks is None:
+            source.sinks = self._make_sinks(source)
+        for sink in list(source.sinks):
+            try:
+                sink.on_frame(kind, frame, leg)
+            except Exception:  # a sink must never end the call (this runs in aiortc's receive path)
+                log.exception("room %s: a media sink of %s failed; it is detached", self.id, source.role)
+                source.sinks.remove(sink)
+
+    def _make_sinks(self, source: Participant) -> list[FrameSink]:
+        """Each factory's sink for ``source`` (made once, at its first frame); a
+        factory that fails is logged and left out, never retried on every frame."""
+        sinks = []
+        for factory in self.sink_factories:
+            try:
+                sink = factory(self.id, source)
+            except Exception:
+                log.exception("room %s: no media sink for %s (its factory failed)", self.id, source.role)
+                continue
+            if sink is not None:
+                sinks.append(sink)
+        if sinks:
+            self._notify("media sink attached")  # tell everyone (the hub's "recording")
+        return sinks
 
     async def connect(self, p: Participant, offer_sdp: str) -> str:
         """Accept an offer from ``p``; replace its previous leg; return the answer SDP."""
