@@ -8,23 +8,19 @@ Its concerns live apart, each a part of :class:`Retention`:
 - :mod:`.commands`: classes, reviews and holds set, content read with a reason;
 - :mod:`.disposal`: content removed from every store, with signed certificates.
 
-Every name other modules import from here still is.
+The names the web API, the command line and the tests use come from here.
 """
 
 from __future__ import annotations
 
 from evr.audit import Actor
 
-from .commands import MAX_REASON, Commands
-from .disposal import DISPOSE_BATCH, PARALLEL, RETRY_AFTER, STALE_DISPOSING, Disposal, DisposalReport
-from .queries import certificate_json, hold_json, review_json, verify_certificate
-from .schedule import BATCH, CSV_COLUMNS, Computed, RetentionError, ScheduleRow
+from .commands import Commands
+from .disposal import Disposal, DisposalReport
+from .queries import verify_certificate
+from .schedule import CSV_COLUMNS, RetentionError, ScheduleRow
 
-__all__ = [
-    "BATCH", "CSV_COLUMNS", "DISPOSE_BATCH", "MAX_REASON", "PARALLEL", "RETRY_AFTER", "STALE_DISPOSING", "Computed",
-    "DisposalReport", "Retention", "RetentionError", "ScheduleRow", "certificate_json", "hold_json", "review_json",
-    "verify_certificate",
-]
+__all__ = ["CSV_COLUMNS", "DisposalReport", "Retention", "RetentionError", "ScheduleRow", "verify_certificate"]
 
 
 class Retention(Commands, Disposal):

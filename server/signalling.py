@@ -104,7 +104,6 @@ class Hub:
         self.ice_servers = _ice_servers(settings)
         self.tasks = TaskSet("hub")
         self._session_watch: Optional[asyncio.Task[None]] = None
-        self.session_check_seconds = SESSION_CHECK_SECONDS
 
     def room(self, consultation: Consultation) -> Room:
         room = self.rooms.get(consultation.id)
@@ -169,12 +168,15 @@ class Hub:
             await room.close()
 
     async def shutdown(self) -> None:
-        await self.tasks.close()  # the session watch
+        if self._session_watch is not None:
+            self._session_watch.cancel()  # the other tasks (leavings) run to their end below
         for consultation_id in list(self.rooms):
             room = self.rooms.pop(consultation_id)
             clients = self.clients.pop(consultation_id, set())
             await asyncio.gather(*(c.ws.close(code=WSCloseCode.GOING_AWAY) for c in clients), return_exceptions=True)
             await room.close("server_shutdown")
+        await self.tasks.wait(timeout=5.0)
+        await self.tasks.close()
 
     async def serve(self, request: web.Request, consultation: Consultation, participant: Participant,
                     session_id: Optional[str] = None) -> web.WebSocketResponse:
@@ -256,7 +258,7 @@ class Hub:
         ones (an empty list by default, so a browser contacts nobody else either)."""
         servers = []
         for server in self.ice_servers:
-            entry: dict[str, Any] = {"urls": list(server.urls) if isinstance(server.urls, list) else [server.urls]}
+            entry: dict[str, Any] = {"urls": [server.urls]}  # _ice_servers gives one URL each
             if server.username is not None:
                 entry["username"] = server.username
             if server.credential is not None:
@@ -273,7 +275,7 @@ class Hub:
 
     async def _session_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.session_check_seconds)
+            await asyncio.sleep(SESSION_CHECK_SECONDS)
             try:
                 await self.check_sessions()
             except Exception:  # noqa: BLE001 - a database hiccup: check again next time
@@ -295,11 +297,11 @@ class Hub:
             ))
         return await self.end_sessions(wanted - live)
 
-    async def end_sessions(self, session_ids: Iterable[Optional[str]],
+    async def end_sessions(self, session_ids: Iterable[str],
                            message: str = "Your session has ended. Sign in again to rejoin.") -> int:
         """Close every socket opened with one of these sessions (logout, disable):
         an ``error`` (``session_ended``) first, then close code 4003."""
-        ended = set(session_ids) - {None}
+        ended = set(session_ids)
         targets = [c for c in self._staff_clients() if c.session_id in ended]
         for client in targets:
             await client.send(_error("session_ended", message))

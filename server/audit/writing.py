@@ -133,19 +133,11 @@ class AuditLog:
         for cp in written:
             await self._keep(cp)
 
-    async def record(
-        self,
-        actor: Actor,
-        action: str,
-        object: str,
-        *,
-        consultation_id: Optional[str] = None,
-        reason: Optional[str] = None,
-        details: Optional[dict[str, Any]] = None,
-    ) -> AuditEntry:
+    async def record(self, actor: Actor, action: str, object: str, **fields: Any) -> AuditEntry:
+        """One entry in a transaction of its own: :meth:`Appender.add`'s arguments.
+        (A change and its entry go through :meth:`transaction` together instead.)"""
         async with self.transaction() as appender:
-            return appender.add(actor, action, object, consultation_id=consultation_id, reason=reason,
-                                details=details)
+            return appender.add(actor, action, object, **fields)
 
     async def checkpoint(self) -> Optional[AuditCheckpoint]:
         """Sign the newest entry when no checkpoint covers it yet (at a sweep, at exit)."""
