@@ -16,12 +16,13 @@ from typing import Any, Optional
 from aiohttp import web
 from sqlalchemy import select
 
-from evr.auth import CALL_ROLES, Staff
+from evr.auth import Staff
 from evr.db import Consultation, Recording
 from evr.errors import ApiError, not_found
 from evr.evidence import ItemExists
 from evr.http import AUDIT, CONSULTATIONS, DB, RECORDINGS, SIGNING_KEY, STORE, actor, current_staff, read_json
 from evr.keys import fingerprint, public_pem
+from evr.roles import CALL_ROLES
 from evr.text import plain_text
 from evr.timeutil import rfc3339
 

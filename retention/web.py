@@ -20,12 +20,13 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 from aiohttp import web
 
 from evr.audit import AuditQuery, entry_json, search
-from evr.auth import CALL_ROLES, Staff
+from evr.auth import Staff
 from evr.errors import ApiError, bad_request, not_found
 from evr.http import (
     AUDIT, CLOCK, CONSULTATIONS, DB, SETTINGS, SIGNING_KEY, STORE, actor, current_staff, read_json,
 )
 from evr.pages import WEB_DIR
+from evr.roles import CALL_ROLES
 from evr.text import TextError, parse_count, plain_text
 
 from .policy import ASSESSMENT_CRITERIA, Policy, parse_date, parse_time

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from . import links, openapi, pages, uploads
 from .audit import AuditLog
-from .auth import CALL_ROLES, CSRF_HEADER, SESSION_COOKIE, Authenticator, csrf_ok
+from .auth import CSRF_HEADER, SESSION_COOKIE, Authenticator, csrf_ok
 from .config import Settings
 from .consultations import Consultations, consultation_json, message_json, parse_new
 from .db import make_engine, migrate, sessionmaker
@@ -43,6 +43,7 @@ from .recording.service import Recordings
 from .retention import web as retention_web
 from .signalling import Hub
 from .statements import api as statements_api
+from .roles import CALL_ROLES
 from .text import plain_text
 from .timeutil import Clock, rfc3339, utcnow
 

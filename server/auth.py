@@ -32,12 +32,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from .config import Settings
 from .db import LoginFailure, LoginThrottle, StaffSession, User, UTCDateTime
 from .errors import ApiError
-from .roles import CALL_ROLES, RESERVED_NAMES, ROLES, SUPERVISOR_ROLES
+from .roles import RESERVED_NAMES, ROLES, SUPERVISOR_ROLES
 from .timeutil import Clock
 
 __all__ = [
-    "Authenticator", "BAD_LOGIN", "CALL_ROLES", "CSRF_HEADER", "MIN_PASSWORD",
-    "RESERVED_NAMES", "ROLES", "SESSION_COOKIE", "SUPERVISOR_ROLES", "Staff", "add_user", "check_password",
+    "Authenticator", "BAD_LOGIN", "CSRF_HEADER", "MIN_PASSWORD", "SESSION_COOKIE", "Staff", "add_user", "check_password",
     "csrf_ok", "end_sessions", "hash_password", "insert_user", "new_user", "sha256_hex", "username_problem", "verify_password",
 ]
 
@@ -315,16 +314,6 @@ class Authenticator:
         )
         db.add(session)
         return Staff(user.id, user.username, user.role, session.id, session.csrf_token), token
-
-    async def login(self, db: AsyncSession, username: str, password: str,
-                    address: Optional[str] = None) -> tuple[Staff, str]:
-        """Check a password and open a session (without an audit entry; the HTTP
-        login writes one with the session)."""
-        user = await self.check(db, username, password, address)
-        staff, token = self.open_session(db, user)
-        await db.commit()
-        log.info("login ok (user=%s role=%s)", user.username, user.role)
-        return staff, token
 
     async def resolve(self, db: AsyncSession, token: Optional[str]) -> Optional[Staff]:
         if not token or len(token) > 128:

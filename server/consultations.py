@@ -141,11 +141,16 @@ class Consultations:
         except Exception as exc:  # noqa: BLE001 - the consultation exists: its creator must still get the link
             log.exception("notifier %s failed (consultation=%s)", self.notifier.name, message.consultation_id)
             delivery = Delivery("failed", self.notifier.name, error=f"notifier error: {type(exc).__name__}")
-        await db.execute(
-            update(OutboxMessage).where(OutboxMessage.id == message.id).values(
-                status=delivery.status, provider=delivery.provider, provider_ref=delivery.ref, error=delivery.error)
-        )
-        await db.commit()
+        try:
+            await db.execute(
+                update(OutboxMessage).where(OutboxMessage.id == message.id).values(
+                    status=delivery.status, provider=delivery.provider, provider_ref=delivery.ref,
+                    error=delivery.error)
+            )
+            await db.commit()
+        except Exception:  # noqa: BLE001 - the row stays "pending"; the creator must still get the link
+            log.exception("link message %s: its outcome could not be kept (consultation=%s)",
+                          delivery.status, message.consultation_id)
         message.status, message.provider = delivery.status, delivery.provider
         message.provider_ref, message.error = delivery.ref, delivery.error
         # Never the link or the recipient in the log: the link is the victim's key. A

@@ -9,9 +9,10 @@ cookie, and every other resource under the link needs that cookie. Of any number
 browsers claiming at once exactly one wins (one conditional UPDATE), and the claim
 is audit-logged in the same transaction.
 
-Everything under ``/j/{token}/`` other than the page and its socket is an API for the
-page's scripts, and answers in the contract's JSON error shape whatever goes wrong
-(:func:`evr.app.json_errors`); the page and the socket answer with pages a person can read.
+Everything under ``/j/{token}/`` (the claim, the socket, uploads, statements) is an
+API for the page's scripts and answers in the contract's JSON error shape whatever goes
+wrong; only the page itself answers with pages a person can read. Both are rendered
+from one :class:`LinkRefused` by :func:`evr.app.json_errors`.
 
 Guessing tokens is hopeless (256 bits) but not free: unknown tokens are counted per
 client address and past ``link_unknown_per_minute`` in a minute that address gets 429

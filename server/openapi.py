@@ -21,7 +21,8 @@ from typing import Any, Optional
 
 from aiohttp import web
 
-from .auth import CSRF_HEADER, ROLES, SESSION_COOKIE
+from .auth import CSRF_HEADER, SESSION_COOKIE
+from .roles import ROLES
 from .links import BINDING_COOKIE
 
 Schema = dict[str, Any]

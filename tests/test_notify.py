@@ -259,3 +259,17 @@ def test_evr_main_redacts_tokens_on_every_root_handler(monkeypatch, capsys):
     logging.getLogger("evr.app").warning("unhandled error on GET %s", f"/j/{token}/statements")
     assert token not in out.getvalue()
     assert '"GET /j/…/uploads HTTP/1.1" 200' in out.getvalue() and "GET /j/…/statements" in out.getvalue()
+
+
+async def test_an_outcome_that_cannot_be_kept_still_leaves_the_officer_the_link(staff, monkeypatch):
+    """After the consultation is committed, failing to note how the message went
+    (the outbox row's update) answered 500 and lost the only copy of the link."""
+    from evr import consultations
+
+    def broken_update(*args, **kwargs):
+        raise RuntimeError("database went away")
+
+    officer = await staff()
+    monkeypatch.setattr(consultations, "update", broken_update)
+    created = await officer.create()  # asserts 201
+    assert "/j/" in created["join_url"] and created["message"]["status"] == "outbox"

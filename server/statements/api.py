@@ -10,7 +10,8 @@ import logging
 from typing import Any
 
 from aiohttp import web
-from evr.auth import CALL_ROLES, Staff
+from evr.auth import Staff
+from evr.roles import CALL_ROLES
 from evr.db import (
     Consultation,
     Statement,

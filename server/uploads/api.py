@@ -26,7 +26,7 @@ from aiohttp import web
 from sqlalchemy import select
 
 from ..audit import Actor
-from ..auth import CALL_ROLES, Staff
+from ..auth import Staff
 from ..db import Consultation, Upload
 from ..errors import ApiError, error_response
 from ..evidence import IntegrityError
@@ -42,6 +42,7 @@ from ..http import (
     read_json,
 )
 from ..links import victim_actor, victim_link
+from ..roles import CALL_ROLES
 from ..text import TextError, parse_count
 from ..timeutil import rfc3339
 from .service import (
