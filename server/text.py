@@ -54,6 +54,13 @@ def strip_bidi(value: str) -> str:
     return BIDI_CONTROLS.sub("", value)
 
 
+def storable(value: str) -> str:
+    """Free text from a file or a device (embedded metadata) made safe to keep and show
+    to staff: what no database can keep (NUL, lone surrogates) becomes U+FFFD, bidi
+    controls go; line breaks stay."""
+    return _UNSTORABLE.sub("\ufffd", strip_bidi(value))
+
+
 def clean_header(value: Optional[str], limit: int = 512) -> Optional[str]:
     """A header's text made safe to store and show: undecodable bytes (lone
     surrogates) and controls become U+FFFD, bidi controls go, at most ``limit``

@@ -498,24 +498,29 @@ class Statements:
         the version waiting to be signed: (its record, the PDF's size), or None."""
         base = prefix(statement.consultation_id, statement.id)
         keys = set(await self.store.keys(base))
-        best: Optional[tuple[int, dict[str, Any], int]] = None
+        attempts: list[tuple[int, str]] = []
         for key in keys:
             name = key[len(base):]
-            if not (name.startswith("signing-record") and name.endswith(".json")):
-                continue
+            if name == "signing-record.json":
+                attempts.append((1, key))
+            elif name.startswith("signing-record-") and name.endswith(".json"):
+                number = name[len("signing-record-"):-len(".json")]
+                if number.isascii() and number.isdigit():
+                    attempts.append((int(number), key))
+        for _, key in sorted(attempts, reverse=True):  # the newest that holds together wins
             try:
                 record = json.loads(await self.store.read_bytes(key))
-                attempt = int(name[len("signing-record-"):-len(".json")] or 1) if name != "signing-record.json" else 1
             except ValueError:
+                continue
+            if not isinstance(record, dict):
                 continue
             pdf_key = base + str(record.get("document_name") or PDF_NAME)
             if record.get("statement_version") != statement.version or pdf_key not in keys:
                 continue
             sealed = await self.store.read_bytes(pdf_key)
-            if hashlib.sha256(sealed).hexdigest() == record.get("document_sha256") and (
-                    best is None or attempt > best[0]):
-                best = (attempt, record, len(sealed))
-        return None if best is None else (best[1], best[2])
+            if hashlib.sha256(sealed).hexdigest() == record.get("document_sha256"):
+                return record, len(sealed)
+        return None
 
     async def pdf(self, consultation: Consultation, statement: Statement) -> bytes:
         """The sealed PDF: the one the signing record in the database names."""

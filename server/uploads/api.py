@@ -109,6 +109,7 @@ async def _service(app: web.Application) -> Any:
     purger = asyncio.ensure_future(_purge_forever(uploads))
     yield
     purger.cancel()
+    await asyncio.gather(purger, return_exceptions=True)
     await uploads.inspector.close()
 
 

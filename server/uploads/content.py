@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, Callable, Optional
 
 import magic
 
-from ..text import strip_bidi
+from ..text import storable, strip_bidi
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +99,9 @@ class Inspection:
 
 
 def _text(value: str) -> str:
-    """Metadata text as stored: no NUL (PostgreSQL), no lone surrogates, bounded."""
-    cleaned = re.sub("[\x00\ud800-\udfff]", "\ufffd", value.rstrip("\x00"))
-    return cleaned[:MAX_META_TEXT]
+    """Metadata text as stored and shown (:func:`evr.text.storable`), bounded; the NUL
+    padding of fixed-size EXIF fields dropped."""
+    return storable(value.rstrip("\x00"))[:MAX_META_TEXT]
 
 
 def _plain(value: Any) -> Any:

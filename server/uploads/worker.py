@@ -171,10 +171,8 @@ class Inspector:
                 raise WorkerFault("unknown message")
 
     async def close(self) -> None:
-        """Stop the workers still running (the server is stopping)."""
-        for proc in list(self._running):
-            if proc.returncode is None:
-                proc.kill()
+        """Stop the workers still running (the server is stopping), and reap them."""
+        await asyncio.gather(*(_stop(proc, grace=0.0) for proc in list(self._running)), return_exceptions=True)
 
 
 async def _stop(proc: asyncio.subprocess.Process, grace: float) -> int:
