@@ -23,7 +23,16 @@ from evr.audit import AuditQuery, entry_json, search
 from evr.auth import Staff
 from evr.errors import ApiError, bad_request, not_found
 from evr.http import (
-    AUDIT, CLOCK, CONSULTATIONS, DB, SETTINGS, SIGNING_KEY, STORE, actor, current_staff, read_json,
+    AUDIT,
+    CLOCK,
+    CONSULTATIONS,
+    DB,
+    SETTINGS,
+    SIGNING_KEY,
+    STORE,
+    actor,
+    current_staff,
+    read_json,
 )
 from evr.pages import WEB_DIR
 from evr.roles import CALL_ROLES

@@ -41,9 +41,9 @@ from .notify import Notifier, make_notifier
 from .recording import api as recording_api
 from .recording.service import Recordings
 from .retention import web as retention_web
+from .roles import CALL_ROLES
 from .signalling import Hub
 from .statements import api as statements_api
-from .roles import CALL_ROLES
 from .text import plain_text
 from .timeutil import Clock, rfc3339, utcnow
 

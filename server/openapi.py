@@ -22,8 +22,8 @@ from typing import Any, Optional
 from aiohttp import web
 
 from .auth import CSRF_HEADER, SESSION_COOKIE
-from .roles import ROLES
 from .links import BINDING_COOKIE
+from .roles import ROLES
 
 Schema = dict[str, Any]
 

@@ -10,8 +10,9 @@ import logging
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy import select
+
 from evr.auth import Staff
-from evr.roles import CALL_ROLES
 from evr.db import (
     Consultation,
     Statement,
@@ -34,9 +35,9 @@ from evr.http import (
     same_origin,
 )
 from evr.links import victim_actor, victim_link
+from evr.roles import CALL_ROLES
 from evr.text import JsonError, TextError, clean_header, parse_count, parse_json, plain_text
 from evr.timeutil import rfc3339
-from sqlalchemy import select
 
 from . import content as sc
 from .service import Rendered, Statements, check_signature, check_typed_name

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from itertools import zip_longest
 from datetime import datetime, timezone
+from itertools import zip_longest
 from typing import Any, Optional
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fpdf import FPDF
-from fpdf.enums import MethodReturnValue, XPos, YPos
+from fpdf.enums import MethodReturnValue
 
 from .content import BOLD, REGULAR
 

@@ -4,10 +4,10 @@ Revision ID: 0003
 Revises: 0002
 Create Date: 2026-11-21 12:46:54.270040
 """
-from alembic import op
 import sqlalchemy as sa
-import evr.db
+from alembic import op
 
+import evr.db
 
 revision = '0003'
 down_revision = '0002'

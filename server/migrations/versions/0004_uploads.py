@@ -4,10 +4,10 @@ Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-21 13:00:00.000000
 """
-from alembic import op
 import sqlalchemy as sa
-import evr.db
+from alembic import op
 
+import evr.db
 
 revision = '0004'
 down_revision = '0003'

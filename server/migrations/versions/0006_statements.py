@@ -3,10 +3,10 @@
 Revision ID: 0006
 Revises: 0003
 """
-from alembic import op
 import sqlalchemy as sa
-import evr.db
+from alembic import op
 
+import evr.db
 
 revision = '0006'
 down_revision = '0003'

@@ -9,9 +9,8 @@ none: NULL with ``uploader_role`` ``victim``); existing staff uploads are matche
 their account by the user name they were recorded under. ``preview_skipped`` says why
 an image or video was kept without a preview.
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0007'
 down_revision = '0004'

@@ -3,10 +3,10 @@
 Revision ID: 0009
 Revises: 0001
 """
-from alembic import op
 import sqlalchemy as sa
-import evr.db
+from alembic import op
 
+import evr.db
 
 revision = '0009'
 down_revision = '0001'

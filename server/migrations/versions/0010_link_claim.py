@@ -8,11 +8,10 @@ tokens cannot come back: ``downgrade`` leaves the redacted messages as they are.
 Revision ID: 0010
 Revises: 0001
 """
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 from evr.logs import redact_links
-
 
 revision = '0010'
 down_revision = '0001'
