@@ -35,6 +35,7 @@ from evr.db import (
     RetentionItem,
     RetentionMeta,
 )
+from evr.errors import ApiError
 from evr.evidence.store import EvidenceStore
 from evr.timeutil import Clock, rfc3339
 
@@ -46,12 +47,10 @@ log = logging.getLogger(__name__)
 BATCH = 5000
 
 
-class RetentionError(Exception):
-    """A refused request: ``status`` is the HTTP status the API answers with."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+class RetentionError(ApiError):
+    """A refusal of the retention service: an :class:`evr.errors.ApiError`, so the API
+    renders it where it renders every other (:func:`evr.app.json_errors`) and the
+    command line prints its message."""
 
 
 

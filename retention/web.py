@@ -13,9 +13,8 @@ import csv
 import io
 import logging
 import uuid
-from contextlib import suppress
 from datetime import datetime
-from typing import Any, AsyncIterator, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 from aiohttp import web
 
@@ -27,9 +26,7 @@ from evr.http import (
     CLOCK,
     CONSULTATIONS,
     DB,
-    SETTINGS,
-    SIGNING_KEY,
-    STORE,
+    RETENTION,
     actor,
     current_staff,
     read_json,
@@ -38,24 +35,19 @@ from evr.pages import WEB_DIR
 from evr.roles import CALL_ROLES
 from evr.text import TextError, parse_count, plain_text
 
-from .policy import ASSESSMENT_CRITERIA, Policy, parse_date, parse_time
-from .service import CSV_COLUMNS, Retention, RetentionError
+from .policy import ASSESSMENT_CRITERIA, parse_date, parse_time
+from .service import CSV_COLUMNS
 
 log = logging.getLogger(__name__)
 
-RETENTION = web.AppKey("retention", Retention)
 RECORDS = ("records",)
 AUDIT_READERS = ("records", "admin")
 MAX_PAGE = 500
-#: Seconds after start before the first scheduled sweep (at most).
-FIRST_SWEEP_AFTER = 300
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def setup(app: web.Application) -> None:
-    """Routes, and the retention service with its scheduled sweep (after the database)."""
-    policy = Policy.from_config(app[SETTINGS].retention)
-    app.cleanup_ctx.append(lambda app: _service(app, policy))
+    """The records pages' routes (the service and its sweep: :func:`evr.services.services`)."""
     app.add_routes([
         web.get("/records", records_page),
         web.get("/api/audit", audit_search),
@@ -77,39 +69,6 @@ def setup(app: web.Application) -> None:
     ])
 
 
-async def _service(app: web.Application, policy: Policy) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    audit = app[AUDIT]
-    audit.attach(app[SIGNING_KEY], app[STORE], settings.audit_checkpoint_every)
-    service = app[RETENTION] = Retention(app[DB], audit, app[STORE], policy, app[CLOCK], app[SIGNING_KEY])
-    task = asyncio.create_task(sweeper(service, policy.sweep_minutes))
-    yield
-    task.cancel()
-    with suppress(asyncio.CancelledError):
-        await task
-    try:
-        await audit.checkpoint()
-    except Exception:
-        log.exception("could not sign the audit checkpoint at shutdown")
-
-
-async def sweeper(service: Retention, minutes: float) -> None:
-    """The scheduled run: non-evidential recordings past their 31 days are disposed
-    of (logged, with certificates), decided disposals finished, a checkpoint signed.
-    The first run comes a little after start (at most five minutes), not during it."""
-    delay = min(minutes * 60, FIRST_SWEEP_AFTER)
-    while True:
-        await asyncio.sleep(delay)
-        delay = minutes * 60
-        try:
-            report = await service.sweep()
-            if report.disposed or report.waiting or report.failed:
-                log.info("retention sweep: %d disposed, %d waiting, %d failed",
-                         len(report.disposed), len(report.waiting), len(report.failed))
-        except Exception:
-            log.exception("retention sweep failed (retried at the next one)")
-
-
 # -- helpers -------------------------------------------------------------------
 
 
@@ -117,13 +76,6 @@ def _records(request: web.Request, *roles: str) -> Staff:
     staff = current_staff(request)
     staff.require(*(roles or RECORDS))
     return staff
-
-
-async def _call(coro: Awaitable[Any]) -> Any:
-    try:
-        return await coro
-    except RetentionError as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from None
 
 
 # Query parameters come from anyone who can type a URL: each is checked here, once,
@@ -306,7 +258,7 @@ async def _visible_consultation(request: web.Request, staff: Staff) -> str:
 async def get_class(request: web.Request) -> web.Response:
     staff = current_staff(request)
     cid = await _visible_consultation(request, staff)
-    return web.json_response(await _call(request.app[RETENTION].assignment(cid)))
+    return web.json_response(await request.app[RETENTION].assignment(cid))
 
 
 async def set_class(request: web.Request) -> web.Response:
@@ -316,8 +268,8 @@ async def set_class(request: web.Request) -> web.Response:
     cid = await _visible_consultation(request, staff)
     body = await _body(request, "class", "reason")
     dob = _parsed(body, "subject_dob", parse_date, "invalid_dob")
-    result = await _call(request.app[RETENTION].set_class(actor(request, staff), cid, body["class"],
-                                                          body["reason"], dob))
+    result = await request.app[RETENTION].set_class(actor(request, staff), cid, body["class"],
+                                                          body["reason"], dob)
     return web.json_response(result)
 
 
@@ -385,7 +337,7 @@ async def consultation_items(request: web.Request) -> web.Response:
     cid = _uuid(request.match_info["id"], "consultation")
     service = request.app[RETENTION]
     await service.refresh()
-    return web.json_response({"consultation": await _call(service.assignment(cid)),
+    return web.json_response({"consultation": await service.assignment(cid),
                               "items": [r.json() for r in await service.items_of(cid)]})
 
 
@@ -394,7 +346,7 @@ async def item(request: web.Request) -> web.Response:
     staff = _records(request)
     item_id = _uuid(request.match_info["item"], "evidence item")
     service = request.app[RETENTION]
-    body = await _call(service.item(item_id))
+    body = await service.item(item_id)
     obj = f"{body['kind']}:{item_id}"
     async with request.app[DB]() as db:
         trail = await search(db, AuditQuery(object=obj, limit=MAX_PAGE))
@@ -412,7 +364,7 @@ async def content(request: web.Request) -> web.StreamResponse:
     key, reason = query_text(request.query.get("key"), "key", 1024), request.query.get("reason", "")
     if not key:
         raise bad_request("Name the object to open (key).", "missing_key")
-    chunks = await _call(request.app[RETENTION].open_content(actor(request, staff), item_id, key, reason))
+    chunks = await request.app[RETENTION].open_content(actor(request, staff), item_id, key, reason)
     response = web.StreamResponse(headers={
         "Content-Type": "application/octet-stream",
         "Content-Disposition": f'attachment; filename="{key.rsplit("/", 1)[-1]}"',
@@ -435,22 +387,22 @@ async def review(request: web.Request) -> web.Response:
     criteria = body.get("criteria") or []
     if not isinstance(criteria, list) or not all(isinstance(c, str) for c in criteria):
         raise ApiError(422, "invalid_criteria", "criteria must be a list of criterion names.", fields=["criteria"])
-    reviews = await _call(request.app[RETENTION].review(actor(request, staff), body["id"], body["decision"],
-                                                        body["reason"], next_review, criteria))
+    reviews = await request.app[RETENTION].review(actor(request, staff), body["id"], body["decision"],
+                                                        body["reason"], next_review, criteria)
     return web.json_response({"reviews": reviews}, status=201)
 
 
 async def hold(request: web.Request) -> web.Response:
     staff = _records(request)
     body = await _body(request, "id", "reason")
-    placed = await _call(request.app[RETENTION].hold(actor(request, staff), body["id"], body["reason"]))
+    placed = await request.app[RETENTION].hold(actor(request, staff), body["id"], body["reason"])
     return web.json_response({"hold": placed}, status=201)
 
 
 async def release(request: web.Request) -> web.Response:
     staff = _records(request)
     body = await _body(request, "id", "reason")
-    released = await _call(request.app[RETENTION].release(actor(request, staff), body["id"], body["reason"]))
+    released = await request.app[RETENTION].release(actor(request, staff), body["id"], body["reason"])
     return web.json_response({"released": released})
 
 
@@ -469,8 +421,8 @@ async def dispose(request: web.Request) -> web.Response:
     limit = body.get("limit", 1000)
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10000:
         raise ApiError(422, "invalid_limit", "limit must be a whole number from 1 to 10000.", fields=["limit"])
-    report = await _call(request.app[RETENTION].dispose(actor(request, staff), ids, execute=body.get("execute") is True,
-                                                        limit=limit))
+    report = await request.app[RETENTION].dispose(actor(request, staff), ids, execute=body.get("execute") is True,
+                                                        limit=limit)
     return web.json_response(report.json())
 
 
@@ -494,4 +446,4 @@ async def certificates(request: web.Request) -> web.Response:
 async def certificate(request: web.Request) -> web.Response:
     _records(request)
     cert_id = _uuid(request.match_info["cert"], "disposal certificate")
-    return web.json_response(await _call(request.app[RETENTION].certificate(cert_id)))
+    return web.json_response(await request.app[RETENTION].certificate(cert_id))

@@ -9,13 +9,10 @@ from typing import Any, Awaitable, Callable, Optional
 from aiohttp import web
 
 from . import links, openapi, pages, uploads
-from .audit import AuditLog
-from .auth import CSRF_HEADER, SESSION_COOKIE, Authenticator, csrf_ok
+from .auth import CSRF_HEADER, SESSION_COOKIE, csrf_ok
 from .config import Settings
-from .consultations import Consultations, consultation_json, message_json, parse_new
-from .db import make_engine, migrate, sessionmaker
+from .consultations import consultation_json, message_json, parse_new
 from .errors import ApiError, error_response, forbidden
-from .evidence import make_store
 from .http import (
     AUDIT,
     AUTH,
@@ -24,11 +21,8 @@ from .http import (
     DB,
     HUB,
     NOTIFIER,
-    RECORDINGS,
     SETTINGS,
-    SIGNING_KEY,
     STAFF,
-    STORE,
     actor,
     base_url,
     current_staff,
@@ -36,13 +30,11 @@ from .http import (
     same_origin,
     secure_cookies,
 )
-from .keys import load_signing_key
-from .notify import Notifier, make_notifier
+from .notify import Notifier
 from .recording import api as recording_api
-from .recording.service import Recordings
 from .retention import web as retention_web
 from .roles import CALL_ROLES
-from .signalling import Hub
+from .services import services, shutdown
 from .statements import api as statements_api
 from .text import plain_text
 from .timeutil import Clock, rfc3339, utcnow
@@ -61,22 +53,23 @@ CSP = (
 
 
 def create_app(settings: Settings, clock: Clock = utcnow, notifier: Optional[Notifier] = None) -> web.Application:
+    """The application: middlewares, every feature's routes, and the composition
+    root (:func:`evr.services.services`) that builds their services at start."""
     app = web.Application(middlewares=[forwarded_client(settings), json_errors, plain_parameters, staff_session],
                           client_max_size=MAX_JSON_BODY)
     app.on_response_prepare.append(security_headers)
     app[SETTINGS] = settings
     app[CLOCK] = clock
-    app[AUTH] = Authenticator(settings, clock)
-    app[NOTIFIER] = notifier or make_notifier(settings)
-    app[CONSULTATIONS] = Consultations(settings, clock, app[NOTIFIER])
-    app.cleanup_ctx.append(_database)
+    if notifier is not None:  # the tests' own gateway; else the configured one
+        app[NOTIFIER] = notifier
+    app.cleanup_ctx.append(services)  # every service, built and wired in one place
     uploads.setup(app)
     recording_api.setup(app)
     retention_web.setup(app)
     statements_api.setup(app)
     links.setup(app)
     openapi.setup(app)
-    app.on_shutdown.append(_shutdown)
+    app.on_shutdown.append(shutdown)
     app.add_routes(
         [
             web.get("/", home),
@@ -96,37 +89,6 @@ def create_app(settings: Settings, clock: Clock = utcnow, notifier: Optional[Not
         ]
     )
     return app
-
-
-async def _database(app: web.Application) -> Any:
-    from .media.passthrough import check_compatible
-
-    check_compatible()  # the aiortc hooks: refuse to start, naming what is missing
-    settings = app[SETTINGS]
-    settings.prepare_data_dir()
-    engine = make_engine(settings.db_url)
-    await migrate(engine)
-    app[DB] = sessionmaker(engine)
-    app[AUDIT] = AuditLog(app[DB], app[CLOCK])
-    app[STORE] = make_store(settings)
-    app[SIGNING_KEY] = load_signing_key(settings)
-    recordings = Recordings(settings, app[CLOCK], app[DB], app[STORE], app[SIGNING_KEY], app[AUDIT])
-    closed = await recordings.recover()
-    if closed:
-        log.warning("closed %d recording(s) left open by an unclean stop", closed)
-    app[RECORDINGS] = recordings
-    app[HUB] = Hub(settings, app[CLOCK], app[DB], [recordings.sink] if settings.recording else [])
-    yield
-    await app[STORE].close()
-    await app[NOTIFIER].close()
-    await engine.dispose()
-
-
-async def _shutdown(app: web.Application) -> None:
-    if HUB in app:
-        await app[HUB].shutdown()
-    if RECORDINGS in app:
-        await app[RECORDINGS].shutdown()
 
 
 # -- middlewares -------------------------------------------------------------
@@ -369,12 +331,7 @@ async def get_consultation(request: web.Request) -> web.Response:
 async def close_consultation(request: web.Request) -> web.Response:
     staff = current_staff(request)
     staff.require(*CALL_ROLES)
-    async with request.app[AUDIT].transaction() as tx:
-        consultation = await request.app[CONSULTATIONS].get(tx.db, staff, request.match_info["id"])
-        if request.app[CONSULTATIONS].close(consultation, staff):
-            tx.add(actor(request, staff), "consultation.close", f"consultation:{consultation.id}",
-                   consultation_id=consultation.id)
-    await request.app[HUB].close(consultation.id)
+    consultation = await request.app[CONSULTATIONS].close(staff, actor(request, staff), request.match_info["id"])
     return web.json_response({"status": "closed", "closed_at": rfc3339(consultation.closed_at)})
 
 
@@ -394,11 +351,11 @@ async def staff_socket(request: web.Request) -> web.StreamResponse:
     async with request.app[AUDIT].transaction() as tx:  # the arrival and its audit entry together
         service = request.app[CONSULTATIONS]
         consultation = await service.get(tx.db, staff, request.match_info["id"])
-        if consultation.status == "closed":
+        if service.status(consultation) == "closed":
             raise ApiError(410, "closed", "This consultation is closed.")
         await service.joined(tx.db, consultation, staff)
         tx.add(actor(request, staff), "consultation.join", f"consultation:{consultation.id}",
                consultation_id=consultation.id)
     hub = request.app[HUB]
     participant = hub.room(consultation).participant(f"staff:{staff.id}", staff.role, staff.id)
-    return await hub.serve(request, consultation, participant, session_id=staff.session_id)
+    return await hub.serve(request, consultation, participant, actor(request, staff), session_id=staff.session_id)

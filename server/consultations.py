@@ -1,12 +1,21 @@
-"""Consultations and their links: creation, visibility, the victim's token and binding.
+"""Consultations and their links: creation, visibility, the victim's token and binding,
+and the lifecycle (``waiting`` → ``live`` ⇄ ``paused`` → ``closed``).
 
-Every state change here is made in the caller's transaction, never committed on its
+:class:`Consultations` is the single writer of a consultation's status, as aiortc's
+``RTCPeerConnection.__updateConnectionState`` is of its connection state: the room
+reports who is connected and whether the call is paused (:class:`Presence`), staff
+close it, and :meth:`Consultations.update` computes the status from those inputs
+(:func:`next_status`, the one rule), writes it with its audit entry in one
+transaction, and tells its listeners (the hub) once. Nothing else writes it.
+
+Every other change here is made in the caller's transaction, never committed on its
 own: the HTTP handlers run it inside :meth:`evr.audit.AuditLog.transaction`, so a
-consultation created, a link claimed, an officer's arrival or a close and its audit
-entry commit together or not at all."""
+consultation created, a link claimed or an officer's arrival and its audit entry
+commit together or not at all."""
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import logging
 import re
@@ -14,11 +23,12 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Optional
+from typing import Any, Awaitable, Callable, Literal, Optional, cast
 
 from sqlalchemy import false, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .audit import Actor, AuditLog
 from .auth import Staff, sha256_hex
 from .config import Settings
 from .db import Consultation, ConsultationStaff, OutboxMessage
@@ -34,6 +44,38 @@ PHONE = re.compile(r"^\+?[0-9 ()-]{7,20}$")
 EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,189}\.[^@\s]{2,}$")
 #: 32 random bytes = 256 bits in the link token.
 TOKEN_BYTES = 32
+
+Status = Literal["waiting", "live", "paused", "closed"]
+#: What the link of a consultation is: usable, closed by police, or never claimed in time.
+LinkState = Literal["open", "closed", "expired"]
+#: Told ``(consultation_id, status)`` after every change of status has been committed.
+StatusListener = Callable[[str, Status], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Presence:
+    """What the live room knows: whether the victim and any member of staff are
+    connected now, and whether the call is paused."""
+
+    victim_on: bool = False
+    staff_on: bool = False
+    paused: bool = False
+
+
+def next_status(current: Status, presence: Optional[Presence] = None, *, close: bool = False) -> Status:
+    """The lifecycle's one rule. ``closed`` is final (police closed it, or ``close``).
+    Otherwise paused while paused; ``live`` from when the victim and staff are first
+    connected together, and it stays ``live`` when someone drops (a call interrupted
+    is still under way); ``waiting`` before that."""
+    if current == "closed" or close:
+        return "closed"
+    if presence is None:
+        return current
+    if presence.paused:
+        return "paused"
+    if current in ("live", "paused") or (presence.victim_on and presence.staff_on):
+        return "live"
+    return "waiting"
 
 
 @dataclass(frozen=True)
@@ -96,10 +138,19 @@ class Created:
 
 
 class Consultations:
-    def __init__(self, settings: Settings, clock: Clock, notifier: Notifier) -> None:
+    """The consultations: their creation, visibility and links, and the one writer
+    of their status (:meth:`update`)."""
+
+    def __init__(self, settings: Settings, clock: Clock, notifier: Notifier, audit: AuditLog) -> None:
         self.settings = settings
         self.clock = clock
         self.notifier = notifier
+        self.audit = audit
+        #: The status of every consultation with a live room, as last written here.
+        self._status: dict[str, Status] = {}
+        #: One update at a time per consultation: each computes from the last one's result.
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._listeners: list[StatusListener] = []
 
     async def create(self, db: AsyncSession, staff: Staff, new: NewConsultation, base_url: str) -> Created:
         """Add the consultation and its outbox message (``pending``, the link redacted)
@@ -196,9 +247,9 @@ class Consultations:
             return None
         return await db.scalar(select(Consultation).where(Consultation.token_hash == sha256_hex(token)))
 
-    def link_state(self, consultation: Consultation) -> str:
+    def link_state(self, consultation: Consultation) -> LinkState:
         """``open``, ``closed`` or ``expired`` (a link never claimed dies after its TTL)."""
-        if consultation.status == "closed":
+        if self.status(consultation) == "closed":
             return "closed"
         if consultation.bound_at is None and consultation.expires_at <= self.clock():
             return "expired"
@@ -237,16 +288,77 @@ class Consultations:
             log.info("officer arrived (consultation=%s user=%s)", consultation.id, staff.username)
         await db.flush()
 
-    def close(self, consultation: Consultation, staff: Staff) -> bool:
-        """Close the consultation (its link dies forever) in the session it was loaded
-        in; False when it was closed already. The caller commits with the audit entry."""
-        if consultation.status == "closed":
-            return False
-        consultation.status = "closed"
-        consultation.closed_at = self.clock()
-        consultation.closed_by = staff.id
-        log.info("consultation closed (id=%s by=%s)", consultation.id, staff.username)
-        return True
+    # -- the lifecycle -------------------------------------------------------
+
+    def on_status(self, listener: StatusListener) -> None:
+        """Call ``listener(consultation_id, status)`` after each committed change."""
+        self._listeners.append(listener)
+
+    def status(self, consultation: Consultation) -> Status:
+        """The consultation's status: this service's own when a room holds it live
+        (written here, so never staler than the row), else the row's."""
+        return self._status.get(consultation.id) or cast(Status, consultation.status)
+
+    def current(self, consultation_id: str) -> Status:
+        """The status of a consultation with a live room (``waiting`` when none)."""
+        return self._status.get(consultation_id, "waiting")
+
+    def track(self, consultation: Consultation) -> Status:
+        """A room opened for ``consultation``: its status is followed here from now."""
+        return self._status.setdefault(consultation.id, cast(Status, consultation.status))
+
+    def forget(self, consultation_id: str) -> None:
+        """The consultation's room is gone: its row is the status again."""
+        self._status.pop(consultation_id, None)
+        self._locks.pop(consultation_id, None)
+
+    async def update(self, consultation_id: str, presence: Optional[Presence] = None, *,
+                     who: Optional[Actor] = None, closing: Optional[Staff] = None) -> Optional[Status]:
+        """Work the status out from its inputs (:func:`next_status`), write it with its
+        audit entry in one transaction when it changed, then tell the listeners once.
+        ``presence`` is what the room reports; ``closing`` the member of staff closing
+        it. The new status, or None when nothing changed."""
+        lock = self._locks.setdefault(consultation_id, asyncio.Lock())
+        async with lock:
+            cached = self._status.get(consultation_id)
+            if cached is not None and next_status(cached, presence, close=closing is not None) == cached:
+                return None  # the usual case (someone reconnected): no transaction
+            async with self.audit.transaction() as tx:
+                consultation = await tx.db.get(Consultation, consultation_id)
+                if consultation is None:
+                    return None
+                old = cast(Status, consultation.status)
+                new = next_status(old, presence, close=closing is not None)
+                if new == old:
+                    if cached is not None:
+                        self._status[consultation_id] = old
+                    return None
+                now = self.clock()
+                consultation.status = new
+                details: dict[str, Any] = {"from": old, "to": new}
+                if new == "closed":
+                    consultation.closed_at = now
+                    consultation.closed_by = closing.id if closing is not None else None
+                actor = who or Actor.system()
+                action = "consultation.close" if new == "closed" else "consultation.status"
+                tx.add(actor, action, f"consultation:{consultation_id}", consultation_id=consultation_id,
+                       details=None if new == "closed" else details)
+            if cached is not None or new != "closed":
+                self._status[consultation_id] = new
+            log.info("consultation %s: %s -> %s (by %s)", consultation_id, old, new, actor.role)
+        for listener in self._listeners:
+            await listener(consultation_id, new)
+        return new
+
+    async def close(self, staff: Staff, who: Actor, consultation_id: str) -> Consultation:
+        """Close the consultation (its link dies forever; its room is torn down by the
+        listeners) if ``staff`` may see it: 404 otherwise. Closing a closed one changes
+        nothing. Returns it as it now is."""
+        async with self.audit.db_factory() as db:
+            await self.get(db, staff, consultation_id)  # visibility: 404 for the others
+        await self.update(consultation_id, closing=staff, who=who)
+        async with self.audit.db_factory() as db:
+            return await self.get(db, staff, consultation_id)
 
     async def outbox(self, db: AsyncSession, staff: Staff,
                      consultation_id: Optional[str]) -> builtins.list[OutboxMessage]:

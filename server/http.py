@@ -2,7 +2,8 @@
 
 Feature modules (recordings, uploads, statements, retention...) register their own
 routes with a ``setup(app)`` function called from :func:`evr.app.create_app`, and
-import what they need from here.
+import what they need from here. Every service behind these keys is built in one
+place, :func:`evr.services.services`.
 
 Every key is typed exactly (``app[HUB]`` is a :class:`~evr.signalling.Hub` to a type
 checker, as in aiohttp's ``examples/background_tasks.py``). The types are imported for
@@ -30,10 +31,14 @@ if TYPE_CHECKING:
     from .config import Settings
     from .consultations import Consultations
     from .evidence import EvidenceStore
+    from .links import UnknownTokens
     from .notify import Notifier
     from .recording.service import Recordings
+    from .retention.service import Retention
     from .signalling import Hub
+    from .statements.service import Statements
     from .timeutil import Clock
+    from .uploads.service import Uploads
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
@@ -46,6 +51,10 @@ AUDIT: web.AppKey[AuditLog] = web.AppKey("audit")
 STORE: web.AppKey[EvidenceStore] = web.AppKey("store")
 SIGNING_KEY: web.AppKey[Ed25519PrivateKey] = web.AppKey("signing_key")
 RECORDINGS: web.AppKey[Recordings] = web.AppKey("recordings")
+UPLOADS: web.AppKey[Uploads] = web.AppKey("uploads")
+STATEMENTS: web.AppKey[Statements] = web.AppKey("statements")
+RETENTION: web.AppKey[Retention] = web.AppKey("retention")
+UNKNOWN_TOKENS: web.AppKey[UnknownTokens] = web.AppKey("unknown_link_tokens")
 STAFF: web.RequestKey[Optional[Staff]] = web.RequestKey("staff")
 
 

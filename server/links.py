@@ -31,7 +31,7 @@ from . import pages
 from .audit import Actor
 from .db import Consultation
 from .errors import ApiError
-from .http import AUDIT, CONSULTATIONS, DB, HUB, SETTINGS, same_origin, secure_cookies
+from .http import AUDIT, CONSULTATIONS, DB, HUB, SETTINGS, UNKNOWN_TOKENS, same_origin, secure_cookies
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,6 @@ class UnknownTokens:
         if len(self._seen) >= self.max_addresses:  # a flood of addresses: forget the oldest half
             for address in sorted(self._seen, key=lambda a: self._seen[a][0])[: len(self._seen) // 2]:
                 del self._seen[address]
-
-
-UNKNOWN_TOKENS = web.AppKey("unknown_link_tokens", UnknownTokens)
 
 
 class LinkRefused(ApiError):
@@ -208,12 +205,11 @@ async def victim_socket(request: web.Request) -> web.StreamResponse:
         raise ApiError(403, "cross_origin", "Cross-origin connection refused.")
     hub = request.app[HUB]
     participant = hub.room(consultation).participant("victim", "victim")
-    return await hub.serve(request, consultation, participant)
+    return await hub.serve(request, consultation, participant, victim_actor(request))
 
 
 def setup(app: web.Application) -> None:
-    """The victim's page, the claim and the socket, and the unknown-token throttle."""
-    app[UNKNOWN_TOKENS] = UnknownTokens(app[SETTINGS].link_unknown_per_minute)
+    """The victim's page, the claim and the socket."""
     app.add_routes([
         web.get("/j/{token}", victim_page),
         web.post("/j/{token}/claim", claim),

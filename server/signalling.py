@@ -25,7 +25,9 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from aiortc import RTCIceServer
 from sqlalchemy import not_, select
 
+from .audit import Actor
 from .config import Settings
+from .consultations import Consultations, Presence, Status
 from .db import Consultation, StaffSession, User
 from .media.bridge import OfferError, Participant, Room, SinkFactory
 from .tasks import TaskSet
@@ -75,6 +77,8 @@ class TokenBucket:
 class Client:
     ws: web.WebSocketResponse
     participant: Participant
+    #: Who the participant is to the audit log.
+    who: Actor
     #: The staff session the socket was opened with (None for the victim).
     session_id: Optional[str] = None
 
@@ -89,10 +93,15 @@ class Client:
 class Hub:
     """Live rooms, their sockets, and the consultation status they drive."""
 
-    def __init__(self, settings: Settings, clock: Clock, db_factory: Any, sinks: Sequence[SinkFactory] = ()) -> None:
+    def __init__(self, settings: Settings, clock: Clock, db_factory: Any, consultations: Consultations,
+                 sinks: Sequence[SinkFactory] = ()) -> None:
         self.settings = settings
         self.clock = clock
         self.db_factory = db_factory
+        #: The owner of every consultation's status: told what the rooms see, it tells
+        #: the hub what to announce.
+        self.consultations = consultations
+        consultations.on_status(self._status_changed)
         #: What every room attaches to its participants' media: the recordings'
         #: sink (none when recording is switched off), so a room that is
         #: ``capturing`` is recording.
@@ -109,8 +118,7 @@ class Hub:
         room = self.rooms.get(consultation.id)
         if room is None:
             room = self.rooms[consultation.id] = Room(consultation.id, self.ice_servers, self._changed, self.sinks)
-            room.status = consultation.status
-            room.paused = consultation.status == "paused"
+            room.paused = self.consultations.track(consultation) == "paused"
             self.clients[consultation.id] = set()
         return room
 
@@ -118,35 +126,42 @@ class Hub:
         room = self.rooms.get(consultation_id)
         return room.snapshot() if room else []
 
-    async def _changed(self, room: Room) -> None:
-        """Work out the status, store it when it changed, and tell every client."""
+    async def _changed(self, room: Room, who: Optional[Actor] = None, pause: Optional[bool] = None) -> None:
+        """Something in the room changed (a connection; a ``pause`` asked for): report
+        the presence to the status's owner, which writes and announces a new status
+        (:meth:`_status_changed`); otherwise tell every client who is here now. A
+        pause whose status cannot be written is undone: media flows as the status says."""
         if room.closed:
             return
-        old = room.status
+        was_paused = room.paused
+        if pause is not None:
+            room.set_paused(pause)  # before the announcement, whose "recording" it sets
         victim = room.participants.get("victim")
-        staff_on = any(p.is_staff and p.connected for p in room.participants.values())
-        if room.paused:
-            status = "paused"
-        elif old in ("live", "paused") or (victim is not None and victim.connected and staff_on):
-            status = "live"
-        else:
-            status = "waiting"
-        if status != old:
-            room.status = status
-            async with self.db_factory() as db:
-                consultation = await db.get(Consultation, room.id)
-                if consultation is not None and consultation.status != "closed":
-                    consultation.status = status
-                    await db.commit()
-            log.info("consultation %s: %s -> %s", room.id, old, status)
-        await self.broadcast(room.id, self.state_message(room.id))
+        presence = Presence(victim_on=victim is not None and victim.connected,
+                            staff_on=any(p.is_staff and p.connected for p in room.participants.values()),
+                            paused=room.paused)
+        try:
+            changed = await self.consultations.update(room.id, presence, who=who)
+        except BaseException:
+            room.set_paused(was_paused)
+            raise
+        if changed is None:
+            await self.broadcast(room.id, self.state_message(room.id))
+
+    async def _status_changed(self, consultation_id: str, status: Status) -> None:
+        """The one announcement of a new status: ``state`` to every client, or, when
+        closed, ``closed`` and the room torn down."""
+        if status == "closed":
+            await self.close(consultation_id)
+        elif consultation_id in self.rooms:
+            await self.broadcast(consultation_id, self.state_message(consultation_id))
 
     def state_message(self, consultation_id: str) -> dict[str, Any]:
         room = self.rooms.get(consultation_id)
         participants = [{"role": p["role"], "connected": p["connected"]} for p in self.participants(consultation_id)]
         return {
             "type": "state",
-            "status": room.status if room else "waiting",
+            "status": self.consultations.current(consultation_id) if room else "waiting",
             "participants": participants,
             "recording": room.capturing if room else False,
         }
@@ -164,6 +179,7 @@ class Hub:
             *(c.ws.close(code=CLOSE_CONSULTATION_CLOSED, message=b"consultation closed") for c in clients),
             return_exceptions=True,
         )
+        self.consultations.forget(consultation_id)
         if room is not None:
             await room.close()
 
@@ -174,20 +190,22 @@ class Hub:
             room = self.rooms.pop(consultation_id)
             clients = self.clients.pop(consultation_id, set())
             await asyncio.gather(*(c.ws.close(code=WSCloseCode.GOING_AWAY) for c in clients), return_exceptions=True)
+            self.consultations.forget(consultation_id)
             await room.close("server_shutdown")
         await self.tasks.wait(timeout=5.0)
         await self.tasks.close()
 
     async def serve(self, request: web.Request, consultation: Consultation, participant: Participant,
-                    session_id: Optional[str] = None) -> web.WebSocketResponse:
+                    who: Actor, session_id: Optional[str] = None) -> web.WebSocketResponse:
         """Run one signalling socket until it closes (a staff socket gives the
-        ``session_id`` it was opened with: it ends with that session)."""
+        ``session_id`` it was opened with: it ends with that session). ``who`` is the
+        audit log's name for what the participant does (a pause)."""
         ws = SignallingSocket(max_msg_size=HARD_FRAME_LIMIT, heartbeat=25.0)
         await ws.prepare(request)
         room = self.room(consultation)
         # Kept in the recording's row and manifest: made safe here, where it comes in.
         participant.user_agent = clean_header(request.headers.get("User-Agent"))
-        client = Client(ws, participant, session_id)
+        client = Client(ws, participant, who, session_id)
         if session_id is not None:
             self._watch_sessions()
         for other in [c for c in self.clients[consultation.id] if c.participant is participant]:
@@ -241,9 +259,8 @@ class Hub:
                     raise OfferError("bad_candidate", "candidate must be an object or null.")
                 await room.add_candidate(client.participant, candidate)
             elif kind in ("pause", "resume"):
-                room.set_paused(kind == "pause")
                 log.info("consultation %s: %s by %s", room.id, kind, client.participant.role)
-                await self._changed(room)
+                await self._changed(room, client.who, pause=kind == "pause")
             else:
                 await client.send(_error("unknown_type", f"Unknown message type {kind[:40]!r}."))
         except OfferError as exc:

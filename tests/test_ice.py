@@ -11,6 +11,7 @@ import pytest
 from aiortc import RTCPeerConnection
 
 from evr.config import Settings
+from evr.consultations import Consultations
 from evr.media import bridge
 from evr.signalling import Hub
 
@@ -58,14 +59,15 @@ def test_configured_servers_are_the_only_ones_given_to_the_bridge_and_the_pages(
     configured = Settings.load(data_dir=tmp_path, environ={
         "EVR_ICE_SERVERS": "stun:stun.force.example:3478, turn:turn.force.example:3478?transport=udp",
         "EVR_TURN_USERNAME": "evr", "EVR_TURN_PASSWORD": "s3cret"})
-    hub = Hub(configured, clock=None, db_factory=None)
+    hub = Hub(configured, clock=None, db_factory=None, consultations=Consultations(configured, None, None, None))
     assert [s.urls for s in hub.ice_servers] == ["stun:stun.force.example:3478",
                                                   "turn:turn.force.example:3478?transport=udp"]
     assert hub.config_message() == {"type": "config", "ice_servers": [
         {"urls": ["stun:stun.force.example:3478"]},
         {"urls": ["turn:turn.force.example:3478?transport=udp"], "username": "evr", "credential": "s3cret"},
     ]}
-    unconfigured = Hub(Settings.load(data_dir=tmp_path, environ={}), clock=None, db_factory=None)
+    plain = Settings.load(data_dir=tmp_path, environ={})
+    unconfigured = Hub(plain, clock=None, db_factory=None, consultations=Consultations(plain, None, None, None))
     assert unconfigured.ice_servers == [] and unconfigured.config_message()["ice_servers"] == []
 
 

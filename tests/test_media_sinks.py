@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from evr.config import Settings
+from evr.consultations import Consultations
 from evr.media import bridge
 from evr.media.bridge import FrameSink, Leg, Participant, Room
 from evr.media.passthrough import EncodedFrame
@@ -165,7 +166,8 @@ async def test_a_factory_may_leave_a_participant_alone():
 
 async def test_the_hub_gives_its_rooms_the_sinks_the_app_gave_it(tmp_path: Path):
     events: list[tuple[Any, ...]] = []
-    hub = Hub(Settings.load(data_dir=tmp_path, environ={}), clock=None, db_factory=None,
+    settings = Settings.load(data_dir=tmp_path, environ={})
+    hub = Hub(settings, clock=None, db_factory=None, consultations=Consultations(settings, None, None, None),
               sinks=[lambda cid, p: Sink(events)])
     room = hub.room(SimpleNamespace(id="c1", status="live"))  # type: ignore[arg-type]
     victim, leg = joined(room)

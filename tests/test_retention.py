@@ -31,7 +31,7 @@ from evr.evidence.store import Disposed, FileStore, StillLocked
 from evr.http import SIGNING_KEY, STORE
 from evr.retention.policy import Policy
 from evr.retention.service import CSV_COLUMNS, Retention, ScheduleRow, verify_certificate
-from evr.retention.web import RETENTION
+from evr.http import RETENTION
 
 YEAR = 365.25
 

@@ -21,7 +21,7 @@ from evr.cli import main as _evr
 from evr.config import Settings
 from evr.db import AuditEntry, Consultation, EvidenceItem, Statement, StatementSignature
 from evr.statements import layout, signing
-from evr.statements.api import STATEMENTS
+from evr.http import STATEMENTS
 from evr.statements.content import parse
 
 DRAFT = {

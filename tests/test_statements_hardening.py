@@ -24,7 +24,8 @@ from sqlalchemy import func, select
 from evr.app import DB, STORE
 from evr.db import AuditEntry, EvidenceItem, Statement, StatementEvent, StatementSignature, StatementVersion
 from evr.errors import ApiError
-from evr.statements.api import MAX_VERSION, STATEMENTS, version_number
+from evr.http import STATEMENTS
+from evr.statements.api import MAX_VERSION, version_number
 from evr.statements.service import MAX_SIGNATURE_BYTES, PNG_PREFIX, check_signature
 from test_statements import DRAFT, drafted, put, sent, sign, signature_png, signing_body
 

@@ -18,7 +18,8 @@ from sqlalchemy import select
 from evr.app import DB
 from evr.db import AuditEntry, EvidenceItem, Upload, User
 from evr.errors import ApiError
-from evr.uploads import UPLOADS, api, content
+from evr.http import UPLOADS
+from evr.uploads import api, content
 from evr.uploads.service import decode_metadata
 from test_uploads import TUS, audit_actions, jpeg_with_exif, staff_headers, tus_send, upload_id, victim_headers
 

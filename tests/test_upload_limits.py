@@ -12,7 +12,8 @@ from sqlalchemy import func, select
 
 from evr.app import DB
 from evr.db import Upload
-from evr.uploads import UPLOADS, service
+from evr.http import UPLOADS
+from evr.uploads import service
 from test_uploads import TUS, tus_send, upload_id, victim_headers
 
 

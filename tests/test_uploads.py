@@ -22,7 +22,7 @@ from tusclient.uploader import Uploader
 from conftest import eventually
 from evr.app import DB
 from evr.db import AuditEntry, EvidenceItem, Upload
-from evr.uploads import UPLOADS
+from evr.http import UPLOADS
 from evr.uploads import api as uploads_api
 
 TUS = {"Tus-Resumable": "1.0.0"}

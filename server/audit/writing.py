@@ -88,9 +88,9 @@ async def _serialise(db: AsyncSession) -> None:
 class AuditLog:
     """Appends entries, one at a time or in a transaction, each chained to the newest.
 
-    With a signing key attached (:meth:`attach`), it signs a checkpoint every
-    ``checkpoint_every`` entries in the transaction that reaches it, and on
-    :meth:`checkpoint`.
+    With a signing key (given at birth, by :func:`evr.services.services` and the
+    command line), it signs a checkpoint every ``checkpoint_every`` entries in the
+    transaction that reaches it, and on :meth:`checkpoint`.
     """
 
     def __init__(
@@ -101,18 +101,14 @@ class AuditLog:
         store: Optional["EvidenceStore"] = None,
         checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
     ) -> None:
+        if checkpoint_every < 1:
+            raise ValueError("audit_checkpoint_every must be at least 1")
         self.db_factory = db_factory
         self.clock = clock
         self.signing_key = signing_key
         self.store = store
         self.checkpoint_every = checkpoint_every
         self._lock = asyncio.Lock()
-
-    def attach(self, signing_key: Ed25519PrivateKey, store: Optional["EvidenceStore"],
-               checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY) -> None:
-        if checkpoint_every < 1:
-            raise ValueError("audit_checkpoint_every must be at least 1")
-        self.signing_key, self.store, self.checkpoint_every = signing_key, store, checkpoint_every
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Appender]:

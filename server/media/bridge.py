@@ -182,8 +182,8 @@ class Room:
         self.sink_factories = tuple(sinks)
         self.ice_servers = ice_servers
         self.participants: dict[str, Participant] = {}
-        #: waiting, live or paused (the hub works it out and stores it).
-        self.status = "waiting"
+        #: Whether the call is paused: no media is forwarded nor captured. (The
+        #: consultation's status is :class:`evr.consultations.Consultations`'s.)
         self.paused = False
         self.closed = False
         self._on_change = on_change

@@ -23,12 +23,10 @@ from evr.db import (
 from evr.errors import ApiError, forbidden, not_found
 from evr.http import (
     AUDIT,
-    CLOCK,
     CONSULTATIONS,
     DB,
     HUB,
-    SETTINGS,
-    STORE,
+    STATEMENTS,
     actor,
     current_staff,
     read_json,
@@ -40,12 +38,10 @@ from evr.text import JsonError, TextError, clean_header, parse_count, parse_json
 from evr.timeutil import rfc3339
 
 from . import content as sc
-from .service import Rendered, Statements, check_signature, check_typed_name
-from .signing import load_identity
+from .service import Rendered, check_signature, check_typed_name
 
 log = logging.getLogger(__name__)
 
-STATEMENTS = web.AppKey("statements", Statements)
 #: Largest sign request (the signature image is limited separately, with a 422).
 MAX_SIGN_BODY = 8 * 1024 * 1024
 MAX_CHANGE_TEXT = 4000
@@ -55,7 +51,6 @@ MAX_VERSION = 2**31 - 1
 
 
 def setup(app: web.Application) -> None:
-    app.cleanup_ctx.append(_service)
     staff = "/api/consultations/{id}/statements"
     victim = "/j/{token}/statements"
     app.add_routes([
@@ -73,16 +68,6 @@ def setup(app: web.Application) -> None:
         web.post(victim + "/{sid}/sign", victim_sign),
         web.post(victim + "/{sid}/change", victim_change),
     ])
-
-
-async def _service(app: web.Application) -> Any:
-    identity = await asyncio.to_thread(load_identity, app[SETTINGS])
-    service = Statements(app[SETTINGS], app[CLOCK], app[DB], app[STORE], app[AUDIT], identity)
-    recovered = await service.recover()
-    if recovered:
-        log.warning("%d statement(s) were being sealed at an unclean stop; recovered", recovered)
-    app[STATEMENTS] = service
-    yield
 
 
 # -- JSON ------------------------------------------------------------------------------

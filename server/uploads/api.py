@@ -32,11 +32,11 @@ from ..errors import ApiError, error_response
 from ..evidence import IntegrityError
 from ..http import (
     AUDIT,
-    CLOCK,
     CONSULTATIONS,
     DB,
     SETTINGS,
     STORE,
+    UPLOADS,
     actor,
     current_staff,
     read_json,
@@ -51,7 +51,6 @@ from .service import (
     ChecksumMismatch,
     Patch,
     Uploader,
-    Uploads,
     decode_metadata,
     original_key,
     preview_key,
@@ -59,12 +58,9 @@ from .service import (
 
 log = logging.getLogger(__name__)
 
-UPLOADS = web.AppKey("uploads", Uploads)
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,checksum,termination"
 OFFSET_TYPE = "application/offset+octet-stream"
-#: How often unfinished uploads are checked for purging (seconds).
-PURGE_INTERVAL = 3600.0
 EXHIBIT_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9 /._-]{0,63}")
 #: Upload ids are UUIDs; anything else is not found (and never reaches the database).
 UPLOAD_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -75,7 +71,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def setup(app: web.Application) -> None:
-    app.cleanup_ctx.append(_service)
     victim = "/j/{token}/uploads"
     staff = "/api/consultations/{id}/uploads"
     app.add_routes([
@@ -100,29 +95,6 @@ def setup(app: web.Application) -> None:
         web.get(staff + "/{uid}/content", staff_content, allow_head=False),
         web.get(staff + "/{uid}/preview", staff_preview, allow_head=False),
     ])
-
-
-async def _service(app: web.Application) -> Any:
-    uploads = Uploads(app[SETTINGS], app[CLOCK], app[DB], app[STORE], app[AUDIT])
-    app[UPLOADS] = uploads
-    await uploads.recover()
-    purger = asyncio.ensure_future(_purge_forever(uploads))
-    yield
-    purger.cancel()
-    await asyncio.gather(purger, return_exceptions=True)
-    await uploads.inspector.close()
-
-
-async def _purge_forever(uploads: Uploads) -> None:
-    while True:
-        try:
-            purged = await uploads.purge_stale()
-            if purged:
-                log.info("purged %d unfinished upload(s) older than %s days", purged,
-                         uploads.settings.upload_partial_days)
-        except Exception:
-            log.exception("purging unfinished uploads failed")
-        await asyncio.sleep(PURGE_INTERVAL)
 
 
 # -- JSON ------------------------------------------------------------------------

@@ -487,3 +487,20 @@ def decode_metadata(header: str) -> dict[str, str]:
         except (ValueError, UnicodeDecodeError):
             raise ApiError(400, "bad_metadata", "Upload-Metadata values must be base64 of UTF-8 text.") from None
     return found
+
+
+#: How often unfinished uploads are checked for purging (seconds).
+PURGE_INTERVAL = 3600.0
+
+
+async def purge_forever(uploads: Uploads) -> None:
+    """Inside ``evr serve``: purge unfinished uploads past their days, every hour."""
+    while True:
+        try:
+            purged = await uploads.purge_stale()
+            if purged:
+                log.info("purged %d unfinished upload(s) older than %s days", purged,
+                         uploads.settings.upload_partial_days)
+        except Exception:
+            log.exception("purging unfinished uploads failed")
+        await asyncio.sleep(PURGE_INTERVAL)

@@ -1,0 +1,114 @@
+"""The composition root: every service of a running EVR, built and wired in one place.
+
+Each feature module only registers routes (``setup(app)``); what its handlers use is
+made here, in dependency order, and handed over under the typed keys of
+:mod:`evr.http`. So one reading of :func:`services` shows the whole service graph:
+which service holds the database, the evidence store, the audit log (with its
+signing key and checkpoint store attached here, at birth), and which background
+tasks run. Teardown runs in reverse, after ``on_shutdown`` has closed the sockets
+(aiohttp's ``cleanup_ctx``, as in its ``examples/background_tasks.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from .audit import AuditLog
+from .auth import Authenticator
+from .consultations import Consultations
+from .db import make_engine, migrate, sessionmaker
+from .evidence import make_store
+from .http import (
+    AUDIT,
+    AUTH,
+    CLOCK,
+    CONSULTATIONS,
+    DB,
+    HUB,
+    NOTIFIER,
+    RECORDINGS,
+    RETENTION,
+    SETTINGS,
+    SIGNING_KEY,
+    STATEMENTS,
+    STORE,
+    UNKNOWN_TOKENS,
+    UPLOADS,
+)
+from .keys import load_signing_key
+from .links import UnknownTokens
+from .notify import make_notifier
+from .tasks import TaskSet
+
+log = logging.getLogger(__name__)
+
+
+async def services(app: web.Application) -> AsyncIterator[None]:
+    """Build every service before the first request; stop them after the last."""
+    from .media.passthrough import check_compatible
+    from .recording.service import Recordings
+    from .retention.policy import Policy
+    from .retention.service import Retention, sweep_forever
+    from .signalling import Hub
+    from .statements.service import Statements
+    from .statements.signing import load_identity
+    from .uploads.service import Uploads, purge_forever
+
+    check_compatible()  # the aiortc hooks: refuse to start, naming what is missing
+    settings, clock = app[SETTINGS], app[CLOCK]
+    notifier = app[NOTIFIER] = app.get(NOTIFIER) or make_notifier(settings)
+    app[AUTH] = Authenticator(settings, clock)
+    settings.prepare_data_dir()
+    engine = make_engine(settings.db_url)
+    await migrate(engine)
+    db = app[DB] = sessionmaker(engine)
+    store = app[STORE] = make_store(settings)
+    signing_key = app[SIGNING_KEY] = load_signing_key(settings)
+    audit = app[AUDIT] = AuditLog(db, clock, signing_key, store, settings.audit_checkpoint_every)
+    consultations = app[CONSULTATIONS] = Consultations(settings, clock, notifier, audit)
+    app[UNKNOWN_TOKENS] = UnknownTokens(settings.link_unknown_per_minute)
+
+    recordings = app[RECORDINGS] = Recordings(settings, clock, db, store, signing_key, audit)
+    closed = await recordings.recover()
+    if closed:
+        log.warning("closed %d recording(s) left open by an unclean stop", closed)
+    app[HUB] = Hub(settings, clock, db, consultations, [recordings.sink] if settings.recording else [])
+
+    uploads = app[UPLOADS] = Uploads(settings, clock, db, store, audit)
+    await uploads.recover()
+
+    identity = await asyncio.to_thread(load_identity, settings)
+    statements = app[STATEMENTS] = Statements(settings, clock, db, store, audit, identity)
+    recovered = await statements.recover()
+    if recovered:
+        log.warning("%d statement(s) were being sealed at an unclean stop; recovered", recovered)
+
+    policy = Policy.from_config(settings.retention)
+    retention = app[RETENTION] = Retention(db, audit, store, policy, clock, signing_key)
+
+    background = TaskSet("services")
+    background.spawn(purge_forever(uploads), "purge unfinished uploads")
+    background.spawn(sweep_forever(retention, policy.sweep_minutes), "retention sweep")
+    yield
+    await background.close()
+    await uploads.inspector.close()
+    try:
+        await audit.checkpoint()
+    except Exception:  # noqa: BLE001 - the next start signs it
+        log.exception("could not sign the audit checkpoint at shutdown")
+    await store.close()
+    await notifier.close()
+    await engine.dispose()
+
+
+async def shutdown(app: web.Application) -> None:
+    """``on_shutdown``: end the calls (their sockets and recordings) before the
+    services they use stop."""
+    if HUB in app:
+        await app[HUB].shutdown()
+    if RECORDINGS in app:
+        await app[RECORDINGS].shutdown()
