@@ -20,9 +20,10 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from evr.app import DB, create_app
+from evr.app import create_app
 from evr.auth import add_user
 from evr.config import Settings
+from evr.http import DB
 
 #: Fixtures shared by several test modules, each in a module of its own: the browser
 #: (Chromium, pages, screenshots and axe-core scans) and a real S3 server (moto).

@@ -11,12 +11,11 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
+from conftest import ELIGIBLE, PASSWORD, claim, link_path, origin_of
 from sqlalchemy import select
 
-from conftest import ELIGIBLE, PASSWORD, claim, link_path, origin_of
-from evr.app import DB
 from evr.db import AuditEntry
-from evr.http import CONSULTATIONS
+from evr.http import CONSULTATIONS, DB
 
 UPGRADE = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
@@ -100,8 +99,8 @@ async def test_create_returns_an_absolute_join_url_and_a_long_random_token(staff
 async def test_the_token_is_stored_only_as_a_hash(staff, server):
     from sqlalchemy import select
 
-    from evr.app import DB
     from evr.db import Consultation
+    from evr.http import DB
 
     alice = await staff()
     created = await alice.create()
@@ -370,7 +369,8 @@ async def test_the_link_is_shown_once_to_its_creator_and_kept_nowhere(staff, ser
 
 async def database_text_containing(server: Any, needle: str) -> list[str]:
     """Names of the tables where ``needle`` appears in any column of any row."""
-    from sqlalchemy import inspect, table, text as sql
+    from sqlalchemy import inspect
+    from sqlalchemy import text as sql
 
     found = []
     async with server.app[DB]() as db:

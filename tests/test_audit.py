@@ -10,10 +10,9 @@ import sys
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import delete, select, update
 
-from evr.app import DB
 from evr.audit import CHECKPOINT_PREFIX, GENESIS, Actor, AuditLog, verify_chain, verify_log
 from evr.db import AuditCheckpoint, AuditEntry
-from evr.http import STORE
+from evr.http import DB, STORE
 
 
 async def _log(server, clock, n: int = 5) -> AuditLog:

@@ -12,14 +12,15 @@ from typing import Any
 import pytest
 from aiohttp import WSServerHandshakeError
 from aiohttp.test_utils import TestClient, TestServer
+from conftest import PASSWORD
 from sqlalchemy import func, select
 
-from conftest import PASSWORD
 from evr import auth
-from evr.app import DB, create_app
+from evr.app import create_app
 from evr.auth import add_user
 from evr.config import Settings
 from evr.db import LoginFailure, StaffSession
+from evr.http import DB
 
 
 async def login(client: TestClient, name: str, password: str = PASSWORD, **kwargs: Any) -> Any:

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from evr.app import DB
 from evr.db import Consultation, Recording
+from evr.http import DB
 
 TUS = {"Tus-Resumable": "1.0.0"}
 

@@ -12,9 +12,9 @@ import re
 from typing import Any, AsyncIterator
 
 import pytest
-
 from browser_fixtures import CAD, SQLITE_ONLY, TIMEOUT, assert_playing, launch, victim_joins
 from conftest import PASSWORD, eventually, link_path
+
 from evr.client import CallClient
 
 pytestmark = SQLITE_ONLY

@@ -9,9 +9,9 @@ import time
 import weakref
 
 from aiortc import RTCPeerConnection
-
 from conftest import eventually
-from evr.app import HUB
+
+from evr.http import HUB
 from evr.media.passthrough import send_pli
 
 UPGRADE = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",

@@ -14,9 +14,8 @@ import urllib.request
 from typing import Optional
 
 import pytest
-from sqlalchemy import select
-
 from conftest import PASSWORD, eventually
+from sqlalchemy import select
 
 EVR = [sys.executable, "-m", "evr"]
 
@@ -163,9 +162,9 @@ async def test_disable_and_passwd_end_the_users_sessions_at_once(staff, new_clie
 
 
 async def test_a_change_whose_audit_entry_fails_is_not_made(staff, server, settings, audit_fails, monkeypatch):
-    from evr.app import DB
     from evr.cli import main
     from evr.db import User
+    from evr.http import DB
 
     alice = await staff("alice", "officer")
     monkeypatch.setenv("EVR_DATABASE_URL", settings.database_url)

@@ -9,7 +9,6 @@ import time
 import weakref
 
 import pytest
-
 from conftest import eventually
 
 

@@ -11,13 +11,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from botocore.exceptions import ClientError
+from s3server import make_s3_store
 
 from evr.config import Settings
 from evr.evidence import FileStore, IntegrityError, ItemExists, ItemMissing, MasterKey, load_master_key, make_store
 from evr.evidence.crypto import CHUNK, SealedReader, Sealer, rechunk
 from evr.evidence.s3 import S3Store
 from evr.evidence.store import StillLocked
-from s3server import make_s3_store
 
 MASTER = MasterKey(bytes(range(32)))
 

@@ -65,13 +65,13 @@ from hypothesis import strategies as st
 
 schemathesis = pytest.importorskip("schemathesis")
 
+from conftest import ELIGIBLE, PASSWORD, PG_URL, eventually  # noqa: E402
 from schemathesis.checks import (  # noqa: E402  (checks are registered lazily: this loads them)
     content_type_conformance,
     not_a_server_error,
     response_schema_conformance,
 )
 
-from conftest import ELIGIBLE, PASSWORD, PG_URL, eventually  # noqa: E402
 from evr import openapi  # noqa: E402
 from evr.app import create_app  # noqa: E402
 from evr.config import Settings  # noqa: E402

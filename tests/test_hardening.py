@@ -11,11 +11,10 @@ from typing import Any, Callable
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-
 from conftest import eventually
+
 from evr.app import create_app
 from evr.config import Settings
-
 
 
 async def _records(staff: Callable[..., Any]) -> Any:
@@ -148,13 +147,12 @@ def test_a_data_dir_made_wider_is_tightened(tmp_path: Path) -> None:
 async def _login_client(settings: Settings, clock: Any, forwarded: str) -> str:
     """Log in through a server with ``settings`` sending ``X-Forwarded-For``; the
     client address the audit log kept for the login."""
+    from conftest import PASSWORD
     from sqlalchemy import select
 
     from evr.auth import add_user
     from evr.db import AuditEntry
     from evr.http import DB
-
-    from conftest import PASSWORD
 
     server = TestServer(create_app(settings, clock=clock))
     await server.start_server()

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-
 from evr.consultations import Presence, next_status
 from evr.db import AuditEntry, Consultation
 from evr.http import DB, HUB

@@ -8,8 +8,8 @@ import jwt
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-
 from conftest import ELIGIBLE
+
 from evr import logs
 from evr.notify import NotifyGatewayNotifier, compose, gateway_error
 
@@ -86,12 +86,11 @@ async def test_email_and_gateway_errors_are_reported_not_raised(gateway):
 
 async def test_the_service_sends_through_the_gateway_and_keeps_the_outbox(gateway, settings, clock, users):
     from aiohttp.test_utils import TestClient
+    from conftest import PASSWORD
 
     from evr.app import create_app
-
-    from conftest import PASSWORD
-    from evr.app import DB
     from evr.auth import add_user
+    from evr.http import DB
 
     server, received = gateway
     notifier = NotifyGatewayNotifier(str(server.make_url("")), API_KEY, sms_template="t")
@@ -136,12 +135,13 @@ async def test_no_log_record_carries_a_link_token_or_a_gateway_answer(gateway, s
     included): no record, message or exception text, holds the token, the recipient or
     the gateway's words."""
     from aiohttp.test_utils import TestClient
-
     from conftest import PASSWORD, claim, eventually, link_path
-    from evr.app import DB, create_app
+    from sqlalchemy import select
+
+    from evr.app import create_app
     from evr.auth import add_user
     from evr.db import OutboxMessage
-    from sqlalchemy import select
+    from evr.http import DB
 
     server, received = gateway
     notifier = NotifyGatewayNotifier(str(server.make_url("")), API_KEY, sms_template="t")
@@ -206,10 +206,11 @@ async def test_a_notifier_that_raises_still_leaves_the_officer_the_link(settings
     """The consultation is committed before the message goes: a broken notifier must not
     cost its creator the only copy of the link, nor put the link in the log."""
     from aiohttp.test_utils import TestClient
-
     from conftest import PASSWORD
-    from evr.app import DB, create_app
+
+    from evr.app import create_app
     from evr.auth import add_user
+    from evr.http import DB
 
     class Broken:
         name = "broken"

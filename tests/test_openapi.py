@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import ELIGIBLE, PASSWORD
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
@@ -22,8 +23,6 @@ from evr import openapi
 from evr.app import create_app
 from evr.config import Settings
 from evr.http import SETTINGS
-
-from conftest import ELIGIBLE, PASSWORD
 
 
 @pytest.fixture(scope="module")

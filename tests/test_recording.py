@@ -14,9 +14,9 @@ import av
 import pytest
 from sqlalchemy import select
 
-from evr.app import DB, RECORDINGS, STORE
 from evr.cli import main as _evr
 from evr.db import AuditEntry, EvidenceItem
+from evr.http import DB, RECORDINGS, STORE
 from evr.keys import load_signing_key
 from evr.recording.manifest import Problem
 from evr.recording.verify import StoredPackage, ZipPackage, verify

@@ -14,15 +14,15 @@ import uuid
 
 import aiohttp.http_writer
 import pytest
-from sqlalchemy import select
-
 from conftest import eventually
-from evr.app import DB, HUB, RECORDINGS, STORE
+from sqlalchemy import select
+from test_recording_media import synthetic_frames
+
 from evr.db import AuditEntry, EvidenceItem, Recording
+from evr.http import DB, HUB, RECORDINGS, STORE
 from evr.recording.recorder import Packet, SegmentWriter
 from evr.recording.service import Recordings
 from evr.recording.verify import StoredPackage, verify
-from test_recording_media import synthetic_frames
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ from pathlib import Path
 import aiohttp
 import av
 import pytest
-
 from conftest import ELIGIBLE, PASSWORD, eventually, link_path
+
 from evr.client import CallClient
 from evr.media.passthrough import TIME_BASE, EncodedFrame
 from evr.media.sources import opus_clip, vp8_clip

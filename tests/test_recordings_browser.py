@@ -12,9 +12,9 @@ import asyncio
 import re
 
 import pytest
-
 from browser_fixtures import CAD, SQLITE_ONLY, UI, assert_playing, victim_joins
 from conftest import PASSWORD
+
 from evr.cli import main as _evr
 
 pytestmark = SQLITE_ONLY

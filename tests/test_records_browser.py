@@ -9,12 +9,12 @@ import re
 from typing import Any
 
 from axe_playwright_python.async_playwright import Axe
-from playwright.async_api import expect
-
 from browser_fixtures import ARTIFACTS, SQLITE_ONLY, TIMEOUT
 from conftest import PASSWORD
-from evr.http import STORE
+from playwright.async_api import expect
 from test_retention import add_item
+
+from evr.http import STORE
 
 pytestmark = SQLITE_ONLY
 

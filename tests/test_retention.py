@@ -15,23 +15,28 @@ from typing import Any, Optional
 
 import pytest
 from aiohttp.test_utils import TestServer
-from sqlalchemy import select, update
-
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from s3server import make_s3_store, s3_client, s3_server  # noqa: F401 (fixtures)
+from sqlalchemy import select, update
 
-from evr.app import DB, create_app
+from evr.app import create_app
 from evr.audit import Actor, AuditLog
 from evr.config import Settings
 from evr.db import (
-    AuditEntry, DisposalCertificate, EvidenceItem, Recording, RetentionItem, make_engine, migrate, sessionmaker,
+    AuditEntry,
+    DisposalCertificate,
+    EvidenceItem,
+    Recording,
+    RetentionItem,
+    make_engine,
+    migrate,
+    sessionmaker,
 )
 from evr.evidence import MasterKey
 from evr.evidence.store import Disposed, FileStore, StillLocked
-from evr.http import SIGNING_KEY, STORE
+from evr.http import DB, RETENTION, SIGNING_KEY, STORE
 from evr.retention.policy import Policy
 from evr.retention.service import CSV_COLUMNS, Retention, ScheduleRow, verify_certificate
-from evr.http import RETENTION
 
 YEAR = 365.25
 

@@ -13,13 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
+from test_retention import add_item, classify, json_of, people  # noqa: F401 (fixture)
 from yarl import URL
 
-from evr.app import DB
 from evr.db import AuditEntry, RetentionAssignment, RetentionHold
 from evr.errors import ApiError
+from evr.http import DB
 from evr.retention.web import MAX_CURSOR, audit_cursor, due_cursor, query_count, query_text, query_time
-from test_retention import add_item, classify, json_of, people  # noqa: F401 (fixture)
 
 BAD_NUMBERS = ["\u00b2", "\u0663", "\u0661\u0660", "\uff15", "99999999999999999999999", str(2**63), "-1", "0",
                "1.5", "1e3", " 5", "+5", "%ED%A0%80", "%00", "0x10"]
@@ -208,8 +208,9 @@ async def test_a_disposal_whose_start_cannot_be_logged_removes_nothing(server, c
     the log said so, and a failing audit write afterwards left it gone without an
     ``evidence.erase`` entry. Now the claim and a ``retention.dispose_start`` entry
     commit together before anything is removed."""
-    from evr.db import RetentionItem
     from test_retention import objects
+
+    from evr.db import RetentionItem
 
     _, records, cid = people
     footage = await add_item(server, cid)

@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import json
+import os
 
 import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection
+from conftest import eventually
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from aiortc import RTCConfiguration, RTCPeerConnection
-
-from conftest import eventually
 from evr.client import CallClient
 
 

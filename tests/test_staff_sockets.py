@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 
+from conftest import PASSWORD
 from sqlalchemy import delete, update
 
-from conftest import PASSWORD
-from evr.app import DB
 from evr.client import CallClient
 from evr.db import StaffSession, User
+from evr.http import DB
 
 
 async def open_socket(officer, cid: str) -> CallClient:

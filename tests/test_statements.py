@@ -15,13 +15,11 @@ import pytest
 from PIL import Image, ImageDraw
 from sqlalchemy import select
 
-from conftest import link_path
-from evr.app import DB, STORE
 from evr.cli import main as _evr
 from evr.config import Settings
 from evr.db import AuditEntry, Consultation, EvidenceItem, Statement, StatementSignature
+from evr.http import DB, STATEMENTS, STORE
 from evr.statements import layout, signing
-from evr.http import STATEMENTS
 from evr.statements.content import parse
 
 DRAFT = {

@@ -13,6 +13,7 @@ import re
 
 from browser_fixtures import CAD, SQLITE_ONLY, UI, victim_joins
 from conftest import PASSWORD
+
 from evr.cli import main as _evr
 from evr.http import SETTINGS
 

@@ -20,14 +20,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 from sqlalchemy import func, select
+from test_statements import DRAFT, drafted, put, sent, sign, signature_png, signing_body
 
-from evr.app import DB, STORE
 from evr.db import AuditEntry, EvidenceItem, Statement, StatementEvent, StatementSignature, StatementVersion
 from evr.errors import ApiError
-from evr.http import STATEMENTS
+from evr.http import DB, STATEMENTS, STORE
 from evr.statements.api import MAX_VERSION, version_number
 from evr.statements.service import MAX_SIGNATURE_BYTES, PNG_PREFIX, check_signature
-from test_statements import DRAFT, drafted, put, sent, sign, signature_png, signing_body
 
 
 async def snapshot(server: Any, sid: str) -> dict[str, Any]:

@@ -14,14 +14,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import select
+from test_uploads import TUS, audit_actions, jpeg_with_exif, staff_headers, tus_send, upload_id, victim_headers
 
-from evr.app import DB
 from evr.db import AuditEntry, EvidenceItem, Upload, User
 from evr.errors import ApiError
-from evr.http import UPLOADS
+from evr.http import DB, UPLOADS
 from evr.uploads import api, content
 from evr.uploads.service import decode_metadata
-from test_uploads import TUS, audit_actions, jpeg_with_exif, staff_headers, tus_send, upload_id, victim_headers
 
 PATCH = {**TUS, "Content-Type": "application/offset+octet-stream"}
 BAD_COUNTS = ["²", "٣", "-1", "+5", "1e3", "5 5", "0x10", "1_000", "", "9" * 25, "99999999999999999999"]

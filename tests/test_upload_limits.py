@@ -9,12 +9,11 @@ import shutil
 from typing import Any
 
 from sqlalchemy import func, select
-
-from evr.app import DB
-from evr.db import Upload
-from evr.http import UPLOADS
-from evr.uploads import service
 from test_uploads import TUS, tus_send, upload_id, victim_headers
+
+from evr.db import Upload
+from evr.http import DB
+from evr.uploads import service
 
 
 def victim_post(call: Any, length: int) -> Any:

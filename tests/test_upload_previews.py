@@ -14,8 +14,6 @@ from typing import Any
 
 import av
 import pytest
-from PIL import Image
-
 from test_uploads import jpeg_with_exif, tus_send, upload_id, victim_headers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))

@@ -13,16 +13,15 @@ from typing import Any, Optional
 
 import av
 import pytest
-from yarl import URL
+from conftest import eventually
 from PIL import ExifTags, Image
 from sqlalchemy import select
 from tusclient.client import TusClient
 from tusclient.uploader import Uploader
+from yarl import URL
 
-from conftest import eventually
-from evr.app import DB
 from evr.db import AuditEntry, EvidenceItem, Upload
-from evr.http import UPLOADS
+from evr.http import DB, UPLOADS
 from evr.uploads import api as uploads_api
 
 TUS = {"Tus-Resumable": "1.0.0"}
