@@ -9,6 +9,8 @@ COPY pyproject.toml README.md ./
 COPY server server
 COPY recording recording
 COPY retention retention
+COPY statements statements
+COPY uploads uploads
 COPY web web
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 

@@ -32,7 +32,7 @@ from .http import (
 )
 from .notify import Notifier
 from .recording import api as recording_api
-from .retention import web as retention_web
+from .retention import api as retention_api
 from .roles import CALL_ROLES
 from .services import services, shutdown
 from .statements import api as statements_api
@@ -65,7 +65,7 @@ def create_app(settings: Settings, clock: Clock = utcnow, notifier: Optional[Not
     app.cleanup_ctx.append(services)  # every service, built and wired in one place
     uploads.setup(app)
     recording_api.setup(app)
-    retention_web.setup(app)
+    retention_api.setup(app)
     statements_api.setup(app)
     links.setup(app)
     openapi.setup(app)

@@ -59,8 +59,26 @@ def victim() -> web.Response:
     return _html(_read("victim.html"))
 
 
+#: Where a staff page takes the one sign-in form (``web/login.html``).
+LOGIN_FORM = "      <!-- the sign-in form: web/login.html, put here by evr.pages.staff_page -->\n"
+
+
+@lru_cache(maxsize=4)
+def _staff_page(name: str) -> str:
+    form = _read("login.html").split("-->\n", 1)[1]  # without its heading comment
+    page = _read(name)
+    if LOGIN_FORM not in page:
+        raise RuntimeError(f"{name} has no place for the sign-in form")
+    return page.replace(LOGIN_FORM, form)
+
+
+def staff_page(name: str) -> web.Response:
+    """A staff page (``console.html``, ``records.html``) with the one sign-in form."""
+    return _html(_staff_page(name))
+
+
 async def console(_request: web.Request) -> web.Response:
-    return _html(_read("console.html"))
+    return staff_page("console.html")
 
 
 def message(status: int, title: str, text: str,

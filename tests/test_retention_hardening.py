@@ -19,7 +19,7 @@ from yarl import URL
 from evr.db import AuditEntry, RetentionAssignment, RetentionHold
 from evr.errors import ApiError
 from evr.http import DB
-from evr.retention.web import MAX_CURSOR, audit_cursor, due_cursor, query_count, query_text, query_time
+from evr.retention.api import MAX_CURSOR, audit_cursor, due_cursor, query_count, query_text, query_time
 
 BAD_NUMBERS = ["\u00b2", "\u0663", "\u0661\u0660", "\uff15", "99999999999999999999999", str(2**63), "-1", "0",
                "1.5", "1e3", " 5", "+5", "%ED%A0%80", "%00", "0x10"]

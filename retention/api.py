@@ -8,7 +8,6 @@ log. Nothing here, or anywhere, deletes an audit entry.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import logging
@@ -18,6 +17,7 @@ from typing import Any, Awaitable, Callable, Optional
 
 from aiohttp import web
 
+from evr import pages
 from evr.audit import AuditQuery, entry_json, search
 from evr.auth import Staff
 from evr.errors import ApiError, bad_request, not_found
@@ -31,7 +31,6 @@ from evr.http import (
     current_staff,
     read_json,
 )
-from evr.pages import WEB_DIR
 from evr.roles import CALL_ROLES
 from evr.text import TextError, parse_count, plain_text
 
@@ -210,8 +209,7 @@ def _parsed(body: dict[str, Any], name: str, parse: Callable[[str, str], Any], c
 
 
 async def records_page(_request: web.Request) -> web.Response:
-    html = await asyncio.to_thread((WEB_DIR / "records.html").read_text, encoding="utf-8")
-    return web.Response(text=html, content_type="text/html", charset="utf-8")
+    return pages.staff_page("records.html")
 
 
 # -- the audit log ---------------------------------------------------------------
