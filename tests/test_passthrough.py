@@ -9,6 +9,7 @@ import aiortc
 import av
 import pytest
 from aiortc import RTCPeerConnection
+from conftest import eventually
 
 from evr.media import passthrough
 from evr.media.passthrough import EncodedFrame, RelayTrack, vp8_is_keyframe
@@ -117,11 +118,7 @@ async def test_a_sink_receiver_gets_encoded_frames_and_starts_no_decoder_thread(
     await receiver_pc.setLocalDescription(await receiver_pc.createAnswer())
     await sender_pc.setRemoteDescription(receiver_pc.localDescription)
     try:
-        for _ in range(100):
-            if len(got) >= 10:
-                break
-            await asyncio.sleep(0.05)
-        assert len(got) >= 10
+        await eventually(lambda: len(got), lambda n: n >= 10, timeout=5.0, what="ten frames at the sink")
         assert not [t for t in threading.enumerate() if t.name == "video-decoder"]
         sent = {d for d, _ in clip.frames}
         assert all(f.data in sent for f in got)

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import pytest
 from aiohttp.test_utils import TestServer
+from conftest import eventually
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from s3server import make_s3_store, s3_client, s3_server  # noqa: F401 (fixtures)
 from sqlalchemy import select, update
@@ -444,12 +445,8 @@ async def test_the_sweep_runs_by_itself_in_the_service(settings, clock, tmp_path
         cid = await seed_consultation(app[DB], clock)
         footage = await add_item(server, cid)
         clock.advance(days=32)
-        for _ in range(100):
-            found = await row(server, footage["id"])
-            if found is not None and found.state == "disposed":
-                break
-            await asyncio.sleep(0.05)
-        assert found.state == "disposed"
+        await eventually(lambda: row(server, footage["id"]), lambda found: found is not None and
+                         found.state == "disposed", timeout=5.0, what="the scheduled sweep's disposal")
         assert await objects(server, footage["prefix"]) == []
         assert await actions(server, object=f"recording:{footage['id']}") == ["evidence.erase"]
     finally:
