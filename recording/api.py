@@ -18,12 +18,11 @@ from sqlalchemy import select
 
 from evr.auth import Staff
 from evr.db import Consultation, Recording
-from evr.errors import ApiError, not_found
+from evr.errors import ApiError, checked_reason, not_found
 from evr.evidence import ItemExists
 from evr.http import AUDIT, CONSULTATIONS, DB, RECORDINGS, SIGNING_KEY, STORE, actor, current_staff, read_json
 from evr.keys import fingerprint, public_pem
 from evr.roles import CALL_ROLES
-from evr.text import plain_text
 from evr.timeutil import rfc3339
 
 from . import manifest as mf
@@ -34,11 +33,6 @@ from .verify import DERIVED, HOW_TO_VERIFY
 log = logging.getLogger(__name__)
 
 CLASSIFICATIONS = ("non_evidential", "evidential")
-MAX_REASON = 1000
-def _checked_reason(reason: str) -> str:
-    if not plain_text(reason):  # PostgreSQL stores no NUL: it was a 500 after the checks
-        raise ApiError(422, "invalid", "The reason must be plain text (no control characters).", fields=["reason"])
-    return reason
 
 
 def setup(app: web.Application) -> None:
@@ -101,12 +95,7 @@ async def _recording(request: web.Request, staff: Staff) -> tuple[Consultation, 
 
 
 def _reason(request: web.Request, required: bool) -> Optional[str]:
-    reason = (request.query.get("reason") or "").strip()
-    if len(reason) > MAX_REASON:
-        raise ApiError(422, "invalid", f"The reason is limited to {MAX_REASON} characters.")
-    if required and not reason:
-        raise ApiError(422, "reason_required", "Say why (the reason is kept in the audit log).")
-    return _checked_reason(reason) or None
+    return checked_reason(request.query.get("reason"), required=required)
 
 
 async def list_recordings(request: web.Request) -> web.Response:
@@ -202,8 +191,7 @@ async def export(request: web.Request) -> web.StreamResponse:
     """A zip of the original segments, the signed manifest, the public key and a note
     on how to verify. Only for a finished recording; a reason is required."""
     staff = current_staff(request)
-    reason = _reason(request, required=True)
-    assert reason is not None
+    reason = checked_reason(request.query.get("reason"))
     consultation, recording = await _recording(request, staff)
     if recording.manifest_sha256 is None:
         raise ApiError(409, "recording_in_progress", "The recording is still running; export it after the call.")
@@ -247,16 +235,13 @@ async def classify(request: web.Request) -> web.Response:
     if not isinstance(body, dict) or body.get("classification") not in CLASSIFICATIONS:
         raise ApiError(422, "invalid", f"classification must be one of {', '.join(CLASSIFICATIONS)}.",
                        fields=["classification"])
-    reason = body.get("reason")
-    if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:
-        raise ApiError(422, "reason_required", "Say why (up to 1000 characters).", fields=["reason"])
-    _checked_reason(reason)
+    reason = checked_reason(body.get("reason"))
     consultation, recording = await _recording(request, staff)
     async with request.app[AUDIT].transaction() as tx:  # the change and its entry, or neither
         row = await tx.db.get(Recording, recording.id)
         assert row is not None
         old, row.classification = row.classification, body["classification"]
         tx.add(actor(request, staff), "recording.classify", f"recording:{row.id}", consultation_id=consultation.id,
-               reason=reason.strip(), details={"from": old, "to": row.classification})
+               reason=reason, details={"from": old, "to": row.classification})
         answer = recording_json(row)
     return web.json_response(answer)

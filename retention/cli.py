@@ -174,11 +174,11 @@ def _run(args: argparse.Namespace, work: Callable[[Any], Awaitable[int]]) -> int
                 await store.close()
             await engine.dispose()
 
-    from .service import RetentionError
+    from evr.errors import ApiError
 
     try:
         return asyncio.run(main())
-    except (RetentionError, Failed) as exc:
+    except (ApiError, Failed) as exc:  # a refusal (RetentionError is one), or a failure
         print(f"evr: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 1
 

@@ -13,27 +13,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from evr.audit import Actor
 from evr.db import Consultation, EvidenceItem, RetentionAssignment, RetentionHold, RetentionItem, RetentionReview
-from evr.text import plain_text
+from evr.errors import checked_reason
 from evr.timeutil import rfc3339
 
 from .policy import ASSESSMENT_CRITERIA, DECISIONS
 from .queries import ScheduleQueries, hold_json, review_json
 from .schedule import RetentionError, audit_object
 
-MAX_REASON = 4000
-
 
 def _reason(reason: Optional[str]) -> str:
-    """A reason kept in the audit log: 422 unless it is text that can be stored,
-    checked before anything is written (web and command line alike)."""
-    if not isinstance(reason, str) or not reason.strip():
-        raise RetentionError(422, "reason_required", "Give a reason: it is kept in the audit log.")
-    if len(reason) > MAX_REASON:
-        raise RetentionError(422, "reason_too_long", f"The reason is longer than {MAX_REASON} characters.")
-    if not plain_text(reason):
-        raise RetentionError(422, "invalid_reason", "The reason holds control characters or text that is not "
-                                                    "valid Unicode.")
-    return reason.strip()
+    """A reason kept in the audit log, checked before anything is written."""
+    return checked_reason(reason)
 
 
 

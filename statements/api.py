@@ -20,7 +20,7 @@ from evr.db import (
     StatementSignature,
     StatementVersion,
 )
-from evr.errors import ApiError, forbidden, not_found
+from evr.errors import ApiError, checked_reason, forbidden, not_found
 from evr.http import (
     AUDIT,
     CONSULTATIONS,
@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 #: Largest sign request (the signature image is limited separately, with a 422).
 MAX_SIGN_BODY = 8 * 1024 * 1024
 MAX_CHANGE_TEXT = 4000
-MAX_REASON = 1000
 #: The largest version number (the database column is a 32-bit integer).
 MAX_VERSION = 2**31 - 1
 
@@ -265,14 +264,13 @@ async def staff_preview(request: web.Request) -> web.Response:
 async def download(request: web.Request) -> web.Response:
     """The sealed PDF, as stored (every download is in the audit log)."""
     staff = current_staff(request)
-    reason = _free_text(request.query.get("reason"), "reason", MAX_REASON,
-                        f"The reason is limited to {MAX_REASON} characters of text.", code="invalid")
+    reason = checked_reason(request.query.get("reason"), required=False)
     consultation, statement = await _staff_statement(request, staff)
     if statement.status != "signed":
         raise ApiError(409, "not_signed", "This statement has not been signed yet.")
     data = await request.app[STATEMENTS].pdf(consultation, statement)
     await request.app[AUDIT].record(actor(request, staff), "statement.download", f"statement:{statement.id}",
-                                    consultation_id=consultation.id, reason=reason or None,
+                                    consultation_id=consultation.id, reason=reason,
                                     details={"sha256": statement.sha256})
     return _pdf_response(data, f"statement-{statement.id}.pdf", True)
 
