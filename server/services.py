@@ -95,7 +95,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
     background.spawn(sweep_forever(retention, policy.sweep_minutes), "retention sweep")
     yield
     await background.close()
-    await uploads.inspector.close()
+    await uploads.close()
     try:
         await audit.checkpoint()
     except Exception:  # noqa: BLE001 - the next start signs it

@@ -49,6 +49,7 @@ from ..errors import ApiError
 from ..evidence import EvidenceStore, ItemExists
 from ..evidence.crypto import CHUNK, HEADER_LEN, Opener, SealedReader, Sealer
 from ..keys import write_private
+from ..tasks import TaskSet
 from ..timeutil import Clock
 from . import content
 from .worker import Inspector
@@ -118,6 +119,8 @@ class Uploads:
         self._hashes: dict[str, Any] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._ingests: dict[str, asyncio.Task[Upload]] = {}
+        #: The ingests running: owned here, so stopping the service waits for them.
+        self.tasks = TaskSet("uploads")
         self.inspector = Inspector(settings)
 
     def staged(self, upload_id: str) -> Path:
@@ -304,12 +307,19 @@ class Uploads:
 
     # -- ingest --------------------------------------------------------------
 
+    async def close(self, grace: float = 10.0) -> None:
+        """Stop: ingests under way get ``grace`` seconds to finish (one cut short is
+        finished at the next start, :meth:`recover`), then the preview workers go."""
+        await self.tasks.wait(timeout=grace)
+        await self.tasks.close()
+        await self.inspector.close()
+
     async def ingest(self, upload_id: str) -> Upload:
         """Finish a fully received upload. Runs as its own task: a client that goes away
         meanwhile does not stop it, and a second caller waits for the same one."""
         task = self._ingests.get(upload_id)
         if task is None:
-            task = asyncio.ensure_future(self._ingest(upload_id))
+            task = self.tasks.spawn(self._ingest(upload_id), f"ingest {upload_id}")
             self._ingests[upload_id] = task
             task.add_done_callback(lambda _: self._ingests.pop(upload_id, None))
         return await asyncio.shield(task)
