@@ -146,33 +146,15 @@ def _run(args: argparse.Namespace, work: Callable[[Any], Awaitable[int]]) -> int
     settings = load_settings(args)
 
     async def main() -> int:
-        from evr.audit import AuditLog
-        from evr.db import make_engine, sessionmaker
-        from evr.evidence import make_store
-        from evr.keys import load_signing_key
+        from evr.services import core
         from evr.timeutil import utcnow
 
         from .policy import Policy
         from .service import Retention
 
-        settings.prepare_data_dir()
-        engine = make_engine(settings.db_url)
-        store = None
-        try:
-            await ensure_schema(engine)
-            db = sessionmaker(engine)
-            key = load_signing_key(settings)
-            store = make_store(settings)
-            audit = AuditLog(db, utcnow, key, store, settings.audit_checkpoint_every)
-            service = Retention(db, audit, store, Policy.from_config(settings.retention), utcnow, key)
-            try:
-                return await work(service)
-            finally:
-                await audit.checkpoint()
-        finally:
-            if store is not None:
-                await store.close()
-            await engine.dispose()
+        async with core(settings, utcnow, schema=ensure_schema) as opened:
+            policy = Policy.from_config(settings.retention)
+            return await work(Retention(opened.db, opened.audit, opened.store, policy, utcnow, opened.signing_key))
 
     from evr.errors import ApiError
 

@@ -144,31 +144,20 @@ def _user_command(args: argparse.Namespace, work: Callable[[Any, Any], Awaitable
     settings = load_settings(args)
 
     async def run() -> None:
-        from .audit import AuditLog
+        if audited:
+            from .services import core
+
+            async with core(settings) as opened:
+                await work(opened.db, opened.audit)
+            return
         from .db import make_engine, migrate, sessionmaker
-        from .timeutil import utcnow
 
         settings.prepare_data_dir()
-        engine = make_engine(settings.db_url)
-        store = None
+        engine = make_engine(settings.db_url)  # a reading command: no keys, no store
         try:
             await migrate(engine)
-            db = sessionmaker(engine)
-            if not audited:
-                await work(db, None)
-                return
-            from .evidence import make_store
-            from .keys import load_signing_key
-
-            store = make_store(settings)
-            audit = AuditLog(db, utcnow, load_signing_key(settings), store, settings.audit_checkpoint_every)
-            try:
-                await work(db, audit)
-            finally:
-                await audit.checkpoint()
+            await work(sessionmaker(engine), None)
         finally:
-            if store is not None:
-                await store.close()
             await engine.dispose()
 
     try:

@@ -7,21 +7,30 @@ which service holds the database, the evidence store, the audit log (with its
 signing key and checkpoint store attached here, at birth), and which background
 tasks run. Teardown runs in reverse, after ``on_shutdown`` has closed the sockets
 (aiohttp's ``cleanup_ctx``, as in its ``examples/background_tasks.py``).
+
+What the server and every command that changes records share (the database, the
+evidence store, the signing key and the audit log) is :func:`core`: ``evr serve``
+builds on it here, ``evr user`` and ``evr retention`` open it alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from .audit import AuditLog
 from .auth import Authenticator
+from .config import Settings
 from .consultations import Consultations
 from .db import make_engine, migrate, sessionmaker
-from .evidence import make_store
+from .evidence import EvidenceStore, make_store
 from .http import (
     AUDIT,
     AUTH,
@@ -43,13 +52,68 @@ from .keys import load_signing_key
 from .links import UnknownTokens
 from .notify import make_notifier
 from .tasks import TaskSet
+from .timeutil import Clock, utcnow
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Core:
+    """The database, the evidence store, the service's signing key and the audit log."""
+
+    db: async_sessionmaker[AsyncSession]
+    store: EvidenceStore
+    signing_key: Ed25519PrivateKey
+    audit: AuditLog
+
+
+@asynccontextmanager
+async def core(settings: Settings, clock: Clock = utcnow,
+               schema: Callable[[AsyncEngine], Awaitable[Any]] = migrate) -> AsyncIterator[Core]:
+    """Open the core: the database brought to the shipped schema by ``schema``
+    (migrated, by default), the evidence store, the signing key and the audit log with
+    both. On the way out the newest audit entries get a signed checkpoint, the store's
+    connections close and the database's pool is disposed of, whatever happened."""
+    settings.prepare_data_dir()
+    engine = make_engine(settings.db_url)
+    store = None
+    try:
+        await schema(engine)
+        db = sessionmaker(engine)
+        store = make_store(settings)
+        signing_key = load_signing_key(settings)
+        audit = AuditLog(db, clock, signing_key, store, settings.audit_checkpoint_every)
+        try:
+            yield Core(db, store, signing_key, audit)
+        finally:
+            try:
+                await audit.checkpoint()
+            except Exception:  # noqa: BLE001 - the next run signs it
+                log.exception("could not sign the audit checkpoint")
+    finally:
+        if store is not None:
+            await store.close()
+        await engine.dispose()
 
 
 async def services(app: web.Application) -> AsyncIterator[None]:
     """Build every service before the first request; stop them after the last."""
     from .media.passthrough import check_compatible
+
+    check_compatible()  # the aiortc hooks: refuse to start, naming what is missing
+    settings, clock = app[SETTINGS], app[CLOCK]
+    notifier = app[NOTIFIER] = app.get(NOTIFIER) or make_notifier(settings)
+    app[AUTH] = Authenticator(settings, clock)
+    try:
+        async with core(settings, clock) as opened, _features(app, opened):
+            yield
+    finally:
+        await notifier.close()
+
+
+@asynccontextmanager
+async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
+    """Everything built on the core, and the background tasks; stopped in reverse."""
     from .recording.service import Recordings
     from .retention.policy import Policy
     from .retention.service import Retention, sweep_forever
@@ -58,17 +122,11 @@ async def services(app: web.Application) -> AsyncIterator[None]:
     from .statements.signing import load_identity
     from .uploads.service import Uploads, purge_forever
 
-    check_compatible()  # the aiortc hooks: refuse to start, naming what is missing
-    settings, clock = app[SETTINGS], app[CLOCK]
-    notifier = app[NOTIFIER] = app.get(NOTIFIER) or make_notifier(settings)
-    app[AUTH] = Authenticator(settings, clock)
-    settings.prepare_data_dir()
-    engine = make_engine(settings.db_url)
-    await migrate(engine)
-    db = app[DB] = sessionmaker(engine)
-    store = app[STORE] = make_store(settings)
-    signing_key = app[SIGNING_KEY] = load_signing_key(settings)
-    audit = app[AUDIT] = AuditLog(db, clock, signing_key, store, settings.audit_checkpoint_every)
+    settings, clock, notifier = app[SETTINGS], app[CLOCK], app[NOTIFIER]
+    db = app[DB] = opened.db
+    store = app[STORE] = opened.store
+    signing_key = app[SIGNING_KEY] = opened.signing_key
+    audit = app[AUDIT] = opened.audit
     consultations = app[CONSULTATIONS] = Consultations(settings, clock, notifier, audit)
     app[UNKNOWN_TOKENS] = UnknownTokens(settings.link_unknown_per_minute)
 
@@ -93,16 +151,11 @@ async def services(app: web.Application) -> AsyncIterator[None]:
     background = TaskSet("services")
     background.spawn(purge_forever(uploads), "purge unfinished uploads")
     background.spawn(sweep_forever(retention, policy.sweep_minutes), "retention sweep")
-    yield
-    await background.close()
-    await uploads.close()
     try:
-        await audit.checkpoint()
-    except Exception:  # noqa: BLE001 - the next start signs it
-        log.exception("could not sign the audit checkpoint at shutdown")
-    await store.close()
-    await notifier.close()
-    await engine.dispose()
+        yield
+    finally:
+        await background.close()
+        await uploads.close()
 
 
 async def shutdown(app: web.Application) -> None:
