@@ -342,7 +342,7 @@ def cmd_dispose(args: argparse.Namespace) -> int:
             print(f"dry run: {len(report.candidates)} item(s) would be disposed, {report.held} due but held; "
                   f"run again with --execute to dispose")
             return 0
-        for item_id, cert in zip(report.disposed, report.certificates):
+        for item_id, cert in zip(report.disposed, report.certificates, strict=True):
             print(f"disposed {item_id}: certificate {cert}")
         for item_id, until in report.waiting.items():
             print(f"waiting {item_id}: a store lock keeps it until {_day(until)} (finished then, automatically)")

@@ -205,7 +205,7 @@ class Disposal(Schedule):
         states = []
         async with self.audit.transaction() as ap:
             db = ap.db
-            for (row, decision), outcome in zip(claimed, outcomes):
+            for (row, decision), outcome in zip(claimed, outcomes, strict=True):
                 obj = audit_object(row.kind, row.item_id)
                 if isinstance(outcome, StillLocked):
                     decision["waiting_until"] = outcome.until.isoformat()

@@ -36,8 +36,9 @@ from .roles import RESERVED_NAMES, ROLES, SUPERVISOR_ROLES
 from .timeutil import Clock
 
 __all__ = [
-    "Authenticator", "BAD_LOGIN", "CSRF_HEADER", "MIN_PASSWORD", "SESSION_COOKIE", "Staff", "add_user", "check_password",
-    "csrf_ok", "end_sessions", "hash_password", "insert_user", "new_user", "sha256_hex", "username_problem", "verify_password",
+    "Authenticator", "BAD_LOGIN", "CSRF_HEADER", "MIN_PASSWORD", "SESSION_COOKIE", "Staff", "add_user",
+    "check_password", "csrf_ok", "end_sessions", "hash_password", "insert_user", "new_user", "sha256_hex",
+    "username_problem", "verify_password",
 ]
 
 log = logging.getLogger(__name__)

@@ -278,6 +278,6 @@ def message_json(m: OutboxMessage, body: Optional[str] = None) -> dict[str, Any]
     that may show the link (the create response)."""
     return {
         "id": m.id, "consultation_id": m.consultation_id, "channel": m.channel, "recipient": m.recipient,
-        "body": body if body is not None else m.body, "created_at": rfc3339(m.created_at), "status": m.status, "provider": m.provider,
-        "error": m.error,
+        "body": body if body is not None else m.body, "created_at": rfc3339(m.created_at), "status": m.status,
+        "provider": m.provider, "error": m.error,
     }

@@ -87,7 +87,8 @@ class MasterKey:
         try:
             data_key = AESGCM(self.key).decrypt(nonce, header[len(MAGIC) + 20 :], self._wrap_aad(item_key))
         except InvalidTag:
-            raise IntegrityError(f"{item_key}: the data key does not unwrap (altered, or moved from another key)") from None
+            raise IntegrityError(
+                f"{item_key}: the data key does not unwrap (altered, or moved from another key)") from None
         return AESGCM(data_key)
 
 

@@ -113,8 +113,8 @@ class Inspector:
                 await asyncio.wait_for(self._converse(proc, f, length, job, found), settings.upload_preview_timeout)
                 await _stop(proc, grace=2.0)  # it exits after its answer
             except asyncio.TimeoutError:
-                found.skipped = (f"Reading this file for a preview took longer than {settings.upload_preview_timeout:g} s;"
-                                 " stopped: no preview.")
+                found.skipped = ("Reading this file for a preview took longer than "
+                                 f"{settings.upload_preview_timeout:g} s; stopped: no preview.")
             except WorkerFault as exc:
                 log.warning("upload preview worker misbehaved (%s); stopped", exc)
                 found.meta, found.preview = {}, None  # nothing it said is used
