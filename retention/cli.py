@@ -101,9 +101,11 @@ def code_heads() -> Optional[set[str]]:
         text = path.read_text(encoding="utf-8")
         revision = re.search(r"^revision\s*=\s*(.+)$", text, re.M)
         down = re.search(r"^down_revision\s*=\s*(.+)$", text, re.M)
+        if revision is None or down is None:
+            return None
         try:
-            rev, parent = ast.literal_eval(revision.group(1)), ast.literal_eval(down.group(1))  # type: ignore
-        except (AttributeError, ValueError, SyntaxError):
+            rev, parent = ast.literal_eval(revision.group(1)), ast.literal_eval(down.group(1))
+        except (ValueError, SyntaxError):
             return None
         if not isinstance(rev, str):
             return None

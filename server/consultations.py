@@ -14,9 +14,9 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
-from sqlalchemy import false, or_, select, true, update
+from sqlalchemy import CursorResult, false, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .auth import Staff, sha256_hex
@@ -217,7 +217,7 @@ class Consultations:
                    Consultation.status != "closed", Consultation.expires_at > now)
             .values(binding_hash=sha256_hex(secret), bound_at=now)
         )
-        if result.rowcount != 1:
+        if cast(CursorResult[Any], result).rowcount != 1:
             return None
         log.info("link claimed by a browser (consultation=%s)", consultation.id)
         return secret

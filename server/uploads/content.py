@@ -190,7 +190,7 @@ def inspect_media(f: BinaryIO, preview: bool, max_pixels: int,
             "streams": [
                 {"type": s.type, "codec": s.codec_context.name if s.codec_context else None,
                  **({"width": s.codec_context.width, "height": s.codec_context.height}
-                    if s.type == "video" and s.codec_context else {})}
+                    if isinstance(s.codec_context, av.VideoCodecContext) else {})}
                 for s in list(container.streams)[:32]
             ],
         }
