@@ -77,6 +77,7 @@ class ScheduleRow:
     size: int
     created_at: datetime
     prefix: str = ""
+    waiting_until: Optional[datetime] = None
 
     def due_key(self) -> tuple[datetime, str]:
         """The due list's keyset cursor at this item: (due_at, item_id). Every item on
@@ -84,7 +85,6 @@ class ScheduleRow:
         if self.due_at is None:
             raise ValueError(f"item {self.item_id} has no due time: it is on no due list")
         return self.due_at, self.item_id
-    waiting_until: Optional[datetime] = None
 
     def json(self) -> dict[str, Any]:
         return {
