@@ -72,6 +72,8 @@ async def _verify(args: argparse.Namespace) -> Report:
         if trusted is None and isinstance(package, StoredPackage):
             from evr.keys import load_signing_key
 
+            if settings is None:  # a stored package is only ever found through the settings
+                raise RuntimeError("a stored recording without settings")
             trusted = load_signing_key(settings, create=False).public_key()
         return await verify(package, trusted)
     finally:

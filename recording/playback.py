@@ -26,7 +26,7 @@ def remux(segments: list[Path], out: Path) -> None:
                 by_index = {s.index: s.type for s in source.streams}
                 for packet in source.demux():
                     kind = by_index.get(packet.stream.index)
-                    if packet.dts is None or packet.size == 0 or kind not in streams:
+                    if packet.pts is None or packet.dts is None or packet.size == 0 or kind not in streams:
                         continue
                     ms = int(packet.pts * packet.time_base * 1000)
                     ms = max(ms, last.get(kind, -1) + 1)

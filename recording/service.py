@@ -321,7 +321,8 @@ class Recordings:
         try:
             await self.store.add_bytes(base + manifest.SIGNATURE, signature)
         except ItemExists:
-            manifest.check_signature(self.key.public_key(), body, await self.store.read_bytes(base + manifest.SIGNATURE))
+            stored_signature = await self.store.read_bytes(base + manifest.SIGNATURE)
+            manifest.check_signature(self.key.public_key(), body, stored_signature)
         return body
 
     # -- crash recovery ------------------------------------------------------------
@@ -440,7 +441,7 @@ class Recordings:
             batch_id.update(sha256.encode())
         batch = f"{QUARANTINE_PREFIX}{batch_id.hexdigest()[:32]}/"
         report = []
-        for n, (file, (sha256, size)) in enumerate(zip(files, hashed), 1):
+        for n, (file, (sha256, size)) in enumerate(zip(files, hashed, strict=True), 1):
             key = f"{batch}{n:04d}.bin"
             try:
                 await self.store.add_file(key, file, sha256=sha256)

@@ -297,7 +297,7 @@ async def due(request: web.Request) -> web.Response:
     last = rows[-1] if len(rows) == limit else None
     return web.json_response({
         "items": [r.json() for r in rows],
-        "next_cursor": f"{last.due_at.isoformat()}|{last.item_id}" if last else None,
+        "next_cursor": f"{last.due_key()[0].isoformat()}|{last.item_id}" if last else None,
     })
 
 

@@ -101,9 +101,11 @@ def code_heads() -> Optional[set[str]]:
         text = path.read_text(encoding="utf-8")
         revision = re.search(r"^revision\s*=\s*(.+)$", text, re.M)
         down = re.search(r"^down_revision\s*=\s*(.+)$", text, re.M)
+        if revision is None or down is None:
+            return None
         try:
-            rev, parent = ast.literal_eval(revision.group(1)), ast.literal_eval(down.group(1))  # type: ignore
-        except (AttributeError, ValueError, SyntaxError):
+            rev, parent = ast.literal_eval(revision.group(1)), ast.literal_eval(down.group(1))
+        except (ValueError, SyntaxError):
             return None
         if not isinstance(rev, str):
             return None
@@ -324,7 +326,7 @@ def cmd_dispose(args: argparse.Namespace) -> int:
             print(f"dry run: {len(report.candidates)} item(s) would be disposed, {report.held} due but held; "
                   f"run again with --execute to dispose")
             return 0
-        for item_id, cert in zip(report.disposed, report.certificates):
+        for item_id, cert in zip(report.disposed, report.certificates, strict=True):
             print(f"disposed {item_id}: certificate {cert}")
         for item_id, until in report.waiting.items():
             print(f"waiting {item_id}: a store lock keeps it until {_day(until)} (finished then, automatically)")

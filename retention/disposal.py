@@ -14,9 +14,9 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, cast
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from evr.audit import Actor
@@ -202,10 +202,10 @@ class Disposal(Schedule):
                                report: DisposalReport) -> None:
         """In one transaction: a certificate for each item disposed of, a waiting state
         for each one a store lock or an error kept, and an audit entry for each."""
-        states = []
+        states: list[tuple[str, Optional[datetime], ScheduleRow, dict[str, Any]]] = []
         async with self.audit.transaction() as ap:
             db = ap.db
-            for (row, decision), outcome in zip(claimed, outcomes):
+            for (row, decision), outcome in zip(claimed, outcomes, strict=True):
                 obj = audit_object(row.kind, row.item_id)
                 if isinstance(outcome, StillLocked):
                     decision["waiting_until"] = outcome.until.isoformat()
@@ -271,7 +271,7 @@ def _decision(who: Actor, current: RetentionItem, now: datetime) -> dict[str, An
     }
 
 
-_ITEMS = RetentionItem.__table__
+_ITEMS = cast(Table, RetentionItem.__table__)  # typed FromClause; a declarative class's is its Table
 _SET_STATE = (
     update(_ITEMS).where(_ITEMS.c.item_id == bindparam("b_id"))
     .values(state=bindparam("b_state"), due_at=bindparam("b_due"), disposal=bindparam("b_disposal"),

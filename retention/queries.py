@@ -61,7 +61,7 @@ class ScheduleQueries(Schedule):
                 yield row
             if len(page) < 5000:
                 return
-            cursor = (page[-1].due_at, page[-1].item_id)
+            cursor = page[-1].due_key()
 
     async def items_of(self, consultation_id: str) -> list[ScheduleRow]:
         async with self.db() as db:

@@ -18,10 +18,10 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import and_, bindparam, func, or_, select, text, update
+from sqlalchemy import Table, and_, bindparam, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -77,6 +77,13 @@ class ScheduleRow:
     created_at: datetime
     prefix: str = ""
     waiting_until: Optional[datetime] = None
+
+    def due_key(self) -> tuple[datetime, str]:
+        """The due list's keyset cursor at this item: (due_at, item_id). Every item on
+        the due list has a due time; ``ValueError`` for one without."""
+        if self.due_at is None:
+            raise ValueError(f"item {self.item_id} has no due time: it is on no due list")
+        return self.due_at, self.item_id
 
     def json(self) -> dict[str, Any]:
         return {
@@ -277,7 +284,8 @@ class Schedule:
             values = [{"item_id": c.item_id, "consultation_id": c.consultation_id, "rule": c.rule,
                        "due_at": c.due_at, "action": c.action, "held": c.held, "state": "active",
                        "updated_at": now} for c in missing]
-            insert = (postgresql.insert if db.bind.dialect.name == "postgresql" else sqlite.insert)(RetentionItem)
+            dialect = db.get_bind().dialect.name
+            insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(RetentionItem)
             await db.execute(insert.on_conflict_do_nothing(index_elements=["item_id"]), values)
         return len(missing)
 
@@ -287,7 +295,7 @@ def live() -> Any:
     return RetentionItem.state != "disposed"
 
 
-_ITEMS = RetentionItem.__table__
+_ITEMS = cast(Table, RetentionItem.__table__)  # typed FromClause; a declarative class's is its Table
 _UPDATE_ACTIVE = (
     update(_ITEMS).where(_ITEMS.c.item_id == bindparam("b_id"), _ITEMS.c.state == "active")
     .values(rule=bindparam("b_rule"), due_at=bindparam("b_due"), action=bindparam("b_action"),
@@ -304,7 +312,7 @@ async def begin_write(db: AsyncSession) -> None:
     """On SQLite, take the write lock before reading what is about to be written, so a
     second process (``evr serve`` and a command) waits instead of failing half-way.
     PostgreSQL's row locks do that by themselves."""
-    if db.bind.dialect.name == "sqlite":
+    if db.get_bind().dialect.name == "sqlite":
         await db.execute(text("BEGIN IMMEDIATE"))
 
 

@@ -187,7 +187,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         log.exception("unhandled error on %s %s", request.method, resource.canonical if resource else "?")
         if wants_json(request):
             return error_response(500, "internal_error", "Something went wrong on the server.")
-        return pages.message(500, "Something went wrong", "Please try again in a minute. If you are in danger call 999.")
+        return pages.message(500, "Something went wrong",
+                             "Please try again in a minute. If you are in danger call 999.")
 
 
 @web.middleware

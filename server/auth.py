@@ -21,11 +21,11 @@ import secrets
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import case, delete, literal, null, select, update
+from sqlalchemy import CursorResult, case, delete, literal, null, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -36,8 +36,9 @@ from .roles import RESERVED_NAMES, ROLES, SUPERVISOR_ROLES
 from .timeutil import Clock
 
 __all__ = [
-    "Authenticator", "BAD_LOGIN", "CSRF_HEADER", "MIN_PASSWORD", "SESSION_COOKIE", "Staff", "add_user", "check_password",
-    "csrf_ok", "end_sessions", "hash_password", "insert_user", "new_user", "sha256_hex", "username_problem", "verify_password",
+    "Authenticator", "BAD_LOGIN", "CSRF_HEADER", "MIN_PASSWORD", "SESSION_COOKIE", "Staff", "add_user",
+    "check_password", "csrf_ok", "end_sessions", "hash_password", "insert_user", "new_user", "sha256_hex",
+    "username_problem", "verify_password",
 ]
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ async def insert_user(db: AsyncSession, user: User, commit: bool = True) -> User
 async def end_sessions(db: AsyncSession, user_id: int) -> int:
     """Delete every session of a user (in the caller's transaction); how many there were."""
     result = await db.execute(delete(StaffSession).where(StaffSession.user_id == user_id))
-    return int(result.rowcount or 0)
+    return int(cast(CursorResult[Any], result).rowcount or 0)
 
 
 # -- logging in -----------------------------------------------------------------------
@@ -155,14 +156,14 @@ async def end_sessions(db: AsyncSession, user_id: int) -> int:
 
 def _insert(db: AsyncSession) -> Any:
     """The dialect's INSERT, which has ``on_conflict_do_update`` on both databases."""
-    dialect = db.bind.dialect.name
+    dialect = db.get_bind().dialect.name
     if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:  # pragma: no cover - EVR runs on these two
-        raise RuntimeError(f"no atomic login counting on {dialect}")
-    return insert
+        from sqlalchemy.dialects import postgresql
+        return postgresql.insert
+    if dialect == "sqlite":
+        from sqlalchemy.dialects import sqlite
+        return sqlite.insert
+    raise RuntimeError(f"no atomic login counting on {dialect}")  # pragma: no cover - EVR runs on these two
 
 
 def _at(value: datetime) -> Any:

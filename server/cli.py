@@ -230,7 +230,7 @@ def cmd_user_list(args: argparse.Namespace) -> int:
             for r in rows]
         widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
         for row in table:
-            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
     return _user_command(args, work, audited=False)
 

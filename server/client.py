@@ -27,6 +27,7 @@ from typing import Any, Callable, Optional
 import aiohttp
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import VideoFrame
 from yarl import URL
 
 from .media.passthrough import EncodedFrame, attach_sink, on_keyframe_request
@@ -161,6 +162,8 @@ class CallClient:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
 
     def _on_track(self, track: MediaStreamTrack) -> None:
+        if self.pc is None:
+            raise RuntimeError("a track arrived with no peer connection")
         receiver = next(t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track)
         if self.decode and track.kind == "video":
             task = asyncio.create_task(self._consume(track))
@@ -180,6 +183,8 @@ class CallClient:
         try:
             while True:
                 frame = await track.recv()
+                if not isinstance(frame, VideoFrame):
+                    raise TypeError(f"a decoded video track gave {type(frame).__name__}, not a VideoFrame")
                 self.video_frames += 1
                 self.decoded_sizes.append((frame.width, frame.height))
         except MediaStreamError:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Awaitable, Callable, Literal, Optional, cast
 
-from sqlalchemy import false, or_, select, true, update
+from sqlalchemy import CursorResult, false, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .audit import Actor, AuditLog
@@ -268,7 +268,7 @@ class Consultations:
                    Consultation.status != "closed", Consultation.expires_at > now)
             .values(binding_hash=sha256_hex(secret), bound_at=now)
         )
-        if result.rowcount != 1:
+        if cast(CursorResult[Any], result).rowcount != 1:
             return None
         log.info("link claimed by a browser (consultation=%s)", consultation.id)
         return secret
@@ -390,6 +390,6 @@ def message_json(m: OutboxMessage, body: Optional[str] = None) -> dict[str, Any]
     that may show the link (the create response)."""
     return {
         "id": m.id, "consultation_id": m.consultation_id, "channel": m.channel, "recipient": m.recipient,
-        "body": body if body is not None else m.body, "created_at": rfc3339(m.created_at), "status": m.status, "provider": m.provider,
-        "error": m.error,
+        "body": body if body is not None else m.body, "created_at": rfc3339(m.created_at), "status": m.status,
+        "provider": m.provider, "error": m.error,
     }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from sqlalchemy import (
     JSON,
@@ -357,6 +357,10 @@ class RetentionMeta(Base):
 # -- evidence uploads (migration 0004) -----------------------------------------
 
 
+#: An upload's status (see :class:`Upload`).
+UploadStatus = Literal["uploading", "complete", "quarantined", "terminated", "purged"]
+
+
 class Upload(Base):
     """A file sent over tus by the victim or staff. ``uploading`` while bytes arrive
     (resumable), then ``complete`` (an allowed type) or ``quarantined`` (any other
@@ -367,7 +371,7 @@ class Upload(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     consultation_id: Mapped[str] = mapped_column(ForeignKey("consultations.id"), index=True)
-    status: Mapped[str] = mapped_column(String(16), index=True)
+    status: Mapped[UploadStatus] = mapped_column(String(16), index=True)
     #: ``victim`` or the member of staff's user name, and their role.
     uploaded_by: Mapped[str] = mapped_column(String(64))
     uploader_role: Mapped[str] = mapped_column(String(16))

@@ -78,7 +78,7 @@ async def read_json(request: web.Request) -> Any:
     try:
         return parse_json(text)
     except JsonError as exc:
-        fields = {"fields": [exc.field]} if exc.field else {}
+        fields: dict[str, Any] = {"fields": [exc.field]} if exc.field else {}
         raise ApiError(400 if exc.code == "malformed_json" else 422, exc.code, str(exc), **fields) from None
 
 

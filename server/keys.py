@@ -35,10 +35,10 @@ def load_signing_key(settings: Settings, create: bool = True) -> Ed25519PrivateK
         )
         write_private(path, pem)
         return key
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(key, Ed25519PrivateKey):
+    loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(loaded, Ed25519PrivateKey):
         raise ValueError(f"{path} does not hold an Ed25519 private key")
-    return key
+    return loaded
 
 
 def write_private(path: Path, data: bytes) -> None:

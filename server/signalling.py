@@ -251,7 +251,8 @@ class Hub:
         kind = message["type"]
         try:
             if kind == "offer":
-                answer = await room.connect(client.participant, message.get("sdp"))
+                sdp = message.get("sdp")  # not a string: refused by the room as "no SDP"
+                answer = await room.connect(client.participant, sdp if isinstance(sdp, str) else "")
                 await client.send({"type": "answer", "sdp": answer})
             elif kind == "candidate":
                 candidate = message.get("candidate")
@@ -304,7 +305,7 @@ class Hub:
     async def check_sessions(self) -> int:
         """End every staff socket whose session is gone, expired or whose user is
         disabled; how many were ended."""
-        wanted = {c.session_id for c in self._staff_clients()}
+        wanted = {c.session_id for c in self._staff_clients() if c.session_id is not None}
         if not wanted:
             return 0
         async with self.db_factory() as db:

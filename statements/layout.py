@@ -14,7 +14,7 @@ import io
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import zip_longest
-from typing import Any, Optional
+from typing import Any, Optional, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fpdf import FPDF
@@ -156,7 +156,9 @@ class _Wrapper:
             if not paragraph.strip():
                 out.append("")
                 continue
-            wrapped = self.pdf.multi_cell(width, 5, paragraph, dry_run=True, output=MethodReturnValue.LINES)
+            # output=LINES gives the lines alone; fpdf types the union of every output's value.
+            wrapped = cast(list[str], self.pdf.multi_cell(width, 5, paragraph, dry_run=True,
+                                                          output=MethodReturnValue.LINES))
             out.extend(line.rstrip() for line in wrapped)
         return out
 

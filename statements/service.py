@@ -21,10 +21,10 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from PIL import Image, ImageChops
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from evr.audit import Actor, AuditLog
@@ -133,9 +133,10 @@ def check_signature(data_url: Any) -> SignatureImage:
     opaque = rgba.getchannel("A").point(lambda a: 255 if a > 32 else 0)
     dark = rgba.convert("L").point(lambda v: 255 if v < 200 else 0)
     ink = ImageChops.multiply(opaque, dark)
-    if ink.histogram()[255] < MIN_INK_PIXELS or ink.getbbox() is None:
+    bbox = ink.getbbox()
+    if ink.histogram()[255] < MIN_INK_PIXELS or bbox is None:
         raise ApiError(422, "empty_signature", "The signature is empty: sign in the box.", fields=["signature_png"])
-    left, top, right, bottom = ink.getbbox()  # type: ignore[misc]
+    left, top, right, bottom = bbox
     pad = 4
     box = (max(0, left - pad), max(0, top - pad), min(rgba.width, right + pad), min(rgba.height, bottom + pad))
     cropped = rgba.crop(box)
@@ -292,7 +293,7 @@ class Statements:
                                         Statement.status.in_(EDITABLE))
                 .values(version=statement.version + 1, status="draft", updated_at=now, sent_at=None, sent_by=None)
                 .execution_options(synchronize_session=False))
-            if result.rowcount != 1:
+            if cast(CursorResult[Any], result).rowcount != 1:
                 raise conflict("version_conflict", "The statement changed meanwhile: reload it before saving.")
             number = statement.version + 1
             db.add(StatementVersion(statement_id=statement.id, version=number, content=content,
@@ -333,7 +334,7 @@ class Statements:
                 .values(status="awaiting_signature", sent_by=who.name, sent_at=self.clock(), updated_at=self.clock(),
                         identification=identification or default_identification(who.name))
                 .execution_options(synchronize_session=False))
-            if result.rowcount != 1:
+            if cast(CursorResult[Any], result).rowcount != 1:
                 raise conflict("version_conflict", "The statement changed meanwhile: reload it and send again.")
             await db.refresh(statement)
             self._event(db, statement, "sent", who.name)
@@ -351,7 +352,7 @@ class Statements:
                                         Statement.version == statement.version)
                 .values(status="draft", updated_at=self.clock())
                 .execution_options(synchronize_session=False))
-            if result.rowcount != 1:
+            if cast(CursorResult[Any], result).rowcount != 1:
                 raise conflict("not_awaiting_signature", "This statement is not waiting for your signature.")
             statement = await self._fresh(db, statement)
             self._event(db, statement, "change_requested", "victim", text)
@@ -456,7 +457,8 @@ class Statements:
                                                               Statement.status == "sealing")
                                       .values(status="signed", sha256=digest, signed_at=now, updated_at=now)
                                       .execution_options(synchronize_session=False))
-            if result.rowcount != 1:  # only the attempt that claimed it (status "sealing") finishes it
+            # Only the attempt that claimed it (status "sealing") finishes it.
+            if cast(CursorResult[Any], result).rowcount != 1:
                 raise conflict("not_awaiting_signature", "This statement is not being signed.")
             db.add(row)
             db.add(EvidenceItem(id=statement.id, kind="statement", consultation_id=consultation_id,

@@ -191,7 +191,8 @@ async def _create(request: web.Request, consultation: Consultation, uploader: Up
     length = _int_header(request, "Upload-Length")
     metadata = decode_metadata(request.headers.get("Upload-Metadata", ""))
     upload = await request.app[UPLOADS].create(consultation, uploader, length, metadata)
-    return web.Response(status=201, headers={"Location": f"{location}/{upload.id}", "Upload-Offset": str(upload.offset)})
+    return web.Response(status=201,
+                        headers={"Location": f"{location}/{upload.id}", "Upload-Offset": str(upload.offset)})
 
 
 def _not_gone(upload: Upload) -> Upload:
@@ -338,7 +339,8 @@ async def staff_delete(request: web.Request) -> web.Response:
 async def staff_list(request: web.Request) -> web.Response:
     consultation, _ = await _staff(request)
     async with request.app[DB]() as db:
-        rows = await db.scalars(select(Upload).where(Upload.consultation_id == consultation.id).order_by(Upload.created_at))
+        rows = await db.scalars(
+            select(Upload).where(Upload.consultation_id == consultation.id).order_by(Upload.created_at))
         return web.json_response({"uploads": [upload_json(u) for u in rows]})
 
 
@@ -383,7 +385,8 @@ async def staff_content(request: web.Request) -> web.StreamResponse:
         raise ApiError(500, "integrity", "The stored file failed its integrity check; it was not served.") from None
     await request.app[AUDIT].record(who, "upload.download", f"upload:{upload.id}", consultation_id=consultation.id,
                                     details={"sha256": upload.sha256, "size": upload.length})
-    safe_type = upload.content_type if upload.status == "complete" and upload.content_type else "application/octet-stream"
+    safe_type = (upload.content_type if upload.status == "complete" and upload.content_type
+                 else "application/octet-stream")
     response = web.StreamResponse(headers={
         "Content-Type": safe_type,
         "Content-Disposition": _disposition(upload.filename),

@@ -139,7 +139,9 @@ def _exif(image: Any, may_decode: bool) -> dict[str, Any]:
             if tag in (ExifTags.IFD.Exif, ExifTags.IFD.GPSInfo):
                 continue
             key = names.get(tag, f"0x{tag:04x}") if isinstance(tag, int) else _text(str(tag))
-            found[("GPS" + key if ifd_id == ExifTags.IFD.GPSInfo and not key.startswith("GPS") else key)] = _plain(value)
+            if ifd_id == ExifTags.IFD.GPSInfo and not key.startswith("GPS"):
+                key = "GPS" + key
+            found[key] = _plain(value)
     return found
 
 
@@ -188,7 +190,7 @@ def inspect_media(f: BinaryIO, preview: bool, max_pixels: int,
             "streams": [
                 {"type": s.type, "codec": s.codec_context.name if s.codec_context else None,
                  **({"width": s.codec_context.width, "height": s.codec_context.height}
-                    if s.type == "video" and s.codec_context else {})}
+                    if isinstance(s.codec_context, av.VideoCodecContext) else {})}
                 for s in list(container.streams)[:32]
             ],
         }
@@ -217,8 +219,9 @@ def inspect_media(f: BinaryIO, preview: bool, max_pixels: int,
 
 def inspect(f: BinaryIO, content_type: str, preview: bool, max_pixels: int,
             report: Callable[[dict[str, Any]], None] = lambda meta: None) -> Inspection:
-    """Embedded metadata (given to ``report`` as it is read, before any decoding) and, when ``preview``, a small JPEG (an image's thumbnail or a video's
-    first frame) of at most ``max_pixels`` decoded. A file it cannot read gets neither
+    """Embedded metadata (given to ``report`` as it is read, before any decoding) and,
+    when ``preview``, a small JPEG (an image's thumbnail or a video's first frame) of at
+    most ``max_pixels`` decoded. A file it cannot read gets neither
     and a reason; ``MemoryError`` is left to the caller (the worker's limit)."""
     seen: dict[str, Any] = {}
 

@@ -37,7 +37,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Literal, Optional
 
 from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -116,7 +116,7 @@ class Uploads:
         self.master = store.master
         self.staging = settings.data_dir / "uploads-staging"
         self.allowed = content.allowed_types(settings.upload_allowed_types)
-        self._hashes: dict[str, Any] = {}
+        self._hashes: dict[str, hashlib._Hash] = {}  # the running SHA-256 of what is staged
         self._locks: dict[str, asyncio.Lock] = {}
         self._ingests: dict[str, asyncio.Task[Upload]] = {}
         #: The ingests running: owned here, so stopping the service waits for them.
@@ -235,7 +235,7 @@ class Uploads:
             header = await asyncio.to_thread(_header_and_truncate, f, upload.staged_bytes)
             sealer = Sealer(self.master, key, header, upload.staged_records)
             # Hash a copy: the running hash moves on only when the PATCH is kept.
-            hasher = (self._hashes.get(upload.id) or await asyncio.to_thread(self._rehash, upload)).copy()
+            hasher = (await self._running_hash(upload)).copy()
             check = CHECKSUMS[patch.checksum[0]]() if patch.checksum else None
             remaining = upload.length - upload.offset
             received = 0
@@ -274,7 +274,7 @@ class Uploads:
             keep = broken is None or (check is None and not isinstance(broken, ApiError))
             if keep and buffer:
                 await asyncio.to_thread(seal, bytes(buffer), received == remaining)
-            if keep and check is not None and check.digest() != patch.checksum[1]:  # type: ignore[index]
+            if keep and check is not None and patch.checksum and check.digest() != patch.checksum[1]:
                 keep, broken = False, ChecksumMismatch()
             if not keep:
                 # Discard the whole body: the next PATCH starts from the old offset.
@@ -296,7 +296,12 @@ class Uploads:
         finally:
             await asyncio.to_thread(f.close)
 
-    def _rehash(self, upload: Upload) -> Any:
+    async def _running_hash(self, upload: Upload) -> hashlib._Hash:
+        """The running SHA-256 of what is staged: kept since the last PATCH, or rehashed."""
+        hasher = self._hashes.get(upload.id)
+        return hasher if hasher is not None else await asyncio.to_thread(self._rehash, upload)
+
+    def _rehash(self, upload: Upload) -> hashlib._Hash:
         """The running SHA-256 of what is staged (after a restart): decrypt and hash it."""
         hasher = hashlib.sha256()
         with open(self.staged(upload.id), "rb") as f:
@@ -332,7 +337,7 @@ class Uploads:
             return upload
         path = self.staged(upload.id)
         started = time.monotonic()
-        hasher = self._hashes.get(upload.id) or await asyncio.to_thread(self._rehash, upload)
+        hasher = await self._running_hash(upload)
         sha256 = hasher.hexdigest()
         detected, allowed, found = await self._examine(upload, path)
         key = original_key(upload)
@@ -428,7 +433,8 @@ class Uploads:
             await self._drop(upload_id, "purged", Actor.system(), "upload.purge")
         return len(stale)
 
-    async def _drop(self, upload_id: str, status: str, actor: Actor, action: str) -> None:
+    async def _drop(self, upload_id: str, status: Literal["terminated", "purged"], actor: Actor,
+                    action: str) -> None:
         async with self.lock(upload_id):
             async with self.audit.transaction() as tx:
                 row = await tx.db.get(Upload, upload_id)

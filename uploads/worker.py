@@ -90,7 +90,7 @@ class Inspector:
         self._slots = asyncio.Semaphore(max(1, settings.upload_preview_workers))
         self._running: set[asyncio.subprocess.Process] = set()
 
-    async def inspect(self, f: BinaryIO, length: int, content_type: str, preview: bool) -> Inspection:
+    async def inspect(self, f: BinaryIO | io.RawIOBase, length: int, content_type: str, preview: bool) -> Inspection:
         """Metadata and a preview of the plaintext ``f`` (a seekable view of ``length``
         bytes, read only in threads); never raises for what the file holds."""
         settings = self.settings
@@ -113,8 +113,8 @@ class Inspector:
                 await asyncio.wait_for(self._converse(proc, f, length, job, found), settings.upload_preview_timeout)
                 await _stop(proc, grace=2.0)  # it exits after its answer
             except asyncio.TimeoutError:
-                found.skipped = (f"Reading this file for a preview took longer than {settings.upload_preview_timeout:g} s;"
-                                 " stopped: no preview.")
+                found.skipped = ("Reading this file for a preview took longer than "
+                                 f"{settings.upload_preview_timeout:g} s; stopped: no preview.")
             except WorkerFault as exc:
                 log.warning("upload preview worker misbehaved (%s); stopped", exc)
                 found.meta, found.preview = {}, None  # nothing it said is used
@@ -131,8 +131,8 @@ class Inspector:
                 self._running.discard(proc)
         return found
 
-    async def _converse(self, proc: asyncio.subprocess.Process, f: BinaryIO, length: int, job: dict[str, Any],
-                        found: Inspection) -> None:
+    async def _converse(self, proc: asyncio.subprocess.Process, f: BinaryIO | io.RawIOBase, length: int,
+                        job: dict[str, Any], found: Inspection) -> None:
         assert proc.stdin is not None and proc.stdout is not None
         stdin, stdout = proc.stdin, proc.stdout
         stdin.write(_frame(b"J", json.dumps({"job": job}).encode()))
@@ -196,7 +196,7 @@ def _read_request(value: Any) -> tuple[int, int]:
     return value[0], value[1]
 
 
-def _read_at(f: BinaryIO, pos: int, n: int) -> bytes:
+def _read_at(f: BinaryIO | io.RawIOBase, pos: int, n: int) -> bytes:
     if n <= 0:
         return b""
     f.seek(pos)

@@ -137,7 +137,7 @@ async def _check_kept_checkpoints(store: "EvidenceStore", public_key: Optional[E
         if "unreadable" in doc:
             problems.append(f"the kept checkpoint {doc['unreadable']} is unreadable")
             continue
-        signed = {k: doc.get(k) for k in SIGNED_FIELDS}
+        signed: dict[str, Any] = {k: doc.get(k) for k in SIGNED_FIELDS}
         if public_key is not None and not _signature_ok(signed, str(doc.get("signature", "")), public_key):
             problems.append(f"the kept copy of checkpoint {cid} does not carry a valid signature")
             continue

@@ -78,9 +78,10 @@ class Appender:
 async def _serialise(db: AsyncSession) -> None:
     """Take the database-wide append lock for this transaction, so several processes
     (``evr serve`` and a CLI command) never fork the chain."""
-    if db.bind.dialect.name == "postgresql":
+    dialect = db.get_bind().dialect.name
+    if dialect == "postgresql":
         await db.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK})
-    elif db.bind.dialect.name == "sqlite":
+    elif dialect == "sqlite":
         # The write lock now, not at the first INSERT: no other writer reads the same tail.
         await db.execute(text("BEGIN IMMEDIATE"))
 

@@ -39,6 +39,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from ..keys import write_private
 
 if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
     from ..config import Settings
 
 MAGIC = b"EVRSEAL1"
@@ -87,7 +89,8 @@ class MasterKey:
         try:
             data_key = AESGCM(self.key).decrypt(nonce, header[len(MAGIC) + 20 :], self._wrap_aad(item_key))
         except InvalidTag:
-            raise IntegrityError(f"{item_key}: the data key does not unwrap (altered, or moved from another key)") from None
+            raise IntegrityError(
+                f"{item_key}: the data key does not unwrap (altered, or moved from another key)") from None
         return AESGCM(data_key)
 
 
@@ -269,14 +272,15 @@ class SealedReader(io.RawIOBase):
             self._cached = (i, open_record(self._aead, self._header, i, salt, final, sealed, self.item_key))
         return self._cached[1]
 
-    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+    def readinto(self, buffer: WriteableBuffer) -> int:
         if self._pos >= self.length:
             return 0
         i = self._find(self._pos)
         plain = self._record(i)
         start = self._records[i][2]
-        piece = plain[self._pos - start : self._pos - start + len(buffer)]
-        buffer[: len(piece)] = piece
+        view = memoryview(buffer).cast("B")
+        piece = plain[self._pos - start : self._pos - start + len(view)]
+        view[: len(piece)] = piece
         self._pos += len(piece)
         return len(piece)
 

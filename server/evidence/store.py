@@ -173,11 +173,11 @@ class EvidenceStore(ABC):
             removed += 1
         return Disposed(prefix, removed)
 
-    async def retain(self, key: str, until: datetime) -> None:
+    async def retain(self, key: str, until: datetime) -> None:  # noqa: B027 (optional hook: no lock by default)
         """Extend the item's retention lock to ``until`` where the back end has one
         (S3 Object Lock); the files back end has none."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 (optional hook: nothing to release by default)
         """Release connections (nothing to do for files)."""
 
     # -- what a back end implements (blocking; run in worker threads) --------
