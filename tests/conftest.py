@@ -59,7 +59,8 @@ async def eventually(probe: Callable[[], Union[T, Awaitable[T]]], until: Callabl
         # Past the deadline, one last probe after the loop has run once more: on a busy
         # machine a slow probe may use up the time before what it waits for could happen.
         last = time.monotonic() >= deadline
-        await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+        # A real pause (not sleep(0), which resumes this task before any timer now due).
+        await asyncio.sleep(max(0.01, min(interval, deadline - time.monotonic())))
 
 
 class Clock:

@@ -56,3 +56,16 @@ async def test_nothing_a_probe_found_is_kept_alive_between_probes() -> None:
 
     assert await eventually(alive, lambda found: found == [], interval=0.01, timeout=2) == []
     assert ref() is None
+
+
+async def test_a_probe_slower_than_the_timeout_still_sees_what_happened_meanwhile() -> None:
+    """On a busy machine one probe may take longer than the whole timeout (a gc over a
+    big heap): what was due meanwhile gets its turn before the last look."""
+    box: list[str] = []
+    asyncio.get_running_loop().call_later(0.05, box.append, "arrived")
+
+    def slow() -> list[str]:
+        time.sleep(0.3)  # blocks the loop past the deadline and past the timer
+        return list(box)
+
+    assert await eventually(slow, timeout=0.1, interval=0) == ["arrived"]
