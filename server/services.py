@@ -29,6 +29,7 @@ from .http import (
     CONSULTATIONS,
     DB,
     HUB,
+    INCIDENTS,
     NOTIFIER,
     RECORDINGS,
     RETENTION,
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 
 async def services(app: web.Application) -> AsyncIterator[None]:
     """Build every service before the first request; stop them after the last."""
+    from .incidents.service import Incidents
     from .media.passthrough import check_compatible
     from .recording.service import Recordings
     from .retention.policy import Policy
@@ -71,6 +73,8 @@ async def services(app: web.Application) -> AsyncIterator[None]:
     audit = app[AUDIT] = AuditLog(db, clock, signing_key, store, settings.audit_checkpoint_every)
     consultations = app[CONSULTATIONS] = Consultations(settings, clock, notifier, audit)
     app[UNKNOWN_TOKENS] = UnknownTokens(settings.link_unknown_per_minute)
+    incidents = app[INCIDENTS] = Incidents(settings, clock, audit)
+    consultations.on_status(incidents.consultation_status)  # a call closed goes on its incident's timeline
 
     recordings = app[RECORDINGS] = Recordings(settings, clock, db, store, signing_key, audit)
     closed = await recordings.recover()
