@@ -148,11 +148,11 @@ def parse_time(value: Any, field: str) -> datetime:
         raise ApiError(422, "invalid_time", f"{field} must be an RFC 3339 time.", fields=[field])
     try:
         parsed = datetime.fromisoformat(value.replace("z", "Z"))
-    except ValueError:
+        if parsed.tzinfo is None:
+            raise ApiError(422, "invalid_time", f"{field} must carry its offset (e.g. Z).", fields=[field])
+        return parsed.astimezone(timezone.utc)
+    except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 moved to UTC
         raise ApiError(422, "invalid_time", f"{field} must be an RFC 3339 time.", fields=[field]) from None
-    if parsed.tzinfo is None:
-        raise ApiError(422, "invalid_time", f"{field} must carry its offset (e.g. Z).", fields=[field])
-    return parsed.astimezone(timezone.utc)
 
 
 @dataclass(frozen=True)
