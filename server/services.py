@@ -38,6 +38,7 @@ from .http import (
     CONSULTATIONS,
     DB,
     HUB,
+    INCIDENTS,
     NOTIFIER,
     RECORDINGS,
     RETENTION,
@@ -98,6 +99,7 @@ async def core(settings: Settings, clock: Clock = utcnow,
 
 async def services(app: web.Application) -> AsyncIterator[None]:
     """Build every service before the first request; stop them after the last."""
+    from .incidents.service import Incidents
     from .media.passthrough import check_compatible
 
     check_compatible()  # the aiortc hooks: refuse to start, naming what is missing
@@ -129,6 +131,8 @@ async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
     audit = app[AUDIT] = opened.audit
     consultations = app[CONSULTATIONS] = Consultations(settings, clock, notifier, audit)
     app[UNKNOWN_TOKENS] = UnknownTokens(settings.link_unknown_per_minute)
+    incidents = app[INCIDENTS] = Incidents(settings, clock, audit)
+    consultations.on_status(incidents.consultation_status)  # a call closed goes on its incident's timeline
 
     recordings = app[RECORDINGS] = Recordings(settings, clock, db, store, signing_key, audit)
     closed = await recordings.recover()
