@@ -15,14 +15,15 @@ so a change and its record commit together or not at all.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
-from sqlalchemy import and_, case, false, or_, select, true, update
+from sqlalchemy import CursorResult, and_, case, false, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from evr.audit import Actor, AuditLog
@@ -332,7 +333,7 @@ class Incidents:
             query = query.where(Incident.reported_at < until)
         return list(await db.scalars(query.order_by(Incident.reported_at.desc(), Incident.id).limit(500)))
 
-    async def queue(self, db: AsyncSession, staff: Staff) -> list[Incident]:
+    async def queue(self, db: AsyncSession, staff: Staff) -> builtins.list[Incident]:
         """An officer's: those allocated to them first, then every queued one; a
         sergeant's: every allocated and queued one. Oldest report first."""
         if staff.role == "officer":
@@ -349,7 +350,7 @@ class Incidents:
         hours = self.settings.grade_targets_hours.get(str(incident.grade))
         return None if hours is None else incident.reported_at + timedelta(hours=hours)
 
-    async def evidence(self, db: AsyncSession, incident_id: str) -> dict[str, list[dict[str, Any]]]:
+    async def evidence(self, db: AsyncSession, incident_id: str) -> dict[str, builtins.list[dict[str, Any]]]:
         """The evidence of the incident's consultations: ids and SHA-256."""
         ids = select(Consultation.id).where(Consultation.incident_id == incident_id)
         recordings = await db.scalars(select(Recording).where(Recording.consultation_id.in_(ids))
@@ -386,7 +387,7 @@ class Incidents:
         values = {**(changes or {}), "state": new, "updated_at": now}
         result = await tx.db.execute(update(Incident).where(Incident.id == incident.id, Incident.state == old)
                                      .values(**values).execution_options(synchronize_session=False))
-        if result.rowcount != 1:
+        if cast(CursorResult[Any], result).rowcount != 1:
             raise Lost(incident.id)
         for key, value in values.items():
             setattr(incident, key, value)

@@ -104,6 +104,8 @@ def username_problem(username: str) -> Optional[str]:
     """Why ``username`` cannot be a user's name, or None when it can."""
     if not username or len(username) > 64 or not username.isprintable() or username.strip() != username:
         return "user name must be 1-64 printable characters without surrounding spaces"
+    if ":" in username:
+        return "user name must not hold a colon (the audit log names API keys key:NAME)"
     if unicodedata.normalize("NFKC", username).casefold() in RESERVED_NAMES:
         return f"the user names {' and '.join(RESERVED_NAMES)} are reserved (the audit log uses them)"
     return None
@@ -348,6 +350,10 @@ class Authenticator:
 API_KEY_PREFIX = "evr_"
 
 
+#: How the audit log and the timelines name what an API key does: ``key:NAME``.
+KEY_ACTOR = "key:"
+
+
 def new_api_key(name: str, role: str, clock: Clock) -> tuple[ApiKey, str]:
     """A new key row (only the key's SHA-256) and the key itself, shown once (ValueError
     says why not: a bad name or role)."""
@@ -370,7 +376,9 @@ async def resolve_api_key(db: AsyncSession, header: str) -> Staff:
     found = await db.scalar(select(ApiKey).where(ApiKey.key_hash == sha256_hex(key)))
     if found is None or found.revoked_at is not None:
         raise ApiError(401, "bad_api_key", "The Authorization header must be Bearer and a valid API key.")
-    return Staff(-found.id, found.name, found.role, f"apikey:{found.id}", "", api_key=True)
+    # Named "key:NAME" wherever it acts (the audit log, an incident's timeline): a user's
+    # name holds no colon, so a key never reads as a person.
+    return Staff(-found.id, f"{KEY_ACTOR}{found.name}", found.role, f"apikey:{found.id}", "", api_key=True)
 
 
 def csrf_ok(staff: Staff, header: Optional[str]) -> bool:

@@ -99,7 +99,6 @@ async def core(settings: Settings, clock: Clock = utcnow,
 
 async def services(app: web.Application) -> AsyncIterator[None]:
     """Build every service before the first request; stop them after the last."""
-    from .incidents.service import Incidents
     from .media.passthrough import check_compatible
 
     check_compatible()  # the aiortc hooks: refuse to start, naming what is missing
@@ -116,6 +115,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
 @asynccontextmanager
 async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
     """Everything built on the core, and the background tasks; stopped in reverse."""
+    from .incidents.service import Incidents
     from .recording.service import Recordings
     from .retention.policy import Policy
     from .retention.service import Retention, sweep_forever

@@ -322,8 +322,9 @@ async def test_api_keys_need_no_session_nor_csrf_and_are_named_in_the_audit_log(
     bearer = {"Authorization": f"Bearer {key}"}
     response = await client.post("/api/incidents", json=_incident(), headers=bearer)
     created = await _json(response, 201)
-    assert created["created_by"] == "cad-system" and created["created_by_role"] == "integration"
-    assert (await _actions(server, created["id"]))[0] == ("incident.create", "cad-system", "integration")
+    # Named as a key wherever it acts: no user can be called that (a user name holds no colon).
+    assert created["created_by"] == "key:cad-system" and created["created_by_role"] == "integration"
+    assert (await _actions(server, created["id"]))[0] == ("incident.create", "key:cad-system", "integration")
     assert (await client.get(f"/api/incidents/{created['id']}", headers=bearer)).status == 200
     assert (await client.post("/api/consultations", json={}, headers=bearer)).status == 403
     unknown = await client.get("/api/incidents", headers={"Authorization": "Bearer evr_nope"})
