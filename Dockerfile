@@ -7,6 +7,7 @@ FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY server server
+COPY incidents incidents
 COPY recording recording
 COPY retention retention
 COPY statements statements

@@ -9,9 +9,9 @@ from typing import Any, Awaitable, Callable, Optional
 from aiohttp import web
 
 from . import links, openapi, pages, uploads
-from .auth import CSRF_HEADER, SESSION_COOKIE, csrf_ok
+from .auth import CSRF_HEADER, SESSION_COOKIE, csrf_ok, resolve_api_key
 from .config import Settings
-from .consultations import consultation_json, message_json, parse_new
+from .consultations import consultation_json, created_json, message_json, parse_new
 from .errors import ApiError, error_response, forbidden
 from .http import (
     AUDIT,
@@ -20,6 +20,7 @@ from .http import (
     CONSULTATIONS,
     DB,
     HUB,
+    INCIDENTS,
     NOTIFIER,
     SETTINGS,
     STAFF,
@@ -30,6 +31,7 @@ from .http import (
     same_origin,
     secure_cookies,
 )
+from .incidents import api as incidents_api
 from .notify import Notifier
 from .recording import api as recording_api
 from .retention import api as retention_api
@@ -67,6 +69,7 @@ def create_app(settings: Settings, clock: Clock = utcnow, notifier: Optional[Not
     recording_api.setup(app)
     retention_api.setup(app)
     statements_api.setup(app)
+    incidents_api.setup(app)
     links.setup(app)
     openapi.setup(app)
     app.on_shutdown.append(shutdown)
@@ -206,10 +209,16 @@ async def plain_parameters(request: web.Request, handler: Handler) -> web.Stream
 
 @web.middleware
 async def staff_session(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Resolve the session cookie on /api/ and demand the CSRF header on changes."""
+    """Resolve the session cookie on /api/ and demand the CSRF header on changes; or
+    an API key (``Authorization: Bearer``), which needs neither (401 when unknown or
+    revoked)."""
     request[STAFF] = None
     if request.path.startswith("/api/") and request.path != "/api/login":
+        authorization = request.headers.get("Authorization")
         async with request.app[DB]() as db:
+            if authorization is not None:  # a force's system: no session, no CSRF
+                request[STAFF] = await resolve_api_key(db, authorization)
+                return await handler(request)
             staff = await request.app[AUTH].resolve(db, request.cookies.get(SESSION_COOKIE))
         request[STAFF] = staff
         if staff is not None and request.method not in ("GET", "HEAD", "OPTIONS"):
@@ -299,16 +308,8 @@ async def create_consultation(request: web.Request) -> web.Response:
     message = None
     if created.message is not None and created.link is not None:
         async with request.app[DB]() as db:
-            sent = await service.deliver(db, created.message, created.link)
-        message = message_json(sent, body=created.link.body)  # the link, for its creator only
-    body = {
-        "id": consultation.id,
-        "cad_ref": consultation.cad_ref,
-        "status": consultation.status,
-        "join_url": created.join_url,
-        "expires_at": rfc3339(consultation.expires_at),
-        "message": message,
-    }
+            message = await service.deliver(db, created.message, created.link)
+    body = created_json(created, message)  # the link, for its creator only
     return web.json_response(body, status=201)
 
 
@@ -355,6 +356,8 @@ async def staff_socket(request: web.Request) -> web.StreamResponse:
         if service.status(consultation) == "closed":
             raise ApiError(410, "closed", "This consultation is closed.")
         await service.joined(tx.db, consultation, staff)
+        # An incident's call: the first arrival is its 'arrived' time too, in this transaction.
+        await request.app[INCIDENTS].joined(tx, consultation, actor(request, staff))
         tx.add(actor(request, staff), "consultation.join", f"consultation:{consultation.id}",
                consultation_id=consultation.id)
     hub = request.app[HUB]

@@ -30,15 +30,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .config import Settings
-from .db import LoginFailure, LoginThrottle, StaffSession, User, UTCDateTime
+from .db import ApiKey, LoginFailure, LoginThrottle, StaffSession, User, UTCDateTime
 from .errors import ApiError
-from .roles import RESERVED_NAMES, ROLES, SUPERVISOR_ROLES
+from .roles import API_KEY_ROLES, RESERVED_NAMES, ROLES, SUPERVISOR_ROLES
 from .timeutil import Clock
 
 __all__ = [
     "Authenticator", "BAD_LOGIN", "CSRF_HEADER", "MIN_PASSWORD", "SESSION_COOKIE", "Staff", "add_user",
-    "check_password", "csrf_ok", "end_sessions", "hash_password", "insert_user", "new_user", "sha256_hex",
-    "username_problem", "verify_password",
+    "check_password", "csrf_ok", "end_sessions", "hash_password", "insert_user", "new_api_key", "new_user",
+    "resolve_api_key", "sha256_hex", "username_problem", "verify_password",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,9 @@ class Staff:
     role: str
     session_id: str
     csrf_token: str
+    #: Authenticated by an API key (``Authorization: Bearer``): no session, no CSRF.
+    #: ``id`` is then minus the key's id, ``username`` the key's name.
+    api_key: bool = False
 
     @property
     def sees_all(self) -> bool:
@@ -101,6 +104,8 @@ def username_problem(username: str) -> Optional[str]:
     """Why ``username`` cannot be a user's name, or None when it can."""
     if not username or len(username) > 64 or not username.isprintable() or username.strip() != username:
         return "user name must be 1-64 printable characters without surrounding spaces"
+    if ":" in username:
+        return "user name must not hold a colon (the audit log names API keys key:NAME)"
     if unicodedata.normalize("NFKC", username).casefold() in RESERVED_NAMES:
         return f"the user names {' and '.join(RESERVED_NAMES)} are reserved (the audit log uses them)"
     return None
@@ -338,6 +343,42 @@ class Authenticator:
         its audit entry)."""
         await db.execute(delete(StaffSession).where(StaffSession.id == staff.session_id))
         log.info("logout (user=%s)", staff.username)
+
+
+# -- API keys (a force's systems) -----------------------------------------------------
+
+API_KEY_PREFIX = "evr_"
+
+
+#: How the audit log and the timelines name what an API key does: ``key:NAME``.
+KEY_ACTOR = "key:"
+
+
+def new_api_key(name: str, role: str, clock: Clock) -> tuple[ApiKey, str]:
+    """A new key row (only the key's SHA-256) and the key itself, shown once (ValueError
+    says why not: a bad name or role)."""
+    if role not in API_KEY_ROLES:
+        raise ValueError(f"role must be one of {', '.join(API_KEY_ROLES)}")
+    problem = username_problem(name)
+    if problem:
+        raise ValueError(problem.replace("user name", "key name"))
+    key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    return ApiKey(name=name, role=role, key_hash=sha256_hex(key), created_at=clock()), key
+
+
+async def resolve_api_key(db: AsyncSession, header: str) -> Staff:
+    """The caller of an ``Authorization: Bearer <key>`` request; 401 for any other
+    scheme, an unknown key or a revoked one (the same answer for each)."""
+    scheme, _, key = header.strip().partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key or len(key) > 128:
+        raise ApiError(401, "bad_api_key", "The Authorization header must be Bearer and a valid API key.")
+    found = await db.scalar(select(ApiKey).where(ApiKey.key_hash == sha256_hex(key)))
+    if found is None or found.revoked_at is not None:
+        raise ApiError(401, "bad_api_key", "The Authorization header must be Bearer and a valid API key.")
+    # Named "key:NAME" wherever it acts (the audit log, an incident's timeline): a user's
+    # name holds no colon, so a key never reads as a person.
+    return Staff(-found.id, f"{KEY_ACTOR}{found.name}", found.role, f"apikey:{found.id}", "", api_key=True)
 
 
 def csrf_ok(staff: Staff, header: Optional[str]) -> bool:

@@ -12,7 +12,7 @@ from typing import Any, Awaitable, Callable, Optional, Sequence, TypeVar
 
 from . import __version__, logs
 from .config import DEFAULT_DATA_DIR, Settings
-from .roles import ROLES
+from .roles import API_KEY_ROLES, ROLES
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(add)
     add.add_argument("name")
     add.add_argument("--role", required=True, choices=ROLES,
-                     help="call_handler is accepted but has no powers yet")
+                     help="call_handler enters incidents; integration is a force's system (better: an API key)")
     add.set_defaults(func=cmd_user_add)
     listing = user_commands.add_parser("list", help="the staff users: name, role, disabled, created, last login")
     _common(listing)
@@ -54,6 +54,21 @@ def build_parser() -> argparse.ArgumentParser:
     _common(passwd)
     passwd.add_argument("name")
     passwd.set_defaults(func=cmd_user_passwd)
+
+    apikey = commands.add_parser("apikey", help="API keys for a force's systems (Authorization: Bearer)")
+    apikey_commands = apikey.add_subparsers(dest="apikey_command", required=True)
+    key_add = apikey_commands.add_parser("add", help="make a key; it is printed once, alone on the last line")
+    _common(key_add)
+    key_add.add_argument("name")
+    key_add.add_argument("--role", required=True, choices=API_KEY_ROLES)
+    key_add.set_defaults(func=cmd_apikey_add)
+    key_revoke = apikey_commands.add_parser("revoke", help="revoke a key (its requests get 401 at once)")
+    _common(key_revoke)
+    key_revoke.add_argument("name")
+    key_revoke.set_defaults(func=cmd_apikey_revoke)
+    key_list = apikey_commands.add_parser("list", help="the keys: name, role, created, revoked; never the key")
+    _common(key_list)
+    key_list.set_defaults(func=cmd_apikey_list)
 
     from .recording.cli import register as recording_commands
 
@@ -293,6 +308,80 @@ def cmd_user_passwd(args: argparse.Namespace) -> int:
     if code == 0:
         print(f"password of {args.name} changed; {ended} session(s) ended")
     return code
+
+
+# -- evr apikey: keys for a force's systems -------------------------------------------------
+
+
+def cmd_apikey_add(args: argparse.Namespace) -> int:
+    """A new key, stored as its SHA-256; the key is printed once, alone on the last line."""
+    from sqlalchemy import select
+
+    from .auth import new_api_key
+    from .db import ApiKey
+    from .retention.cli import cli_actor
+    from .timeutil import utcnow
+
+    try:
+        row, key = new_api_key(args.name, args.role, utcnow)
+    except ValueError as exc:
+        print(f"evr: {exc}", file=sys.stderr)
+        return 2
+
+    async def work(db: Any, audit: Any) -> None:
+        async with audit.transaction() as tx:
+            if await tx.db.scalar(select(ApiKey.id).where(ApiKey.name == row.name)) is not None:
+                raise UserCommandError(2, f"an API key named {row.name!r} exists already")
+            tx.db.add(row)
+            await tx.db.flush()
+            tx.add(cli_actor(), "apikey.add", f"apikey:{row.name}", details={"role": row.role})
+
+    code = _user_command(args, work)
+    if code == 0:
+        print(f"API key {args.name} added with role {args.role}; it is shown this once:")
+        print(key)
+    return code
+
+
+def cmd_apikey_revoke(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from .db import ApiKey
+    from .retention.cli import cli_actor
+    from .timeutil import utcnow
+
+    async def work(db: Any, audit: Any) -> None:
+        async with audit.transaction() as tx:
+            row = await tx.db.scalar(select(ApiKey).where(ApiKey.name == args.name))
+            if row is None:
+                raise UserCommandError(1, f"no API key {args.name!r}")
+            already = row.revoked_at is not None
+            if not already:
+                row.revoked_at = utcnow()
+            tx.add(cli_actor(), "apikey.revoke", f"apikey:{row.name}", details={"already_revoked": already})
+
+    code = _user_command(args, work)
+    if code == 0:
+        print(f"API key {args.name} revoked")
+    return code
+
+
+def cmd_apikey_list(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from .db import ApiKey
+    from .timeutil import rfc3339
+
+    async def work(db: Any, _audit: Any) -> None:
+        async with db() as session:
+            rows = list(await session.scalars(select(ApiKey).order_by(ApiKey.name)))
+        table = [("NAME", "ROLE", "CREATED", "REVOKED")] + [
+            (k.name, k.role, _minute(rfc3339(k.created_at)), _minute(rfc3339(k.revoked_at))) for k in rows]
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        for row in table:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+    return _user_command(args, work, audited=False)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -82,6 +82,12 @@ class Settings:
     #: Media packets a recording may have waiting for the disk before it drops
     #: (and records a gap): memory stays bounded when the disk stalls.
     recording_queue_packets: int = 1500
+    # -- the EVR queue --
+    #: Target hours from report to arrival, per incident grade (as text: TOML keys).
+    grade_targets_hours: dict[str, Any] = dataclasses.field(default_factory=lambda: {"2": 1, "3": 48})
+    #: The command-and-control system's webhook (not sent yet) and its HMAC secret.
+    webhook_url: str = ""
+    webhook_secret: str = ""
     # -- evidence store and uploads --
     #: Master key of encryption at rest (AES-256-GCM): base64 of 32 random bytes, or
     #: the path of a file holding that; generated under ``DATA/keys/`` when empty.
@@ -142,6 +148,18 @@ class Settings:
         from evr.retention.policy import Policy
 
         Policy.from_config(self.retention)  # a bad [retention] table fails here, named
+        if isinstance(self.grade_targets_hours, str):  # EVR_GRADE_TARGETS_HOURS='{"2": 1, "3": 48}'
+            import json
+
+            try:
+                self.grade_targets_hours = json.loads(self.grade_targets_hours)
+            except ValueError:
+                raise ValueError("grade_targets_hours must be a JSON object of grade: hours") from None
+        if not isinstance(self.grade_targets_hours, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                for v in self.grade_targets_hours.values()):
+            raise ValueError("grade_targets_hours must map grades to positive hours")
+        self.grade_targets_hours = {str(k): float(v) for k, v in self.grade_targets_hours.items()}
         for network in filter(None, (n.strip() for n in self.trusted_proxies.split(","))):
             try:
                 ipaddress.ip_network(network, strict=False)

@@ -381,7 +381,24 @@ def consultation_json(c: Consultation, participants: Optional[list[dict[str, Any
         "closed_at": rfc3339(c.closed_at),
         "expires_at": rfc3339(c.expires_at),
         "victim": c.victim,
+        "incident_id": c.incident_id,
         "participants": participants or [],
+    }
+
+
+def created_json(created: Created, message: Optional[OutboxMessage]) -> dict[str, Any]:
+    """The answer to a new consultation (``POST /api/consultations``, and one started
+    from an incident): the only place its link is ever shown."""
+    consultation = created.consultation
+    return {
+        "id": consultation.id,
+        "cad_ref": consultation.cad_ref,
+        "status": consultation.status,
+        "join_url": created.join_url,
+        "expires_at": rfc3339(consultation.expires_at),
+        "incident_id": consultation.incident_id,
+        "message": None if message is None or created.link is None else message_json(message,
+                                                                                        body=created.link.body),
     }
 
 

@@ -121,6 +121,8 @@ class Consultation(Base):
     #: SHA-256 of the binding cookie set on the first successful open.
     binding_hash: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
     bound_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
+    #: The incident it answers, when it was started from one (migration 0011).
+    incident_id: Mapped[Optional[str]] = mapped_column(String(36), nullable=True, index=True)
 
 
 class ConsultationStaff(Base):
@@ -490,6 +492,94 @@ class StatementSignature(Base):
     read_by: Mapped[Optional[str]] = mapped_column(String(200), nullable=True)
     #: The whole record as stored beside the PDF (``signing-record.json``).
     record: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+# -- incidents and the EVR queue, API keys (migration 0011) ---------------------
+
+#: Incident states where EVR's part is over: the CAD reference may be entered again.
+INCIDENT_CLOSED_STATES = ("rejected", "finalised", "patrol_suspect", "patrol_enquiries")
+_OPEN_INCIDENT = "state NOT IN ('rejected', 'finalised', 'patrol_suspect', 'patrol_enquiries')"
+
+
+class Incident(Base):
+    """An incident offered a video response, from the call handler's entry through
+    triage, the queue, the call and the sergeant's review (``evr.incidents``)."""
+
+    __tablename__ = "incidents"
+    __table_args__ = (
+        # One open incident per CAD reference, on both databases.
+        Index("uq_incidents_open_cad_ref", "cad_ref", unique=True, sqlite_where=text(_OPEN_INCIDENT),
+              postgresql_where=text(_OPEN_INCIDENT)),
+        Index("ix_incidents_state_reported", "state", "reported_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    cad_ref: Mapped[str] = mapped_column(String(64), index=True)
+    state: Mapped[str] = mapped_column(String(24))
+    grade: Mapped[int] = mapped_column(Integer)
+    category: Mapped[str] = mapped_column(String(64))
+    reported_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    summary: Mapped[str] = mapped_column(Text)
+    victim: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    eligibility: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    vulnerability: Mapped[bool] = mapped_column(Boolean, default=False)
+    high_harm: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: Who entered it: a user's or an API key's name and role; the id is the user's,
+    #: or minus the key's (so the two never meet).
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_by_role: Mapped[str] = mapped_column(String(16))
+    created_by_id: Mapped[int] = mapped_column(Integer, index=True)
+    allocated_to: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id"), nullable=True, index=True)
+    allocated_name: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    dispatched_to: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id"), nullable=True, index=True)
+    dispatched_name: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    dispatched_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
+    #: The newest consultation of it (each carries ``incident_id``).
+    consultation_id: Mapped[Optional[str]] = mapped_column(String(36), nullable=True)
+    arrived_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
+    phoned_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
+    submitted_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
+    #: The investigation record as submitted, with the evidence it lists.
+    investigation: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON, nullable=True)
+    reviewed_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
+    review_overdue: Mapped[Optional[bool]] = mapped_column(Boolean, nullable=True)
+    #: The newest review: outcome, investigation plan, reviewer.
+    review: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON, nullable=True)
+    crime_outcome: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    crime_outcome_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class IncidentEvent(Base):
+    """The incident's timeline: every state change (``from_state`` → ``to_state``) and
+    every other step (phoned, arrived, crime outcome), with time, who and why."""
+
+    __tablename__ = "incident_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    incident_id: Mapped[str] = mapped_column(ForeignKey("incidents.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    kind: Mapped[str] = mapped_column(String(24))
+    from_state: Mapped[Optional[str]] = mapped_column(String(24), nullable=True)
+    to_state: Mapped[Optional[str]] = mapped_column(String(24), nullable=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    details: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON, nullable=True)
+
+
+class ApiKey(Base):
+    """A key for a force's systems (``Authorization: Bearer``): only its SHA-256 is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
 
 
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:

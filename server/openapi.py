@@ -132,6 +132,9 @@ STAFF_READ: list[dict[str, list[str]]] = [{"session": []}]
 STAFF_WRITE: list[dict[str, list[str]]] = [{"session": [], "csrf": []}]
 VICTIM: list[dict[str, list[str]]] = [{"link": []}]
 PUBLIC: list[dict[str, list[str]]] = []
+#: The EVR queue: a session (and CSRF header on changes), or an API key.
+KEY_READ: list[dict[str, list[str]]] = [{"session": []}, {"apikey": []}]
+KEY_WRITE: list[dict[str, list[str]]] = [{"session": [], "csrf": []}, {"apikey": []}]
 
 
 def _op(summary: str, tag: str, responses: dict[str, Any], *, security: list[dict[str, list[str]]],
@@ -297,11 +300,62 @@ SCHEMAS: dict[str, Schema] = {
     ),
 }
 
+INCIDENT_STATE: Schema = {"type": "string", "enum": [
+    "triage", "queued", "allocated", "rejected", "dispatched", "in_call", "awaiting_review", "finalised",
+    "patrol_suspect", "patrol_enquiries", "evr_desk_enquiries"]}
+SCHEMAS.update({
+    "NewIncident": {
+        "type": "object", "required": ["cad_ref", "grade", "eligibility"],
+        "properties": {
+            "cad_ref": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9/_.-]{0,63}$"},
+            "grade": {"type": "integer", "minimum": 1, "maximum": 5}, "category": STR,
+            "reported_at": TIME, "summary": STR,
+            "victim": _obj(name=STR, phone=STR, email=STR,
+                           preferred_contact={"type": "string", "enum": ["sms", "email", "phone"]}, language=STR),
+            "eligibility": SCHEMAS["NewConsultation"]["properties"]["eligibility"],
+            "vulnerability": BOOL, "high_harm": BOOL,
+        },
+    },
+    "Incident": _obj(
+        ("id", "cad_ref", "state"),
+        id=UUID, cad_ref=STR, state=INCIDENT_STATE, grade=INT, category=STR, reported_at=TIME, summary=STR,
+        created_at=TIME, created_by=STR, created_by_role=STR, allocated_to=STR_OR_NULL, dispatched_to=STR_OR_NULL,
+        dispatched_at=TIME_OR_NULL, consultation_id=STR_OR_NULL, arrived_at=TIME_OR_NULL, phoned_at=TIME_OR_NULL,
+        submitted_at=TIME_OR_NULL, reviewed_at=TIME_OR_NULL, review_overdue={"type": ["boolean", "null"]},
+        target_at=TIME_OR_NULL, overdue=BOOL, waiting_minutes=INT,
+        victim=ANY_OBJECT, timeline=_array(_obj(("at", "kind", "actor", "role"), at=TIME, kind=STR,
+                                                **{"from": STR_OR_NULL, "to": STR_OR_NULL}, actor=STR, role=STR,
+                                                reason=STR_OR_NULL, details=ANY_OBJECT)),
+    ),
+    "Triage": {
+        "type": "object", "required": ["decision"],
+        "properties": {"decision": {"type": "string", "enum": ["queue", "allocate", "reject"]},
+                       "officer": STR, "reason": {"type": "string", "maxLength": 1000}},
+    },
+    "Investigation": {
+        "type": "object", "required": ["summary", "offence", "suspect", "safeguarding"],
+        "properties": {
+            "summary": STR, "offence": STR, "suspect": _obj(("identified",), identified=BOOL, details=STR),
+            "witnesses": _array({}), "lines_of_enquiry": _array(STR),
+            "safeguarding": _obj(("risk", "advice_given"), risk={"type": "string", "enum": [
+                "standard", "medium", "high"]}, referrals=_array(STR), advice_given=BOOL),
+        },
+    },
+    "IncidentReview": {
+        "type": "object", "required": ["outcome"],
+        "properties": {"outcome": {"type": "string", "enum": [
+            "finalised", "patrol_suspect", "patrol_enquiries", "evr_desk_enquiries"]},
+            "investigation_plan": STR, "reason": {"type": "string", "maxLength": 1000}},
+    },
+})
+
 SECURITY_SCHEMES = {
     "session": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE,
                 "description": "Staff session cookie from POST /api/login (HttpOnly, SameSite=Strict)."},
     "csrf": {"type": "apiKey", "in": "header", "name": CSRF_HEADER,
              "description": "The csrf_token of the login answer (or GET /api/me), on every change."},
+    "apikey": {"type": "http", "scheme": "bearer",
+               "description": "A force system's key from `evr apikey add` (no session, no CSRF header)."},
     "link": {"type": "apiKey", "in": "cookie", "name": BINDING_COOKIE,
              "description": "The cookie binding a victim's link to the browser that claimed it."},
 }
@@ -317,6 +371,16 @@ EXAMPLES: dict[str, Any] = {
                   "text": "On Monday I saw a man take my bicycle from the front garden.",
                   "exhibits": [{"ref": "SV/1", "description": "Photograph of the garden"}],
                   "rear": {"contact": "07700 900123", "taken_by": "PC 1234 Smith"}},
+    "incident": {"cad_ref": "CAD-2026-000123", "grade": 3, "category": "burglary",
+                 "reported_at": "2026-11-30T09:12:00Z", "summary": "Shed broken into overnight.",
+                 "victim": {"name": "Sam Victim", "phone": "07700 900123", "preferred_contact": "sms",
+                            "language": "en"},
+                 "eligibility": {"adult_or_carer_present": True, "offender_absent": True,
+                                 "safe_location": True, "consent": True},
+                 "vulnerability": False, "high_harm": False},
+    "investigation": {"summary": "Bicycle taken from the shed.", "offence": "Burglary",
+                      "suspect": {"identified": False, "details": ""}, "witnesses": [], "lines_of_enquiry": [],
+                      "safeguarding": {"risk": "standard", "referrals": [], "advice_given": True}},
     "reason_for": {"id": "0b6c8f3e-9d1f-4c53-8f6e-2b0f6f1f7a10", "reason": "Complaint received"},
     "sign": {"typed_name": "Sam Victim", "declaration_accepted": True,
              "signature_png": "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
@@ -329,6 +393,7 @@ CID = _param("id", "path", UUID, description="The consultation.")
 RID = _param("rid", "path", UUID, description="The recording.")
 UID = _param("uid", "path", UUID, description="The upload.")
 SID = _param("sid", "path", UUID, description="The statement.")
+IID = _param("id", "path", UUID, description="The incident.")
 TOKEN = _param("token", "path", {"type": "string", "minLength": 1}, description="The link's token.")
 REASON = _query("reason", {"type": "string", "maxLength": 1000}, "Why (kept in the audit log).")
 TUS_RESUMABLE = _header("Tus-Resumable", {"type": "string", "enum": [TUS_VERSION]}, True)
@@ -392,6 +457,9 @@ def _paths() -> dict[str, dict[str, Any]]:
     up = c + "/uploads/{uid}"
     st = c + "/statements/{sid}"
     j = "/j/{token}"
+    inc = "/api/incidents/{id}"
+    incident = _answer("The incident with its timeline (a read of the victim's details: audit-logged).",
+                       _ref("Incident"))
     tus_staff = ("uploads", STAFF_WRITE)
     tus_victim = ("victim", VICTIM)
     return {
@@ -623,6 +691,52 @@ def _paths() -> dict[str, dict[str, Any]]:
             "One disposal certificate (records)", "retention", {"200": _answer("The certificate.",
                                                                               _ref("Certificate"))},
             security=STAFF_READ, params=(_param("cert", "path", UUID),), errors=(404,))},
+        # -- incidents and the EVR queue (session and CSRF header, or an API key)
+        "/api/incidents": {
+            "post": _op("Enter an incident (call_handler, integration, sergeant)", "incidents",
+                        {"201": _answer("Entered, in triage.", _ref("Incident"))}, security=KEY_WRITE,
+                        body=_ref("NewIncident"), example=EXAMPLES["incident"], errors=(400, 401, 403, 409, 413, 422)),
+            "get": _op("Incidents this caller may see", "incidents",
+                       {"200": _answer("Newest report first, without victim details.",
+                                       _obj(("incidents",), incidents=_array(_ref("Incident"))))},
+                       security=KEY_READ, params=(_query("state", STR), _query("from", TIME), _query("to", TIME)),
+                       errors=(400, 401, 403)),
+        },
+        inc: {"get": _op("One incident with its timeline", "incidents", {"200": incident}, security=KEY_READ,
+                         params=(IID,), errors=(401, 403, 404))},
+        inc + "/triage": {"post": _op("Triage (sergeant): queue, allocate or reject", "incidents",
+                                      {"200": incident}, security=KEY_WRITE, params=(IID,), body=_ref("Triage"),
+                                      example={"decision": "queue", "reason": "Suitable"},
+                                      errors=(400, 401, 403, 404, 409, 413, 422))},
+        inc + "/consultation": {"post": _op(
+            "Start the call (the dispatched officer)", "incidents",
+            {"201": _answer("The consultation, as POST /api/consultations answers.", _ref("ConsultationCreated"))},
+            security=KEY_WRITE, params=(IID,), errors=(401, 403, 404, 409))},
+        inc + "/phoned": {"post": _op("Phoned the victim (the dispatched officer)", "incidents", {"200": incident},
+                                      security=KEY_WRITE, params=(IID,), errors=(401, 403, 404, 409))},
+        inc + "/investigation": {"post": _op(
+            "Submit the investigation record (the dispatched officer)", "incidents", {"200": incident},
+            security=KEY_WRITE, params=(IID,), body=_ref("Investigation"), example=EXAMPLES["investigation"],
+            errors=(400, 401, 403, 404, 409, 413, 422))},
+        inc + "/review": {"post": _op(
+            "Review (sergeant)", "incidents", {"200": incident}, security=KEY_WRITE, params=(IID,),
+            body=_ref("IncidentReview"), example={"outcome": "finalised", "reason": "Complete"},
+            errors=(400, 401, 403, 404, 409, 413, 422))},
+        inc + "/crime_outcome": {"post": _op(
+            "Home Office crime outcome (officer, sergeant, integration)", "incidents", {"200": incident},
+            security=KEY_WRITE, params=(IID,),
+            body=_obj(("code",), code={"type": "integer", "minimum": 1, "maximum": 22}), example={"code": 1},
+            errors=(400, 401, 403, 404, 409, 413, 422))},
+        "/api/queue": {"get": _op(
+            "The queue (officer, sergeant)", "incidents",
+            {"200": _answer("An officer's allocated incidents first, then the queued ones; oldest report first.",
+                            _obj(("incidents",), incidents=_array(_ref("Incident"))))},
+            security=KEY_READ, errors=(401, 403))},
+        "/api/queue/take": {"post": _op(
+            "Take the next incident (officer)", "incidents",
+            {"200": _answer("Now dispatched to this officer.", _ref("Incident")),
+             "204": {"description": "Nothing to take."}},
+            security=KEY_WRITE, errors=(401, 403))},
         "/api/audit": {"get": _op(
             "Search the audit log (records, admin)", "audit",
             {"200": _answer("Entries.", _obj(("entries", "next_cursor"), entries=_array(_ref("AuditEntry")),

@@ -4,17 +4,36 @@ or argon2; :mod:`evr.auth` re-exports everything here).
 
 Least privilege: ``admin`` manages users and reads the audit log, nothing else (no
 consultation, victim detail or evidence); ``records`` staff reach evidence only
-through the retention tools, with a logged reason; ``call_handler`` is accepted so a
-force can create the accounts, but has no powers yet (they come with the incidents
-workflow).
+through the retention tools, with a logged reason. The EVR queue (``evr.incidents``):
+``call_handler`` (the force control room) enters incidents and sees those it entered;
+``integration`` (a force's command-and-control system, by API key) enters incidents,
+reads them all and sets crime outcomes; sergeants triage and review; officers take
+from the queue and see only the incidents allocated or dispatched to them and the
+queued ones. ``records`` and ``admin`` reach no incident.
 """
 
 from __future__ import annotations
 
-ROLES = ("officer", "sergeant", "records", "admin", "call_handler")
+ROLES = ("officer", "sergeant", "records", "admin", "call_handler", "integration")
 #: Roles that take part in calls, create consultations and handle their evidence.
 CALL_ROLES = ("officer", "sergeant")
 #: Roles that see every consultation, not only their own.
 SUPERVISOR_ROLES = ("sergeant",)
 #: Names the audit log uses for actors who are not staff accounts.
 RESERVED_NAMES = ("victim", "system")
+
+# -- the EVR queue (evr.incidents) --
+#: Roles that enter incidents.
+INCIDENT_CREATE_ROLES = ("call_handler", "integration", "sergeant")
+#: Roles that reach incidents at all (each sees a part: evr.incidents.service.visible).
+INCIDENT_ROLES = ("officer", "sergeant", "call_handler", "integration")
+#: Roles that see every incident.
+INCIDENT_ALL_ROLES = ("sergeant", "integration")
+#: Triage and review.
+INCIDENT_SUPERVISOR_ROLES = ("sergeant",)
+#: The queue: officers take from it, sergeants watch it.
+QUEUE_ROLES = ("officer", "sergeant")
+#: Who records a Home Office crime outcome.
+CRIME_OUTCOME_ROLES = ("officer", "sergeant", "integration")
+#: Roles an API key (``evr apikey add``) may have.
+API_KEY_ROLES = ("integration", "call_handler")

@@ -38,6 +38,7 @@ from .http import (
     CONSULTATIONS,
     DB,
     HUB,
+    INCIDENTS,
     NOTIFIER,
     RECORDINGS,
     RETENTION,
@@ -114,6 +115,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
 @asynccontextmanager
 async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
     """Everything built on the core, and the background tasks; stopped in reverse."""
+    from .incidents.service import Incidents
     from .recording.service import Recordings
     from .retention.policy import Policy
     from .retention.service import Retention, sweep_forever
@@ -129,6 +131,8 @@ async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
     audit = app[AUDIT] = opened.audit
     consultations = app[CONSULTATIONS] = Consultations(settings, clock, notifier, audit)
     app[UNKNOWN_TOKENS] = UnknownTokens(settings.link_unknown_per_minute)
+    incidents = app[INCIDENTS] = Incidents(settings, clock, audit)
+    consultations.on_status(incidents.consultation_status)  # a call closed goes on its incident's timeline
 
     recordings = app[RECORDINGS] = Recordings(settings, clock, db, store, signing_key, audit)
     closed = await recordings.recover()

@@ -26,7 +26,8 @@ def run(*args: str, stdin: str = "", env: Optional[dict[str, str]] = None) -> su
 
 
 @pytest.mark.parametrize("command", [[], ["serve"], ["user", "add"], ["user", "list"], ["user", "disable"],
-                                     ["user", "passwd"]])
+                                     ["user", "passwd"], ["apikey", "add"], ["apikey", "revoke"],
+                                     ["apikey", "list"]])
 def test_every_command_has_help(command):
     result = run(*command, "--help")
     assert result.returncode == 0 and "usage: evr" in result.stdout

@@ -46,7 +46,7 @@ def test_nothing_but_the_owner_writes_a_consultations_status():
     writes = re.compile(r"\bconsultation\.status\s*=(?!=)|update\(Consultation\)[^\n]*\n?[^\n]*status=")
     found = [
         str(path.relative_to(SOURCES))
-        for folder in ("server", "recording", "retention", "statements", "uploads")
+        for folder in ("server", "incidents", "recording", "retention", "statements", "uploads")
         for path in (SOURCES / folder).rglob("*.py")
         if path.name != "consultations.py" and writes.search(path.read_text())
     ]

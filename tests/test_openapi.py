@@ -35,7 +35,7 @@ def test_the_document_is_valid_openapi_3_1(app_and_document: tuple[Any, dict[str
     _, document = app_and_document
     validate(document)  # raises on any error
     assert document["openapi"].startswith("3.1")
-    assert set(document["components"]["securitySchemes"]) == {"session", "csrf", "link"}
+    assert set(document["components"]["securitySchemes"]) == {"session", "csrf", "link", "apikey"}
 
 
 def test_every_route_is_documented_and_every_documented_operation_exists(

@@ -1,0 +1,1 @@
+"""The EVR queue: incidents from the call handler's entry to the sergeant's review."""
