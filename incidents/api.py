@@ -14,7 +14,19 @@ from evr.auth import Staff
 from evr.consultations import ELIGIBILITY, NewConsultation, created_json
 from evr.db import Incident, IncidentEvent
 from evr.errors import ApiError, forbidden
-from evr.http import AUDIT, CLOCK, CONSULTATIONS, DB, INCIDENTS, actor, base_url, current_staff, read_json
+from evr.http import (
+    AUDIT,
+    CLOCK,
+    CONSULTATIONS,
+    DB,
+    INCIDENTS,
+    QUEUE_BOARD,
+    actor,
+    base_url,
+    current_staff,
+    read_json,
+    same_origin,
+)
 from evr.roles import (
     CRIME_OUTCOME_ROLES,
     INCIDENT_CREATE_ROLES,
@@ -50,16 +62,17 @@ def setup(app: web.Application) -> None:
         web.post(one + "/crime_outcome", crime_outcome),
         web.get("/api/queue", queue),
         web.post("/api/queue/take", take),
+        web.get("/api/queue/ws", queue_socket),
     ])
 
 
 # -- JSON ------------------------------------------------------------------------------
 
 
-def incident_json(request: web.Request, i: Incident, *, victim: bool = False) -> dict[str, Any]:
+def incident_json(app: web.Application, i: Incident, *, victim: bool = False) -> dict[str, Any]:
     """An incident; the victim's details only where the read is audit-logged (one incident)."""
-    service = request.app[INCIDENTS]
-    now = request.app[CLOCK]()
+    service = app[INCIDENTS]
+    now = app[CLOCK]()
     target = service.target_at(i)
     body: dict[str, Any] = {
         "id": i.id, "cad_ref": i.cad_ref, "state": i.state, "grade": i.grade, "category": i.category,
@@ -84,9 +97,10 @@ def incident_json(request: web.Request, i: Incident, *, victim: bool = False) ->
     return body
 
 
-def queued_json(request: web.Request, i: Incident) -> dict[str, Any]:
-    body = incident_json(request, i)
-    waited = request.app[CLOCK]() - i.reported_at
+def queued_json(app: web.Application, i: Incident) -> dict[str, Any]:
+    """An incident as the queue shows it: with how long it has waited."""
+    body = incident_json(app, i)
+    waited = app[CLOCK]() - i.reported_at
     body["waiting_minutes"] = max(0, math.floor(waited.total_seconds() / 60))
     return body
 
@@ -111,7 +125,7 @@ async def _answer(request: web.Request, staff: Staff, incident_id: str, status: 
         events = await service.timeline(db, incident.id)
     await request.app[AUDIT].record(actor(request, staff), "incident.view", f"incident:{incident.id}",
                                     consultation_id=incident.consultation_id)
-    body = incident_json(request, incident, victim=True)
+    body = incident_json(request.app, incident, victim=True)
     body["timeline"] = [event_json(e) for e in events]
     return web.json_response(body, status=status)
 
@@ -146,7 +160,7 @@ async def list_incidents(request: web.Request) -> web.Response:
     since, until = _time_param(request, "from"), _time_param(request, "to")
     async with request.app[DB]() as db:
         rows = await request.app[INCIDENTS].list(db, staff, state, since, until)
-    return web.json_response({"incidents": [incident_json(request, i) for i in rows]})
+    return web.json_response({"incidents": [incident_json(request.app, i) for i in rows]})
 
 
 async def get_incident(request: web.Request) -> web.Response:
@@ -168,7 +182,16 @@ async def queue(request: web.Request) -> web.Response:
     staff.require(*QUEUE_ROLES)
     async with request.app[DB]() as db:
         rows = await request.app[INCIDENTS].queue(db, staff)
-    return web.json_response({"incidents": [queued_json(request, i) for i in rows]})
+    return web.json_response({"incidents": [queued_json(request.app, i) for i in rows]})
+
+
+async def queue_socket(request: web.Request) -> web.StreamResponse:
+    """``GET /api/queue/ws``: the live queue board (:mod:`.board`)."""
+    staff = current_staff(request)
+    staff.require(*QUEUE_ROLES)
+    if not same_origin(request):
+        raise forbidden("Cross-origin WebSocket refused.")
+    return await request.app[QUEUE_BOARD].serve(request, staff)
 
 
 async def take(request: web.Request) -> web.Response:

@@ -21,7 +21,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Optional, cast
+from typing import Any, Callable, Optional, cast
 
 from sqlalchemy import CursorResult, and_, case, false, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -291,6 +291,16 @@ class Incidents:
         self.settings = settings
         self.clock = clock
         self.audit = audit
+        #: Told (no arguments) after each committed change of any incident.
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every committed change (the live queue board)."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     # -- reading
 
@@ -392,6 +402,7 @@ class Incidents:
         for key, value in values.items():
             setattr(incident, key, value)
         kind = kind or step_name.split(":", 1)[0]
+        tx.on_commit(self._changed)
         tx.db.add(IncidentEvent(incident_id=incident.id, at=now, kind=kind, from_state=old,
                                 to_state=new, actor=who.name[:64], role=who.role[:16], reason=reason,
                                 details=details or None))
@@ -422,6 +433,7 @@ class Incidents:
                 high_harm=new.high_harm, created_at=now, created_by=staff.username, created_by_role=staff.role,
                 created_by_id=staff.id, updated_at=now)
             tx.db.add(incident)
+            tx.on_commit(self._changed)
             tx.db.add(IncidentEvent(incident_id=incident.id, at=now, kind="created", from_state=None,
                                     to_state="triage", actor=who.name[:64], role=who.role[:16]))
             await tx.db.flush()

@@ -22,6 +22,7 @@ from .http import (
     HUB,
     INCIDENTS,
     NOTIFIER,
+    QUEUE_BOARD,
     SETTINGS,
     STAFF,
     actor,
@@ -278,6 +279,7 @@ async def logout(request: web.Request) -> web.Response:
         tx.add(actor(request, staff), "auth.logout", f"user:{staff.username}")
     # The session's signalling sockets end with it, now (close code 4003).
     await request.app[HUB].end_sessions([staff.session_id], "You signed out.")
+    await request.app[QUEUE_BOARD].end_sessions([staff.session_id], "You signed out.")
     response = web.json_response({"ok": True})
     response.del_cookie(SESSION_COOKIE, path="/")
     return response

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .config import Settings
     from .consultations import Consultations
     from .evidence import EvidenceStore
+    from .incidents.board import QueueBoard
     from .incidents.service import Incidents
     from .links import UnknownTokens
     from .notify import Notifier
@@ -55,6 +56,7 @@ RECORDINGS: web.AppKey[Recordings] = web.AppKey("recordings")
 UPLOADS: web.AppKey[Uploads] = web.AppKey("uploads")
 STATEMENTS: web.AppKey[Statements] = web.AppKey("statements")
 RETENTION: web.AppKey[Retention] = web.AppKey("retention")
+QUEUE_BOARD: web.AppKey[QueueBoard] = web.AppKey("queue_board")
 INCIDENTS: web.AppKey[Incidents] = web.AppKey("incidents")
 UNKNOWN_TOKENS: web.AppKey[UnknownTokens] = web.AppKey("unknown_link_tokens")
 STAFF: web.RequestKey[Optional[Staff]] = web.RequestKey("staff")

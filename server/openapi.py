@@ -732,6 +732,12 @@ def _paths() -> dict[str, dict[str, Any]]:
             {"200": _answer("An officer's allocated incidents first, then the queued ones; oldest report first.",
                             _obj(("incidents",), incidents=_array(_ref("Incident"))))},
             security=KEY_READ, errors=(401, 403))},
+        "/api/queue/ws": {"get": _op(
+            "The live queue board (officer, sergeant)", "incidents",
+            {"101": {"description": "WebSocket: {\"type\": \"queue\", \"incidents\": [...]}, as GET /api/queue "
+                                    "answers this user, at once and after every change."}},
+            security=STAFF_READ, errors=(400, 401, 403),
+            description="A WebSocket (send the Upgrade handshake); a plain GET is refused.")},
         "/api/queue/take": {"post": _op(
             "Take the next incident (officer)", "incidents",
             {"200": _answer("Now dispatched to this officer.", _ref("Incident")),

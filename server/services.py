@@ -40,6 +40,7 @@ from .http import (
     HUB,
     INCIDENTS,
     NOTIFIER,
+    QUEUE_BOARD,
     RECORDINGS,
     RETENTION,
     SETTINGS,
@@ -115,6 +116,8 @@ async def services(app: web.Application) -> AsyncIterator[None]:
 @asynccontextmanager
 async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
     """Everything built on the core, and the background tasks; stopped in reverse."""
+    from .incidents.api import queued_json
+    from .incidents.board import QueueBoard
     from .incidents.service import Incidents
     from .recording.service import Recordings
     from .retention.policy import Policy
@@ -133,6 +136,7 @@ async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
     app[UNKNOWN_TOKENS] = UnknownTokens(settings.link_unknown_per_minute)
     incidents = app[INCIDENTS] = Incidents(settings, clock, audit)
     consultations.on_status(incidents.consultation_status)  # a call closed goes on its incident's timeline
+    app[QUEUE_BOARD] = QueueBoard(incidents, db, clock, lambda incident: queued_json(app, incident))
 
     recordings = app[RECORDINGS] = Recordings(settings, clock, db, store, signing_key, audit)
     closed = await recordings.recover()
@@ -167,5 +171,7 @@ async def shutdown(app: web.Application) -> None:
     services they use stop."""
     if HUB in app:
         await app[HUB].shutdown()
+    if QUEUE_BOARD in app:
+        await app[QUEUE_BOARD].close()
     if RECORDINGS in app:
         await app[RECORDINGS].shutdown()

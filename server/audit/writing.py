@@ -11,7 +11,7 @@ import asyncio
 import logging
 from contextlib import asynccontextmanager
 from datetime import timezone
-from typing import TYPE_CHECKING, Any, AsyncIterator, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Optional
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import func, select, text
@@ -43,6 +43,14 @@ class Appender:
         self.last_id = last.id if last else 0
         self.last_hash = last.hash if last else GENESIS
         self.entries: list[AuditEntry] = []
+        #: Run once the transaction has committed (never when it rolls back).
+        self.committed: list[Callable[[], None]] = []
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` after the transaction commits: to announce a change,
+        which must not be seen before it is kept (nor when it is not)."""
+        if callback not in self.committed:
+            self.committed.append(callback)
 
     def add(
         self,
@@ -129,6 +137,11 @@ class AuditLog:
             await db.commit()
         for cp in written:
             await self._keep(cp)
+        for callback in appender.committed:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - the change is kept; a failed announcement is only logged
+                log.exception("an announcement after a commit failed")
 
     async def record(self, actor: Actor, action: str, object: str, **fields: Any) -> AuditEntry:
         """One entry in a transaction of its own: :meth:`Appender.add`'s arguments.
