@@ -145,7 +145,9 @@ class Hub:
         except BaseException:
             room.set_paused(was_paused)
             raise
-        if changed is None:
+        # Closed meanwhile: its announcement (``closed``) is on its way, after the other
+        # listeners of the change; a ``state`` saying closed would only come before it.
+        if changed is None and self.consultations.current(room.id) != "closed":
             await self.broadcast(room.id, self.state_message(room.id))
 
     async def _status_changed(self, consultation_id: str, status: Status) -> None:
