@@ -278,9 +278,10 @@ class SealedReader(io.RawIOBase):
         i = self._find(self._pos)
         plain = self._record(i)
         start = self._records[i][2]
-        view = memoryview(buffer).cast("B")
-        piece = plain[self._pos - start : self._pos - start + len(view)]
-        view[: len(piece)] = piece
+        # Released on return: the caller may resize a bytearray it lent (RawIOBase.read does).
+        with memoryview(buffer) as raw, raw.cast("B") as view:
+            piece = plain[self._pos - start : self._pos - start + len(view)]
+            view[: len(piece)] = piece
         self._pos += len(piece)
         return len(piece)
 
