@@ -2,9 +2,9 @@
 """Benchmark: the EVR queue board (`GET /api/queue`) and `POST /api/queue/take` with
 100,000 incidents over a year in the database and 50 officers polling (issue 13).
 
-    python bench/queue.py                            # 100,000 incidents, 50 officers, 20 s, SQLite
-    python bench/queue.py --incidents 2000 --seconds 5
-    python bench/queue.py --database-url postgresql+asyncpg://postgres@127.0.0.1:5432/evr_bench_queue
+    python bench/evr_queue.py                            # 100,000 incidents, 50 officers, 20 s, SQLite
+    python bench/evr_queue.py --incidents 2000 --seconds 5
+    python bench/evr_queue.py --database-url postgresql+asyncpg://postgres@127.0.0.1:5432/evr_bench_queue
 
 What it does:
 
@@ -24,34 +24,27 @@ The script exits 0 whether or not the targets are met; the PASS/FAIL lines say.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
-# Run as `python bench/queue.py`, this file's directory comes first on sys.path and the
-# file would shadow the standard library's `queue` (which aiosqlite imports): drop it.
-if sys.path and sys.path[0] and __file__.startswith(sys.path[0]):
-    del sys.path[0]
+import aiohttp
+from sqlalchemy import insert
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import os  # noqa: E402
-import random  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-from datetime import datetime, timedelta, timezone  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import aiohttp  # noqa: E402
-from sqlalchemy import insert  # noqa: E402
-
-from evr.auth import CSRF_HEADER, hash_password  # noqa: E402
-from evr.config import Settings  # noqa: E402
-from evr.db import Incident, IncidentEvent, User, make_engine, migrate  # noqa: E402
+from evr.auth import CSRF_HEADER, hash_password
+from evr.config import Settings
+from evr.db import Incident, IncidentEvent, User, make_engine, migrate
 
 CHUNK = 5_000
 PASSWORD = "bench-queue-password-1"
