@@ -4,7 +4,6 @@ queue"). Who may do what is in :mod:`evr.roles`; the rules in :mod:`.service`.""
 
 from __future__ import annotations
 
-import math
 from datetime import datetime
 from typing import Any, Optional
 
@@ -38,7 +37,6 @@ from evr.timeutil import rfc3339
 
 from .service import (
     POSITIVE_OUTCOMES,
-    REVIEW_WITHIN,
     STATES,
     parse_code,
     parse_investigation,
@@ -63,6 +61,7 @@ def setup(app: web.Application) -> None:
         web.get("/api/queue", queue),
         web.post("/api/queue/take", take),
         web.get("/api/queue/ws", queue_socket),
+        web.get("/api/officers", officers),
     ])
 
 
@@ -70,39 +69,8 @@ def setup(app: web.Application) -> None:
 
 
 def incident_json(app: web.Application, i: Incident, *, victim: bool = False) -> dict[str, Any]:
-    """An incident; the victim's details only where the read is audit-logged (one incident)."""
-    service = app[INCIDENTS]
-    now = app[CLOCK]()
-    target = service.target_at(i)
-    body: dict[str, Any] = {
-        "id": i.id, "cad_ref": i.cad_ref, "state": i.state, "grade": i.grade, "category": i.category,
-        "reported_at": rfc3339(i.reported_at), "summary": i.summary, "vulnerability": i.vulnerability,
-        "high_harm": i.high_harm, "created_at": rfc3339(i.created_at), "created_by": i.created_by,
-        "created_by_role": i.created_by_role, "allocated_to": i.allocated_name, "dispatched_to": i.dispatched_name,
-        "dispatched_at": rfc3339(i.dispatched_at), "consultation_id": i.consultation_id,
-        "arrived_at": rfc3339(i.arrived_at), "phoned_at": rfc3339(i.phoned_at),
-        "submitted_at": rfc3339(i.submitted_at), "reviewed_at": rfc3339(i.reviewed_at),
-        "review_overdue": i.review_overdue, "review": i.review,
-        "crime_outcome": None if i.crime_outcome is None else {
-            "code": i.crime_outcome, "positive": i.crime_outcome in POSITIVE_OUTCOMES,
-            "at": rfc3339(i.crime_outcome_at)},
-        "target_at": rfc3339(target),
-        "overdue": target is not None and i.arrived_at is None and now > target,
-        "updated_at": rfc3339(i.updated_at),
-    }
-    if victim:
-        body["victim"] = i.victim
-        body["eligibility"] = i.eligibility
-        body["investigation"] = i.investigation
-    return body
-
-
-def queued_json(app: web.Application, i: Incident) -> dict[str, Any]:
-    """An incident as the queue shows it: with how long it has waited."""
-    body = incident_json(app, i)
-    waited = app[CLOCK]() - i.reported_at
-    body["waiting_minutes"] = max(0, math.floor(waited.total_seconds() / 60))
-    return body
+    """An incident (:meth:`.service.Incidents.incident_json`) as it is now."""
+    return app[INCIDENTS].incident_json(i, app[CLOCK](), victim=victim)
 
 
 def event_json(e: IncidentEvent) -> dict[str, Any]:
@@ -181,8 +149,17 @@ async def queue(request: web.Request) -> web.Response:
     staff = current_staff(request)
     staff.require(*QUEUE_ROLES)
     async with request.app[DB]() as db:
-        rows = await request.app[INCIDENTS].queue(db, staff)
-    return web.json_response({"incidents": [queued_json(request.app, i) for i in rows]})
+        text = await request.app[INCIDENTS].queue_json(db, staff)
+    return web.Response(text=text, content_type="application/json")
+
+
+async def officers(request: web.Request) -> web.Response:
+    """``GET /api/officers``: whom a sergeant may allocate to, signed-in ones first."""
+    staff = current_staff(request)
+    staff.require(*INCIDENT_SUPERVISOR_ROLES)
+    async with request.app[DB]() as db:
+        found = await request.app[INCIDENTS].officers(db)
+    return web.json_response({"officers": found})
 
 
 async def queue_socket(request: web.Request) -> web.StreamResponse:
@@ -237,7 +214,8 @@ async def start_consultation(request: web.Request) -> web.Response:
         tx.add(who, "consultation.create", f"consultation:{consultation.id}", consultation_id=consultation.id,
                details={"collected": sorted(f"victim.{k}" for k in victim), "cad_ref": consultation.cad_ref,
                         "link_sent_by": notify, "incident_id": incident.id})
-        await service.apply(tx, incident, "call", who, changes={"consultation_id": consultation.id},
+        await service.apply(tx, incident, "call", who, changes={"consultation_id": consultation.id,
+                                                                 "call_closed_at": None},
                             details={"consultation_id": consultation.id, "link_sent_by": preferred})
     message = None
     if created.message is not None and created.link is not None:
@@ -290,10 +268,9 @@ async def review(request: web.Request) -> web.Response:
     now = request.app[CLOCK]()
     async with request.app[AUDIT].transaction() as tx:
         incident = await service.get(tx.db, staff, request.match_info["id"])
-        closed = await service.call_closed_at(tx.db, incident)
-        # From the call's close; a call still open (or none): from the submission.
-        since = closed or incident.submitted_at or now
-        overdue = now - since > REVIEW_WITHIN
+        # Due 24 h after the call closed; a call still open (or none): after the submission.
+        due = service.review_due_at(incident)
+        overdue = due is not None and now > due
         outcome = {"outcome": decided.outcome, "investigation_plan": decided.plan or None,
                    "reviewer": staff.username, "reviewed_at": rfc3339(now)}
         await service.apply(tx, incident, f"review:{decided.outcome}", actor(request, staff), reason=decided.reason,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Optional, cast
 
-from sqlalchemy import CursorResult, and_, case, false, or_, select, true, update
+from sqlalchemy import CursorResult, false, not_, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from evr.audit import Actor, AuditLog
@@ -38,6 +38,7 @@ from evr.db import (
     IncidentEvent,
     Recording,
     Statement,
+    StaffSession,
     Upload,
     User,
 )
@@ -45,6 +46,8 @@ from evr.errors import ApiError, checked_reason, not_found
 from evr.roles import INCIDENT_ALL_ROLES
 from evr.text import plain_text
 from evr.timeutil import Clock, rfc3339
+
+from .queueview import QueueView
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +296,9 @@ class Incidents:
         self.audit = audit
         #: Told (no arguments) after each committed change of any incident.
         self._listeners: list[Callable[[], None]] = []
+        #: The waiting incidents, read once per change (``GET /api/queue``, the board, take).
+        self.view = QueueView(self.incident_json, self.target_at)
+        self.on_change(self.view.changed)
 
     def on_change(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` after every committed change (the live queue board)."""
@@ -343,22 +349,20 @@ class Incidents:
             query = query.where(Incident.reported_at < until)
         return list(await db.scalars(query.order_by(Incident.reported_at.desc(), Incident.id).limit(500)))
 
-    async def queue(self, db: AsyncSession, staff: Staff) -> builtins.list[Incident]:
-        """An officer's: those allocated to them first, then every queued one; a
-        sergeant's: every allocated and queued one. Oldest report first."""
-        if staff.role == "officer":
-            waiting = or_(and_(Incident.state == "allocated", Incident.allocated_to == staff.id),
-                          Incident.state == "queued")
-            first = case((Incident.state == "allocated", 0), else_=1)
-        else:
-            waiting = Incident.state.in_(("allocated", "queued"))
-            first = case((Incident.state == "allocated", 0), else_=0)
-        return list(await db.scalars(select(Incident).where(waiting)
-                                     .order_by(first, Incident.reported_at, Incident.created_at).limit(500)))
+    async def queue_json(self, db: AsyncSession, staff: Staff) -> str:
+        """``{"incidents": [...]}``: the queue as ``staff`` sees it (:mod:`.queueview`)."""
+        return await self.view.json(db, staff, self.clock())
 
     def target_at(self, incident: Incident) -> Optional[datetime]:
         hours = self.settings.grade_targets_hours.get(str(incident.grade))
         return None if hours is None else incident.reported_at + timedelta(hours=hours)
+
+    @staticmethod
+    def review_due_at(incident: Incident) -> Optional[datetime]:
+        """When the sergeant's review is due: 24 h after the call closed (or, for a
+        record submitted while its call was still open, after the submission)."""
+        since = incident.call_closed_at or incident.submitted_at
+        return None if since is None else since + REVIEW_WITHIN
 
     async def evidence(self, db: AsyncSession, incident_id: str) -> dict[str, builtins.list[dict[str, Any]]]:
         """The evidence of the incident's consultations: ids and SHA-256."""
@@ -378,6 +382,35 @@ class Incidents:
             "statements": [{"id": s.id, "consultation_id": s.consultation_id, "status": s.status,
                             "sha256": s.sha256} for s in statements],
         }
+
+    # -- as JSON: the one rendering of an incident (HTTP answers, the board, webhooks)
+
+    def incident_json(self, i: Incident, now: datetime, *, victim: bool = False) -> dict[str, Any]:
+        """An incident; the victim's details, eligibility and record only where asked
+        (one incident, its read audit-logged)."""
+        target = self.target_at(i)
+        body: dict[str, Any] = {
+            "id": i.id, "cad_ref": i.cad_ref, "state": i.state, "grade": i.grade, "category": i.category,
+            "reported_at": rfc3339(i.reported_at), "summary": i.summary, "vulnerability": i.vulnerability,
+            "high_harm": i.high_harm, "created_at": rfc3339(i.created_at), "created_by": i.created_by,
+            "created_by_role": i.created_by_role, "allocated_to": i.allocated_name,
+            "dispatched_to": i.dispatched_name, "dispatched_at": rfc3339(i.dispatched_at),
+            "consultation_id": i.consultation_id, "arrived_at": rfc3339(i.arrived_at),
+            "phoned_at": rfc3339(i.phoned_at), "call_closed_at": rfc3339(i.call_closed_at),
+            "submitted_at": rfc3339(i.submitted_at), "review_due_at": rfc3339(self.review_due_at(i)),
+            "reviewed_at": rfc3339(i.reviewed_at), "review_overdue": i.review_overdue, "review": i.review,
+            "crime_outcome": None if i.crime_outcome is None else {
+                "code": i.crime_outcome, "positive": i.crime_outcome in POSITIVE_OUTCOMES,
+                "at": rfc3339(i.crime_outcome_at)},
+            "target_at": rfc3339(target),
+            "overdue": target is not None and i.arrived_at is None and now > target,
+            "updated_at": rfc3339(i.updated_at),
+        }
+        if victim:
+            body["victim"] = i.victim
+            body["eligibility"] = i.eligibility
+            body["investigation"] = i.investigation
+        return body
 
     # -- changing: one function applies every step
 
@@ -461,6 +494,15 @@ class Incidents:
                 details["officer"] = officer.username
             return await self.apply(tx, incident, decision, who, reason=reason, changes=changes, details=details)
 
+    async def officers(self, db: AsyncSession) -> builtins.list[dict[str, Any]]:
+        """Every active officer, whether signed in now (a session unexpired): those
+        signed in first, then by name. The sergeant allocates to one signed in."""
+        now = self.clock()
+        signed_in = set(await db.scalars(select(StaffSession.user_id).where(StaffSession.expires_at > now)))
+        users = await db.scalars(select(User).where(User.role == "officer", not_(User.disabled)))
+        found = [{"username": u.username, "signed_in": u.id in signed_in} for u in users]
+        return sorted(found, key=lambda o: (not o["signed_in"], o["username"]))
+
     async def _officer(self, db: AsyncSession, name: Any) -> User:
         if not isinstance(name, str) or not name or len(name) > 64 or not plain_text(name, multiline=False):
             raise ApiError(422, "invalid_officer", "officer must name an officer to allocate to.",
@@ -474,20 +516,23 @@ class Incidents:
 
     async def take(self, staff: Staff, who: Actor) -> Optional[Incident]:
         """Dispatch to ``staff`` their oldest allocated incident, else the oldest queued
-        one; None when there is none. Each candidate is claimed with a conditional
-        UPDATE on the state it was read in: a lost race tries the next."""
+        one (the first of their queue); None when there is none. The incident is
+        claimed with a conditional UPDATE on the state it was read in: a lost race
+        tries the next."""
         async with self.audit.transaction() as tx:
             for _ in range(50):
-                candidates = await self.queue(tx.db, staff)
+                candidates = await self.view.for_staff(tx.db, staff, self.clock())
                 if not candidates:
                     return None
-                incident = candidates[0]
+                incident = await tx.db.get(Incident, candidates[0].id, populate_existing=True)
                 try:
+                    if incident is None or incident.state not in STEPS["take"].allowed:
+                        raise Lost(candidates[0].id)
                     return await self.apply(tx, incident, "take", who, changes={
                         "dispatched_to": staff.id, "dispatched_name": staff.username,
                         "dispatched_at": self.clock()}, details={"officer": staff.username})
                 except Lost:
-                    await tx.db.refresh(incident)
+                    self.view.forget()
                     continue
         raise ApiError(503, "busy", "The queue is changing too fast; try again.")
 
@@ -516,14 +561,10 @@ class Incidents:
                 incident = await tx.db.get(Incident, consultation.incident_id)
                 if incident is None or incident.state not in STEPS["call_closed"].allowed:
                     return
-                await self.apply(tx, incident, "call_closed", Actor.system(), details={
-                    "consultation_id": consultation_id, "closed_at": rfc3339(consultation.closed_at)})
+                await self.apply(tx, incident, "call_closed", Actor.system(),
+                                 changes={"call_closed_at": consultation.closed_at or self.clock()},
+                                 details={"consultation_id": consultation_id,
+                                          "closed_at": rfc3339(consultation.closed_at)})
         except Exception:  # noqa: BLE001 - the call is closed whatever its timeline says
             log.exception("could not put the closed call on its incident's timeline (consultation=%s)",
                           consultation_id)
-
-    async def call_closed_at(self, db: AsyncSession, incident: Incident) -> Optional[datetime]:
-        """When the incident's newest call closed (None while one is open or none closed)."""
-        rows = list(await db.scalars(select(Consultation).where(Consultation.incident_id == incident.id)
-                                     .order_by(Consultation.created_at.desc()).limit(1)))
-        return rows[0].closed_at if rows else None

@@ -538,6 +538,8 @@ class Incident(Base):
     #: The newest consultation of it (each carries ``incident_id``).
     consultation_id: Mapped[Optional[str]] = mapped_column(String(36), nullable=True)
     arrived_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
+    #: When its newest call closed: the sergeant's review is due within 24 h of it.
+    call_closed_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
     phoned_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
     submitted_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
     #: The investigation record as submitted, with the evidence it lists.
@@ -567,6 +569,26 @@ class IncidentEvent(Base):
     role: Mapped[str] = mapped_column(String(16))
     reason: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
     details: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON, nullable=True)
+
+
+class WebhookDelivery(Base):
+    """The webhook outbox (``evr.incidents.webhooks``): one row per event for the
+    command-and-control system, written in the transaction of the change it reports,
+    its body fixed then (the exact bytes signed and sent), kept once delivered."""
+
+    __tablename__ = "webhook_outbox"
+    __table_args__ = (Index("ix_webhook_outbox_pending", "delivered_at", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    incident_id: Mapped[str] = mapped_column(ForeignKey("incidents.id"), index=True)
+    event: Mapped[str] = mapped_column(String(32))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
+    #: Why the last attempt failed: the receiver's status or the kind of error, no text of its answer.
+    last_error: Mapped[Optional[str]] = mapped_column(String(200), nullable=True)
 
 
 class ApiKey(Base):

@@ -116,7 +116,6 @@ async def services(app: web.Application) -> AsyncIterator[None]:
 @asynccontextmanager
 async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
     """Everything built on the core, and the background tasks; stopped in reverse."""
-    from .incidents.api import queued_json
     from .incidents.board import QueueBoard
     from .incidents.service import Incidents
     from .recording.service import Recordings
@@ -136,7 +135,7 @@ async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
     app[UNKNOWN_TOKENS] = UnknownTokens(settings.link_unknown_per_minute)
     incidents = app[INCIDENTS] = Incidents(settings, clock, audit)
     consultations.on_status(incidents.consultation_status)  # a call closed goes on its incident's timeline
-    app[QUEUE_BOARD] = QueueBoard(incidents, db, clock, lambda incident: queued_json(app, incident))
+    app[QUEUE_BOARD] = QueueBoard(incidents, db, clock)
 
     recordings = app[RECORDINGS] = Recordings(settings, clock, db, store, signing_key, audit)
     closed = await recordings.recover()

@@ -105,6 +105,9 @@ async def test_the_walk_through_from_entry_to_review(team, staff, server, clock)
     submitted = await _json(await officer.post(f"/api/incidents/{iid}/investigation", INVESTIGATION), 200)
     assert submitted["state"] == "awaiting_review" and submitted["submitted_at"]
     assert set(submitted["investigation"]["evidence"]) == {"recordings", "uploads", "statements"}
+    # The review is due 24 h after the call closed.
+    closed_at = datetime.fromisoformat(submitted["call_closed_at"])
+    assert datetime.fromisoformat(submitted["review_due_at"]) - closed_at == timedelta(hours=24)
 
     no_plan = await sergeant.post(f"/api/incidents/{iid}/review", {"outcome": "evr_desk_enquiries"})
     assert no_plan.status == 422 and (await no_plan.json())["error"]["fields"] == ["investigation_plan"]
@@ -333,3 +336,18 @@ async def test_api_keys_need_no_session_nor_csrf_and_are_named_in_the_audit_log(
     assert revoked.returncode == 0, revoked.stderr
     assert (await client.get("/api/incidents", headers=bearer)).status == 401
     assert (await asyncio.to_thread(_evr, settings, "apikey", "revoke", "nobody")).returncode == 1
+
+
+async def test_officers_to_allocate_to_are_the_active_ones_signed_in_first(staff, server, clock):
+    sergeant = await staff("sue", "sergeant")
+    await staff("zoe", "officer")  # signed in (the fixture logs in)
+    await staff("adam", "officer")
+    await staff("bob", "call_handler")
+    officers = await _json(await sergeant.get("/api/officers"), 200)
+    assert officers["officers"] == [{"username": "adam", "signed_in": True}, {"username": "zoe", "signed_in": True}]
+    zed = await staff("zed", "officer")
+    assert (await zed.post("/api/logout")).status in (200, 204)
+    officers = await _json(await sergeant.get("/api/officers"), 200)
+    assert officers["officers"][-1] == {"username": "zed", "signed_in": False}
+    officer = await staff("olga", "officer")
+    assert (await officer.get("/api/officers")).status == 403
