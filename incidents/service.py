@@ -37,8 +37,8 @@ from evr.db import (
     Incident,
     IncidentEvent,
     Recording,
-    Statement,
     StaffSession,
+    Statement,
     Upload,
     User,
 )
@@ -48,6 +48,7 @@ from evr.text import plain_text
 from evr.timeutil import Clock, rfc3339
 
 from .queueview import QueueView
+from .webhooks import Webhooks, events_for
 
 log = logging.getLogger(__name__)
 
@@ -290,10 +291,13 @@ def parse_code(body: Any) -> int:
 class Incidents:
     """Incidents: entry, visibility, the queue and every step (:meth:`apply`)."""
 
-    def __init__(self, settings: Settings, clock: Clock, audit: AuditLog) -> None:
+    def __init__(self, settings: Settings, clock: Clock, audit: AuditLog,
+                 webhooks: Optional[Webhooks] = None) -> None:
         self.settings = settings
         self.clock = clock
         self.audit = audit
+        #: The command-and-control system's events, written with each change (:mod:`.webhooks`).
+        self.webhooks = webhooks
         #: Told (no arguments) after each committed change of any incident.
         self._listeners: list[Callable[[], None]] = []
         #: The waiting incidents, read once per change (``GET /api/queue``, the board, take).
@@ -436,6 +440,9 @@ class Incidents:
             setattr(incident, key, value)
         kind = kind or step_name.split(":", 1)[0]
         tx.on_commit(self._changed)
+        if self.webhooks is not None:
+            self.webhooks.enqueue(tx, incident.id, self.incident_json(incident, now), events_for(step_name, old, new),
+                                  now)
         tx.db.add(IncidentEvent(incident_id=incident.id, at=now, kind=kind, from_state=old,
                                 to_state=new, actor=who.name[:64], role=who.role[:16], reason=reason,
                                 details=details or None))

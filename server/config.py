@@ -85,7 +85,9 @@ class Settings:
     # -- the EVR queue --
     #: Target hours from report to arrival, per incident grade (as text: TOML keys).
     grade_targets_hours: dict[str, Any] = dataclasses.field(default_factory=lambda: {"2": 1, "3": 48})
-    #: The command-and-control system's webhook (not sent yet) and its HMAC secret.
+    #: The command-and-control system's webhook (``evr.incidents.webhooks``): where
+    #: incident events are POSTed (http or https; empty: none sent) and the secret of
+    #: their HMAC-SHA256 signature (required with a URL; at least 16 characters).
     webhook_url: str = ""
     webhook_secret: str = ""
     # -- evidence store and uploads --
@@ -160,6 +162,14 @@ class Settings:
                 for v in self.grade_targets_hours.values()):
             raise ValueError("grade_targets_hours must map grades to positive hours")
         self.grade_targets_hours = {str(k): float(v) for k, v in self.grade_targets_hours.items()}
+        if self.webhook_url:
+            from urllib.parse import urlsplit
+
+            url = urlsplit(self.webhook_url)
+            if url.scheme not in ("http", "https") or not url.hostname or url.username or url.password:
+                raise ValueError("webhook_url must be an http or https URL without a user name or password")
+            if len(self.webhook_secret) < 16:
+                raise ValueError("webhook_secret of at least 16 characters is required with webhook_url")
         for network in filter(None, (n.strip() for n in self.trusted_proxies.split(","))):
             try:
                 ipaddress.ip_network(network, strict=False)

@@ -321,7 +321,8 @@ SCHEMAS.update({
         id=UUID, cad_ref=STR, state=INCIDENT_STATE, grade=INT, category=STR, reported_at=TIME, summary=STR,
         created_at=TIME, created_by=STR, created_by_role=STR, allocated_to=STR_OR_NULL, dispatched_to=STR_OR_NULL,
         dispatched_at=TIME_OR_NULL, consultation_id=STR_OR_NULL, arrived_at=TIME_OR_NULL, phoned_at=TIME_OR_NULL,
-        submitted_at=TIME_OR_NULL, reviewed_at=TIME_OR_NULL, review_overdue={"type": ["boolean", "null"]},
+        call_closed_at=TIME_OR_NULL, submitted_at=TIME_OR_NULL, review_due_at=TIME_OR_NULL,
+        reviewed_at=TIME_OR_NULL, review_overdue={"type": ["boolean", "null"]},
         target_at=TIME_OR_NULL, overdue=BOOL, waiting_minutes=INT,
         victim=ANY_OBJECT, timeline=_array(_obj(("at", "kind", "actor", "role"), at=TIME, kind=STR,
                                                 **{"from": STR_OR_NULL, "to": STR_OR_NULL}, actor=STR, role=STR,
@@ -743,6 +744,12 @@ def _paths() -> dict[str, dict[str, Any]]:
             {"200": _answer("Now dispatched to this officer.", _ref("Incident")),
              "204": {"description": "Nothing to take."}},
             security=KEY_WRITE, errors=(401, 403))},
+        "/api/officers": {"get": _op(
+            "Officers to allocate to (sergeant)", "incidents",
+            {"200": _answer("Every active officer, those signed in now first, then by name.",
+                            _obj(("officers",), officers=_array(_obj(("username", "signed_in"), username=STR,
+                                                                     signed_in=BOOL))))},
+            security=STAFF_READ, errors=(401, 403))},
         "/api/audit": {"get": _op(
             "Search the audit log (records, admin)", "audit",
             {"200": _answer("Entries.", _obj(("entries", "next_cursor"), entries=_array(_ref("AuditEntry")),
@@ -824,6 +831,7 @@ def build(app: Optional[web.Application] = None) -> dict[str, Any]:
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
         "paths": paths,
+        "webhooks": WEBHOOKS,
         "components": {
             "schemas": SCHEMAS,
             "responses": {
@@ -837,8 +845,35 @@ def build(app: Optional[web.Application] = None) -> dict[str, Any]:
     }
 
 
+#: What EVR sends the command-and-control system (``webhook_url``; :mod:`evr.incidents.webhooks`).
+WEBHOOKS = {
+    "incidentEvent": {"post": {
+        "summary": "An incident's step, for the command-and-control system",
+        "description": "Sent to webhook_url for incident.dispatched, incident.arrived, incident.submitted, "
+                       "incident.reviewed and incident.closed; in order per incident, each retried with backoff "
+                       "until a 2xx answer. The body is canonical JSON (keys sorted, no spaces, UTF-8) and "
+                       "X-EVR-Signature is sha256= and the hex HMAC-SHA256 of those bytes with webhook_secret. "
+                       "X-EVR-Delivery is the same on every attempt of one event.",
+        "tags": ["incidents"],
+        "parameters": [
+            {"name": "X-EVR-Signature", "in": "header", "required": True,
+             "schema": {"type": "string", "pattern": "^sha256=[0-9a-f]{64}$"}},
+            {"name": "X-EVR-Event", "in": "header", "required": True, "schema": STR},
+            {"name": "X-EVR-Delivery", "in": "header", "required": True,
+             "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+        ],
+        "requestBody": {"required": True, "content": _json(_obj(
+            ("event", "incident", "at"),
+            event={"type": "string", "enum": ["incident.dispatched", "incident.arrived", "incident.submitted",
+                                              "incident.reviewed", "incident.closed"]},
+            incident=_ref("Incident"), at=TIME))},
+        "responses": {"2XX": {"description": "Taken; any other answer is tried again later."}},
+    }},
+}
+
 #: Routes that are pages or files, not the API: left out of the document.
-PAGES = {("GET", "/"), ("GET", "/console"), ("GET", "/records"), ("GET", "/favicon.ico"), ("GET", "/j/{token}"),
+PAGES = {("GET", "/"), ("GET", "/console"), ("GET", "/records"), ("GET", "/queue"), ("GET", "/desk"),
+         ("GET", "/incidents/new"), ("GET", "/favicon.ico"), ("GET", "/j/{token}"),
          ("HEAD", "/j/{token}")}
 
 

@@ -118,6 +118,7 @@ async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
     """Everything built on the core, and the background tasks; stopped in reverse."""
     from .incidents.board import QueueBoard
     from .incidents.service import Incidents
+    from .incidents.webhooks import Webhooks
     from .recording.service import Recordings
     from .retention.policy import Policy
     from .retention.service import Retention, sweep_forever
@@ -133,7 +134,8 @@ async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
     audit = app[AUDIT] = opened.audit
     consultations = app[CONSULTATIONS] = Consultations(settings, clock, notifier, audit)
     app[UNKNOWN_TOKENS] = UnknownTokens(settings.link_unknown_per_minute)
-    incidents = app[INCIDENTS] = Incidents(settings, clock, audit)
+    webhooks = Webhooks(settings, db, clock)
+    incidents = app[INCIDENTS] = Incidents(settings, clock, audit, webhooks)
     consultations.on_status(incidents.consultation_status)  # a call closed goes on its incident's timeline
     app[QUEUE_BOARD] = QueueBoard(incidents, db, clock)
 
@@ -158,9 +160,11 @@ async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
     background = TaskSet("services")
     background.spawn(purge_forever(uploads), "purge unfinished uploads")
     background.spawn(sweep_forever(retention, policy.sweep_minutes), "retention sweep")
+    webhooks.start()
     try:
         yield
     finally:
+        await webhooks.close()
         await background.close()
         await uploads.close()
 
