@@ -351,3 +351,35 @@ async def test_officers_to_allocate_to_are_the_active_ones_signed_in_first(staff
     assert officers["officers"][-1] == {"username": "zed", "signed_in": False}
     officer = await staff("olga", "officer")
     assert (await officer.get("/api/officers")).status == 403
+
+
+async def test_0012_gives_incidents_whose_call_closed_their_call_closed_at(db_url):
+    from alembic import command
+    from sqlalchemy import insert
+
+    from evr.db import User, alembic_config, make_engine
+
+    engine = make_engine(db_url)
+    closed = datetime(2026, 11, 30, 10, 0, tzinfo=timezone.utc)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: command.upgrade(alembic_config(c), "0011"))
+            await conn.execute(insert(User.__table__).values(id=7, username="alice", role="officer",
+                                                             password_hash="x", created_at=closed, disabled=False))
+            call = dict(cad_ref="CAD-1", created_by=7, created_at=closed, victim={}, eligibility={}, expires_at=closed)
+            await conn.execute(insert(Consultation.__table__).values([
+                {**call, "id": "c1", "status": "closed", "closed_at": closed, "token_hash": "1" * 64},
+                {**call, "id": "c2", "status": "live", "closed_at": None, "token_hash": "2" * 64}]))
+            row = dict(state="in_call", grade=3, category="theft", reported_at=closed, summary="", victim={},
+                       eligibility={}, vulnerability=False, high_harm=False, created_at=closed, created_by="carl",
+                       created_by_role="call_handler", created_by_id=1, updated_at=closed)
+            await conn.execute(insert(Incident.__table__).values([
+                {**row, "id": "i1", "cad_ref": "CAD-1", "consultation_id": "c1"},
+                {**row, "id": "i2", "cad_ref": "CAD-2", "consultation_id": "c2"},
+                {**row, "id": "i3", "cad_ref": "CAD-3", "consultation_id": None, "state": "queued"}]))
+            await conn.run_sync(lambda c: command.upgrade(alembic_config(c), "heads"))
+            found = dict((await conn.execute(select(Incident.id, Incident.call_closed_at)
+                                             .order_by(Incident.id))).all())
+    finally:
+        await engine.dispose()
+    assert found == {"i1": closed, "i2": None, "i3": None}

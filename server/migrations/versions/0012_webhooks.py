@@ -17,6 +17,9 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column('incidents', sa.Column('call_closed_at', evr.db.UTCDateTime(), nullable=True))
+    # An incident's newest call is its consultation_id: when that closed, its review became due.
+    op.execute("UPDATE incidents SET call_closed_at = (SELECT consultations.closed_at FROM consultations "
+               "WHERE consultations.id = incidents.consultation_id) WHERE consultation_id IS NOT NULL")
     op.create_table(
         'webhook_outbox',
         sa.Column('id', sa.Integer(), nullable=False),
