@@ -35,6 +35,7 @@ from evr.roles import (
 )
 from evr.timeutil import rfc3339
 
+from . import pages
 from .service import (
     POSITIVE_OUTCOMES,
     STATES,
@@ -63,6 +64,7 @@ def setup(app: web.Application) -> None:
         web.get("/api/queue/ws", queue_socket),
         web.get("/api/officers", officers),
     ])
+    pages.setup(app)
 
 
 # -- JSON ------------------------------------------------------------------------------

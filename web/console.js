@@ -40,6 +40,7 @@ signInOut({
     refresh();
     clearInterval(listTimer);
     listTimer = setInterval(refresh, 5000);
+    openLinked();
   },
   onSignedOut() {
     if (current) endCall();
@@ -47,6 +48,16 @@ signInOut({
     show('login');
   },
 });
+
+// /console#c=<id> (the queue board's "Start video call"): open that call at once.
+async function openLinked() {
+  const id = /^#c=([0-9a-f-]{36})$/i.exec(location.hash)?.[1];
+  if (!id) return;
+  history.replaceState(null, '', location.pathname);
+  const r = await api('GET', `/api/consultations/${id}`);
+  if (r.ok && r.data.status !== 'closed') openCall(r.data);
+  else $('list-error').textContent = r.ok ? 'That call is closed.' : errorText(r, 'Could not open that call.');
+}
 
 // ---- list ----------------------------------------------------------------
 
