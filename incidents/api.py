@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 from aiohttp import web
 
+from evr.audit.writing import Appender
 from evr.auth import Staff
 from evr.consultations import ELIGIBILITY, NewConsultation, created_json
 from evr.db import Incident, IncidentEvent
@@ -35,7 +36,6 @@ from evr.roles import (
 )
 from evr.timeutil import rfc3339
 
-from . import pages
 from .service import (
     POSITIVE_OUTCOMES,
     STATES,
@@ -64,7 +64,6 @@ def setup(app: web.Application) -> None:
         web.get("/api/queue/ws", queue_socket),
         web.get("/api/officers", officers),
     ])
-    pages.setup(app)
 
 
 # -- JSON ------------------------------------------------------------------------------
@@ -86,17 +85,22 @@ async def _body(request: web.Request) -> Any:
     return await read_json(request)
 
 
-async def _answer(request: web.Request, staff: Staff, incident_id: str, status: int = 200) -> web.Response:
-    """The incident as it now is, with its timeline (a read of the victim's details:
-    audit-logged)."""
-    service = request.app[INCIDENTS]
-    async with request.app[DB]() as db:
-        incident = await service.get(db, staff, incident_id)
-        events = await service.timeline(db, incident.id)
-    await request.app[AUDIT].record(actor(request, staff), "incident.view", f"incident:{incident.id}",
-                                    consultation_id=incident.consultation_id)
+async def _view(tx: Appender, request: web.Request, staff: Staff, incident: Incident) -> dict[str, Any]:
+    """The incident as it now is, with its timeline: a read of the victim's details,
+    audit-logged in ``tx`` (the transaction of the change it answers, if any)."""
+    events = await request.app[INCIDENTS].timeline(tx.db, incident.id)
+    tx.add(actor(request, staff), "incident.view", f"incident:{incident.id}",
+           consultation_id=incident.consultation_id)
     body = incident_json(request.app, incident, victim=True)
     body["timeline"] = [event_json(e) for e in events]
+    return body
+
+
+async def _answer(request: web.Request, staff: Staff, incident_id: str, status: int = 200) -> web.Response:
+    """The incident as it now is (:func:`_view`), read in a transaction of its own."""
+    async with request.app[AUDIT].transaction() as tx:
+        incident = await request.app[INCIDENTS].get(tx.db, staff, incident_id)
+        body = await _view(tx, request, staff, incident)
     return web.json_response(body, status=status)
 
 
@@ -176,10 +180,12 @@ async def queue_socket(request: web.Request) -> web.StreamResponse:
 async def take(request: web.Request) -> web.Response:
     staff = current_staff(request)
     staff.require("officer")
-    incident = await request.app[INCIDENTS].take(staff, actor(request, staff))
-    if incident is None:
+    async with request.app[AUDIT].transaction() as tx:  # the take and the read of its answer, together
+        incident = await request.app[INCIDENTS].take(tx, staff, actor(request, staff))
+        body = None if incident is None else await _view(tx, request, staff, incident)
+    if body is None:
         return web.Response(status=204)
-    return await _answer(request, staff, incident.id)
+    return web.json_response(body)
 
 
 def _dispatched_officer(staff: Staff, incident: Incident) -> None:

@@ -521,26 +521,25 @@ class Incidents:
                            fields=["officer"])
         return user
 
-    async def take(self, staff: Staff, who: Actor) -> Optional[Incident]:
+    async def take(self, tx: Appender, staff: Staff, who: Actor) -> Optional[Incident]:
         """Dispatch to ``staff`` their oldest allocated incident, else the oldest queued
-        one (the first of their queue); None when there is none. The incident is
-        claimed with a conditional UPDATE on the state it was read in: a lost race
-        tries the next."""
-        async with self.audit.transaction() as tx:
-            for _ in range(50):
-                candidates = await self.view.for_staff(tx.db, staff, self.clock())
-                if not candidates:
-                    return None
-                incident = await tx.db.get(Incident, candidates[0].id, populate_existing=True)
-                try:
-                    if incident is None or incident.state not in STEPS["take"].allowed:
-                        raise Lost(candidates[0].id)
-                    return await self.apply(tx, incident, "take", who, changes={
-                        "dispatched_to": staff.id, "dispatched_name": staff.username,
-                        "dispatched_at": self.clock()}, details={"officer": staff.username})
-                except Lost:
-                    self.view.forget()
-                    continue
+        one (the first of their queue), in the caller's transaction; None when there is
+        none. The incident is claimed with a conditional UPDATE on the state it was
+        read in: a lost race tries the next."""
+        for _ in range(50):
+            candidates = await self.view.for_staff(tx.db, staff, self.clock())
+            if not candidates:
+                return None
+            incident = await tx.db.get(Incident, candidates[0].id, populate_existing=True)
+            try:
+                if incident is None or incident.state not in STEPS["take"].allowed:
+                    raise Lost(candidates[0].id)
+                return await self.apply(tx, incident, "take", who, changes={
+                    "dispatched_to": staff.id, "dispatched_name": staff.username,
+                    "dispatched_at": self.clock()}, details={"officer": staff.username})
+            except Lost:
+                self.view.forget()
+                continue
         raise ApiError(503, "busy", "The queue is changing too fast; try again.")
 
     async def joined(self, tx: Appender, consultation: Consultation, who: Actor) -> None:
