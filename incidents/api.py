@@ -36,6 +36,7 @@ from evr.roles import (
 )
 from evr.timeutil import rfc3339
 
+from . import pages
 from .service import (
     POSITIVE_OUTCOMES,
     STATES,
@@ -64,6 +65,7 @@ def setup(app: web.Application) -> None:
         web.get("/api/queue/ws", queue_socket),
         web.get("/api/officers", officers),
     ])
+    pages.setup(app)
 
 
 # -- JSON ------------------------------------------------------------------------------
