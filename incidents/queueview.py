@@ -22,6 +22,7 @@ oldest report first. ``POST /api/queue/take`` takes the first of the officer's v
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from dataclasses import dataclass
@@ -92,6 +93,7 @@ class QueueView:
         self._rows: list[Waiting] = []
         #: When the database was last asked whether the queue changed (``time.monotonic``).
         self._checked = 0.0
+        self._reading = asyncio.Lock()
 
     def changed(self) -> None:
         """An incident changed (committed in this process): read the queue again."""
@@ -104,10 +106,21 @@ class QueueView:
     async def rows(self, db: AsyncSession, now: datetime) -> list[Waiting]:
         """Every waiting incident, oldest report first. After a change, the list is read
         again (ids and ``updated_at`` only) and only the incidents that changed are
-        loaded and rendered again."""
-        version = self._version
-        if self._key is not None and self._key[0] == version and monotonic() < self._checked + RECHECK:
+        loaded and rendered again. One reads at a time: the boards asking just after a
+        change wait for that one read rather than each making their own."""
+        if self._fresh():
             return self._rows
+        async with self._reading:
+            if self._fresh():  # read by the ask this one waited for
+                return self._rows
+            return await self._read(db, now)
+
+    def _fresh(self) -> bool:
+        return (self._key is not None and self._key[0] == self._version
+                and monotonic() < self._checked + RECHECK)
+
+    async def _read(self, db: AsyncSession, now: datetime) -> list[Waiting]:
+        version = self._version
         count, newest = (await db.execute(select(func.count(), func.max(Incident.updated_at))
                                           .where(Incident.state.in_(WAITING)))).one()
         self._checked = monotonic()
