@@ -4,7 +4,7 @@
 // The board's socket (GET /api/queue/ws) says when anything changed: the queue
 // comes with it, and the triage and review lists are fetched again, so nothing
 // reloads. Every value goes in as text, never as HTML.
-import { $, api, el, errorText, signInOut } from '/static/staff.js';
+import { $, api, el, errorText, roleHome } from '/static/staff.js';
 import { clearsFieldErrors, fmtMinutes, fmtTime, liveQueue, row, STATE_TEXT, targetCell, waiting } from '/static/queue-live.js';
 
 const OUTCOME_TEXT = {
@@ -28,17 +28,11 @@ let reviewFor = null;  // the incident being reviewed
 
 // ---- sign in and out -----------------------------------------------------
 
-signInOut({
+roleHome({
+  roles: ['sergeant'],
+  refused: 'The desk is for sergeants. Your role may not use it.',
   onSignedIn(who) {
-    $('logout').hidden = false;
-    if (who.role !== 'sergeant') {
-      $('login-error').textContent = 'The desk is for sergeants. Your role may not use it.';
-      return;
-    }
     me = who;
-    $('v-login').hidden = true;
-    $('v-home').hidden = false;
-    $('v-home').querySelector('h1').focus();
     loadLists();
     live = liveQueue({
       onQueue(list) {
@@ -62,9 +56,6 @@ signInOut({
     for (const id of ['triage-body', 'queue-body', 'reviews-body']) $(id).replaceChildren();
     for (const id of ['triage', 'review']) $(id).hidden = true;
     $('desk-status').textContent = '';
-    $('logout').hidden = true;
-    $('v-home').hidden = true;
-    $('v-login').hidden = false;
   },
 });
 

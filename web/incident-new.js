@@ -3,7 +3,7 @@
 // the call handler reads out; any No stops the page and says what to do instead, and
 // nothing is sent. With every answer Yes, the incident goes to POST /api/incidents
 // and waits for a sergeant's triage. Every value goes in as text, never as HTML.
-import { $, api, el, errorText, signInOut } from '/static/staff.js';
+import { $, api, el, errorText, roleHome } from '/static/staff.js';
 import { clearsFieldErrors, fmtTime, STATE_TEXT } from '/static/queue-live.js';
 
 /**
@@ -60,17 +60,11 @@ let me = null;
 
 // ---- sign in and out -----------------------------------------------------
 
-signInOut({
+roleHome({
+  roles: ['call_handler', 'sergeant'],
+  refused: 'This page is for call handlers and sergeants. Your role may not enter incidents.',
   onSignedIn(who) {
-    $('logout').hidden = false;
-    if (!['call_handler', 'sergeant'].includes(who.role)) {
-      $('login-error').textContent = 'This page is for call handlers and sergeants. Your role may not enter incidents.';
-      return;
-    }
     me = who;
-    $('v-login').hidden = true;
-    $('v-home').hidden = false;
-    $('v-home').querySelector('h1').focus();
     startOver();
     loadMine();
   },
@@ -78,9 +72,6 @@ signInOut({
     me = null;
     $('mine-body').replaceChildren();
     $('created').textContent = '';
-    $('logout').hidden = true;
-    $('v-home').hidden = true;
-    $('v-login').hidden = false;
   },
 });
 

@@ -3,7 +3,7 @@
 // every change, so nothing reloads); an officer takes the next incident, phones the
 // victim, starts the video call (in the console, /console#c=<id>) and submits the
 // investigation record. Every value goes in as text, never as HTML.
-import { $, api, el, errorText, signInOut } from '/static/staff.js';
+import { $, api, el, errorText, roleHome } from '/static/staff.js';
 import { clearsFieldErrors, fmtMinutes, fmtTime, liveQueue, row, STATE_TEXT, targetCell, waiting } from '/static/queue-live.js';
 
 const ACTIVE = ['dispatched', 'in_call', 'evr_desk_enquiries'];
@@ -17,13 +17,10 @@ let recordFor = null; // the incident whose investigation record is open
 
 // ---- sign in and out -----------------------------------------------------
 
-signInOut({
+roleHome({
+  roles: ['officer', 'sergeant'],
+  refused: 'The queue board is for officers and sergeants. Your role may not use it.',
   onSignedIn(who) {
-    $('logout').hidden = false;
-    if (!['officer', 'sergeant'].includes(who.role)) {
-      $('login-error').textContent = 'The queue board is for officers and sergeants. Your role may not use it.';
-      return;
-    }
     me = who;
     const officer = who.role === 'officer';
     $('take-panel').hidden = !officer;
@@ -31,9 +28,6 @@ signInOut({
     $('queue-for').textContent = officer
       ? 'Incidents allocated to you come first, then the queue.'
       : 'Every allocated and queued incident. Triage and reviews are on the desk.';
-    $('v-login').hidden = true;
-    $('v-home').hidden = false;
-    $('v-home').querySelector('h1').focus();
     live = liveQueue({
       onQueue(list) {
         queue = list;
@@ -55,9 +49,6 @@ signInOut({
     for (const id of ['queue-body', 'mine-body']) $(id).replaceChildren();
     $('record').hidden = true;
     $('call-link').hidden = true;
-    $('logout').hidden = true;
-    $('v-home').hidden = true;
-    $('v-login').hidden = false;
   },
 });
 

@@ -2,7 +2,7 @@
 // Everything shown comes from /api/retention/... and /api/audit; every value is put
 // in the page as text, never as HTML.
 
-import { $, api, el, errorText, signInOut } from '/static/staff.js';
+import { $, api, el, errorText, roleHome } from '/static/staff.js';
 
 let criteria = {};       // name -> question (National Retention Assessment Criteria)
 let current = null;      // the item shown
@@ -45,16 +45,10 @@ function ask(dialog) {
 
 // ---- sign in and out -----------------------------------------------------
 
-signInOut({
-  async onSignedIn(me) {
-    $('logout').hidden = false;
-    if (me.role !== 'records') {
-      $('login-error').textContent = 'The records console is for records staff. Your role may not use it.';
-      return;
-    }
-    $('v-login').hidden = true;
-    $('v-home').hidden = false;
-    $('v-home').querySelector('h1').focus();
+roleHome({
+  roles: ['records'],
+  refused: 'The records console is for records staff. Your role may not use it.',
+  async onSignedIn() {
     const r = await api('GET', '/api/retention/classes');
     if (r.ok) criteria = r.data.criteria;
     renderCriteria();
@@ -62,10 +56,7 @@ signInOut({
   },
   onSignedOut() {
     current = null;
-    $('logout').hidden = true;
-    $('v-home').hidden = true;
     $('item').hidden = true;
-    $('v-login').hidden = false;
   },
 });
 

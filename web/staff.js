@@ -63,3 +63,32 @@ export function signInOut({ onSignedIn, onSignedOut = () => {} }) {
   api('GET', '/api/me').then((r) => { if (r.ok) signedIn(r.data); });
   return signedOut;
 }
+
+/**
+ * A staff page with a home view for some roles only: signInOut, plus what every such
+ * page does. Signed in with one of ``roles``: #v-login hides, #v-home shows (its
+ * heading focused), then ``onSignedIn(me)``; any other role is told ``refused`` and
+ * stays on the sign-in view (with #logout, to change user). Signed out:
+ * ``onSignedOut()``, then back to #v-login.
+ */
+export function roleHome({ roles, refused, onSignedIn, onSignedOut = () => {} }) {
+  return signInOut({
+    onSignedIn(me) {
+      $('logout').hidden = false;
+      if (!roles.includes(me.role)) {
+        $('login-error').textContent = refused;
+        return undefined;
+      }
+      $('v-login').hidden = true;
+      $('v-home').hidden = false;
+      $('v-home').querySelector('h1').focus();
+      return onSignedIn(me);
+    },
+    onSignedOut() {
+      onSignedOut();
+      $('logout').hidden = true;
+      $('v-home').hidden = true;
+      $('v-login').hidden = false;
+    },
+  });
+}
