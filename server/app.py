@@ -13,6 +13,7 @@ from .auth import CSRF_HEADER, SESSION_COOKIE, csrf_ok, resolve_api_key
 from .config import Settings
 from .consultations import consultation_json, created_json, message_json, parse_new
 from .errors import ApiError, error_response, forbidden
+from .evaluation import api as evaluation_api
 from .http import (
     AUDIT,
     AUTH,
@@ -71,6 +72,7 @@ def create_app(settings: Settings, clock: Clock = utcnow, notifier: Optional[Not
     retention_api.setup(app)
     statements_api.setup(app)
     incidents_api.setup(app)
+    evaluation_api.setup(app)
     links.setup(app)
     openapi.setup(app)
     app.on_shutdown.append(shutdown)

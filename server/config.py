@@ -82,6 +82,9 @@ class Settings:
     #: Media packets a recording may have waiting for the disk before it drops
     #: (and records a gap): memory stays bounded when the disk stalls.
     recording_queue_packets: int = 1500
+    #: The force's time zone: its days (performance indicators grouped by day) and
+    #: the dates printed on statements.
+    timezone: str = "Europe/London"
     # -- the EVR queue --
     #: Target hours from report to arrival, per incident grade (as text: TOML keys).
     grade_targets_hours: dict[str, Any] = dataclasses.field(default_factory=lambda: {"2": 1, "3": 48})
@@ -143,8 +146,8 @@ class Settings:
     #: PEM file(s), comma separated, of the root(s) a statement's signature must chain
     #: to; the generated CA (``DATA/keys/statement-ca.pem``) when empty.
     statement_trust_roots: str = ""
-    #: Time zone of the dates printed on statements.
-    statement_timezone: str = "Europe/London"
+    #: Time zone of the dates printed on statements (empty: the force's ``timezone``).
+    statement_timezone: str = ""
 
     def __post_init__(self) -> None:
         from evr.retention.policy import Policy
@@ -162,6 +165,14 @@ class Settings:
                 for v in self.grade_targets_hours.values()):
             raise ValueError("grade_targets_hours must map grades to positive hours")
         self.grade_targets_hours = {str(k): float(v) for k, v in self.grade_targets_hours.items()}
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        for name in ("timezone", "statement_timezone"):
+            try:
+                if getattr(self, name):
+                    ZoneInfo(getattr(self, name))
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"{name}: {getattr(self, name)!r} is not a time zone (e.g. Europe/London)") from None
         if self.webhook_url:
             from urllib.parse import urlsplit
 

@@ -744,6 +744,15 @@ def _paths() -> dict[str, dict[str, Any]]:
             {"200": _answer("Now dispatched to this officer.", _ref("Incident")),
              "204": {"description": "Nothing to take."}},
             security=KEY_WRITE, errors=(401, 403))},
+        "/api/kpis": {"get": _op(
+            "Performance indicators of the incidents reported in a period (sergeant, admin)", "evaluation",
+            {"200": _answer("The figures, and the series by the force's days or weeks.", _ref("Kpis"))},
+            security=STAFF_READ, params=KPI_PARAMS, errors=(400, 401, 403))},
+        "/api/kpis.csv": {"get": _op(
+            "The series of the performance indicators as CSV (sergeant, admin)", "evaluation",
+            {"200": _answer("CSV: start, incidents, response_p50_minutes, satisfied_pct.",
+                            media={"text/csv": {"schema": STR}})},
+            security=STAFF_READ, params=KPI_PARAMS, errors=(400, 401, 403))},
         "/api/officers": {"get": _op(
             "Officers to allocate to (sergeant)", "incidents",
             {"200": _answer("Every active officer, those signed in now first, then by name.",
@@ -844,6 +853,31 @@ def build(app: Optional[web.Application] = None) -> dict[str, Any]:
         },
     }
 
+
+_DAY_OR_TIME = {"type": "string", "maxLength": 40,
+                "description": "A local date (YYYY-MM-DD, the force's time zone) or an RFC 3339 time"}
+KPI_PARAMS = (
+    _query("from", _DAY_OR_TIME, "Start (inclusive); default: 30 days before to"),
+    _query("to", _DAY_OR_TIME, "End: a date includes its whole day; a time is exclusive; default: today"),
+    _query("group_by", {"type": "string", "enum": ["day", "week"]}, "The series' step (weeks from Monday)"),
+)
+_NUM = {"type": ["number", "null"]}
+_DISTRIBUTION = _obj(("n", "p50", "p90"), n=INT, p50=_NUM, p90=_NUM, mean=_NUM, within_target_pct=_NUM)
+SCHEMAS["Kpis"] = _obj(
+    ("from", "to", "incidents", "officers_active", "response_minutes", "to_investigation_end_minutes", "reviews",
+     "crime_outcomes", "satisfaction", "series"),
+    **{"from": TIME, "to": TIME}, timezone=STR, group_by=STR,
+    incidents=_obj(("created", "to_evr", "rejected"), created=INT, to_evr=INT, rejected=INT),
+    officers_active=INT, response_minutes=_DISTRIBUTION, to_investigation_end_minutes=_DISTRIBUTION,
+    reviews=_obj(("n", "within_24h_pct"), n=INT, within_24h_pct=_NUM),
+    crime_outcomes=_obj(("n", "positive_pct", "outcome_14_pct", "outcome_16_pct"), n=INT, positive_pct=_NUM,
+                        outcome_14_pct=_NUM, outcome_16_pct=_NUM),
+    satisfaction=_obj(("responses", "satisfied_pct", "would_use_again_pct"), responses=INT, satisfied_pct=_NUM,
+                      would_use_again_pct=_NUM),
+    series=_array(_obj(("start", "incidents", "response_p50_minutes", "satisfied_pct"),
+                       start={"type": "string", "format": "date"}, incidents=INT, response_p50_minutes=_NUM,
+                       satisfied_pct=_NUM)),
+)
 
 #: What EVR sends the command-and-control system (``webhook_url``; :mod:`evr.incidents.webhooks`).
 WEBHOOKS = {

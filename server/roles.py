@@ -35,5 +35,7 @@ INCIDENT_SUPERVISOR_ROLES = ("sergeant",)
 QUEUE_ROLES = ("officer", "sergeant")
 #: Who records a Home Office crime outcome.
 CRIME_OUTCOME_ROLES = ("officer", "sergeant", "integration")
+#: Performance indicators (``evr.evaluation``): figures only, no person.
+KPI_ROLES = ("sergeant", "admin")
 #: Roles an API key (``evr apikey add``) may have.
 API_KEY_ROLES = ("integration", "call_handler")

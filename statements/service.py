@@ -205,7 +205,7 @@ class Statements:
 
         def work() -> Rendered:
             layout = paginate(doc)
-            pdf = render(doc, layout, version.saved_at, tz=self.settings.statement_timezone)
+            pdf = render(doc, layout, version.saved_at, tz=self.settings.statement_timezone or self.settings.timezone)
             return Rendered(doc, layout, pdf, hashlib.sha256(pdf).hexdigest())
 
         made = await asyncio.to_thread(work)
@@ -395,7 +395,8 @@ class Statements:
         now = self.clock()
         signed = Signed(image.cropped, image.width, image.height, typed_name, now)
         doc, layout = rendered.doc, rendered.layout
-        pdf = await asyncio.to_thread(render, doc, layout, now, signed, self.settings.statement_timezone)
+        pdf = await asyncio.to_thread(render, doc, layout, now, signed,
+                                  self.settings.statement_timezone or self.settings.timezone)
         reader = (version.content.get("read_to_witness") or {}).get("name")
         sealed = await seal(
             pdf, self.identity,

@@ -26,3 +26,11 @@ def test_a_misspelt_setting_is_an_error_not_ignored(tmp_path):
 
 def test_default_data_dir():
     assert Settings.load(environ={}).data_dir == Path("evr-data")
+
+
+@pytest.mark.parametrize("name", ["timezone", "statement_timezone"])
+def test_a_time_zone_that_does_not_exist_is_an_error(tmp_path, name):
+    with pytest.raises(ValueError, match=f"{name}: 'Europe/Londres' is not a time zone"):
+        Settings.load(data_dir=tmp_path, environ={f"EVR_{name.upper()}": "Europe/Londres"})
+    assert getattr(Settings.load(data_dir=tmp_path, environ={f"EVR_{name.upper()}": "Europe/Dublin"}),
+                   name) == "Europe/Dublin"

@@ -1,0 +1,51 @@
+"""Performance indicators over HTTP: ``GET /api/kpis`` (JSON) and ``GET /api/kpis.csv``
+(the series), for sergeants and admin staff. Figures only, never an incident or a
+person: nothing here is a read of personal data."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from aiohttp import web
+
+from evr.http import CLOCK, DB, SETTINGS, current_staff
+from evr.roles import KPI_ROLES
+
+from .kpis import Indicators, parse_period
+
+#: The series' columns in the CSV, in order.
+CSV_COLUMNS = ("start", "incidents", "response_p50_minutes", "satisfied_pct")
+
+
+def setup(app: web.Application) -> None:
+    app.add_routes([
+        web.get("/api/kpis", kpis),
+        web.get("/api/kpis.csv", kpis_csv),
+    ])
+
+
+async def _figures(request: web.Request) -> dict:
+    staff = current_staff(request)
+    staff.require(*KPI_ROLES)
+    settings = request.app[SETTINGS]
+    period = parse_period(request.query, request.app[CLOCK](), settings.timezone)
+    async with request.app[DB]() as db:
+        return await Indicators(settings.grade_targets_hours).compute(db, period)
+
+
+async def kpis(request: web.Request) -> web.Response:
+    return web.json_response(await _figures(request))
+
+
+async def kpis_csv(request: web.Request) -> web.Response:
+    """The series as CSV: a row per day or week."""
+    figures = await _figures(request)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in figures["series"]:
+        writer.writerow(["" if row[c] is None else row[c] for c in CSV_COLUMNS])
+    first, last = figures["series"][0]["start"], figures["series"][-1]["start"]
+    return web.Response(text=buffer.getvalue(), content_type="text/csv", charset="utf-8", headers={
+        "Content-Disposition": f'attachment; filename="evr-kpis-{first}-to-{last}.csv"'})

@@ -1,0 +1,307 @@
+"""Performance indicators (``GET /api/kpis``): the College of Policing's core figures
+for the EVR queue, computed in the database.
+
+Why in the database: a year is 100,000 incidents; the figures are counts, shares and
+percentiles, which the database computes over an index without sending the rows to
+Python. The one thing the database cannot do alike on SQLite and PostgreSQL is the
+force's calendar (SQLite knows no time zones), so the days and weeks are made here:
+:class:`Period` turns the force's local days (``timezone``, Europe/London by default,
+with its clock changes) into UTC instants, and the queries group the incidents into
+those ranges (a small table of bucket rows joined by ``reported_at``).
+
+What each figure counts. Every figure is about the incidents *reported* in the period
+(``from`` inclusive, ``to`` exclusive), so the figures of one period always describe
+the same incidents:
+
+- ``incidents``: ``created`` (all of them), ``to_evr`` (triaged into the queue or
+  allocated: every state but ``triage`` and ``rejected``), ``rejected``.
+- ``officers_active``: the officers they were dispatched to.
+- ``response_minutes``: ``reported_at`` to ``arrived_at`` (the officer joined the call),
+  of those attended; ``within_target_pct`` of those whose grade has a target
+  (``grade_targets_hours``).
+- ``to_investigation_end_minutes``: ``reported_at`` to ``submitted_at`` (the
+  investigation record, the end of EVR's initial investigation).
+- ``reviews``: those reviewed, and the share reviewed within 24 h of the call closing.
+- ``crime_outcomes``: those with a Home Office outcome; positive (1-8), 14 and 16
+  (victim withdrawal) as shares of them.
+- ``satisfaction``: from victim surveys; a share is shown only from
+  :data:`MIN_RESPONSES` answers (null before), so no answer can be traced to a victim.
+
+Percentiles are nearest-rank (the value at rank ⌈p·n⌉ of the sorted values: always a
+value that occurred), computed with window functions on both databases; ``p50`` of
+1, 2, 3, 4 is 2. Shares are percentages rounded to one decimal; a share of nothing is
+null, not 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any, Optional
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Integer, and_, case, func, literal, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import ColumnElement, FunctionElement
+from sqlalchemy.types import Float
+
+from evr.db import Incident, UTCDateTime
+from evr.errors import ApiError
+from evr.timeutil import rfc3339
+
+#: A share of survey answers is shown only from this many answers.
+MIN_RESPONSES = 5
+#: Outcomes of victim withdrawal (Home Office): 14 (victim declines or is unable to
+#: support action to identify the offender) and 16 (victim declines or withdraws
+#: support, suspect identified).
+WITHDRAWAL_OUTCOMES = (14, 16)
+#: At most this many days or weeks in one answer.
+MOST_BUCKETS = 800
+#: Without ``from``: the last this many days, today included.
+DEFAULT_DAYS = 30
+
+
+# -- the force's calendar -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One day or week of the series: its first local day and its UTC instants."""
+
+    start: date
+    since: datetime
+    until: datetime
+
+
+@dataclass(frozen=True)
+class Period:
+    since: datetime  # UTC, inclusive
+    until: datetime  # UTC, exclusive
+    zone: ZoneInfo
+    group_by: str  # "day" or "week"
+
+    def buckets(self) -> list[Bucket]:
+        """The period's local days (or weeks from Monday), each as a UTC range; the
+        first and last clipped to the period."""
+        local = self.since.astimezone(self.zone).date()
+        if self.group_by == "week":
+            local -= timedelta(days=local.weekday())
+        step = timedelta(days=7 if self.group_by == "week" else 1)
+        found: list[Bucket] = []
+        while True:
+            start = _local_midnight(local, self.zone)
+            end = _local_midnight(local + step, self.zone)
+            if start >= self.until:
+                return found
+            found.append(Bucket(local, max(start, self.since), min(end, self.until)))
+            if len(found) > MOST_BUCKETS:
+                raise ApiError(400, "period_too_long", f"At most {MOST_BUCKETS} {self.group_by}s in one answer; "
+                                                       "group by week or ask for a shorter period.")
+            local += step
+
+
+def _local_midnight(day: date, zone: ZoneInfo) -> datetime:
+    """The UTC instant a local day starts (a day that starts in a clock change starts
+    at its first local time that exists)."""
+    return datetime.combine(day, time(0), tzinfo=zone).astimezone(timezone.utc)
+
+
+def _bound(value: Optional[str], name: str, zone: ZoneInfo, *, end: bool) -> Optional[datetime]:
+    """``from``/``to``: a local date (``to`` includes its whole day) or an RFC 3339 time."""
+    if not value:
+        return None
+    if len(value) == 10 and value.isascii():
+        try:
+            day = date.fromisoformat(value)
+        except ValueError:
+            raise ApiError(400, "invalid_parameter", f"{name} must be a date (YYYY-MM-DD) or an RFC 3339 time.") \
+                from None
+        return _local_midnight(day + timedelta(days=1) if end else day, zone)
+    from evr.incidents.service import parse_time
+
+    try:
+        return parse_time(value, name)
+    except ApiError:
+        raise ApiError(400, "invalid_parameter", f"{name} must be a date (YYYY-MM-DD) or an RFC 3339 time.") \
+            from None
+
+
+def parse_period(query: Any, now: datetime, zone_name: str) -> Period:
+    """The period a request asks for: ``from``, ``to`` (see :func:`_bound`) and
+    ``group_by``; by default the last :data:`DEFAULT_DAYS` local days, today included."""
+    zone = ZoneInfo(zone_name)
+    group_by = query.get("group_by") or "day"
+    if group_by not in ("day", "week"):
+        raise ApiError(400, "invalid_parameter", "group_by must be day or week.")
+    until = _bound(query.get("to"), "to", zone, end=True)
+    since = _bound(query.get("from"), "from", zone, end=False)
+    if until is None:
+        until = _local_midnight(now.astimezone(zone).date() + timedelta(days=1), zone)
+    if since is None:
+        since = _local_midnight(until.astimezone(zone).date() - timedelta(days=DEFAULT_DAYS), zone)
+    if since >= until:
+        raise ApiError(400, "invalid_parameter", "from must come before to.")
+    return Period(since, until, zone, group_by)
+
+
+# -- SQL that differs between the databases -------------------------------------------------
+
+
+class minutes_between(FunctionElement[float]):  # noqa: N801 - a SQL function's name
+    """Minutes from the first time to the second, as a float."""
+
+    type = Float()
+    inherit_cache = True
+
+
+@compiles(minutes_between)
+def _minutes_generic(element: minutes_between, compiler: Any, **kw: Any) -> str:
+    first, second = list(element.clauses)
+    return f"(EXTRACT(EPOCH FROM ({compiler.process(second, **kw)} - {compiler.process(first, **kw)})) / 60.0)"
+
+
+@compiles(minutes_between, "sqlite")
+def _minutes_sqlite(element: minutes_between, compiler: Any, **kw: Any) -> str:
+    first, second = list(element.clauses)
+    return (f"((julianday({compiler.process(second, **kw)}) - julianday({compiler.process(first, **kw)}))"
+            " * 1440.0)")
+
+
+def _pct(part: Any, whole: Any) -> Optional[float]:
+    return None if not whole else round(100.0 * float(part or 0) / float(whole), 1)
+
+
+def _num(value: Any) -> Optional[float]:
+    return None if value is None else round(float(value), 1)
+
+
+# -- the figures -----------------------------------------------------------------------------
+
+
+class Indicators:
+    """The figures of a period, from the database: one pass over the period's
+    incidents, grouped by day or week, gives the series and every figure's parts (sums,
+    counts, and the row at each percentile's rank, which lies in one group); here they
+    are only added up. Officers are counted in a second query (distinct across days)."""
+
+    def __init__(self, grade_targets_hours: dict[str, float]) -> None:
+        self.targets = grade_targets_hours
+
+    def _target_minutes(self) -> ColumnElement[Any]:
+        """The incident's grade target in minutes (NULL for a grade without one)."""
+        targets = [(int(g), h) for g, h in self.targets.items() if g.isdigit()]
+        if not targets:
+            return literal(None, Float())
+        return case(*((Incident.grade == g, literal(h * 60.0, Float())) for g, h in targets),
+                    else_=literal(None, Float()))
+
+    async def compute(self, db: AsyncSession, period: Period) -> dict[str, Any]:
+        buckets = period.buckets()
+        in_period = and_(Incident.reported_at >= period.since, Incident.reported_at < period.until)
+        rows = (await db.execute(self._grouped(buckets, in_period))).mappings().all()
+        officers = await db.scalar(select(func.count(func.distinct(Incident.dispatched_to))).where(in_period))
+        parts = {r["b"]: r for r in rows}
+
+        def total(key: str) -> int:
+            return int(sum(r[key] or 0 for r in rows))
+
+        def at_rank(key: str) -> Optional[float]:  # the one group holding the rank's row has it
+            found = [r[key] for r in rows if r[key] is not None]
+            return _num(min(found)) if found else None
+
+        response_n, investigated, reviewed, outcomes = (total("resp_n"), total("inv_n"), total("reviewed"),
+                                                        total("outcomes"))
+        return {
+            "from": rfc3339(period.since), "to": rfc3339(period.until), "timezone": period.zone.key,
+            "group_by": period.group_by,
+            "incidents": {"created": total("created"), "to_evr": total("to_evr"), "rejected": total("rejected")},
+            "officers_active": officers or 0,
+            "response_minutes": {
+                "n": response_n, "p50": at_rank("resp_p50"), "p90": at_rank("resp_p90"),
+                "mean": _num(total_float(rows, "resp_sum") / response_n) if response_n else None,
+                "within_target_pct": _pct(total("within"), total("targeted"))},
+            "to_investigation_end_minutes": {"n": investigated, "p50": at_rank("inv_p50"),
+                                             "p90": at_rank("inv_p90")},
+            "reviews": {"n": reviewed, "within_24h_pct": _pct(total("reviewed_in_time"), reviewed)},
+            "crime_outcomes": {"n": outcomes, "positive_pct": _pct(total("positive"), outcomes),
+                               "outcome_14_pct": _pct(total("o14"), outcomes),
+                               "outcome_16_pct": _pct(total("o16"), outcomes)},
+            "satisfaction": {"responses": 0, "satisfied_pct": None, "would_use_again_pct": None},
+            "series": [{"start": bucket.start.isoformat(),
+                        "incidents": int(parts[i]["created"]) if i in parts else 0,
+                        "response_p50_minutes": _num(parts[i]["bucket_p50"]) if i in parts else None,
+                        "satisfied_pct": None}
+                       for i, bucket in enumerate(buckets)],
+        }
+
+    def _grouped(self, buckets: list[Bucket], in_period: Any) -> Any:
+        """Per bucket: the counts and sums of every figure, and each percentile's row
+        where it falls in the bucket (ranks over the whole period, and within it)."""
+        placed = select(
+            _bucket_of(Incident.reported_at, buckets).label("b"),
+            minutes_between(Incident.reported_at, Incident.arrived_at).label("resp"),
+            minutes_between(Incident.reported_at, Incident.submitted_at).label("inv"),
+            self._target_minutes().label("target"),
+            Incident.state, Incident.reviewed_at, Incident.review_overdue, Incident.crime_outcome,
+        ).where(in_period).subquery()
+        c = placed.c
+        ranked = select(
+            placed,
+            func.row_number().over(partition_by=c.resp.is_(None), order_by=c.resp).label("resp_rn"),
+            func.count(c.resp).over().label("resp_all"),
+            func.row_number().over(partition_by=(c.b, c.resp.is_(None)), order_by=c.resp).label("bucket_rn"),
+            func.count(c.resp).over(partition_by=c.b).label("bucket_all"),
+            func.row_number().over(partition_by=c.inv.is_(None), order_by=c.inv).label("inv_rn"),
+            func.count(c.inv).over().label("inv_all"),
+        ).subquery()
+        r = ranked.c
+
+        def at(rank: Any, value: Any, percent: int, of: Any) -> Any:
+            return func.min(case((rank == _rank(of, percent), value)))
+
+        def count_if(condition: Any) -> Any:
+            return func.sum(case((condition, 1), else_=0))
+
+        return select(
+            r.b,
+            func.count().label("created"),
+            count_if(r.state.not_in(("triage", "rejected"))).label("to_evr"),
+            count_if(r.state == "rejected").label("rejected"),
+            func.count(r.resp).label("resp_n"),
+            func.sum(r.resp).label("resp_sum"),
+            at(r.resp_rn, r.resp, 50, r.resp_all).label("resp_p50"),
+            at(r.resp_rn, r.resp, 90, r.resp_all).label("resp_p90"),
+            at(r.bucket_rn, r.resp, 50, r.bucket_all).label("bucket_p50"),
+            count_if(and_(r.resp.is_not(None), r.target.is_not(None))).label("targeted"),
+            count_if(r.resp <= r.target).label("within"),
+            func.count(r.inv).label("inv_n"),
+            at(r.inv_rn, r.inv, 50, r.inv_all).label("inv_p50"),
+            at(r.inv_rn, r.inv, 90, r.inv_all).label("inv_p90"),
+            func.count(r.reviewed_at).label("reviewed"),
+            count_if(and_(r.reviewed_at.is_not(None), r.review_overdue.is_not(True))).label("reviewed_in_time"),
+            func.count(r.crime_outcome).label("outcomes"),
+            count_if(r.crime_outcome.between(1, 8)).label("positive"),
+            count_if(r.crime_outcome == WITHDRAWAL_OUTCOMES[0]).label("o14"),
+            count_if(r.crime_outcome == WITHDRAWAL_OUTCOMES[1]).label("o16"),
+        ).group_by(r.b)
+
+
+def total_float(rows: Any, key: str) -> float:
+    return float(sum(r[key] or 0 for r in rows))
+
+
+def _bucket_of(at: Any, buckets: list[Bucket], first: int = 0) -> Any:
+    """The index of the bucket holding ``at`` (known to be in the period): a CASE that
+    halves the buckets at each level, so a row is placed in about log2(n) comparisons
+    and the expression stays shallow on either database."""
+    if len(buckets) == 1:
+        return literal(first, Integer())
+    half = len(buckets) // 2
+    return case((at < literal(buckets[half].since, UTCDateTime()), _bucket_of(at, buckets[:half], first)),
+                else_=_bucket_of(at, buckets[half:], first + half))
+
+
+def _rank(n: Any, percent: int) -> Any:
+    """⌈n·percent/100⌉ in integer arithmetic (alike on both databases)."""
+    return (n * int(percent) + 99) // 100  # floor division of integers on both databases
