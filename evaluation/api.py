@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import csv
 import io
+from typing import Any
 
 from aiohttp import web
 
 from evr.http import CLOCK, DB, SETTINGS, current_staff
 from evr.roles import KPI_ROLES
+from evr.timeutil import rfc3339
 
-from .kpis import Indicators, parse_period
+from .kpis import Indicators, Period, parse_period
 
 #: The series' columns in the CSV, in order.
 CSV_COLUMNS = ("start", "incidents", "response_p50_minutes", "satisfied_pct")
@@ -22,16 +24,33 @@ def setup(app: web.Application) -> None:
     app.add_routes([
         web.get("/api/kpis", kpis),
         web.get("/api/kpis.csv", kpis_csv),
+        web.get("/api/kpis/response_times", response_times),
     ])
 
 
-async def _figures(request: web.Request) -> dict:
-    staff = current_staff(request)
-    staff.require(*KPI_ROLES)
-    settings = request.app[SETTINGS]
-    period = parse_period(request.query, request.app[CLOCK](), settings.timezone)
+def _period(request: web.Request) -> Period:
+    """The period (and filters) asked for, by a sergeant or admin."""
+    current_staff(request).require(*KPI_ROLES)
+    return parse_period(request.query, request.app[CLOCK](), request.app[SETTINGS].timezone)
+
+
+def _indicators(request: web.Request) -> Indicators:
+    return Indicators(request.app[SETTINGS].grade_targets_hours)
+
+
+async def _figures(request: web.Request) -> dict[str, Any]:
+    period = _period(request)
     async with request.app[DB]() as db:
-        return await Indicators(settings.grade_targets_hours).compute(db, period)
+        return await _indicators(request).compute(db, period)
+
+
+async def response_times(request: web.Request) -> web.Response:
+    """How long the period's attended incidents waited, in bins, against their target."""
+    period = _period(request)
+    async with request.app[DB]() as db:
+        bins = await _indicators(request).response_bins(db, period)
+    return web.json_response({"from": rfc3339(period.since), "to": rfc3339(period.until), "bins": bins,
+                              "grade_targets_hours": request.app[SETTINGS].grade_targets_hours})
 
 
 async def kpis(request: web.Request) -> web.Response:

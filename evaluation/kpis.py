@@ -48,6 +48,7 @@ from sqlalchemy.types import Float
 
 from evr.db import Incident, UTCDateTime
 from evr.errors import ApiError
+from evr.text import plain_text
 from evr.timeutil import rfc3339
 
 #: A share of survey answers is shown only from this many answers.
@@ -80,6 +81,18 @@ class Period:
     until: datetime  # UTC, exclusive
     zone: ZoneInfo
     group_by: str  # "day" or "week"
+    #: Only incidents of this grade, of this category (None: all).
+    grade: Optional[int] = None
+    category: Optional[str] = None
+
+    def incidents(self) -> ColumnElement[bool]:
+        """The incidents the figures are about: reported in the period, of the filters."""
+        where = [Incident.reported_at >= self.since, Incident.reported_at < self.until]
+        if self.grade is not None:
+            where.append(Incident.grade == self.grade)
+        if self.category is not None:
+            where.append(Incident.category == self.category)
+        return and_(*where)
 
     def buckets(self) -> list[Bucket]:
         """The period's local days (or weeks from Monday), each as a UTC range; the
@@ -142,7 +155,15 @@ def parse_period(query: Any, now: datetime, zone_name: str) -> Period:
         since = _local_midnight(until.astimezone(zone).date() - timedelta(days=DEFAULT_DAYS), zone)
     if since >= until:
         raise ApiError(400, "invalid_parameter", "from must come before to.")
-    return Period(since, until, zone, group_by)
+    grade = query.get("grade") or None
+    if grade is not None:
+        if not (grade.isascii() and grade.isdigit() and 1 <= int(grade) <= 5):
+            raise ApiError(400, "invalid_parameter", "grade must be a whole number from 1 to 5.")
+        grade = int(grade)
+    category = query.get("category") or None
+    if category is not None and (len(category) > 64 or not plain_text(category, multiline=False)):
+        raise ApiError(400, "invalid_parameter", "category must be text of at most 64 characters.")
+    return Period(since, until, zone, group_by, grade, category)
 
 
 # -- SQL that differs between the databases -------------------------------------------------
@@ -163,9 +184,11 @@ def _minutes_generic(element: minutes_between, compiler: Any, **kw: Any) -> str:
 
 @compiles(minutes_between, "sqlite")
 def _minutes_sqlite(element: minutes_between, compiler: Any, **kw: Any) -> str:
+    # Whole seconds, so whole minutes come out exact (julianday's float days would make
+    # 30 minutes 29.99999..., on the wrong side of a bin's edge or a target).
     first, second = list(element.clauses)
-    return (f"((julianday({compiler.process(second, **kw)}) - julianday({compiler.process(first, **kw)}))"
-            " * 1440.0)")
+    return (f"((CAST(strftime('%s', {compiler.process(second, **kw)}) AS INTEGER)"
+            f" - CAST(strftime('%s', {compiler.process(first, **kw)}) AS INTEGER)) / 60.0)")
 
 
 def _pct(part: Any, whole: Any) -> Optional[float]:
@@ -198,7 +221,7 @@ class Indicators:
 
     async def compute(self, db: AsyncSession, period: Period) -> dict[str, Any]:
         buckets = period.buckets()
-        in_period = and_(Incident.reported_at >= period.since, Incident.reported_at < period.until)
+        in_period = period.incidents()
         rows = (await db.execute(self._grouped(buckets, in_period))).mappings().all()
         officers = await db.scalar(select(func.count(func.distinct(Incident.dispatched_to))).where(in_period))
         parts = {r["b"]: r for r in rows}
@@ -214,7 +237,7 @@ class Indicators:
                                                         total("outcomes"))
         return {
             "from": rfc3339(period.since), "to": rfc3339(period.until), "timezone": period.zone.key,
-            "group_by": period.group_by,
+            "group_by": period.group_by, "grade": period.grade, "category": period.category,
             "incidents": {"created": total("created"), "to_evr": total("to_evr"), "rejected": total("rejected")},
             "officers_active": officers or 0,
             "response_minutes": {
@@ -285,6 +308,34 @@ class Indicators:
             count_if(r.crime_outcome == WITHDRAWAL_OUTCOMES[0]).label("o14"),
             count_if(r.crime_outcome == WITHDRAWAL_OUTCOMES[1]).label("o16"),
         ).group_by(r.b)
+
+
+    async def response_bins(self, db: AsyncSession, period: Period) -> list[dict[str, Any]]:
+        """How long the attended incidents waited, in :data:`RESPONSE_BINS`, each split
+        into within and past their grade's target (for the distribution chart)."""
+        minutes = minutes_between(Incident.reported_at, Incident.arrived_at)
+        edges = [upper for _, upper in RESPONSE_BINS[:-1]]
+        placed = select(
+            case(*((minutes < edge, literal(i, Integer())) for i, edge in enumerate(edges)),
+                 else_=literal(len(edges), Integer())).label("bin"),
+            case((minutes <= self._target_minutes(), 1), else_=0).label("within"),
+            case((self._target_minutes().is_(None), 1), else_=0).label("untargeted"),
+        ).where(period.incidents(), Incident.arrived_at.is_not(None)).subquery()
+        found = {row.bin: row for row in (await db.execute(
+            select(placed.c.bin, func.count().label("n"), func.sum(placed.c.within).label("within"),
+                   func.sum(placed.c.untargeted).label("untargeted")).group_by(placed.c.bin))).all()}
+        bins = []
+        for i, (lower, upper) in enumerate(RESPONSE_BINS):
+            row = found.get(i)
+            n, within, untargeted = (int(row.n), int(row.within or 0), int(row.untargeted or 0)) if row else (0, 0, 0)
+            bins.append({"from_minutes": lower, "to_minutes": upper, "incidents": n, "within_target": within,
+                         "past_target": n - within - untargeted, "no_target": untargeted})
+        return bins
+
+
+#: The response time distribution's bins, in minutes (the last has no upper end).
+RESPONSE_BINS: list[tuple[int, Optional[int]]] = [
+    (0, 15), (15, 30), (30, 60), (60, 120), (120, 240), (240, 480), (480, 1440), (1440, 2880), (2880, None)]
 
 
 def total_float(rows: Any, key: str) -> float:

@@ -753,6 +753,15 @@ def _paths() -> dict[str, dict[str, Any]]:
             {"200": _answer("CSV: start, incidents, response_p50_minutes, satisfied_pct.",
                             media={"text/csv": {"schema": STR}})},
             security=STAFF_READ, params=KPI_PARAMS, errors=(400, 401, 403))},
+        "/api/kpis/response_times": {"get": _op(
+            "How long attended incidents waited, in bins, against their grade's target (sergeant, admin)",
+            "evaluation",
+            {"200": _answer("Bins of response minutes (the last has no upper end).", _obj(
+                ("from", "to", "bins"), **{"from": TIME, "to": TIME}, grade_targets_hours=ANY_OBJECT,
+                bins=_array(_obj(("from_minutes", "to_minutes", "incidents", "within_target", "past_target",
+                                  "no_target"), from_minutes=INT, to_minutes={"type": ["integer", "null"]},
+                                 incidents=INT, within_target=INT, past_target=INT, no_target=INT))))},
+            security=STAFF_READ, params=KPI_PARAMS, errors=(400, 401, 403))},
         "/api/officers": {"get": _op(
             "Officers to allocate to (sergeant)", "incidents",
             {"200": _answer("Every active officer, those signed in now first, then by name.",
@@ -860,6 +869,8 @@ KPI_PARAMS = (
     _query("from", _DAY_OR_TIME, "Start (inclusive); default: 30 days before to"),
     _query("to", _DAY_OR_TIME, "End: a date includes its whole day; a time is exclusive; default: today"),
     _query("group_by", {"type": "string", "enum": ["day", "week"]}, "The series' step (weeks from Monday)"),
+    _query("grade", {"type": "string", "pattern": "^[1-5]$"}, "Only incidents of this grade"),
+    _query("category", {"type": "string", "maxLength": 64}, "Only incidents of this category"),
 )
 _NUM = {"type": ["number", "null"]}
 _DISTRIBUTION = _obj(("n", "p50", "p90"), n=INT, p50=_NUM, p90=_NUM, mean=_NUM, within_target_pct=_NUM)

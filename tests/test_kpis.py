@@ -153,3 +153,27 @@ def test_a_day_that_the_clock_change_lengthens():
                                                                                     "Europe/London").zone, "day")
     [day] = period.buckets()
     assert day.start.isoformat() == "2026-10-25" and day.since == _at("2026-10-24T23:00")
+
+
+async def test_filters_by_grade_and_category(incidents, staff):
+    sergeant = await staff("sue", "sergeant")
+    grade3 = await _kpis(sergeant, "from=2026-10-24&to=2026-10-26&grade=3")
+    assert grade3["grade"] == 3 and grade3["incidents"]["created"] == 5  # A C D E G
+    assert grade3["response_minutes"]["n"] == 3 and grade3["response_minutes"]["p50"] == 30.0  # 10 30 60
+    none = await _kpis(sergeant, "from=2026-10-24&to=2026-10-26&category=burglary")
+    assert none["incidents"]["created"] == 0 and none["category"] == "burglary"
+    for bad in ("grade=9", "grade=three", "category=" + "x" * 65):
+        assert (await _kpis(sergeant, bad, 400))["error"]["code"] == "invalid_parameter"
+
+
+async def test_response_times_in_bins_against_the_target(incidents, staff):
+    sergeant = await staff("sue", "sergeant")
+    response = await sergeant.get("/api/kpis/response_times?from=2026-10-24&to=2026-10-26")
+    assert response.status == 200
+    bins = {(b["from_minutes"], b["to_minutes"]): b for b in (await response.json())["bins"]}
+    # C 10 min, A 30, D 60 (grade 3: within 48 h); B 90 (grade 2: past its hour).
+    assert bins[(0, 15)] == {"from_minutes": 0, "to_minutes": 15, "incidents": 1, "within_target": 1,
+                             "past_target": 0, "no_target": 0}
+    assert bins[(30, 60)]["incidents"] == 1 and bins[(60, 120)] == {
+        "from_minutes": 60, "to_minutes": 120, "incidents": 2, "within_target": 1, "past_target": 1, "no_target": 0}
+    assert sum(b["incidents"] for b in bins.values()) == 4 and bins[(2880, None)]["incidents"] == 0
