@@ -14,6 +14,7 @@ from .config import Settings
 from .consultations import consultation_json, created_json, message_json, parse_new
 from .errors import ApiError, error_response, forbidden
 from .evaluation import api as evaluation_api
+from .evaluation import survey_api
 from .http import (
     AUDIT,
     AUTH,
@@ -73,6 +74,7 @@ def create_app(settings: Settings, clock: Clock = utcnow, notifier: Optional[Not
     statements_api.setup(app)
     incidents_api.setup(app)
     evaluation_api.setup(app)
+    survey_api.setup(app)
     links.setup(app)
     openapi.setup(app)
     app.on_shutdown.append(shutdown)
@@ -168,6 +170,8 @@ def wants_json(request: web.Request) -> bool:
     if path.startswith("/api/"):
         return True
     parts = path.split("/")  # "", "j", token, resource...
+    if len(parts) == 3 and parts[1] == "s" and request.method == "POST":  # a survey's answers
+        return True
     return len(parts) > 3 and parts[1] == "j" and parts[3] != ""
 
 

@@ -595,6 +595,40 @@ class WebhookDelivery(Base):
     last_error: Mapped[Optional[str]] = mapped_column(String(200), nullable=True)
 
 
+class SurveyInvitation(Base):
+    """A victim's survey link (``/s/{token}``, only its SHA-256 kept), of one call.
+    Used once: then every invitation of that call is spent (``evr.evaluation.surveys``)."""
+
+    __tablename__ = "survey_invitations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    consultation_id: Mapped[str] = mapped_column(ForeignKey("consultations.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: How it reached the victim: "end_screen", "staff", "sms", "email".
+    channel: Mapped[str] = mapped_column(String(16))
+    used: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class SurveyAnswer(Base):
+    """One victim's answers, kept apart from who they are: no link to the invitation,
+    the call or the incident; only the local day answered and what the figures are
+    grouped by (grade, category, trial arm). Reported only in aggregate."""
+
+    __tablename__ = "survey_answers"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # random: no order to match
+    answered_on: Mapped[date] = mapped_column(Date, index=True)
+    satisfied: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    would_use_again: Mapped[Optional[bool]] = mapped_column(Boolean, nullable=True)
+    felt_safe: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    confidence_in_police: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    grade: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    category: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    arm: Mapped[Optional[str]] = mapped_column(String(16), nullable=True)
+
+
 class ApiKey(Base):
     """A key for a force's systems (``Authorization: Bearer``): only its SHA-256 is kept."""
 

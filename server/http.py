@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .auth import Authenticator, Staff
     from .config import Settings
     from .consultations import Consultations
+    from .evaluation.surveys import Surveys
     from .evidence import EvidenceStore
     from .incidents.board import QueueBoard
     from .incidents.service import Incidents
@@ -59,6 +60,7 @@ RETENTION: web.AppKey[Retention] = web.AppKey("retention")
 QUEUE_BOARD: web.AppKey[QueueBoard] = web.AppKey("queue_board")
 INCIDENTS: web.AppKey[Incidents] = web.AppKey("incidents")
 UNKNOWN_TOKENS: web.AppKey[UnknownTokens] = web.AppKey("unknown_link_tokens")
+SURVEYS: web.AppKey[Surveys] = web.AppKey("surveys")
 STAFF: web.RequestKey[Optional[Staff]] = web.RequestKey("staff")
 
 

@@ -1,6 +1,6 @@
 """Logging without link tokens.
 
-A victim's link (``/j/<token>``) is the key to their call, their uploads and their
+A victim's link (``/j/<token>``, and their survey's, ``/s/<token>``) is the key to their call, their uploads and their
 statement, so no log record may carry it: not the access log, not a warning that
 quotes a path, not the text of an exception. :class:`RedactLinks` takes every
 ``/j/<token>`` out of a record (its message, its arguments, its exception and stack
@@ -18,9 +18,10 @@ import logging
 import re
 from typing import Optional
 
-#: A link token in a path or URL: ``/j/`` and the token's URL-safe base64 characters.
-LINK_TOKEN = re.compile(r"/j/[A-Za-z0-9_-]+")
-REDACTED = "/j/…"
+#: A link token in a path or URL: ``/j/`` (the call) or ``/s/`` (the victim's survey)
+#: and the token's URL-safe base64 characters.
+LINK_TOKEN = re.compile(r"/([js])/[A-Za-z0-9_-]+")
+REDACTED = r"/\1/…"
 
 #: Record attributes that are never built from outside input.
 _FIXED = frozenset({"name", "levelname", "pathname", "filename", "module", "funcName",
@@ -55,7 +56,7 @@ class RedactLinks(logging.Filter):
         if record.stack_info:
             record.stack_info = redact_links(record.stack_info)
         for key, value in list(vars(record).items()):
-            if isinstance(value, str) and key not in _FIXED and "/j/" in value:
+            if isinstance(value, str) and key not in _FIXED and ("/j/" in value or "/s/" in value):
                 setattr(record, key, redact_links(value))
         return True
 

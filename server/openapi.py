@@ -762,6 +762,23 @@ def _paths() -> dict[str, dict[str, Any]]:
                                   "no_target"), from_minutes=INT, to_minutes={"type": ["integer", "null"]},
                                  incidents=INT, within_target=INT, past_target=INT, no_target=INT))))},
             security=STAFF_READ, params=KPI_PARAMS, errors=(400, 401, 403))},
+        "/api/consultations/{id}/survey": {"post": _op(
+            "A single-use survey link for the victim of a closed call (officer, sergeant)", "evaluation",
+            {"201": _answer("The link, to give the victim.", _obj(("survey_url",), survey_url=STR,
+                                                                   expires_at=TIME))},
+            security=STAFF_WRITE, params=(_param("id", "path", UUID, True),), body_required=False,
+            errors=(401, 403, 404, 409))},
+        "/s/{token}": {"post": _op(
+            "The victim's survey answers, once (any question may be skipped, not all)", "victim",
+            {"201": _answer("Kept, apart from the call.", _obj(("answered",), answered=BOOL))},
+            security=PUBLIC, params=(_param("token", "path", {"type": "string", "minLength": 1}, True),),
+            body=_obj(("answers",), answers=_obj(
+                (), satisfied={"type": ["integer", "null"], "minimum": 1, "maximum": 5},
+                would_use_again={"type": ["boolean", "null"]},
+                felt_safe={"type": ["integer", "null"], "minimum": 1, "maximum": 5},
+                confidence_in_police={"type": ["integer", "null"], "minimum": 1, "maximum": 5})),
+            example={"answers": {"satisfied": 4, "would_use_again": True}},
+            errors=(400, 403, 404, 410, 413, 422, 429))},
         "/api/officers": {"get": _op(
             "Officers to allocate to (sergeant)", "incidents",
             {"200": _answer("Every active officer, those signed in now first, then by name.",
@@ -918,8 +935,8 @@ WEBHOOKS = {
 
 #: Routes that are pages or files, not the API: left out of the document.
 PAGES = {("GET", "/"), ("GET", "/console"), ("GET", "/records"), ("GET", "/queue"), ("GET", "/desk"),
-         ("GET", "/incidents/new"), ("GET", "/favicon.ico"), ("GET", "/j/{token}"),
-         ("HEAD", "/j/{token}")}
+         ("GET", "/incidents/new"), ("GET", "/favicon.ico"), ("GET", "/j/{token}"), ("HEAD", "/j/{token}"),
+         ("GET", "/s/{token}")}
 
 
 def routes(app: web.Application) -> set[tuple[str, str]]:

@@ -59,6 +59,11 @@ def victim() -> web.Response:
     return _html(_read("victim.html"))
 
 
+def survey() -> web.Response:
+    """The victim's survey (``/s/{token}``): a victim's page, with the quick exit."""
+    return _html(_read("survey.html"))
+
+
 #: Where a staff page takes the one sign-in form (``web/login.html``).
 LOGIN_FORM = "      <!-- the sign-in form: web/login.html, put here by evr.pages.staff_page -->\n"
 

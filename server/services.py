@@ -47,6 +47,7 @@ from .http import (
     SIGNING_KEY,
     STATEMENTS,
     STORE,
+    SURVEYS,
     UNKNOWN_TOKENS,
     UPLOADS,
 )
@@ -116,6 +117,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
 @asynccontextmanager
 async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
     """Everything built on the core, and the background tasks; stopped in reverse."""
+    from .evaluation.surveys import Surveys
     from .incidents.board import QueueBoard
     from .incidents.service import Incidents
     from .incidents.webhooks import Webhooks
@@ -138,6 +140,7 @@ async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
     incidents = app[INCIDENTS] = Incidents(settings, clock, audit, webhooks)
     consultations.on_status(incidents.consultation_status)  # a call closed goes on its incident's timeline
     app[QUEUE_BOARD] = QueueBoard(incidents, db, clock)
+    app[SURVEYS] = Surveys(settings, clock, audit)
 
     recordings = app[RECORDINGS] = Recordings(settings, clock, db, store, signing_key, audit)
     closed = await recordings.recover()

@@ -1,0 +1,104 @@
+"""Victim surveys through the contract: an officer's single-use link for a closed call,
+the survey page, the answers sent once (201, then 410), kept apart from the call, bad
+answers refused with nothing kept, and the audit trail saying that, never what."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from evr.db import AuditEntry, SurveyAnswer, SurveyInvitation
+from evr.http import DB
+
+
+async def _closed_call(staff: Any) -> tuple[Any, str]:
+    officer = await staff("olive", "officer")
+    cid = (await officer.create())["id"]
+    assert (await officer.post(f"/api/consultations/{cid}/close")).status == 200
+    return officer, cid
+
+
+async def _invite(officer: Any, cid: str) -> str:
+    response = await officer.post(f"/api/consultations/{cid}/survey")
+    assert response.status == 201, await response.text()
+    url = (await response.json())["survey_url"]
+    assert "/s/" in url
+    return "/s/" + url.rsplit("/s/", 1)[1]
+
+
+async def test_a_survey_is_answered_once_and_kept_apart_from_the_call(staff, new_client, server):
+    officer, cid = await _closed_call(staff)
+    path = await _invite(officer, cid)
+    victim = await new_client()
+    page = await victim.get(path)
+    assert page.status == 200 and "How did we do?" in await page.text()
+    answers = {"satisfied": 4, "would_use_again": True, "felt_safe": 5, "confidence_in_police": None}
+    first = await victim.post(path, json={"answers": answers})
+    assert first.status == 201, await first.text()
+    again = await victim.post(path, json={"answers": {"satisfied": 1}})
+    assert again.status == 410 and (await again.json())["error"]["code"] == "survey_answered"
+    spent = await victim.get(path)
+    assert spent.status == 410 and "answered already" in await spent.text()
+    # A new link for the same call: refused, the victim has answered.
+    refused = await officer.post(f"/api/consultations/{cid}/survey")
+    assert refused.status == 409 and (await refused.json())["error"]["code"] == "survey_answered"
+    async with server.app[DB]() as db:
+        [row] = list(await db.scalars(select(SurveyAnswer)))
+        assert (row.satisfied, row.would_use_again, row.felt_safe, row.confidence_in_police) == (4, True, 5, None)
+        assert not {c.name for c in SurveyAnswer.__table__.columns} & {"consultation_id", "invitation_id",
+                                                                         "incident_id", "created_at"}
+        [invitation] = list(await db.scalars(select(SurveyInvitation)))
+        assert invitation.used and invitation.token_hash not in path
+        entries = list(await db.scalars(select(AuditEntry).where(AuditEntry.action.like("survey.%"))
+                                        .order_by(AuditEntry.id)))
+    assert [e.action for e in entries] == ["survey.invite", "survey.answer"]
+    assert all("satisfied" not in str(e.details) for e in entries)  # that they answered, never what
+
+
+async def test_bad_answers_are_refused_and_keep_nothing(staff, new_client, server):
+    officer, cid = await _closed_call(staff)
+    path = await _invite(officer, cid)
+    victim = await new_client()
+    for body, code in [({"answers": {}}, "no_answers"), ({"answers": {"satisfied": 6}}, "invalid_answers"),
+                       ({"answers": {"satisfied": True}}, "invalid_answers"),
+                       ({"answers": {"would_use_again": "yes"}}, "invalid_answers"),
+                       ({"answers": {"postcode": "AB1"}}, "invalid_answers"), ({"nothing": 1}, "invalid_answers"),
+                       ([1, 2], "invalid_answers")]:
+        response = await victim.post(path, json=body)
+        assert response.status == 422 and (await response.json())["error"]["code"] == code, body
+    malformed = await victim.post(path, data=b"{not json", headers={"Content-Type": "application/json"})
+    assert malformed.status == 400
+    async with server.app[DB]() as db:
+        assert list(await db.scalars(select(SurveyAnswer))) == []
+    assert (await victim.post(path, json={"answers": {"felt_safe": 2}})).status == 201
+
+
+async def test_unknown_links_open_calls_and_other_origins_are_refused(staff, new_client):
+    officer = await staff("olive", "officer")
+    cid = (await officer.create())["id"]
+    open_call = await officer.post(f"/api/consultations/{cid}/survey")
+    assert open_call.status == 409 and (await open_call.json())["error"]["code"] == "call_not_closed"
+    victim = await new_client()
+    unknown = await victim.post("/s/not-a-real-token", json={"answers": {"satisfied": 3}})
+    assert unknown.status == 404 and (await unknown.json())["error"]["code"] == "unknown_survey"
+    page = await victim.get("/s/not-a-real-token")
+    assert page.status == 404 and "does not match" in await page.text()
+    assert (await officer.post(f"/api/consultations/{cid}/close")).status == 200
+    path = await _invite(officer, cid)
+    hostile = await victim.post(path, json={"answers": {"satisfied": 1}}, headers={"Origin": "https://evil.example"})
+    assert hostile.status == 403
+    # Only staff who may see the call make its survey.
+    other = await staff("oscar", "officer")
+    assert (await other.post(f"/api/consultations/{cid}/survey")).status == 404
+    records = await staff("rita", "records")
+    assert (await records.post(f"/api/consultations/{cid}/survey")).status == 403
+
+
+async def test_an_expired_link_is_refused(staff, new_client, clock):
+    officer, cid = await _closed_call(staff)
+    path = await _invite(officer, cid)
+    clock.advance(days=31)
+    victim = await new_client()
+    response = await victim.post(path, json={"answers": {"satisfied": 3}})
+    assert response.status == 410 and (await response.json())["error"]["code"] == "survey_expired"
