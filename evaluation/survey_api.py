@@ -12,7 +12,6 @@ from __future__ import annotations
 from aiohttp import web
 
 from evr import pages
-from evr.audit import Actor
 from evr.errors import ApiError, forbidden
 from evr.http import (
     AUDIT,
@@ -25,6 +24,7 @@ from evr.http import (
     read_json,
     same_origin,
 )
+from evr.links import BINDING_COOKIE, LinkRefused, victim_actor
 from evr.roles import CALL_ROLES
 
 from .surveys import SurveyRefused, parse_answers
@@ -33,6 +33,7 @@ from .surveys import SurveyRefused, parse_answers
 def setup(app: web.Application) -> None:
     app.add_routes([
         web.post("/api/consultations/{id}/survey", invite),
+        web.post("/j/{token}/survey", offer),
         web.get("/s/{token}", survey_page),
         web.post("/s/{token}", answer),
     ])
@@ -47,6 +48,27 @@ async def invite(request: web.Request) -> web.Response:
         invited = await request.app[SURVEYS].invite(tx, consultation, "staff", actor(request, staff))
     return web.json_response({"survey_url": f"{base_url(request)}/s/{invited.token}",
                               "expires_at": invited.invitation.expires_at.isoformat()}, status=201)
+
+
+async def offer(request: web.Request) -> web.Response:
+    """``POST /j/{token}/survey``: the victim's end screen, once police have closed the
+    call, asks for a survey link. Only the browser that claimed the link, within
+    :data:`.surveys.OFFER_WITHIN` of the close; 201 ``{"survey_url"}``."""
+    if not same_origin(request):
+        raise forbidden("Ask from the appointment's own page.")
+    service = request.app[CONSULTATIONS]
+    async with request.app[AUDIT].transaction() as tx:
+        consultation = await service.by_token(tx.db, request.match_info["token"])
+        if consultation is None:
+            request.app[UNKNOWN_TOKENS].unknown(request.remote or "-")
+            raise LinkRefused("unknown_link")
+        if consultation.binding_hash is None or not service.binding_ok(consultation,
+                                                                       request.cookies.get(BINDING_COOKIE)):
+            raise LinkRefused("link_in_use")
+        surveys = request.app[SURVEYS]
+        surveys.offerable(consultation)
+        invited = await surveys.invite(tx, consultation, "end_screen", victim_actor(request))
+    return web.json_response({"survey_url": f"{base_url(request)}/s/{invited.token}"}, status=201)
 
 
 async def _usable(request: web.Request) -> None:
@@ -79,5 +101,5 @@ async def answer(request: web.Request) -> web.Response:
         raise forbidden("Send the survey from its own page.")
     await _usable(request)
     answers = parse_answers(await read_json(request))
-    await request.app[SURVEYS].answer(request.match_info["token"], answers, Actor("victim", "victim", request.remote))
+    await request.app[SURVEYS].answer(request.match_info["token"], answers, victim_actor(request))
     return web.json_response({"answered": True}, status=201)

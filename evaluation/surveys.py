@@ -3,8 +3,10 @@ from who they are.
 
 Forces that trialled video response asked victims four things (satisfaction, whether
 they felt safe, their confidence in the police, whether they would use it again).
-A victim gets a single-use link, ``/s/{token}``: an officer can make one for a closed
-call (``POST /api/consultations/{id}/survey``); only the token's SHA-256 is kept.
+A victim gets a single-use link, ``/s/{token}``: the victim's end screen asks for one
+when police close the call (``POST /j/{token}/survey``, the browser that claimed the
+call's link, within a day), and an officer can make one for a closed call (``POST
+/api/consultations/{id}/survey``); only the token's SHA-256 is kept.
 
 Apart from who they are: the answers (:class:`evr.db.SurveyAnswer`) carry no link to the
 invitation, the call or the incident, only the local day they were given and what the
@@ -41,6 +43,8 @@ SCALES = ("satisfied", "felt_safe", "confidence_in_police")
 QUESTIONS = ("satisfied", "would_use_again", "felt_safe", "confidence_in_police")
 #: A survey link works this long.
 SURVEY_TTL = timedelta(days=30)
+#: The victim's end screen offers the survey for this long after police closed the call.
+OFFER_WITHIN = timedelta(hours=24)
 TOKEN_BYTES = 32
 
 
@@ -121,6 +125,13 @@ class Surveys:
         tx.add(who, "survey.invite", f"consultation:{consultation.id}", consultation_id=consultation.id,
                details={"channel": channel, "survey_id": invitation.id})
         return Invited(invitation, token)
+
+    def offerable(self, consultation: Consultation) -> None:
+        """The end screen may offer a survey: the call closed within :data:`OFFER_WITHIN`."""
+        if consultation.status != "closed":
+            raise ApiError(409, "call_not_closed", "A survey is about the call: it is not over yet.")
+        if consultation.closed_at is None or self.clock() - consultation.closed_at > OFFER_WITHIN:
+            raise ApiError(410, "survey_offer_expired", "This appointment ended too long ago to offer a survey here.")
 
     async def usable(self, token: str) -> SurveyInvitation:
         """The invitation behind a link, if it may still be answered (else :class:`SurveyRefused`)."""

@@ -796,6 +796,11 @@ def _paths() -> dict[str, dict[str, Any]]:
                     _query("order", {"type": "string", "enum": ["asc", "desc"]}), PAGE_LIMIT))},
         # -- the victim's link
         j + "/ws": {"get": {**_socket("The victim's signalling socket", "victim", VICTIM), "parameters": [TOKEN]}},
+        j + "/survey": {"post": _op(
+            "The end screen's survey link, once police closed the call (the browser that claimed the link; "
+            "same-origin; within a day)", "victim",
+            {"201": _answer("A single-use survey link.", _obj(("survey_url",), survey_url=STR))},
+            security=VICTIM, params=(TOKEN,), body_required=False, errors=(403, 404, 409, 410))},
         j + "/uploads": {
             "options": {**_tus_options(*tus_victim), "parameters": [TOKEN]},
             "post": {**_tus_create(*tus_victim), "parameters": [TOKEN, TUS_RESUMABLE, UPLOAD_LENGTH, UPLOAD_METADATA]},

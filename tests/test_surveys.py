@@ -102,3 +102,26 @@ async def test_an_expired_link_is_refused(staff, new_client, clock):
     victim = await new_client()
     response = await victim.post(path, json={"answers": {"satisfied": 3}})
     assert response.status == 410 and (await response.json())["error"]["code"] == "survey_expired"
+
+
+async def test_the_end_screen_offers_the_survey_to_the_browser_that_had_the_call(link, new_client, server, clock):
+    c = await link()
+    refused = await c.phone.post(f"{c.path}/survey", json={})
+    assert refused.status == 409 and (await refused.json())["error"]["code"] == "call_not_closed"
+    assert (await c.officer.post(f"/api/consultations/{c.id}/close")).status == 200
+    offered = await c.phone.post(f"{c.path}/survey", json={})
+    assert offered.status == 201, await offered.text()
+    path = "/s/" + (await offered.json())["survey_url"].rsplit("/s/", 1)[1]
+    # Another browser holding the link gets nothing.
+    stranger = await new_client()
+    assert (await stranger.post(f"{c.path}/survey", json={})).status == 403
+    assert (await c.phone.post(path, json={"answers": {"satisfied": 5}})).status == 201
+    # Answered: the end screen offers nothing more.
+    again = await c.phone.post(f"{c.path}/survey", json={})
+    assert again.status == 409 and (await again.json())["error"]["code"] == "survey_answered"
+    clock.advance(hours=25)
+    late = await c.phone.post(f"{c.path}/survey", json={})
+    assert late.status == 410
+    async with server.app[DB]() as db:
+        channels = [i.channel for i in await db.scalars(select(SurveyInvitation))]
+    assert channels == ["end_screen"]

@@ -1,7 +1,7 @@
 // victim.js: the victim's page, served at /j/<token>. Opening it binds nothing: the
 // first button pressed claims the link for this browser (POST /j/<token>/claim).
 import { Call, stopStream, videoConstraints } from '/static/call.js';
-import { $, linkURL } from '/static/link.js';
+import { $, linkURL, postJSON } from '/static/link.js';
 
 const call = new Call(linkURL('ws'));
 
@@ -297,6 +297,14 @@ async function showQuality() {
   if (q.level === 'poor' && !audioOnly) setText('note', 'Your connection is weak. If the sound breaks up, tap "Sound only".');
 }
 
+/** Once police have closed the call: a link to the survey, if there is one to answer. */
+async function offerSurvey() {
+  const r = await postJSON(linkURL('survey'), {});
+  if (!r.ok || !r.body?.survey_url) return; // answered already, or too late: say nothing
+  $('survey-link').href = new URL(r.body.survey_url).pathname;
+  $('survey-offer').hidden = false;
+}
+
 call.addEventListener('conn', (e) => { conn = e.detail; render(); });
 call.addEventListener('rejoined', (e) => setText('note', e.detail === 'network'
   ? 'You were reconnected after a network change.' : 'You were reconnected.'));
@@ -306,7 +314,7 @@ call.addEventListener('error', (e) => console.warn('server:', e.detail.code, e.d
 call.addEventListener('refused', async () => {
   if ([403, 404, 410].includes(await linkStatus())) linkRefused();
 });
-call.addEventListener('closed', () => { stopAll(); show('ended'); });
+call.addEventListener('closed', () => { stopAll(); show('ended'); offerSurvey(); });
 call.addEventListener('replaced', () => { stopAll(); show('elsewhere'); });
 call.addEventListener('fatal', (e) => {
   console.warn('refused by the server:', e.detail.message); // a reason for support, not for the victim
