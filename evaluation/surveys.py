@@ -18,6 +18,7 @@ answer per call). The figures show a share only from
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import uuid
@@ -32,8 +33,10 @@ from evr.audit import Actor, AuditLog
 from evr.audit.writing import Appender
 from evr.auth import sha256_hex
 from evr.config import Settings
-from evr.db import Consultation, Incident, SurveyAnswer, SurveyInvitation
+from evr.consultations import Consultations
+from evr.db import Consultation, Incident, OutboxMessage, SurveyAnswer, SurveyInvitation
 from evr.errors import ApiError
+from evr.notify import compose
 from evr.timeutil import Clock
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,13 @@ QUESTIONS = ("satisfied", "would_use_again", "felt_safe", "confidence_in_police"
 SURVEY_TTL = timedelta(days=30)
 #: The victim's end screen offers the survey for this long after police closed the call.
 OFFER_WITHIN = timedelta(hours=24)
+#: Calls closed longer ago than ``survey_delay_days`` plus this get no reminder (a new
+#: server, or a new setting, does not message every victim of the past).
+REMIND_WINDOW = timedelta(days=3)
+#: How often the reminders are looked for inside ``evr serve`` (seconds).
+REMIND_EVERY = 900.0
+#: Invitations that went by message (one reminder per call).
+MESSAGE_CHANNELS = ("sms", "email")
 TOKEN_BYTES = 32
 
 
@@ -100,12 +110,14 @@ class Invited:
 
 
 class Surveys:
-    """Survey invitations and answers."""
+    """Survey invitations and answers, and the reminder sent after ``survey_delay_days``."""
 
-    def __init__(self, settings: Settings, clock: Clock, audit: AuditLog) -> None:
+    def __init__(self, settings: Settings, clock: Clock, audit: AuditLog, consultations: Consultations) -> None:
         self.settings = settings
         self.clock = clock
         self.audit = audit
+        #: The link messages' notifier and outbox (the reminder goes the same way).
+        self.consultations = consultations
 
     async def invite(self, tx: Appender, consultation: Consultation, channel: str, who: Actor) -> Invited:
         """A new single-use link for the victim of ``consultation`` (a closed call), in ``tx``."""
@@ -132,6 +144,47 @@ class Surveys:
             raise ApiError(409, "call_not_closed", "A survey is about the call: it is not over yet.")
         if consultation.closed_at is None or self.clock() - consultation.closed_at > OFFER_WITHIN:
             raise ApiError(410, "survey_offer_expired", "This appointment ended too long ago to offer a survey here.")
+
+    async def remind_due(self) -> int:
+        """Send the survey's link once to the victims of calls closed
+        ``survey_delay_days`` ago (at most :data:`REMIND_WINDOW` more) who have not
+        answered, by the channel their call link went by (else SMS to a phone, else
+        email); returns how many were sent. Nothing without ``public_url`` (a link needs
+        the service's address) or with a delay of 0."""
+        delay = self.settings.survey_delay_days
+        if not delay or not self.settings.public_url:
+            return 0
+        now = self.clock()
+        due = now - timedelta(days=delay)
+        answered = select(SurveyInvitation.consultation_id).where(SurveyInvitation.used.is_(True))
+        messaged = select(SurveyInvitation.consultation_id).where(SurveyInvitation.channel.in_(MESSAGE_CHANNELS))
+        async with self.audit.db_factory() as db:
+            calls = list(await db.scalars(select(Consultation).where(
+                Consultation.status == "closed", Consultation.closed_at <= due,
+                Consultation.closed_at > due - REMIND_WINDOW, Consultation.id.not_in(answered),
+                Consultation.id.not_in(messaged)).order_by(Consultation.closed_at).limit(200)))
+            first = {m.consultation_id: m.channel for m in await db.scalars(
+                select(OutboxMessage).where(OutboxMessage.consultation_id.in_([c.id for c in calls]))
+                .order_by(OutboxMessage.id.desc()))}
+        sent = 0
+        for call in calls:
+            channel = first.get(call.id) or ("sms" if call.victim.get("phone") else "email")
+            recipient = call.victim.get("phone" if channel == "sms" else "email")
+            if not recipient:
+                continue
+            async with self.audit.transaction() as tx:
+                invited = await self.invite(tx, call, channel, Actor.system())
+                message = compose(channel, recipient, f"{self.settings.public_url.rstrip('/')}/s/{invited.token}",
+                                  survey=True)
+                row = OutboxMessage(consultation_id=call.id, channel=channel, recipient=recipient, body=message.kept,
+                                    created_at=now, status="pending", provider=self.consultations.notifier.name)
+                tx.db.add(row)
+            async with self.audit.db_factory() as db:
+                await self.consultations.deliver(db, row, message)
+            sent += 1
+        if sent:
+            log.info("survey reminders sent: %d", sent)
+        return sent
 
     async def usable(self, token: str) -> SurveyInvitation:
         """The invitation behind a link, if it may still be answered (else :class:`SurveyRefused`)."""
@@ -174,3 +227,13 @@ class Surveys:
             tx.add(who, "survey.answer", f"consultation:{invitation.consultation_id}",
                    consultation_id=invitation.consultation_id, details={"survey_id": invitation.id})
         log.info("survey answered")
+
+
+async def remind_forever(surveys: Surveys, every: float = REMIND_EVERY) -> None:
+    """Inside ``evr serve``: look for survey reminders due, now and then."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await surveys.remind_due()
+        except Exception:  # noqa: BLE001 - the next round tries again
+            log.exception("survey reminders failed")

@@ -85,6 +85,9 @@ class Settings:
     #: The force's time zone: its days (performance indicators grouped by day) and
     #: the dates printed on statements.
     timezone: str = "Europe/London"
+    #: Days after the call closed that a victim who has not answered the survey is sent
+    #: its link once, by the call link's channel (needs ``public_url``); 0: never.
+    survey_delay_days: float = 10.0
     # -- the EVR queue --
     #: Target hours from report to arrival, per incident grade (as text: TOML keys).
     grade_targets_hours: dict[str, Any] = dataclasses.field(default_factory=lambda: {"2": 1, "3": 48})

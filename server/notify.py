@@ -59,8 +59,24 @@ class Delivery:
     error: Optional[str] = None
 
 
-def compose(channel: str, recipient: str, url: str) -> LinkMessage:
-    """The neutral wording: no crime details, no names, nothing but the link."""
+SURVEY_SMS_TEXT = (
+    "A few short questions about your recent video appointment, if you would like to answer them: {url}\n"
+    "You can ignore this message."
+)
+SURVEY_EMAIL_SUBJECT = "Your recent video appointment"
+SURVEY_EMAIL_TEXT = (
+    "We would like to know how your recent video appointment went for you.\n\n"
+    "There are four short questions, and you can skip any of them: {url}\n\n"
+    "You can ignore this message. In an emergency call 999."
+)
+
+
+def compose(channel: str, recipient: str, url: str, survey: bool = False) -> LinkMessage:
+    """The neutral wording: no crime details, no names, nothing but the link (the call's,
+    or with ``survey`` the victim's survey's)."""
+    if survey:
+        text = SURVEY_SMS_TEXT if channel == "sms" else SURVEY_EMAIL_TEXT
+        return LinkMessage(channel, recipient, SURVEY_EMAIL_SUBJECT, text.format(url=url), url)
     text = SMS_TEXT if channel == "sms" else EMAIL_TEXT
     return LinkMessage(channel, recipient, EMAIL_SUBJECT, text.format(url=url), url)
 

@@ -117,7 +117,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
 @asynccontextmanager
 async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
     """Everything built on the core, and the background tasks; stopped in reverse."""
-    from .evaluation.surveys import Surveys
+    from .evaluation.surveys import Surveys, remind_forever
     from .incidents.board import QueueBoard
     from .incidents.service import Incidents
     from .incidents.webhooks import Webhooks
@@ -140,7 +140,7 @@ async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
     incidents = app[INCIDENTS] = Incidents(settings, clock, audit, webhooks)
     consultations.on_status(incidents.consultation_status)  # a call closed goes on its incident's timeline
     app[QUEUE_BOARD] = QueueBoard(incidents, db, clock)
-    app[SURVEYS] = Surveys(settings, clock, audit)
+    surveys = app[SURVEYS] = Surveys(settings, clock, audit, consultations)
 
     recordings = app[RECORDINGS] = Recordings(settings, clock, db, store, signing_key, audit)
     closed = await recordings.recover()
@@ -163,6 +163,7 @@ async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
     background = TaskSet("services")
     background.spawn(purge_forever(uploads), "purge unfinished uploads")
     background.spawn(sweep_forever(retention, policy.sweep_minutes), "retention sweep")
+    background.spawn(remind_forever(surveys), "survey reminders")
     webhooks.start()
     try:
         yield

@@ -125,3 +125,35 @@ async def test_the_end_screen_offers_the_survey_to_the_browser_that_had_the_call
     async with server.app[DB]() as db:
         channels = [i.channel for i in await db.scalars(select(SurveyInvitation))]
     assert channels == ["end_screen"]
+
+
+async def test_a_reminder_goes_once_after_the_delay_to_those_who_have_not_answered(staff, server, settings, clock):
+    from evr.db import OutboxMessage
+    from evr.http import SURVEYS
+
+    surveys = server.app[SURVEYS]
+    settings.session_ttl_hours = 24 * 365
+    later = await staff("oz", "officer")  # signed in before public_url makes cookies https-only
+    officer, quiet = await _closed_call(staff)
+    answered_cid = (await officer.create())["id"]
+    assert (await officer.post(f"/api/consultations/{answered_cid}/close")).status == 200
+    victim_path = await _invite(officer, answered_cid)
+    assert (await officer.client.post(victim_path, json={"answers": {"satisfied": 3}})).status == 201
+    assert await surveys.remind_due() == 0  # no public_url: a link cannot be made
+    settings.public_url = "https://evr.example"
+    assert await surveys.remind_due() == 0  # not due yet
+    clock.advance(days=10, minutes=1)
+    assert await surveys.remind_due() == 1  # the quiet one only: the other answered
+    assert await surveys.remind_due() == 0  # once
+    async with server.app[DB]() as db:
+        [message] = [m for m in await db.scalars(select(OutboxMessage)) if "/s/" in m.body]
+        channels = sorted(i.channel for i in await db.scalars(select(SurveyInvitation)
+                                                            .where(SurveyInvitation.consultation_id == quiet)))
+    assert message.consultation_id == quiet and message.channel == "sms" and message.recipient == "07700 900123"
+    assert "https://evr.example/s/…" in message.body and "video appointment" in message.body  # token kept out
+    assert channels == ["sms"]
+    # Long past the delay (a new server): no message for the calls of the past.
+    other = (await later.create())["id"]
+    assert (await later.post(f"/api/consultations/{other}/close")).status == 200
+    clock.advance(days=14)
+    assert await surveys.remind_due() == 0
