@@ -14,10 +14,11 @@ from evr.http import CLOCK, DB, SETTINGS, current_staff
 from evr.roles import KPI_ROLES
 from evr.timeutil import rfc3339
 
+from . import dashboard
 from .kpis import Indicators, Period, parse_period
 
 #: The series' columns in the CSV, in order.
-CSV_COLUMNS = ("start", "incidents", "response_p50_minutes", "satisfied_pct")
+CSV_COLUMNS = ("start", "incidents", "to_evr", "rejected", "response_p50_minutes", "satisfied_pct")
 
 
 def setup(app: web.Application) -> None:
@@ -26,6 +27,7 @@ def setup(app: web.Application) -> None:
         web.get("/api/kpis.csv", kpis_csv),
         web.get("/api/kpis/response_times", response_times),
     ])
+    dashboard.setup(app)
 
 
 def _period(request: web.Request) -> Period:

@@ -253,6 +253,8 @@ class Indicators:
             "satisfaction": {"responses": 0, "satisfied_pct": None, "would_use_again_pct": None},
             "series": [{"start": bucket.start.isoformat(),
                         "incidents": int(parts[i]["created"]) if i in parts else 0,
+                        "to_evr": int(parts[i]["to_evr"] or 0) if i in parts else 0,
+                        "rejected": int(parts[i]["rejected"] or 0) if i in parts else 0,
                         "response_p50_minutes": _num(parts[i]["bucket_p50"]) if i in parts else None,
                         "satisfied_pct": None}
                        for i, bucket in enumerate(buckets)],

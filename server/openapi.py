@@ -750,7 +750,7 @@ def _paths() -> dict[str, dict[str, Any]]:
             security=STAFF_READ, params=KPI_PARAMS, errors=(400, 401, 403))},
         "/api/kpis.csv": {"get": _op(
             "The series of the performance indicators as CSV (sergeant, admin)", "evaluation",
-            {"200": _answer("CSV: start, incidents, response_p50_minutes, satisfied_pct.",
+            {"200": _answer("CSV: start, incidents, to_evr, rejected, response_p50_minutes, satisfied_pct.",
                             media={"text/csv": {"schema": STR}})},
             security=STAFF_READ, params=KPI_PARAMS, errors=(400, 401, 403))},
         "/api/kpis/response_times": {"get": _op(
@@ -762,6 +762,14 @@ def _paths() -> dict[str, dict[str, Any]]:
                                   "no_target"), from_minutes=INT, to_minutes={"type": ["integer", "null"]},
                                  incidents=INT, within_target=INT, past_target=INT, no_target=INT))))},
             security=STAFF_READ, params=KPI_PARAMS, errors=(400, 401, 403))},
+        "/api/kpis/charts/{name}.svg": {"get": _op(
+            "A chart of the performance indicators as SVG (sergeant, admin)", "evaluation",
+            {"200": _answer("SVG with role=img, a <title> and a <desc> (its text alternative); bars are "
+                            "<rect class=\"bar\">, points <circle class=\"point\">.",
+                            media={"image/svg+xml": {"schema": STR}})},
+            security=STAFF_READ, params=(_param("name", "path", {"type": "string", "enum": [
+                "response_times", "volumes", "median_response", "rates", "satisfaction"]}, True), *KPI_PARAMS),
+            errors=(400, 401, 403, 404))},
         "/api/consultations/{id}/survey": {"post": _op(
             "A single-use survey link for the victim of a closed call (officer, sergeant)", "evaluation",
             {"201": _answer("The link, to give the victim.", _obj(("survey_url",), survey_url=STR,
@@ -907,9 +915,9 @@ SCHEMAS["Kpis"] = _obj(
                         outcome_14_pct=_NUM, outcome_16_pct=_NUM),
     satisfaction=_obj(("responses", "satisfied_pct", "would_use_again_pct"), responses=INT, satisfied_pct=_NUM,
                       would_use_again_pct=_NUM),
-    series=_array(_obj(("start", "incidents", "response_p50_minutes", "satisfied_pct"),
-                       start={"type": "string", "format": "date"}, incidents=INT, response_p50_minutes=_NUM,
-                       satisfied_pct=_NUM)),
+    series=_array(_obj(("start", "incidents", "to_evr", "rejected", "response_p50_minutes", "satisfied_pct"),
+                       start={"type": "string", "format": "date"}, incidents=INT, to_evr=INT, rejected=INT,
+                       response_p50_minutes=_NUM, satisfied_pct=_NUM)),
 )
 
 #: What EVR sends the command-and-control system (``webhook_url``; :mod:`evr.incidents.webhooks`).
@@ -940,6 +948,7 @@ WEBHOOKS = {
 
 #: Routes that are pages or files, not the API: left out of the document.
 PAGES = {("GET", "/"), ("GET", "/console"), ("GET", "/records"), ("GET", "/queue"), ("GET", "/desk"),
+         ("GET", "/dashboard"),
          ("GET", "/incidents/new"), ("GET", "/favicon.ico"), ("GET", "/j/{token}"), ("HEAD", "/j/{token}"),
          ("GET", "/s/{token}")}
 

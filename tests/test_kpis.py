@@ -87,9 +87,12 @@ async def test_figures_worked_out_by_hand(incidents, staff):
     assert got["satisfaction"] == {"responses": 0, "satisfied_pct": None, "would_use_again_pct": None}
     # 25 October has 25 hours; B (00:30 BST) and C (23:30 GMT) are both on it.
     assert got["series"] == [
-        {"start": "2026-10-24", "incidents": 1, "response_p50_minutes": 30.0, "satisfied_pct": None},
-        {"start": "2026-10-25", "incidents": 2, "response_p50_minutes": 10.0, "satisfied_pct": None},
-        {"start": "2026-10-26", "incidents": 4, "response_p50_minutes": 60.0, "satisfied_pct": None},
+        {"start": "2026-10-24", "incidents": 1, "to_evr": 1, "rejected": 0,
+         "response_p50_minutes": 30.0, "satisfied_pct": None},
+        {"start": "2026-10-25", "incidents": 2, "to_evr": 2, "rejected": 0,
+         "response_p50_minutes": 10.0, "satisfied_pct": None},
+        {"start": "2026-10-26", "incidents": 4, "to_evr": 2, "rejected": 1,
+         "response_p50_minutes": 60.0, "satisfied_pct": None},
     ]
 
 
@@ -116,8 +119,8 @@ async def test_series_as_csv(incidents, staff):
     assert response.status == 200 and response.content_type == "text/csv"
     assert "evr-kpis-2026-10-24-to-2026-10-26.csv" in response.headers["Content-Disposition"]
     assert (await response.text()).splitlines() == [
-        "start,incidents,response_p50_minutes,satisfied_pct",
-        "2026-10-24,1,30.0,", "2026-10-25,2,10.0,", "2026-10-26,4,60.0,"]
+        "start,incidents,to_evr,rejected,response_p50_minutes,satisfied_pct",
+        "2026-10-24,1,1,0,30.0,", "2026-10-25,2,2,0,10.0,", "2026-10-26,4,2,1,60.0,"]
 
 
 @pytest.mark.parametrize("query, code", [
