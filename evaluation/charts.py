@@ -332,8 +332,10 @@ def satisfaction(series: Sequence[dict[str, Any]], answers: dict[str, Any], grou
     """Victims satisfied over time: a point per day or week with a share."""
     name, title = "satisfaction", f"Victims satisfied per {group_by}"
     values = [s["satisfied_pct"] for s in series if s.get("satisfied_pct") is not None]
-    if not answers.get("responses") or not values:
+    if not answers.get("responses"):
         return _message(name, title, NO_SURVEYS, scope)
+    if not values:  # a share is shown only from a few answers, so none can be traced to a victim
+        return _message(name, title, f"Too few survey answers in any one {group_by} to show a share", scope)
     desc = (f"The share of victims satisfied, from {answers['responses']} survey answers, on "
             f"{_many(len(values), group_by)}: from {_n(min(values))} % to {_n(max(values))} %.")
     body = _points(name, series, "satisfied_pct", group_by, " %", 100.0, 25.0, "satisfied")

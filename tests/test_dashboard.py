@@ -124,6 +124,15 @@ def test_nothing_to_draw_is_said_in_words():
         assert message in texts(svg), name
     # No survey answers yet even when there are incidents.
     assert "No survey answers yet" in texts(charts.chart("satisfaction", FIGURES))
+    # Answers, but too few on any day for a share: said so, not "no answers".
+    few = charts.satisfaction(FIGURES["series"], {"responses": 3, "satisfied_pct": None})
+    assert not points(few) and "Too few survey answers in any one day" in texts(few)
+
+
+def test_satisfaction_a_point_per_share():
+    series = [{**row, "satisfied_pct": pct} for row, pct in zip(FIGURES["series"], (60.0, None, 80.0), strict=True)]
+    svg = charts.satisfaction(series, {"responses": 12, "satisfied_pct": 70.0})
+    assert len(points(svg)) == 2 and "from 12 survey answers, on 2 days: from 60 % to 80 %" in texts(svg)
 
 
 # -- the route -------------------------------------------------------------------------
