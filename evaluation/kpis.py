@@ -44,9 +44,9 @@ from sqlalchemy import Integer, and_, case, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
-from sqlalchemy.types import Float
+from sqlalchemy.types import Date, Float
 
-from evr.db import Incident, UTCDateTime
+from evr.db import Incident, SurveyAnswer, UTCDateTime
 from evr.errors import ApiError
 from evr.text import plain_text
 from evr.timeutil import rfc3339
@@ -61,6 +61,10 @@ WITHDRAWAL_OUTCOMES = (14, 16)
 MOST_BUCKETS = 800
 #: Without ``from``: the last this many days, today included.
 DEFAULT_DAYS = 30
+
+#: The response time distribution's bins, in minutes (the last has no upper end).
+RESPONSE_BINS: list[tuple[int, Optional[int]]] = [
+    (0, 15), (15, 30), (30, 60), (60, 120), (120, 240), (240, 480), (480, 1440), (1440, 2880), (2880, None)]
 
 
 # -- the force's calendar -----------------------------------------------------------------
@@ -187,8 +191,8 @@ def _minutes_sqlite(element: minutes_between, compiler: Any, **kw: Any) -> str:
     # Whole seconds, so whole minutes come out exact (julianday's float days would make
     # 30 minutes 29.99999..., on the wrong side of a bin's edge or a target).
     first, second = list(element.clauses)
-    return (f"((CAST(strftime('%s', {compiler.process(second, **kw)}) AS INTEGER)"
-            f" - CAST(strftime('%s', {compiler.process(first, **kw)}) AS INTEGER)) / 60.0)")
+    return (f"(round((julianday({compiler.process(second, **kw)}) - julianday({compiler.process(first, **kw)}))"
+            " * 86400.0) / 60.0)")
 
 
 def _pct(part: Any, whole: Any) -> Optional[float]:
@@ -203,10 +207,11 @@ def _num(value: Any) -> Optional[float]:
 
 
 class Indicators:
-    """The figures of a period, from the database: one pass over the period's
-    incidents, grouped by day or week, gives the series and every figure's parts (sums,
-    counts, and the row at each percentile's rank, which lies in one group); here they
-    are only added up. Officers are counted in a second query (distinct across days)."""
+    """The figures of a period, from the database: the period's incidents, grouped by
+    day or week, give the series and every figure's parts (sums and counts in one
+    query; in another, the value at each percentile's rank, which lies in one group);
+    here they are only added up. Officers are counted on their own (distinct across
+    days), and survey answers from their own table."""
 
     def __init__(self, grade_targets_hours: dict[str, float]) -> None:
         self.targets = grade_targets_hours
@@ -222,9 +227,12 @@ class Indicators:
     async def compute(self, db: AsyncSession, period: Period) -> dict[str, Any]:
         buckets = period.buckets()
         in_period = period.incidents()
-        rows = (await db.execute(self._grouped(buckets, in_period))).mappings().all()
+        sums, percentiles = self._grouped(buckets, in_period)
+        ranks = {r["b"]: r for r in (await db.execute(percentiles)).mappings().all()}
+        rows = [{**r, **ranks.get(r["b"], {})} for r in (await db.execute(sums)).mappings().all()]
         officers = await db.scalar(select(func.count(func.distinct(Incident.dispatched_to))).where(in_period))
         parts = {r["b"]: r for r in rows}
+        satisfaction, satisfied_by_bucket = await self._satisfaction(db, period, buckets)
 
         def total(key: str) -> int:
             return int(sum(r[key] or 0 for r in rows))
@@ -250,66 +258,75 @@ class Indicators:
             "crime_outcomes": {"n": outcomes, "positive_pct": _pct(total("positive"), outcomes),
                                "outcome_14_pct": _pct(total("o14"), outcomes),
                                "outcome_16_pct": _pct(total("o16"), outcomes)},
-            "satisfaction": {"responses": 0, "satisfied_pct": None, "would_use_again_pct": None},
+            "satisfaction": satisfaction,
             "series": [{"start": bucket.start.isoformat(),
                         "incidents": int(parts[i]["created"]) if i in parts else 0,
                         "to_evr": int(parts[i]["to_evr"] or 0) if i in parts else 0,
                         "rejected": int(parts[i]["rejected"] or 0) if i in parts else 0,
                         "response_p50_minutes": _num(parts[i]["bucket_p50"]) if i in parts else None,
-                        "satisfied_pct": None}
+                        "satisfied_pct": satisfied_by_bucket.get(i)}
                        for i, bucket in enumerate(buckets)],
         }
 
-    def _grouped(self, buckets: list[Bucket], in_period: Any) -> Any:
-        """Per bucket: the counts and sums of every figure, and each percentile's row
-        where it falls in the bucket (ranks over the whole period, and within it)."""
+    def _grouped(self, buckets: list[Bucket], in_period: Any) -> tuple[Any, Any]:
+        """Two queries, each giving a row per bucket: the counts and sums of every
+        figure (no sorting), and each percentile's value where its row falls in the
+        bucket (ranks over the whole period, and within the bucket), sorting only the
+        minutes (a sort of narrow rows is what makes a year fast on SQLite)."""
+        bucket = _bucket_of(Incident.reported_at, [b.since for b in buckets], UTCDateTime()).label("b")
+        resp = minutes_between(Incident.reported_at, Incident.arrived_at)
+        inv = minutes_between(Incident.reported_at, Incident.submitted_at)
+
+        def flag(condition: Any) -> Any:
+            return case((condition, 1), else_=0)
+
         placed = select(
-            _bucket_of(Incident.reported_at, buckets).label("b"),
-            minutes_between(Incident.reported_at, Incident.arrived_at).label("resp"),
-            minutes_between(Incident.reported_at, Incident.submitted_at).label("inv"),
-            self._target_minutes().label("target"),
-            Incident.state, Incident.reviewed_at, Incident.review_overdue, Incident.crime_outcome,
+            bucket, resp.label("resp"), inv.label("inv"),
+            flag(Incident.state.not_in(("triage", "rejected"))).label("to_evr"),
+            flag(Incident.state == "rejected").label("rejected"),
+            flag(and_(Incident.arrived_at.is_not(None), self._target_minutes().is_not(None))).label("targeted"),
+            flag(resp <= self._target_minutes()).label("within"),
+            flag(Incident.reviewed_at.is_not(None)).label("reviewed"),
+            flag(and_(Incident.reviewed_at.is_not(None), Incident.review_overdue.is_not(True))).label("in_time"),
+            Incident.crime_outcome.label("outcome"),
         ).where(in_period).subquery()
         c = placed.c
+        sums = select(
+            c.b, func.count().label("created"), func.sum(c.to_evr).label("to_evr"),
+            func.sum(c.rejected).label("rejected"), func.count(c.resp).label("resp_n"),
+            func.sum(c.resp).label("resp_sum"), func.sum(c.targeted).label("targeted"),
+            func.sum(c.within).label("within"), func.count(c.inv).label("inv_n"),
+            func.sum(c.reviewed).label("reviewed"), func.sum(c.in_time).label("reviewed_in_time"),
+            func.count(c.outcome).label("outcomes"), func.sum(flag(c.outcome.between(1, 8))).label("positive"),
+            func.sum(flag(c.outcome == WITHDRAWAL_OUTCOMES[0])).label("o14"),
+            func.sum(flag(c.outcome == WITHDRAWAL_OUTCOMES[1])).label("o16"),
+        ).group_by(c.b)
+
+        minutes = select(bucket, resp.label("resp"), inv.label("inv")).where(in_period).subquery()
+        m = minutes.c
         ranked = select(
-            placed,
-            func.row_number().over(partition_by=c.resp.is_(None), order_by=c.resp).label("resp_rn"),
-            func.count(c.resp).over().label("resp_all"),
-            func.row_number().over(partition_by=(c.b, c.resp.is_(None)), order_by=c.resp).label("bucket_rn"),
-            func.count(c.resp).over(partition_by=c.b).label("bucket_all"),
-            func.row_number().over(partition_by=c.inv.is_(None), order_by=c.inv).label("inv_rn"),
-            func.count(c.inv).over().label("inv_all"),
+            m.b, m.resp, m.inv,
+            func.row_number().over(partition_by=m.resp.is_(None), order_by=m.resp).label("resp_rn"),
+            func.count(m.resp).over().label("resp_all"),
+            func.row_number().over(partition_by=(m.b, m.resp.is_(None)), order_by=m.resp).label("bucket_rn"),
+            func.count(m.resp).over(partition_by=m.b).label("bucket_all"),
+            func.row_number().over(partition_by=m.inv.is_(None), order_by=m.inv).label("inv_rn"),
+            func.count(m.inv).over().label("inv_all"),
         ).subquery()
         r = ranked.c
 
         def at(rank: Any, value: Any, percent: int, of: Any) -> Any:
             return func.min(case((rank == _rank(of, percent), value)))
 
-        def count_if(condition: Any) -> Any:
-            return func.sum(case((condition, 1), else_=0))
-
-        return select(
+        percentiles = select(
             r.b,
-            func.count().label("created"),
-            count_if(r.state.not_in(("triage", "rejected"))).label("to_evr"),
-            count_if(r.state == "rejected").label("rejected"),
-            func.count(r.resp).label("resp_n"),
-            func.sum(r.resp).label("resp_sum"),
             at(r.resp_rn, r.resp, 50, r.resp_all).label("resp_p50"),
             at(r.resp_rn, r.resp, 90, r.resp_all).label("resp_p90"),
             at(r.bucket_rn, r.resp, 50, r.bucket_all).label("bucket_p50"),
-            count_if(and_(r.resp.is_not(None), r.target.is_not(None))).label("targeted"),
-            count_if(r.resp <= r.target).label("within"),
-            func.count(r.inv).label("inv_n"),
             at(r.inv_rn, r.inv, 50, r.inv_all).label("inv_p50"),
             at(r.inv_rn, r.inv, 90, r.inv_all).label("inv_p90"),
-            func.count(r.reviewed_at).label("reviewed"),
-            count_if(and_(r.reviewed_at.is_not(None), r.review_overdue.is_not(True))).label("reviewed_in_time"),
-            func.count(r.crime_outcome).label("outcomes"),
-            count_if(r.crime_outcome.between(1, 8)).label("positive"),
-            count_if(r.crime_outcome == WITHDRAWAL_OUTCOMES[0]).label("o14"),
-            count_if(r.crime_outcome == WITHDRAWAL_OUTCOMES[1]).label("o16"),
         ).group_by(r.b)
+        return sums, percentiles
 
 
     async def response_bins(self, db: AsyncSession, period: Period) -> list[dict[str, Any]]:
@@ -335,24 +352,55 @@ class Indicators:
         return bins
 
 
-#: The response time distribution's bins, in minutes (the last has no upper end).
-RESPONSE_BINS: list[tuple[int, Optional[int]]] = [
-    (0, 15), (15, 30), (30, 60), (60, 120), (120, 240), (240, 480), (480, 1440), (1440, 2880), (2880, None)]
+    async def _satisfaction(self, db: AsyncSession, period: Period,
+                            buckets: list[Bucket]) -> tuple[dict[str, Any], dict[int, Optional[float]]]:
+        """Survey answers given on the period's local days (of the filters' grade and
+        category): how many, the share satisfied or very satisfied (4 or 5 of 5) and the
+        share who would use it again, each only from :data:`MIN_RESPONSES` answers to
+        that question; and the share satisfied per day or week, likewise."""
+        zone = period.zone
+        first = period.since.astimezone(zone).date()
+        last = (period.until - timedelta(microseconds=1)).astimezone(zone).date()
+        where = [SurveyAnswer.answered_on >= first, SurveyAnswer.answered_on <= last]
+        if period.grade is not None:
+            where.append(SurveyAnswer.grade == period.grade)
+        if period.category is not None:
+            where.append(SurveyAnswer.category == period.category)
+        starts = [b.since.astimezone(zone).date() for b in buckets]
+        placed = select(_bucket_of(SurveyAnswer.answered_on, starts, Date()).label("b"), SurveyAnswer.satisfied,
+                        SurveyAnswer.would_use_again).where(*where).subquery()
+        c = placed.c
+        rows = (await db.execute(select(
+            c.b, func.count().label("answers"), func.count(c.satisfied).label("rated"),
+            func.sum(case((c.satisfied >= 4, 1), else_=0)).label("satisfied"),
+            func.count(c.would_use_again).label("asked_again"),
+            func.sum(case((c.would_use_again.is_(True), 1), else_=0)).label("again"),
+        ).group_by(c.b))).mappings().all()
+
+        def shown(part: Any, whole: int) -> Optional[float]:
+            return _pct(part, whole) if whole >= MIN_RESPONSES else None
+
+        rated, asked = sum(r["rated"] for r in rows), sum(r["asked_again"] for r in rows)
+        figures = {"responses": int(sum(r["answers"] for r in rows)),
+                   "satisfied_pct": shown(sum(r["satisfied"] or 0 for r in rows), rated),
+                   "would_use_again_pct": shown(sum(r["again"] or 0 for r in rows), asked)}
+        return figures, {r["b"]: shown(r["satisfied"], r["rated"]) for r in rows}
 
 
 def total_float(rows: Any, key: str) -> float:
     return float(sum(r[key] or 0 for r in rows))
 
 
-def _bucket_of(at: Any, buckets: list[Bucket], first: int = 0) -> Any:
-    """The index of the bucket holding ``at`` (known to be in the period): a CASE that
-    halves the buckets at each level, so a row is placed in about log2(n) comparisons
-    and the expression stays shallow on either database."""
-    if len(buckets) == 1:
+def _bucket_of(at: Any, starts: list[Any], kind: Any, first: int = 0) -> Any:
+    """The index of the bucket holding ``at`` (known to be in the period), given each
+    bucket's start (of SQL type ``kind``): a CASE that halves the buckets at each level,
+    so a row is placed in about log2(n) comparisons and the expression stays shallow on
+    either database."""
+    if len(starts) == 1:
         return literal(first, Integer())
-    half = len(buckets) // 2
-    return case((at < literal(buckets[half].since, UTCDateTime()), _bucket_of(at, buckets[:half], first)),
-                else_=_bucket_of(at, buckets[half:], first + half))
+    half = len(starts) // 2
+    return case((at < literal(starts[half], kind), _bucket_of(at, starts[:half], kind, first)),
+                else_=_bucket_of(at, starts[half:], kind, first + half))
 
 
 def _rank(n: Any, percent: int) -> Any:

@@ -180,3 +180,32 @@ async def test_response_times_in_bins_against_the_target(incidents, staff):
     assert bins[(30, 60)]["incidents"] == 1 and bins[(60, 120)] == {
         "from_minutes": 60, "to_minutes": 120, "incidents": 2, "within_target": 1, "past_target": 1, "no_target": 0}
     assert sum(b["incidents"] for b in bins.values()) == 4 and bins[(2880, None)]["incidents"] == 0
+
+
+async def test_satisfaction_from_survey_answers_only_from_five(incidents, staff, server):
+    from datetime import date
+
+    from evr.db import SurveyAnswer
+
+    answers = [  # (local day answered, satisfied, would use again, grade)
+        ("2026-10-23", 1, False, 3),  # before the period
+        ("2026-10-24", 5, True, 3), ("2026-10-24", 4, True, 3), ("2026-10-24", 4, False, 2),
+        ("2026-10-24", 2, True, 3), ("2026-10-24", 1, None, 3),
+        ("2026-10-25", 5, True, 3), ("2026-10-25", 5, None, 3), ("2026-10-25", None, None, 3),
+        ("2026-10-27", 5, True, 3),  # after it
+    ]
+    async with server.app[DB]() as db:
+        db.add_all([SurveyAnswer(id=str(uuid.uuid4()), answered_on=date.fromisoformat(day), satisfied=satisfied,
+                                 would_use_again=again, grade=grade, category="theft")
+                    for day, satisfied, again, grade in answers])
+        await db.commit()
+    sergeant = await staff("sue", "sergeant")
+    got = await _kpis(sergeant, "from=2026-10-24&to=2026-10-26")
+    # 8 answers; 7 rated satisfaction, 5 of them 4 or 5; 5 answered "again", 4 yes.
+    assert got["satisfaction"] == {"responses": 8, "satisfied_pct": 71.4, "would_use_again_pct": 80.0}
+    # 24 October: 5 rated, 3 of them (5, 4, 4) satisfied. 25 October: 2 rated, too few to show.
+    assert [s["satisfied_pct"] for s in got["series"]] == [60.0, None, None]
+    # Grade 3 only: 6 rated, 4 satisfied; 4 answered "again": too few to show; no day has 5.
+    grade3 = await _kpis(sergeant, "from=2026-10-24&to=2026-10-26&grade=3")
+    assert grade3["satisfaction"] == {"responses": 7, "satisfied_pct": 66.7, "would_use_again_pct": None}
+    assert [s["satisfied_pct"] for s in grade3["series"]] == [None, None, None]
