@@ -138,6 +138,29 @@ async def wait_up(base: str, server: subprocess.Popen, timeout: float = 60) -> N
     raise RuntimeError("evr serve did not answer")
 
 
+def start_server(data: Path, database_url: str) -> tuple[subprocess.Popen, str]:
+    """``evr serve`` on ``data`` (and ``database_url``, if any) in a process of its own,
+    its log in ``data/serve.log``; returns it and its base URL once it answers."""
+    env = {**os.environ, "EVR_DATABASE_URL": database_url} if database_url else dict(os.environ)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "evr", "serve", "--data", str(data), "--port", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=open(data / "serve.log", "w"))
+    base = f"http://127.0.0.1:{port}"
+    asyncio.run(wait_up(base, server))
+    return server, base
+
+
+def stop_server(server: subprocess.Popen | None) -> None:
+    """Stop it as an operator would (SIGINT), harder if it does not stop."""
+    if server is not None and server.poll() is None:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.terminate()
+            server.wait(15)
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
@@ -218,7 +241,6 @@ def main() -> int:
     args = parser.parse_args()
     data = args.data or Path(tempfile.mkdtemp(prefix="evr-bench-queue-"))
     data.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "EVR_DATABASE_URL": args.database_url} if args.database_url else dict(os.environ)
     settings = Settings.load(data_dir=data, environ={}, database_url=args.database_url)
     server = None
     try:
@@ -229,11 +251,7 @@ def main() -> int:
         started = time.perf_counter()
         asyncio.run(seed(settings, args, random.Random(13)))
         print(f"  seeded in {time.perf_counter() - started:.1f} s")
-        port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "evr", "serve", "--data", str(data), "--port", str(port)],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=open(data / "serve.log", "w"))
-        base = f"http://127.0.0.1:{port}"
-        asyncio.run(wait_up(base, server))
+        server, base = start_server(data, args.database_url)
         print(f"{args.officers} officers polling for {args.seconds:g} s, {args.takers} of them taking")
         latencies = asyncio.run(drive(base, args))
         for name, values in latencies.items():
@@ -245,13 +263,7 @@ def main() -> int:
                   f"max {max(values):.1f} ms")
             print(f"  target p99 < {TARGET_MS:g} ms: {'PASS' if p99 < TARGET_MS else 'FAIL'}")
     finally:
-        if server is not None and server.poll() is None:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(15)
-            except subprocess.TimeoutExpired:
-                server.terminate()
-                server.wait(15)
+        stop_server(server)
         if args.database_url.startswith("postgresql"):
             asyncio.run(create_database(args.database_url, drop=True))
         if args.data is None and not args.keep:

@@ -17,32 +17,31 @@ What it does:
 3. Asks ``GET /api/kpis`` for the whole year ``--runs`` times by day and by week, and
    prints the first (cold) and the slowest of the rest against the target.
 
-Victim survey answers are not seeded: surveys are not built yet (the figures' satisfaction
-part reads none). The script exits 0 whether or not the target is met; PASS/FAIL say.
+It also seeds ``--surveys`` victim survey answers (30,000) over the year, read by the
+figures' satisfaction part. The script exits 0 whether or not the target is met;
+PASS/FAIL say.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import asyncio
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import aiohttp
-from evr_queue import CLOSED, PASSWORD, create_database, events_for, free_port, incident_row, wait_up
+from evr_queue import CATEGORIES, CLOSED, PASSWORD, create_database, events_for, incident_row, start_server, stop_server
 from sqlalchemy import insert
 
 from evr.auth import hash_password
 from evr.config import Settings
-from evr.db import Incident, IncidentEvent, User, make_engine, migrate
+from evr.db import Incident, IncidentEvent, SurveyAnswer, User, make_engine, migrate
 
 CHUNK = 5_000
 TARGET_S = 1.0
@@ -72,7 +71,7 @@ def attended(row: dict, rng: random.Random) -> dict:
     return row
 
 
-async def seed(settings: Settings, count: int, rng: random.Random) -> None:
+async def seed(settings: Settings, count: int, surveys: int, rng: random.Random) -> None:
     engine = make_engine(settings.db_url)
     await migrate(engine)
     now = datetime.now(timezone.utc)
@@ -94,6 +93,16 @@ async def seed(settings: Settings, count: int, rng: random.Random) -> None:
         made += len(rows)
         print(f"\r  {made:,} incidents", end="", flush=True)
     print()
+    answers = [{"id": str(uuid.uuid4()), "answered_on": (now - timedelta(days=rng.uniform(0, 365))).date(),
+                "satisfied": rng.choice([5, 5, 4, 4, 4, 3, 2, 1, None]),
+                "would_use_again": rng.choice([True, True, True, False, None]),
+                "felt_safe": rng.choice([5, 4, 4, 3, None]), "confidence_in_police": rng.choice([5, 4, 3, 2, None]),
+                "grade": rng.choice([2, 3, 3, 4]), "category": rng.choice(CATEGORIES), "arm": None}
+               for _ in range(surveys)]
+    async with engine.begin() as conn:
+        for start in range(0, len(answers), CHUNK):
+            await conn.execute(insert(SurveyAnswer), answers[start:start + CHUNK])
+    print(f"  {len(answers):,} survey answers")
     await engine.dispose()
 
 
@@ -114,13 +123,15 @@ async def measure(base: str, runs: int) -> dict[str, list[float]]:
                         raise RuntimeError(f"kpis: {response.status} {body}")
                 times[group].append(time.perf_counter() - started)
         print(f"  the year: {body['incidents']['created']:,} incidents, response p50 "
-              f"{body['response_minutes']['p50']} min, {len(body['series'])} weeks")
+              f"{body['response_minutes']['p50']} min, {body['satisfaction']['responses']:,} survey answers "
+              f"({body['satisfaction']['satisfied_pct']} % satisfied), {len(body['series'])} weeks")
     return times
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--incidents", type=int, default=100_000)
+    parser.add_argument("--surveys", type=int, default=30_000, help="victim survey answers over the year")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--data", type=Path, default=None, help="data directory (default: a temporary one)")
     parser.add_argument("--database-url", default="", help="default: SQLite in the data directory; a PostgreSQL "
@@ -129,7 +140,6 @@ def main() -> int:
     data = args.data or Path(tempfile.mkdtemp(prefix="evr-bench-kpis-"))
     data.mkdir(parents=True, exist_ok=True)
     settings = Settings.load(data_dir=data, environ={}, database_url=args.database_url)
-    env = {"EVR_DATABASE_URL": args.database_url} if args.database_url else {}
     server = None
     try:
         if args.database_url.startswith("postgresql"):
@@ -137,14 +147,9 @@ def main() -> int:
         print(f"database: {settings.db_url.split('?')[0]}")
         print(f"seeding {args.incidents:,} incidents over a year")
         started = time.perf_counter()
-        asyncio.run(seed(settings, args.incidents, random.Random(14)))
+        asyncio.run(seed(settings, args.incidents, args.surveys, random.Random(14)))
         print(f"  seeded in {time.perf_counter() - started:.1f} s")
-        port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "evr", "serve", "--data", str(data), "--port", str(port)],
-                                  env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                                  stderr=open(data / "serve.log", "w"))
-        base = f"http://127.0.0.1:{port}"
-        asyncio.run(wait_up(base, server))
+        server, base = start_server(data, args.database_url)
         times = asyncio.run(measure(base, args.runs))
         for group, values in times.items():
             slowest = max(values[1:] or values)
@@ -152,13 +157,7 @@ def main() -> int:
                   f"{slowest * 1000:.0f} ms over {len(values) - 1} runs")
             print(f"  target < {TARGET_S:g} s: {'PASS' if max(values) < TARGET_S else 'FAIL'}")
     finally:
-        if server is not None and server.poll() is None:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(15)
-            except subprocess.TimeoutExpired:
-                server.terminate()
-                server.wait(15)
+        stop_server(server)
         if args.database_url.startswith("postgresql"):
             asyncio.run(create_database(args.database_url, drop=True))
         if args.data is None:

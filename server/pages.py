@@ -68,17 +68,33 @@ def survey() -> web.Response:
 LOGIN_FORM = "      <!-- the sign-in form: web/login.html, put here by evr.pages.staff_page -->\n"
 
 
-@lru_cache(maxsize=4)
+#: The staff consoles (path, page, link text), linked from each one's header in this order.
+CONSOLES = (("/console", "console.html", "Console"), ("/queue", "queue.html", "Queue"),
+            ("/desk", "desk.html", "Desk"), ("/dashboard", "dashboard.html", "Dashboard"),
+            ("/incidents/new", "incident-new.html", "New incident"))
+#: Where a console's header takes the links to the consoles.
+CONSOLE_LINKS = "      <!-- the consoles' links: put here by evr.pages.staff_page -->\n"
+
+
+def _console_links(name: str) -> str:
+    """The links to every console, the page's own marked as the current one."""
+    current = ' aria-current="page"'
+    return "".join(f'      <a href="{path}"{current if page == name else ""}>{text}</a>\n'
+                   for path, page, text in CONSOLES)
+
+
+@lru_cache(maxsize=8)
 def _staff_page(name: str) -> str:
     form = _read("login.html").split("-->\n", 1)[1]  # without its heading comment
     page = _read(name)
     if LOGIN_FORM not in page:
         raise RuntimeError(f"{name} has no place for the sign-in form")
-    return page.replace(LOGIN_FORM, form)
+    return page.replace(LOGIN_FORM, form).replace(CONSOLE_LINKS, _console_links(name))
 
 
 def staff_page(name: str) -> web.Response:
-    """A staff page (``console.html``, ``records.html``) with the one sign-in form."""
+    """A staff page (``console.html``, ``records.html``...) with the one sign-in form and,
+    in a console's header, the links to the consoles (:data:`CONSOLES`)."""
     return _html(_staff_page(name))
 
 
