@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .statements.cli import register as statement_commands
 
     statement_commands(commands, _common)
+
+    from .evaluation.cli import register as evaluation_commands
+
+    evaluation_commands(commands, _common)
     return parser
 
 
