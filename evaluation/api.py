@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from evr.errors import ApiError
 from evr.http import CLOCK, DB, SETTINGS, current_staff
 from evr.roles import KPI_ROLES
 from evr.timeutil import rfc3339
@@ -56,7 +57,16 @@ async def response_times(request: web.Request) -> web.Response:
 
 
 async def kpis(request: web.Request) -> web.Response:
-    return web.json_response(await _figures(request))
+    """The figures; with ``by_arm=1``, each arm's of a trial with 95 % intervals and the
+    difference between them (:mod:`.trial`)."""
+    by_arm = request.query.get("by_arm", "0")
+    if by_arm not in ("0", "1"):
+        raise ApiError(400, "invalid_parameter", "by_arm must be 0 or 1.")
+    if by_arm == "0":
+        return web.json_response(await _figures(request))
+    period = _period(request)
+    async with request.app[DB]() as db:
+        return web.json_response(await _indicators(request).by_arm(db, period))
 
 
 async def kpis_csv(request: web.Request) -> web.Response:

@@ -35,12 +35,12 @@ null, not 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Optional
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Integer, and_, case, func, literal, select
+from sqlalchemy import Integer, and_, case, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
@@ -48,6 +48,7 @@ from sqlalchemy.types import Date, Float
 
 from evr.db import Incident, SurveyAnswer, UTCDateTime
 from evr.errors import ApiError
+from evr.evaluation.trial import ARMS, median_ranks, newcombe, wilson
 from evr.text import plain_text
 from evr.timeutil import rfc3339
 
@@ -88,10 +89,13 @@ class Period:
     #: Only incidents of this grade, of this category (None: all).
     grade: Optional[int] = None
     category: Optional[str] = None
+    #: In a trial, the figures of one arm; None: EVR's (every incident but the control arm's).
+    arm: Optional[str] = None
 
     def incidents(self) -> ColumnElement[bool]:
         """The incidents the figures are about: reported in the period, of the filters."""
-        where = [Incident.reported_at >= self.since, Incident.reported_at < self.until]
+        where = [Incident.reported_at >= self.since, Incident.reported_at < self.until,
+                 Incident.arm == self.arm if self.arm else or_(Incident.arm.is_(None), Incident.arm != "control")]
         if self.grade is not None:
             where.append(Incident.grade == self.grade)
         if self.category is not None:
@@ -225,6 +229,11 @@ class Indicators:
                     else_=literal(None, Float()))
 
     async def compute(self, db: AsyncSession, period: Period) -> dict[str, Any]:
+        """The figures of ``period`` (``GET /api/kpis``)."""
+        return (await self.measure(db, period))[0]
+
+    async def measure(self, db: AsyncSession, period: Period) -> tuple[dict[str, Any], dict[str, tuple[int, int]]]:
+        """The figures, and each share's (successes, n) by its path ("reviews.within_24h_pct")."""
         buckets = period.buckets()
         in_period = period.incidents()
         sums, percentiles = self._grouped(buckets, in_period)
@@ -232,7 +241,7 @@ class Indicators:
         rows = [{**r, **ranks.get(r["b"], {})} for r in (await db.execute(sums)).mappings().all()]
         officers = await db.scalar(select(func.count(func.distinct(Incident.dispatched_to))).where(in_period))
         parts = {r["b"]: r for r in rows}
-        satisfaction, satisfied_by_bucket = await self._satisfaction(db, period, buckets)
+        satisfaction, satisfied_by_bucket, answered = await self._satisfaction(db, period, buckets)
 
         def total(key: str) -> int:
             return int(sum(r[key] or 0 for r in rows))
@@ -243,6 +252,11 @@ class Indicators:
 
         response_n, investigated, reviewed, outcomes = (total("resp_n"), total("inv_n"), total("reviewed"),
                                                         total("outcomes"))
+        counts = {"response_minutes.within_target_pct": (total("within"), total("targeted")),
+                  "reviews.within_24h_pct": (total("reviewed_in_time"), reviewed),
+                  "crime_outcomes.positive_pct": (total("positive"), outcomes),
+                  "crime_outcomes.outcome_14_pct": (total("o14"), outcomes),
+                  "crime_outcomes.outcome_16_pct": (total("o16"), outcomes), **answered}
         return {
             "from": rfc3339(period.since), "to": rfc3339(period.until), "timezone": period.zone.key,
             "group_by": period.group_by, "grade": period.grade, "category": period.category,
@@ -266,7 +280,7 @@ class Indicators:
                         "response_p50_minutes": _num(parts[i]["bucket_p50"]) if i in parts else None,
                         "satisfied_pct": satisfied_by_bucket.get(i)}
                        for i, bucket in enumerate(buckets)],
-        }
+        }, counts
 
     def _grouped(self, buckets: list[Bucket], in_period: Any) -> tuple[Any, Any]:
         """Two queries, each giving a row per bucket: the counts and sums of every
@@ -352,8 +366,8 @@ class Indicators:
         return bins
 
 
-    async def _satisfaction(self, db: AsyncSession, period: Period,
-                            buckets: list[Bucket]) -> tuple[dict[str, Any], dict[int, Optional[float]]]:
+    async def _satisfaction(self, db: AsyncSession, period: Period, buckets: list[Bucket]
+                            ) -> tuple[dict[str, Any], dict[int, Optional[float]], dict[str, tuple[int, int]]]:
         """Survey answers given on the period's local days (of the filters' grade and
         category): how many, the share satisfied or very satisfied (4 or 5 of 5) and the
         share who would use it again, each only from :data:`MIN_RESPONSES` answers to
@@ -366,6 +380,8 @@ class Indicators:
             where.append(SurveyAnswer.grade == period.grade)
         if period.category is not None:
             where.append(SurveyAnswer.category == period.category)
+        where.append(SurveyAnswer.arm == period.arm if period.arm else
+                     or_(SurveyAnswer.arm.is_(None), SurveyAnswer.arm != "control"))
         starts = [b.since.astimezone(zone).date() for b in buckets]
         placed = select(_bucket_of(SurveyAnswer.answered_on, starts, Date()).label("b"), SurveyAnswer.satisfied,
                         SurveyAnswer.would_use_again).where(*where).subquery()
@@ -381,10 +397,61 @@ class Indicators:
             return _pct(part, whole) if whole >= MIN_RESPONSES else None
 
         rated, asked = sum(r["rated"] for r in rows), sum(r["asked_again"] for r in rows)
-        figures = {"responses": int(sum(r["answers"] for r in rows)),
-                   "satisfied_pct": shown(sum(r["satisfied"] or 0 for r in rows), rated),
-                   "would_use_again_pct": shown(sum(r["again"] or 0 for r in rows), asked)}
-        return figures, {r["b"]: shown(r["satisfied"], r["rated"]) for r in rows}
+        satisfied, again = int(sum(r["satisfied"] or 0 for r in rows)), int(sum(r["again"] or 0 for r in rows))
+        figures = {"responses": int(sum(r["answers"] for r in rows)), "satisfied_pct": shown(satisfied, rated),
+                   "would_use_again_pct": shown(again, asked)}
+        # Too few answers to show are too few for an interval too.
+        counts = {"satisfaction.satisfied_pct": (satisfied, rated if rated >= MIN_RESPONSES else 0),
+                  "satisfaction.would_use_again_pct": (again, asked if asked >= MIN_RESPONSES else 0)}
+        return figures, {r["b"]: shown(r["satisfied"], r["rated"]) for r in rows}, counts
+
+    async def by_arm(self, db: AsyncSession, period: Period) -> dict[str, Any]:
+        """``by_arm=1``: the figures of each arm of a trial, each share and median with its
+        95 % interval (``<figure>_ci``), and the difference of treatment and control."""
+        arms: dict[str, dict[str, Any]] = {}
+        counts: dict[str, dict[str, tuple[int, int]]] = {}
+        for arm in ARMS:
+            one = replace(period, arm=arm)
+            figures, counts[arm] = await self.measure(db, one)
+            for path, (k, n) in counts[arm].items():
+                group, name = path.split(".")
+                figures[group][f"{name}_ci"] = wilson(k, n)
+            for group, minutes in (("response_minutes", (Incident.reported_at, Incident.arrived_at)),
+                                   ("to_investigation_end_minutes", (Incident.reported_at, Incident.submitted_at))):
+                figures[group]["p50_ci"] = await self._median_interval(db, one, *minutes, figures[group]["n"])
+            arms[arm] = {k: v for k, v in figures.items() if k not in ("from", "to", "timezone", "group_by",
+                                                                      "grade", "category")}
+        difference: dict[str, Any] = {}
+        for path in counts["treatment"]:
+            group, name = path.split(".")
+            found = newcombe(counts["treatment"][path], counts["control"][path])
+            difference.setdefault(group, {})[name] = None if found is None else {
+                "difference": found[0], "ci": [found[1], found[2]]}
+        for group in ("response_minutes", "to_investigation_end_minutes"):
+            t, c = arms["treatment"][group], arms["control"][group]
+            found_ci = t["p50_ci"] and c["p50_ci"]
+            difference.setdefault(group, {})["p50"] = None if t["p50"] is None or c["p50"] is None else {
+                "difference": round(t["p50"] - c["p50"], 1),
+                "ci": [round(t["p50_ci"][0] - c["p50_ci"][1], 1), round(t["p50_ci"][1] - c["p50_ci"][0], 1)]
+                if found_ci else None}
+        return {"from": rfc3339(period.since), "to": rfc3339(period.until), "timezone": period.zone.key,
+                "group_by": period.group_by, "grade": period.grade, "category": period.category,
+                "by_arm": arms, "difference": difference}
+
+    async def _median_interval(self, db: AsyncSession, period: Period, start: Any, end: Any,
+                               n: int) -> Optional[list[float]]:
+        """The median's distribution-free 95 % interval: the values at the two ranks of
+        :func:`.trial.median_ranks` among the period's minutes from ``start`` to ``end``."""
+        ranks = median_ranks(n)
+        if ranks is None:
+            return None
+        minutes = minutes_between(start, end)
+        ranked = select(minutes.label("m"), func.row_number().over(order_by=minutes).label("rn")).where(
+            period.incidents(), end.is_not(None)).subquery()
+        low, high = (await db.execute(select(
+            func.min(case((ranked.c.rn == ranks[0], ranked.c.m))),
+            func.min(case((ranked.c.rn == ranks[1], ranked.c.m)))))).one()
+        return None if low is None or high is None else [round(float(low), 1), round(float(high), 1)]
 
 
 def total_float(rows: Any, key: str) -> float:

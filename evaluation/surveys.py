@@ -222,7 +222,8 @@ class Surveys:
             today = self.clock().astimezone(ZoneInfo(self.settings.timezone)).date()
             tx.db.add(SurveyAnswer(id=str(uuid.uuid4()), answered_on=today,
                                    grade=incident.grade if incident else None,
-                                   category=incident.category if incident else None, **answers))
+                                   category=incident.category if incident else None,
+                                   arm=incident.arm if incident else None, **answers))
             # That the victim answered, never what.
             tx.add(who, "survey.answer", f"consultation:{invitation.consultation_id}",
                    consultation_id=invitation.consultation_id, details={"survey_id": invitation.id})

@@ -4,7 +4,7 @@ queue"). Who may do what is in :mod:`evr.roles`; the rules in :mod:`.service`.""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Optional
 
 from aiohttp import web
@@ -28,6 +28,7 @@ from evr.http import (
     same_origin,
 )
 from evr.roles import (
+    ATTENDANCE_ROLES,
     CRIME_OUTCOME_ROLES,
     INCIDENT_CREATE_ROLES,
     INCIDENT_ROLES,
@@ -60,6 +61,7 @@ def setup(app: web.Application) -> None:
         web.post(one + "/investigation", investigation),
         web.post(one + "/review", review),
         web.post(one + "/crime_outcome", crime_outcome),
+        web.post(one + "/attended", attended),
         web.get("/api/queue", queue),
         web.post("/api/queue/take", take),
         web.get("/api/queue/ws", queue_socket),
@@ -303,4 +305,23 @@ async def crime_outcome(request: web.Request) -> web.Response:
         await service.apply(tx, incident, "crime_outcome", actor(request, staff),
                             changes={"crime_outcome": code, "crime_outcome_at": now},
                             details={"code": code, "positive": code in POSITIVE_OUTCOMES})
+    return await _answer(request, staff, incident.id)
+
+
+async def attended(request: web.Request) -> web.Response:
+    """In a trial, a control incident's in-person attendance (``{"at"}``), as the
+    command-and-control system (or a sergeant) reports it: its response time, for
+    comparison with EVR's."""
+    staff = current_staff(request)
+    staff.require(*ATTENDANCE_ROLES)
+    body = await read_json(request)
+    now = request.app[CLOCK]()
+    at = parse_time(body.get("at") if isinstance(body, dict) else None, "at")
+    service = request.app[INCIDENTS]
+    async with request.app[AUDIT].transaction() as tx:
+        incident = await service.get(tx.db, staff, request.match_info["id"])
+        if at < incident.reported_at or at > now + timedelta(minutes=5):
+            raise ApiError(422, "invalid_time", "at must be after the report and not in the future.", fields=["at"])
+        await service.apply(tx, incident, "attended", actor(request, staff), changes={"arrived_at": at},
+                            details={"arrived_at": rfc3339(at)})
     return await _answer(request, staff, incident.id)

@@ -8,6 +8,7 @@ audit entry, all in the caller's transaction (:meth:`evr.audit.AuditLog.transact
 so a change and its record commit together or not at all.
 
     triage → queued | allocated | rejected
+    (in a trial, a control incident is entered as ``control`` and stays there)
     queued | allocated → dispatched → in_call → awaiting_review
     awaiting_review → finalised | patrol_suspect | patrol_enquiries | evr_desk_enquiries
     evr_desk_enquiries → in_call (another call) | awaiting_review (submitted again)
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Optional, cast
 
-from sqlalchemy import CursorResult, false, not_, or_, select, true, update
+from sqlalchemy import CursorResult, false, func, not_, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from evr.audit import Actor, AuditLog
@@ -43,6 +44,7 @@ from evr.db import (
     User,
 )
 from evr.errors import ApiError, checked_reason, not_found
+from evr.evaluation.trial import TrialDesign
 from evr.roles import INCIDENT_ALL_ROLES
 from evr.text import plain_text
 from evr.timeutil import Clock, rfc3339
@@ -53,7 +55,9 @@ from .webhooks import Webhooks, events_for
 log = logging.getLogger(__name__)
 
 OUTCOMES = ("finalised", "patrol_suspect", "patrol_enquiries", "evr_desk_enquiries")
-STATES = ("triage", "queued", "allocated", "rejected", "dispatched", "in_call", "awaiting_review", *OUTCOMES)
+#: ``control``: in a trial, an incident of the control arm (normal dispatch; kept for comparison only).
+STATES = ("triage", "queued", "allocated", "rejected", "dispatched", "in_call", "awaiting_review", *OUTCOMES,
+          "control")
 #: States after the call has started (a crime outcome may be recorded from then on).
 AFTER_CALL = ("in_call", "awaiting_review", *OUTCOMES)
 #: Home Office crime outcomes: 1-22; 1-8 are positive (charge, cautions, community resolution...).
@@ -87,7 +91,9 @@ STEPS: dict[str, Step] = {
     "call_closed": Step("incident.call_closed", AFTER_CALL, None),
     "submit": Step("incident.investigation", ("in_call", "evr_desk_enquiries"), "awaiting_review"),
     **{f"review:{o}": Step("incident.review", ("awaiting_review",), o) for o in OUTCOMES},
-    "crime_outcome": Step("incident.crime_outcome", AFTER_CALL, None),
+    "crime_outcome": Step("incident.crime_outcome", (*AFTER_CALL, "control"), None),
+    # A control incident's in-person attendance, as the command-and-control system reports it.
+    "attended": Step("incident.attended", ("control",), None),
 }
 
 
@@ -298,6 +304,8 @@ class Incidents:
         self.audit = audit
         #: The command-and-control system's events, written with each change (:mod:`.webhooks`).
         self.webhooks = webhooks
+        #: Trial mode: each new incident's arm (:mod:`evr.evaluation.trial`).
+        self.trial = TrialDesign.from_config(settings.trial)
         #: Told (no arguments) after each committed change of any incident.
         self._listeners: list[Callable[[], None]] = []
         #: The waiting incidents, read once per change (``GET /api/queue``, the board, take).
@@ -394,7 +402,8 @@ class Incidents:
         (one incident, its read audit-logged)."""
         target = self.target_at(i)
         body: dict[str, Any] = {
-            "id": i.id, "cad_ref": i.cad_ref, "state": i.state, "grade": i.grade, "category": i.category,
+            "id": i.id, "cad_ref": i.cad_ref, "state": i.state, "arm": i.arm, "grade": i.grade,
+            "category": i.category,
             "reported_at": rfc3339(i.reported_at), "summary": i.summary, "vulnerability": i.vulnerability,
             "high_harm": i.high_harm, "created_at": rfc3339(i.created_at), "created_by": i.created_by,
             "created_by_role": i.created_by_role, "allocated_to": i.allocated_name,
@@ -466,8 +475,15 @@ class Incidents:
             if open_one is not None:
                 raise ApiError(409, "duplicate_cad_ref", f"An incident of {new.cad_ref} is open already.",
                                fields=["cad_ref"], incident_id=open_one)
+            position = 0
+            if self.trial.enabled and self.trial.assign == "block":
+                position = await tx.db.scalar(select(func.count()).select_from(Incident)
+                                              .where(Incident.arm.is_not(None))) or 0
+            arm = self.trial.arm(new.cad_ref, position)
+            state = "control" if arm == "control" else "triage"
             incident = Incident(
-                id=str(uuid.uuid4()), cad_ref=new.cad_ref, state="triage", grade=new.grade, category=new.category,
+                id=str(uuid.uuid4()), cad_ref=new.cad_ref, state=state, arm=arm, grade=new.grade,
+                category=new.category,
                 reported_at=new.reported_at, summary=new.summary, victim=new.victim,
                 eligibility={k: True for k in ELIGIBILITY}, vulnerability=new.vulnerability,
                 high_harm=new.high_harm, created_at=now, created_by=staff.username, created_by_role=staff.role,
@@ -475,11 +491,12 @@ class Incidents:
             tx.db.add(incident)
             tx.on_commit(self._changed)
             tx.db.add(IncidentEvent(incident_id=incident.id, at=now, kind="created", from_state=None,
-                                    to_state="triage", actor=who.name[:64], role=who.role[:16]))
+                                    to_state=state, actor=who.name[:64], role=who.role[:16],
+                                    details={"arm": arm} if arm else None))
             await tx.db.flush()
             # Which personal data was collected; never the values (the audit log is never erased).
             tx.add(who, "incident.create", f"incident:{incident.id}",
-                   details={"cad_ref": new.cad_ref, "grade": new.grade, "to": "triage",
+                   details={"cad_ref": new.cad_ref, "grade": new.grade, "to": state, "arm": arm,
                             "collected": sorted(f"victim.{k}" for k in new.victim)})
         return incident
 

@@ -88,6 +88,9 @@ class Settings:
     #: Days after the call closed that a victim who has not answered the survey is sent
     #: its link once, by the call link's channel (needs ``public_url``); 0: never.
     survey_delay_days: float = 10.0
+    #: Trial mode (``evr.evaluation.trial``): a ``[trial]`` table: ``enabled``,
+    #: ``assign`` ("last_digit" or "block"), ``seed``, ``block_size``.
+    trial: dict[str, Any] = dataclasses.field(default_factory=dict)
     # -- the EVR queue --
     #: Target hours from report to arrival, per incident grade (as text: TOML keys).
     grade_targets_hours: dict[str, Any] = dataclasses.field(default_factory=lambda: {"2": 1, "3": 48})
@@ -156,6 +159,16 @@ class Settings:
         from evr.retention.policy import Policy
 
         Policy.from_config(self.retention)  # a bad [retention] table fails here, named
+        from evr.evaluation.trial import TrialDesign
+
+        if isinstance(self.trial, str):  # EVR_TRIAL='{"enabled": true, "assign": "last_digit"}'
+            import json
+
+            try:
+                self.trial = json.loads(self.trial)
+            except ValueError:
+                raise ValueError("trial must be a JSON object (enabled, assign, seed, block_size)") from None
+        TrialDesign.from_config(self.trial)  # likewise [trial]
         if isinstance(self.grade_targets_hours, str):  # EVR_GRADE_TARGETS_HOURS='{"2": 1, "3": 48}'
             import json
 

@@ -542,6 +542,9 @@ class Incident(Base):
     #: The newest consultation of it (each carries ``incident_id``).
     consultation_id: Mapped[Optional[str]] = mapped_column(String(36), nullable=True)
     arrived_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
+    #: Trial mode's arm: "treatment" (offered EVR), "control" (normal dispatch, kept for
+    #: comparison) or None (no trial).
+    arm: Mapped[Optional[str]] = mapped_column(String(16), nullable=True)
     #: When its newest call closed: the sergeant's review is due within 24 h of it.
     call_closed_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
     phoned_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)

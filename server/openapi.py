@@ -302,7 +302,7 @@ SCHEMAS: dict[str, Schema] = {
 
 INCIDENT_STATE: Schema = {"type": "string", "enum": [
     "triage", "queued", "allocated", "rejected", "dispatched", "in_call", "awaiting_review", "finalised",
-    "patrol_suspect", "patrol_enquiries", "evr_desk_enquiries"]}
+    "patrol_suspect", "patrol_enquiries", "evr_desk_enquiries", "control"]}
 SCHEMAS.update({
     "NewIncident": {
         "type": "object", "required": ["cad_ref", "grade", "eligibility"],
@@ -318,7 +318,9 @@ SCHEMAS.update({
     },
     "Incident": _obj(
         ("id", "cad_ref", "state"),
-        id=UUID, cad_ref=STR, state=INCIDENT_STATE, grade=INT, category=STR, reported_at=TIME, summary=STR,
+        id=UUID, cad_ref=STR, state=INCIDENT_STATE, arm={"type": ["string", "null"],
+                                                         "enum": ["treatment", "control", None]},
+        grade=INT, category=STR, reported_at=TIME, summary=STR,
         created_at=TIME, created_by=STR, created_by_role=STR, allocated_to=STR_OR_NULL, dispatched_to=STR_OR_NULL,
         dispatched_at=TIME_OR_NULL, consultation_id=STR_OR_NULL, arrived_at=TIME_OR_NULL, phoned_at=TIME_OR_NULL,
         call_closed_at=TIME_OR_NULL, submitted_at=TIME_OR_NULL, review_due_at=TIME_OR_NULL,
@@ -728,6 +730,10 @@ def _paths() -> dict[str, dict[str, Any]]:
             security=KEY_WRITE, params=(IID,),
             body=_obj(("code",), code={"type": "integer", "minimum": 1, "maximum": 22}), example={"code": 1},
             errors=(400, 401, 403, 404, 409, 413, 422))},
+        inc + "/attended": {"post": _op(
+            "Trial mode: a control incident's in-person attendance (sergeant, integration)", "incidents",
+            {"200": incident}, security=KEY_WRITE, params=(IID,), body=_obj(("at",), at=TIME),
+            example={"at": "2026-11-30T10:42:00Z"}, errors=(400, 401, 403, 404, 409, 413, 422))},
         "/api/queue": {"get": _op(
             "The queue (officer, sergeant)", "incidents",
             {"200": _answer("An officer's allocated incidents first, then the queued ones; oldest report first.",
@@ -746,7 +752,9 @@ def _paths() -> dict[str, dict[str, Any]]:
             security=KEY_WRITE, errors=(401, 403))},
         "/api/kpis": {"get": _op(
             "Performance indicators of the incidents reported in a period (sergeant, admin)", "evaluation",
-            {"200": _answer("The figures, and the series by the force's days or weeks.", _ref("Kpis"))},
+            {"200": _answer("The figures, and the series by the force's days or weeks; with by_arm=1, each "
+                            "arm's with 95 % intervals and the difference.",
+                            {"anyOf": [_ref("Kpis"), _ref("KpisByArm")]})},
             security=STAFF_READ, params=KPI_PARAMS, errors=(400, 401, 403))},
         "/api/kpis.csv": {"get": _op(
             "The series of the performance indicators as CSV (sergeant, admin)", "evaluation",
@@ -901,6 +909,8 @@ KPI_PARAMS = (
     _query("group_by", {"type": "string", "enum": ["day", "week"]}, "The series' step (weeks from Monday)"),
     _query("grade", {"type": "string", "pattern": "^[1-5]$"}, "Only incidents of this grade"),
     _query("category", {"type": "string", "maxLength": 64}, "Only incidents of this category"),
+    _query("by_arm", {"type": "string", "enum": ["0", "1"]},
+           "1: in a trial, the figures of each arm with 95 % intervals and the difference (another shape)"),
 )
 _NUM = {"type": ["number", "null"]}
 _DISTRIBUTION = _obj(("n", "p50", "p90"), n=INT, p50=_NUM, p90=_NUM, mean=_NUM, within_target_pct=_NUM)
@@ -919,6 +929,10 @@ SCHEMAS["Kpis"] = _obj(
                        start={"type": "string", "format": "date"}, incidents=INT, to_evr=INT, rejected=INT,
                        response_p50_minutes=_NUM, satisfied_pct=_NUM)),
 )
+
+SCHEMAS["KpisByArm"] = _obj(
+    ("from", "to", "by_arm", "difference"), **{"from": TIME, "to": TIME}, timezone=STR, group_by=STR,
+    by_arm=_obj(("treatment", "control"), treatment=ANY_OBJECT, control=ANY_OBJECT), difference=ANY_OBJECT)
 
 #: What EVR sends the command-and-control system (``webhook_url``; :mod:`evr.incidents.webhooks`).
 WEBHOOKS = {

@@ -33,6 +33,8 @@ INCIDENT_ALL_ROLES = ("sergeant", "integration")
 INCIDENT_SUPERVISOR_ROLES = ("sergeant",)
 #: The queue: officers take from it, sergeants watch it.
 QUEUE_ROLES = ("officer", "sergeant")
+#: Who records a control incident's in-person attendance (trial mode).
+ATTENDANCE_ROLES = ("sergeant", "integration")
 #: Who records a Home Office crime outcome.
 CRIME_OUTCOME_ROLES = ("officer", "sergeant", "integration")
 #: Performance indicators (``evr.evaluation``): figures only, no person.
