@@ -50,6 +50,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from evr.timeutil import utcnow
 
     from .demo import DemoRefused, make_month
+    from .trial import TrialDesign
 
     if not 1 <= args.days <= 366 or not 1 <= args.per_day <= 1000:
         print("evr: --days must be 1 to 366 and --per-day 1 to 1000", file=sys.stderr)
@@ -63,7 +64,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     async def run() -> Any:
         async with core(settings) as opened, opened.audit.transaction() as tx:
             made = await make_month(tx.db, utcnow(), settings.timezone, settings.grade_targets_hours,
-                                    days=args.days, per_day=args.per_day, seed=args.seed, force=args.force)
+                                    days=args.days, per_day=args.per_day, seed=args.seed, force=args.force,
+                                    trial=TrialDesign.from_config(settings.trial))
             tx.add(cli_actor(), "demo.seed", "incidents", details={
                 "days": args.days, "incidents": made.incidents, "survey_answers": made.answers, "seed": args.seed})
             return made

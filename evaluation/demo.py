@@ -9,6 +9,10 @@ incidents take the paths real ones do (rejected at triage; taken, attended, reco
 reviewed, most with a crime outcome; the newest still in the queue or the call), with
 their timelines, so every figure and chart has something true to its kind to show.
 
+With trial mode on (``[trial]``), each incident gets its arm as a real one would, and
+the control arm's incidents take the control path (attended in person days later, an
+outcome recorded), so ``by_arm=1`` and the dashboard's comparison have two arms.
+
 It refuses a database that holds incidents already (a force's real data must never be
 mixed with made-up data) unless told ``--force``, and the audit log records that it ran.
 """
@@ -26,6 +30,8 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from evr.db import Incident, IncidentEvent, SurveyAnswer, User
+
+from .trial import TrialDesign
 
 CATEGORIES = ("theft", "criminal_damage", "harassment", "fraud", "burglary_non_dwelling", "assault_no_injury",
               "domestic_non_urgent", "vehicle_crime")
@@ -49,12 +55,14 @@ def _event(incident_id: str, at: datetime, kind: str, before: Optional[str], aft
 
 
 def _incident(n: int, reported: datetime, now: datetime, rng: random.Random, officers: list[tuple[int, str]],
-              targets: dict[str, float]) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
+              targets: dict[str, float], trial: TrialDesign) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
     """One incident and its timeline, and whether its victim was attended (may answer a survey)."""
     iid = str(uuid.uuid4())
+    cad_ref = f"DEMO-{reported:%Y%m%d}-{n:04d}"
+    arm = trial.arm(cad_ref, n)
     grade = rng.choice([2, 3, 3, 3, 4])
     row: dict[str, Any] = {
-        "id": iid, "cad_ref": f"DEMO-{reported:%Y%m%d}-{n:04d}", "state": "triage", "grade": grade,
+        "id": iid, "cad_ref": cad_ref, "state": "triage", "arm": arm, "grade": grade,
         "category": rng.choice(CATEGORIES), "reported_at": reported, "summary": "Made-up incident (evr demo).",
         "victim": {"phone": f"07700 900{rng.randrange(1000):03d}", "preferred_contact": "sms", "language": "en"},
         "eligibility": {}, "vulnerability": rng.random() < 0.15, "high_harm": False, "created_at": reported,
@@ -75,6 +83,16 @@ def _incident(n: int, reported: datetime, now: datetime, rng: random.Random, off
         row["state"], row["updated_at"] = state, at
         return True
 
+    if arm == "control":  # normal dispatch: attended in person, days later; kept for comparison
+        row["state"] = events[0]["to_state"] = "control"
+        attended = reported + timedelta(hours=rng.lognormvariate(3.5, 0.8))  # median about 33 h
+        if attended <= now:
+            row["arrived_at"] = attended
+            events.append(_event(iid, attended, "attended", "control", "control", "key:demo-cad", "integration"))
+            if rng.random() < 0.7 and attended + timedelta(days=2) < now:
+                row.update(crime_outcome=rng.choice([1, 2, 8, 14, 14, 15, 16, 16, 18, 18, 18]),
+                           crime_outcome_at=attended + timedelta(days=2))
+        return row, events, False
     if rng.random() < 0.15:
         step("rejected", "reject", "demo.sergeant", "sergeant", "Offender at the address: attend in person")
         return row, events, False
@@ -121,7 +139,7 @@ def _answer(day: Any, incident: dict[str, Any], rng: random.Random) -> dict[str,
 
 async def make_month(db: AsyncSession, now: datetime, zone_name: str, targets: dict[str, float], *,
                      days: int = 30, per_day: int = 20, seed: int = 2026, force: bool = False,
-                     password_hash: str = "!demo") -> Made:
+                     password_hash: str = "!demo", trial: Optional[TrialDesign] = None) -> Made:
     """Add ``days`` of made-up incidents (about ``per_day`` a day) ending ``now``, and the
     survey answers of about a third of the victims attended, in ``db``'s transaction."""
     if not force and await db.scalar(select(func.count()).select_from(Incident)):
@@ -129,6 +147,7 @@ async def make_month(db: AsyncSession, now: datetime, zone_name: str, targets: d
                           "(--force adds them anyway)")
     rng = random.Random(seed)
     zone = ZoneInfo(zone_name)
+    trial = trial or TrialDesign()
     officers = []
     for i in range(1, OFFICERS + 1):
         name = f"demo.officer{i}"
@@ -149,13 +168,13 @@ async def make_month(db: AsyncSession, now: datetime, zone_name: str, targets: d
             reported = local.astimezone(now.tzinfo)
             if reported > now:
                 continue
-            row, timeline, attended = _incident(len(incidents), reported, now, rng, officers, targets)
+            row, timeline, attended = _incident(len(incidents), reported, now, rng, officers, targets, trial)
             incidents.append(row)
             events.extend(timeline)
             if attended and row["call_closed_at"] and rng.random() < 0.35:
                 answered = row["call_closed_at"] + timedelta(hours=rng.uniform(0.1, 240))
                 if answered <= now:
-                    answers.append(_answer(answered.astimezone(zone).date(), row, rng))
+                    answers.append({**_answer(answered.astimezone(zone).date(), row, rng), "arm": row["arm"]})
     for start in range(0, len(incidents), 1000):
         await db.execute(insert(Incident), incidents[start:start + 1000])
     for start in range(0, len(events), 1000):

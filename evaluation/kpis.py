@@ -14,7 +14,8 @@ What each figure counts. Every figure is about the incidents *reported* in the p
 the same incidents:
 
 - ``incidents``: ``created`` (all of them), ``to_evr`` (triaged into the queue or
-  allocated: every state but ``triage`` and ``rejected``), ``rejected``.
+  allocated: every state but ``triage``, ``rejected`` and a trial's ``control``),
+  ``rejected``. A trial's control arm is left out of the figures but with ``by_arm=1``.
 - ``officers_active``: the officers they were dispatched to.
 - ``response_minutes``: ``reported_at`` to ``arrived_at`` (the officer joined the call),
   of those attended; ``within_target_pct`` of those whose grade has a target
@@ -296,7 +297,7 @@ class Indicators:
 
         placed = select(
             bucket, resp.label("resp"), inv.label("inv"),
-            flag(Incident.state.not_in(("triage", "rejected"))).label("to_evr"),
+            flag(Incident.state.not_in(("triage", "rejected", "control"))).label("to_evr"),
             flag(Incident.state == "rejected").label("rejected"),
             flag(and_(Incident.arrived_at.is_not(None), self._target_minutes().is_not(None))).label("targeted"),
             flag(resp <= self._target_minutes()).label("within"),
