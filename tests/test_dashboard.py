@@ -188,6 +188,7 @@ async def test_dashboard_in_chromium(ui, users, incidents):  # noqa: F811 - the 
     await sign_in(page, "sue")
     await loaded(page)
     assert await page.locator("#f-from").input_value() == "2026-10-24"
+    assert await page.locator("#trial").is_hidden()  # no trial: no comparison of arms
 
     # The headline in words.
     headline = await page.locator("#headline").text_content()
@@ -268,3 +269,41 @@ async def test_dashboard_refuses_an_officer(ui, users):
     await page.get_by_text("The dashboard is for sergeants and admin staff").wait_for()
     assert await page.locator("#v-home").is_hidden()
     await ui.screen(page, "dashboard-refused")
+
+
+@SQLITE_ONLY
+async def test_the_trials_arms_side_by_side(ui, users, server):
+    """With incidents of a trial's two arms, the dashboard compares them in words and
+    numbers, each with its interval (the hand-worked arms of tests/test_trial.py)."""
+    import uuid
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import insert
+    from test_trial import ARM_ROWS
+
+    from evr.db import Incident
+    from evr.http import DB
+
+    reported = datetime(2026, 10, 24, 10, tzinfo=timezone.utc)
+    async with server.app[DB]() as db:
+        await db.execute(insert(Incident), [{
+            "id": str(uuid.uuid4()), "cad_ref": f"CAD-T-{n}", "state": "finalised" if arm == "treatment" else "control",
+            "arm": arm, "grade": 3, "category": "theft", "reported_at": reported, "summary": "", "victim": {},
+            "eligibility": {}, "vulnerability": False, "high_harm": False, "created_at": reported,
+            "updated_at": reported, "created_by": "cad", "created_by_role": "integration", "created_by_id": -1,
+            "arrived_at": reported + timedelta(minutes=m)} for n, (arm, m, _) in enumerate(ARM_ROWS)])
+        await db.commit()
+    await users("sue", "sergeant")
+    page = await ui.page(phone=False)
+    await page.goto("/dashboard?from=2026-10-24&to=2026-10-24")
+    await sign_in(page, "sue")
+    await loaded(page)
+    trial = page.locator("#trial")
+    assert await trial.is_visible()
+    rows = await trial.locator("tbody tr").evaluate_all(
+        "rows => rows.map(r => [...r.children].map(c => c.textContent))")
+    assert rows[0] == ["Incidents", "6", "6", "–"]
+    assert rows[1] == ["Median wait for the officer", "30 min (10 min to 60 min)", "3.0 h (60 min to 6.0 h)",
+                       "-2.5 h (-5.8 h to 0 min)"]
+    assert rows[2][1:] == ["100 % (61 to 100 %)", "100 % (61 to 100 %)", "0 points (-39 points to +39 points)"]
+    await ui.screen(page, "dashboard-5-trial")

@@ -31,6 +31,8 @@ roleHome({
     loading += 1;
     $('charts').replaceChildren();
     $('headline').replaceChildren();
+    $('trial-table').replaceChildren();
+    $('trial').hidden = true;
     $('scope').textContent = '';
     $('dash-status').textContent = '';
   },
@@ -244,6 +246,49 @@ function figure(chart, got, data, query, names) {
   return f;
 }
 
+// ---- the trial's arms ---------------------------------------------------------
+
+/** "30 min (10 to 60)": a figure with its 95 % interval, in words. */
+function withInterval(value, ci, unit) {
+  if (value == null) return 'not enough data';
+  const shown = unit === 'min' ? minutes(value) : `${value} %`;
+  if (!ci) return shown;
+  const [low, high] = ci;
+  return unit === 'min' ? `${shown} (${minutes(low)} to ${minutes(high)})` : `${shown} (${low} to ${high} %)`;
+}
+
+function difference(d, unit) {
+  if (!d) return 'not enough data';
+  const say = (v) => `${v > 0 ? '+' : v < 0 ? '-' : ''}${unit === 'min' ? minutes(Math.abs(v)) : `${Math.abs(v)} points`}`;
+  return d.ci ? `${say(d.difference)} (${say(d.ci[0])} to ${say(d.ci[1])})` : say(d.difference);
+}
+
+const TRIAL_ROWS = [
+  ['Median wait for the officer', 'response_minutes', 'p50', 'min'],
+  ['Within the grade\'s target', 'response_minutes', 'within_target_pct', '%'],
+  ['Reviews within 24 h', 'reviews', 'within_24h_pct', '%'],
+  ['Positive crime outcomes', 'crime_outcomes', 'positive_pct', '%'],
+  ['Victim withdrew (outcome 16)', 'crime_outcomes', 'outcome_16_pct', '%'],
+  ['Victims satisfied', 'satisfaction', 'satisfied_pct', '%'],
+];
+
+/** The arms side by side, when the period has incidents of a trial's control arm. */
+function trial(got) {
+  const control = got?.by_arm?.control;
+  $('trial').hidden = !control || !control.incidents.created;
+  if ($('trial').hidden) return void $('trial-table').replaceChildren();
+  const { treatment } = got.by_arm;
+  const data = {
+    head: ['Figure', 'Treatment', 'Control', 'Difference'],
+    rows: [['Incidents', String(treatment.incidents.created), String(control.incidents.created), '–'],
+      ...TRIAL_ROWS.map(([words, group, name, unit]) => [words,
+        withInterval(treatment[group][name], treatment[group][`${name}_ci`], unit),
+        withInterval(control[group][name], control[group][`${name}_ci`], unit),
+        difference(got.difference[group]?.[name], unit)])],
+  };
+  $('trial-table').replaceChildren(table('The trial\'s arms compared', data));
+}
+
 const chartUrl = (name, query) => `/api/kpis/charts/${name}.svg${query ? `?${query}` : ''}`;
 
 async function load() {
@@ -253,9 +298,10 @@ async function load() {
   $('dash-status').textContent = 'Loading the figures…';
   document.body.dataset.loaded = '';
   const suffix = query ? `?${query}` : '';
-  const [kpis, times, ...svgs] = await Promise.all([
+  const [kpis, times, arms, ...svgs] = await Promise.all([
     api('GET', `/api/kpis${suffix}`),
     api('GET', `/api/kpis/response_times${suffix}`),
+    api('GET', `/api/kpis${suffix ? `${suffix}&` : '?'}by_arm=1`),
     ...CHARTS.map((c) => svgOf(chartUrl(c.name, query))),
   ]);
   if (mine !== loading) return;
@@ -269,6 +315,7 @@ async function load() {
   for (const url of blobUrls) URL.revokeObjectURL(url);
   blobUrls = [];
   headline(k);
+  trial(arms.ok ? arms.data : null);
   const from = $('f-from').value || 'start';
   const to = $('f-to').value || 'today';
   $('scope').textContent = `Incidents reported from ${from} to ${to}`
