@@ -275,24 +275,9 @@ async def test_dashboard_refuses_an_officer(ui, users):
 async def test_the_trials_arms_side_by_side(ui, users, server):
     """With incidents of a trial's two arms, the dashboard compares them in words and
     numbers, each with its interval (the hand-worked arms of tests/test_trial.py)."""
-    import uuid
-    from datetime import datetime, timedelta, timezone
+    from test_trial import insert_arms
 
-    from sqlalchemy import insert
-    from test_trial import ARM_ROWS
-
-    from evr.db import Incident
-    from evr.http import DB
-
-    reported = datetime(2026, 10, 24, 10, tzinfo=timezone.utc)
-    async with server.app[DB]() as db:
-        await db.execute(insert(Incident), [{
-            "id": str(uuid.uuid4()), "cad_ref": f"CAD-T-{n}", "state": "finalised" if arm == "treatment" else "control",
-            "arm": arm, "grade": 3, "category": "theft", "reported_at": reported, "summary": "", "victim": {},
-            "eligibility": {}, "vulnerability": False, "high_harm": False, "created_at": reported,
-            "updated_at": reported, "created_by": "cad", "created_by_role": "integration", "created_by_id": -1,
-            "arrived_at": reported + timedelta(minutes=m)} for n, (arm, m, _) in enumerate(ARM_ROWS)])
-        await db.commit()
+    await insert_arms(server)
     await users("sue", "sergeant")
     page = await ui.page(phone=False)
     await page.goto("/dashboard?from=2026-10-24&to=2026-10-24")

@@ -80,7 +80,8 @@ ARM_ROWS = [("treatment", m, i < 3) for i, m in enumerate([10, 20, 30, 40, 50, 6
     ("control", m, None) for m in [60, 120, 180, 240, 300, 360]]
 
 
-async def test_by_arm_with_intervals_and_the_difference(staff, server):
+async def insert_arms(server: Any) -> None:
+    """:data:`ARM_ROWS`, reported 24 October 2026 at 10:00 UTC, into the server's database."""
     reported = datetime(2026, 10, 24, 10, tzinfo=timezone.utc)
     async with server.app[DB]() as db:
         await db.execute(insert(Incident), [{
@@ -93,6 +94,10 @@ async def test_by_arm_with_intervals_and_the_difference(staff, server):
             "review_overdue": (not in_time) if in_time is not None else None,
         } for n, (arm, m, in_time) in enumerate(ARM_ROWS)])
         await db.commit()
+
+
+async def test_by_arm_with_intervals_and_the_difference(staff, server):
+    await insert_arms(server)
     sergeant = await staff("sue", "sergeant")
     got = await _json(await sergeant.get("/api/kpis?from=2026-10-24&to=2026-10-24&by_arm=1"), 200)
     treatment, control = got["by_arm"]["treatment"], got["by_arm"]["control"]
