@@ -514,7 +514,7 @@ class Incident(Base):
         # The performance indicators of a period (evr.evaluation.kpis): every column
         # they read, so a year is read from the index alone, not 100,000 table rows.
         Index("ix_incidents_kpis", "reported_at", "state", "grade", "arrived_at", "submitted_at", "reviewed_at",
-              "review_overdue", "crime_outcome", "dispatched_to"),
+              "review_overdue", "crime_outcome", "dispatched_to", "arm", "category"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
