@@ -236,6 +236,10 @@ async def test_officer_console_and_victim_page_in_a_call(ui, users):
     await desk.get_by_text("This link is closed").wait_for()
     await phone.get_by_role("heading", name="This appointment has ended").wait_for()
     assert "call 101" in await phone.locator("#s-ended").text_content()
+    # The end screen offers the victim's survey (a link of its own, single-use).
+    survey = phone.get_by_role("link", name="Answer the questions")
+    await survey.wait_for()
+    assert (await survey.get_attribute("href")).startswith("/s/")
     assert await live_tracks(phone) == 0
     assert await live_tracks(desk) == 0
     assert await desk.locator("#rec").is_hidden()
