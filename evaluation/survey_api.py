@@ -12,7 +12,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from evr import pages
-from evr.errors import ApiError, forbidden
+from evr.errors import forbidden
 from evr.http import (
     AUDIT,
     CONSULTATIONS,
@@ -24,7 +24,7 @@ from evr.http import (
     read_json,
     same_origin,
 )
-from evr.links import BINDING_COOKIE, LinkRefused, victim_actor
+from evr.links import BINDING_COOKIE, LinkRefused, client_key, victim_actor
 from evr.roles import CALL_ROLES
 
 from .surveys import SurveyRefused, parse_answers
@@ -56,11 +56,15 @@ async def offer(request: web.Request) -> web.Response:
     :data:`.surveys.OFFER_WITHIN` of the close; 201 ``{"survey_url"}``."""
     if not same_origin(request):
         raise forbidden("Ask from the appointment's own page.")
+    throttle = request.app[UNKNOWN_TOKENS]
+    wait = throttle.retry_after(client_key(request))
+    if wait is not None:
+        raise LinkRefused("too_many_unknown_links", wait)
     service = request.app[CONSULTATIONS]
     async with request.app[AUDIT].transaction() as tx:
         consultation = await service.by_token(tx.db, request.match_info["token"])
         if consultation is None:
-            request.app[UNKNOWN_TOKENS].unknown(request.remote or "-")
+            throttle.unknown(client_key(request))
             raise LinkRefused("unknown_link")
         if consultation.binding_hash is None or not service.binding_ok(consultation,
                                                                        request.cookies.get(BINDING_COOKIE)):
@@ -73,15 +77,14 @@ async def offer(request: web.Request) -> web.Response:
 
 async def _usable(request: web.Request) -> None:
     throttle = request.app[UNKNOWN_TOKENS]
-    wait = throttle.retry_after(request.remote or "")
+    wait = throttle.retry_after(client_key(request))
     if wait is not None:
-        raise ApiError(429, "too_many_unknown_links", "Too many links that do not match; wait a minute.",
-                       retry_after=wait)
+        raise LinkRefused("too_many_unknown_links", wait)
     try:
         await request.app[SURVEYS].usable(request.match_info["token"])
     except SurveyRefused as refused:
         if refused.reason == "unknown_survey":
-            throttle.unknown(request.remote or "")
+            throttle.unknown(client_key(request))
         raise
 
 

@@ -112,7 +112,8 @@ class LinkRefused(ApiError):
         super().__init__(status, code, message, reason=reason, retry_after=retry_after)
 
 
-def _client(request: web.Request) -> str:
+def client_key(request: web.Request) -> str:
+    """Whom unknown tokens are counted against (:class:`UnknownTokens`): the client's address."""
     return request.remote or "-"
 
 
@@ -121,14 +122,14 @@ async def victim_consultation(request: web.Request) -> Consultation:
     :class:`LinkRefused` says why. An unclaimed link is returned as it is (its page may
     be shown; nothing else may be used)."""
     throttle = request.app[UNKNOWN_TOKENS]
-    wait = throttle.retry_after(_client(request))
+    wait = throttle.retry_after(client_key(request))
     if wait is not None:
         raise LinkRefused("too_many_unknown_links", wait)
     service = request.app[CONSULTATIONS]
     async with request.app[DB]() as db:
         consultation = await service.by_token(db, request.match_info["token"])
     if consultation is None:
-        throttle.unknown(_client(request))
+        throttle.unknown(client_key(request))
         raise LinkRefused("unknown_link")
     state = service.link_state(consultation)
     if state == "closed":

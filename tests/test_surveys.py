@@ -157,3 +157,15 @@ async def test_a_reminder_goes_once_after_the_delay_to_those_who_have_not_answer
     assert (await later.post(f"/api/consultations/{other}/close")).status == 200
     clock.advance(days=14)
     assert await surveys.remind_due() == 0
+
+
+async def test_guessing_survey_links_is_throttled_like_call_links(new_client):
+    guesser = await new_client()
+    for n in range(30):
+        assert (await guesser.post(f"/s/guess-{n:04d}" + "x" * 32, json={"answers": {"satisfied": 3}})).status == 404
+    page = await guesser.get("/s/guess-again" + "x" * 32)
+    assert page.status == 429 and page.content_type == "text/html" and "Retry-After" in page.headers
+    api = await guesser.post("/s/guess-api" + "x" * 32, json={"answers": {"satisfied": 3}})
+    assert api.status == 429 and (await api.json())["error"]["code"] == "too_many_unknown_links"
+    offer = await guesser.post("/j/guess-offer" + "x" * 32 + "/survey", json={})
+    assert offer.status == 429 and (await offer.json())["error"]["code"] == "too_many_unknown_links"
