@@ -63,6 +63,8 @@ WITHDRAWAL_OUTCOMES = (14, 16)
 MOST_BUCKETS = 800
 #: Without ``from``: the last this many days, today included.
 DEFAULT_DAYS = 30
+#: The years a period may name.
+FIRST_YEAR, LAST_YEAR = 2000, 2100
 
 #: The response time distribution's bins, in minutes (the last has no upper end).
 RESPONSE_BINS: list[tuple[int, Optional[int]]] = [
@@ -139,14 +141,24 @@ def _bound(value: Optional[str], name: str, zone: ZoneInfo, *, end: bool) -> Opt
         except ValueError:
             raise ApiError(400, "invalid_parameter", f"{name} must be a date (YYYY-MM-DD) or an RFC 3339 time.") \
                 from None
+        _in_range(day.year, name)
         return _local_midnight(day + timedelta(days=1) if end else day, zone)
     from evr.incidents.service import parse_time
 
     try:
-        return parse_time(value, name)
+        found = parse_time(value, name)
     except ApiError:
         raise ApiError(400, "invalid_parameter", f"{name} must be a date (YYYY-MM-DD) or an RFC 3339 time.") \
             from None
+    _in_range(found.year, name)
+    return found
+
+
+def _in_range(year: int, name: str) -> None:
+    """Incidents are of this century: a date far out (year 1, 9999) is refused, not
+    carried into calendar arithmetic that would overflow."""
+    if not FIRST_YEAR <= year <= LAST_YEAR:
+        raise ApiError(400, "invalid_parameter", f"{name} must be a date from {FIRST_YEAR} to {LAST_YEAR}.")
 
 
 def parse_period(query: Any, now: datetime, zone_name: str) -> Period:
