@@ -17,14 +17,13 @@ from evr.http import (
     AUDIT,
     CONSULTATIONS,
     SURVEYS,
-    UNKNOWN_TOKENS,
     actor,
     base_url,
     current_staff,
     read_json,
     same_origin,
 )
-from evr.links import BINDING_COOKIE, LinkRefused, client_key, victim_actor
+from evr.links import BINDING_COOKIE, LinkRefused, client_key, refuse_if_guessing, victim_actor
 from evr.roles import CALL_ROLES
 
 from .surveys import SurveyRefused, parse_answers
@@ -56,10 +55,7 @@ async def offer(request: web.Request) -> web.Response:
     :data:`.surveys.OFFER_WITHIN` of the close; 201 ``{"survey_url"}``."""
     if not same_origin(request):
         raise forbidden("Ask from the appointment's own page.")
-    throttle = request.app[UNKNOWN_TOKENS]
-    wait = throttle.retry_after(client_key(request))
-    if wait is not None:
-        raise LinkRefused("too_many_unknown_links", wait)
+    throttle = refuse_if_guessing(request)
     service = request.app[CONSULTATIONS]
     async with request.app[AUDIT].transaction() as tx:
         consultation = await service.by_token(tx.db, request.match_info["token"])
@@ -76,10 +72,7 @@ async def offer(request: web.Request) -> web.Response:
 
 
 async def _usable(request: web.Request) -> None:
-    throttle = request.app[UNKNOWN_TOKENS]
-    wait = throttle.retry_after(client_key(request))
-    if wait is not None:
-        raise LinkRefused("too_many_unknown_links", wait)
+    throttle = refuse_if_guessing(request)
     try:
         await request.app[SURVEYS].usable(request.match_info["token"])
     except SurveyRefused as refused:

@@ -449,9 +449,9 @@ class Incidents:
             setattr(incident, key, value)
         kind = kind or step_name.split(":", 1)[0]
         tx.on_commit(self._changed)
-        if self.webhooks is not None:
-            self.webhooks.enqueue(tx, incident.id, self.incident_json(incident, now), events_for(step_name, old, new),
-                                  now)
+        events = events_for(step_name, old, new)
+        if self.webhooks is not None and self.webhooks.enabled and events:
+            self.webhooks.enqueue(tx, incident.id, self.incident_json(incident, now), events, now)
         tx.db.add(IncidentEvent(incident_id=incident.id, at=now, kind=kind, from_state=old,
                                 to_state=new, actor=who.name[:64], role=who.role[:16], reason=reason,
                                 details=details or None))

@@ -117,14 +117,22 @@ def client_key(request: web.Request) -> str:
     return request.remote or "-"
 
 
-async def victim_consultation(request: web.Request) -> Consultation:
-    """The consultation behind the link, if this browser may use it now; otherwise
-    :class:`LinkRefused` says why. An unclaimed link is returned as it is (its page may
-    be shown; nothing else may be used)."""
+def refuse_if_guessing(request: web.Request) -> UnknownTokens:
+    """429 (:class:`LinkRefused`) for an address past its limit of unknown tokens, on
+    every path a token opens (the call's link, the survey's); else the counter, to count
+    this request's token if it is unknown."""
     throttle = request.app[UNKNOWN_TOKENS]
     wait = throttle.retry_after(client_key(request))
     if wait is not None:
         raise LinkRefused("too_many_unknown_links", wait)
+    return throttle
+
+
+async def victim_consultation(request: web.Request) -> Consultation:
+    """The consultation behind the link, if this browser may use it now; otherwise
+    :class:`LinkRefused` says why. An unclaimed link is returned as it is (its page may
+    be shown; nothing else may be used)."""
+    throttle = refuse_if_guessing(request)
     service = request.app[CONSULTATIONS]
     async with request.app[DB]() as db:
         consultation = await service.by_token(db, request.match_info["token"])
