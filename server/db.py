@@ -123,6 +123,9 @@ class Consultation(Base):
     bound_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
     #: The incident it answers, when it was started from one (migration 0011).
     incident_id: Mapped[Optional[str]] = mapped_column(String(36), nullable=True, index=True)
+    #: The victim's last shared location ``{"lat", "lon", "accuracy_m", "at"}``
+    #: (migration 0016): personal data, disposed of with the consultation.
+    location: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON, nullable=True)
 
 
 class ConsultationStaff(Base):
@@ -196,14 +199,19 @@ class EvidenceItem(Base):
 
 
 class Recording(Base):
-    """One participant's recording of one consultation (audio and video)."""
+    """One participant's recording of one consultation: their camera and microphone,
+    or (``track`` = ``screen``) a screen they shared."""
 
     __tablename__ = "recordings"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     consultation_id: Mapped[str] = mapped_column(ForeignKey("consultations.id"), index=True)
-    #: ``victim`` or the staff member's role; ``participant_user`` names staff.
-    participant: Mapped[str] = mapped_column(String(16))
+    #: ``victim``, the staff member's role or the guest's (``interpreter``...);
+    #: ``participant_user`` names staff, ``participant_name`` a guest.
+    participant: Mapped[str] = mapped_column(String(32))
+    #: ``camera`` (audio and video) or ``screen`` (a shared screen, video only).
+    track: Mapped[str] = mapped_column(String(16), default="camera")
+    participant_name: Mapped[Optional[str]] = mapped_column(String(200), nullable=True)
     participant_user: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
     user_agent: Mapped[Optional[str]] = mapped_column(String(512), nullable=True)
     #: recording, complete (closed normally) or terminated (closed on recovery after a crash).
@@ -218,6 +226,49 @@ class Recording(Base):
     manifest_sha256: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
     #: ``non_evidential`` (31-day class) until staff mark it ``evidential``.
     classification: Mapped[str] = mapped_column(String(16), default="non_evidential")
+
+
+class Guest(Base):
+    """A guest of a consultation (a carer, an interpreter...) with a link of their own,
+    single-device like the victim's: the token and the binding stored hashed."""
+
+    __tablename__ = "guests"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    consultation_id: Mapped[str] = mapped_column(ForeignKey("consultations.id"), index=True)
+    #: ``carer``, ``interpreter``, ``appropriate_adult`` or ``support_worker``.
+    role: Mapped[str] = mapped_column(String(32))
+    name: Mapped[Optional[str]] = mapped_column(String(200), nullable=True)
+    language: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    binding_hash: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    bound_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    #: When staff ended this guest's link (410 from then on), and who.
+    closed_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
+    closed_by: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id"), nullable=True)
+
+
+class ChatMessage(Base):
+    """One in-call chat message, hash-chained to the one before in its consultation
+    (``seq`` from 0); sealed into the evidence store with the transcript at close."""
+
+    __tablename__ = "chat_messages"
+
+    consultation_id: Mapped[str] = mapped_column(ForeignKey("consultations.id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[str] = mapped_column(String(36), unique=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: Who sent it: their role (``victim``, ``officer``, ``interpreter``...) and name.
+    sender_role: Mapped[str] = mapped_column(String(32))
+    sender_name: Mapped[Optional[str]] = mapped_column(String(200), nullable=True)
+    sender_user_id: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id"), nullable=True)
+    guest_id: Mapped[Optional[str]] = mapped_column(String(36), nullable=True)
+    text: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
 
 
 class RecordingEntry(Base):
