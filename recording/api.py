@@ -51,6 +51,8 @@ def recording_json(r: Recording) -> dict[str, Any]:
         "id": r.id,
         "participant": r.participant,
         "participant_user": r.participant_user,
+        "participant_name": r.participant_name,
+        "track": r.track,
         "started_at": rfc3339(r.started_at),
         "ended_at": rfc3339(r.ended_at),
         "duration_s": round(r.duration_s, 3),

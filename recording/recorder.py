@@ -114,8 +114,11 @@ def hash_file(path: Path) -> tuple[str, int]:
 class SegmentWriter:
     """Runs in its own thread: muxes packets into numbered segment files."""
 
-    def __init__(self, directory: Path, report: Callable[[Event], None], first_seq: int = 1) -> None:
+    def __init__(self, directory: Path, report: Callable[[Event], None], first_seq: int = 1,
+                 kinds: tuple[str, ...] = ("video", "audio")) -> None:
         self.directory = directory
+        #: The streams of every segment: video and audio, or video alone (a screen).
+        self.kinds = kinds
         self.report = report
         self.seq = first_seq - 1
         self.container: Optional[Any] = None
@@ -161,11 +164,13 @@ class SegmentWriter:
         width, height = first.size or self.size
         video = container.add_mux_stream("vp8", width=width, height=height)
         video.time_base = MS
-        audio = container.add_stream("libopus", rate=CLOCK_RATE["audio"], layout="stereo")
-        audio.time_base = MS
+        self.streams = {"video": video}
+        if "audio" in self.kinds:
+            audio = container.add_stream("libopus", rate=CLOCK_RATE["audio"], layout="stereo")
+            audio.time_base = MS
+            self.streams["audio"] = audio
         container.start_encoding()
         self.container = container
-        self.streams = {"video": video, "audio": audio}
         self.first_ms = first.pts_ms
         self.keyframe_start = first.kind == "video" and first.keyframe
         self.packets = 0
@@ -238,6 +243,8 @@ class Recorder:
     request_keyframe: Callable[[], None]
     segment_seconds: float = 10.0
     max_queued: int = 1500
+    #: What it records: ``("video", "audio")`` of a camera, ``("video",)`` of a screen.
+    kinds: tuple[str, ...] = ("video", "audio")
     first_seq: int = 1
     t0: Optional[float] = None
     last_arrival: Optional[float] = None
@@ -257,7 +264,7 @@ class Recorder:
         self.loop = asyncio.get_running_loop()
         self.items: "queue.Queue[Any]" = queue.Queue(maxsize=self.max_queued)
         self.events: "asyncio.Queue[Event]" = asyncio.Queue()
-        self.writer = SegmentWriter(self.directory, self._report, self.first_seq)
+        self.writer = SegmentWriter(self.directory, self._report, self.first_seq, self.kinds)
         self.thread = threading.Thread(target=self.writer.run, args=(self.items,),
                                        name=f"recording-{self.recording_id[:8]}", daemon=True)
         self.thread.start()
@@ -272,7 +279,7 @@ class Recorder:
 
     def on_frame(self, kind: str, frame: EncodedFrame, connection: object) -> None:
         """Take one frame (on the loop, on the live path: it only queues for the writer)."""
-        if self.finished:
+        if self.finished or kind not in self.kinds:
             return
         now = frame.arrival
         if self.t0 is None:

@@ -35,6 +35,7 @@ from evr.config import Settings
 from evr.db import Consultation, EvidenceItem, Recording, RecordingEntry, User
 from evr.evidence import EvidenceStore, ItemExists
 from evr.keys import fingerprint, write_private
+from evr.roles import PARTICIPANT_ROLES
 from evr.tasks import TaskSet
 from evr.text import clean_header
 from evr.timeutil import Clock, rfc3339
@@ -99,14 +100,18 @@ class Recordings:
 
     # -- capture ---------------------------------------------------------------
 
-    def sink(self, consultation_id: str, participant: "Participant") -> Recorder:
-        """The bridge's :data:`~evr.media.bridge.SinkFactory`: a participant's media
-        is recorded from its first forwarded frame, through its :class:`Recorder`."""
+    def sink(self, consultation_id: str, participant: "Participant", track: str = "camera") -> Recorder:
+        """The bridge's :data:`~evr.media.bridge.SinkFactory`: each of a participant's
+        tracks (``camera``: microphone and camera; ``screen``: a screen they share) is
+        recorded from its first forwarded frame, through a :class:`Recorder` of its own.
+        A guest's recording names them (staff are named by their account)."""
+        feed = "screen" if track == "screen" else "video"
         return self.start(consultation_id, participant.role, participant.user_id, participant.user_agent,
-                          participant.request_keyframe)
+                          lambda: participant.request_keyframe(feed), track=track,
+                          name=participant.name if participant.is_guest else None)
 
     def start(self, consultation_id: str, role: str, user_id: Optional[int], user_agent: Optional[str],
-              request_keyframe: Callable[[], None]) -> Recorder:
+              request_keyframe: Callable[[], None], track: str = "camera", name: Optional[str] = None) -> Recorder:
         """Begin a participant's recording (called on its first frame, on the event loop:
         nothing here touches the disk). The owned ``_create`` task writes the spool
         folder's metadata (whose media it holds, so a recording whose row is never made
@@ -115,12 +120,15 @@ class Recordings:
         active = self.active[rid] = Active(rid, consultation_id, self.clock())
         user_agent = clean_header(user_agent)  # the socket cleaned it; a caller of start() may not have
         recorder = Recorder(rid, self.spool / rid, lambda event: self._on_event(active, event), request_keyframe,
-                            self.settings.recording_segment_seconds, self.settings.recording_queue_packets)
+                            self.settings.recording_segment_seconds, self.settings.recording_queue_packets,
+                            kinds=("video",) if track == "screen" else ("video", "audio"))
         active.recorder = recorder
-        self.tasks.spawn(self._create(active, role, user_id, user_agent), f"create recording {rid}")
+        self.tasks.spawn(self._create(active, role, user_id, user_agent, track, clean_header(name, 200)),
+                         f"create recording {rid}")
         return recorder
 
-    async def _create(self, active: Active, role: str, user_id: Optional[int], user_agent: Optional[str]) -> None:
+    async def _create(self, active: Active, role: str, user_id: Optional[int], user_agent: Optional[str],
+                      track: str = "camera", name: Optional[str] = None) -> None:
         """Write the spool folder's metadata, then the recording's row and its
         ``recording.capture`` entry, retrying a few times; the media is spooled
         meanwhile and never dropped (its text was cleaned where it came in, so only a
@@ -130,10 +138,11 @@ class Recordings:
             await asyncio.to_thread(_write_spool_metadata, self.spool / active.id, {
                 "recording_id": active.id, "consultation_id": active.consultation_id, "participant": role,
                 "user_id": user_id, "user_agent": user_agent, "started_at": rfc3339(active.started_at),
+                "track": track, "name": name,
             })
             while True:
                 try:
-                    await self._insert(active, role, user_id, user_agent)
+                    await self._insert(active, role, user_id, user_agent, track=track, name=name)
                     active.stored = True
                     log.info("recording %s started (consultation=%s participant=%s)",
                              active.id, active.consultation_id, role)
@@ -151,20 +160,21 @@ class Recordings:
             active.created.set()
 
     async def _insert(self, active: Active, role: str, user_id: Optional[int], user_agent: Optional[str],
-                      recovered: bool = False) -> None:
+                      recovered: bool = False, track: str = "camera", name: Optional[str] = None) -> None:
         async with self.audit.transaction() as tx:
             user = await tx.db.get(User, user_id) if user_id is not None else None
             username = user.username if user is not None else None
             tx.db.add(Recording(
                 id=active.id, consultation_id=active.consultation_id, participant=role,
-                participant_user=username, user_agent=user_agent, status="recording",
+                participant_user=username, user_agent=user_agent, status="recording", track=track,
+                participant_name=name,
                 started_at=active.started_at, head_hash=manifest.GENESIS, segments=0, duration_s=0.0,
                 classification="non_evidential",
             ))
             tx.db.add(EvidenceItem(id=active.id, kind="recording", consultation_id=active.consultation_id,
                                    prefix=prefix(active.consultation_id, active.id), created_at=active.started_at,
                                    size=0))
-            details: dict[str, Any] = {"participant": role, "user": username}
+            details: dict[str, Any] = {"participant": role, "user": username, "track": track}
             if recovered:
                 details["recovered_from_spool"] = True
             tx.add(Actor.system(), "recording.capture", f"recording:{active.id}",
@@ -273,7 +283,8 @@ class Recordings:
             "cad_ref": consultation.cad_ref,
             "officer": officer.username if officer else None,
             "participant": {"role": recording.participant, "user": recording.participant_user,
-                            "user_agent": recording.user_agent},
+                            "name": recording.participant_name, "user_agent": recording.user_agent},
+            "track": recording.track,
             "started_at": rfc3339(recording.started_at),
             "ended_at": at,
             "status": status,
@@ -415,7 +426,7 @@ class Recordings:
         if meta is not None and consultation is not None:
             active = Active(path.name, consultation.id, meta["started_at"])
             await self._insert(active, meta["participant"], meta.get("user_id"), clean_header(meta.get("user_agent")),
-                               recovered=True)
+                               recovered=True, track=meta["track"], name=clean_header(meta.get("name"), 200))
             async with self.db() as db:
                 recording = await db.get(Recording, path.name)
             assert recording is not None
@@ -480,7 +491,10 @@ def _read_spool_metadata(directory: Path) -> Optional[dict[str, Any]]:
         uuid.UUID(meta["recording_id"])
         uuid.UUID(meta["consultation_id"])
         started = datetime.fromisoformat(meta["started_at"].replace("Z", "+00:00"))
-        if meta["recording_id"] != directory.name or meta["participant"] not in ("victim", "officer", "sergeant"):
+        if meta["recording_id"] != directory.name or meta["participant"] not in PARTICIPANT_ROLES:
+            return None
+        meta["track"] = meta.get("track", "camera")  # spooled before screens were recorded
+        if meta["track"] not in ("camera", "screen") or not isinstance(meta.get("name"), (str, type(None))):
             return None
         user_id, user_agent = meta.get("user_id"), meta.get("user_agent")
         if (user_id is not None and not isinstance(user_id, int)) or not isinstance(user_agent, (str, type(None))):

@@ -13,7 +13,11 @@ names: none by default (aiortc would otherwise ask a public STUN server).
 
 It sends pre-encoded media (:mod:`evr.media.sources`), so it costs almost no CPU,
 and counts what arrives: Opus packets and VP8 frames (``decode=False``, the default),
-or decoded frames (``decode=True``) to prove the relayed stream is valid.
+or decoded frames (``decode=True``) to prove the relayed stream is valid. In a call
+of more than two it answers the server's offers as a page does, counts what arrives
+on each mid (:attr:`CallClient.by_mid`), and knows from the last ``state`` who is on
+which mid (:meth:`CallClient.received_from`); it can share a screen
+(:meth:`CallClient.share_screen`).
 """
 
 from __future__ import annotations
@@ -22,10 +26,18 @@ import asyncio
 import json
 import logging
 import re
+from collections import Counter
 from typing import Any, Callable, Optional
 
 import aiohttp
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
 from yarl import URL
@@ -36,6 +48,20 @@ from .media.sources import Clip, EncodedSourceTrack, opus_clip, vp8_clip
 log = logging.getLogger(__name__)
 
 VICTIM_SOCKET = re.compile(r"^/j/[^/]+/ws$")
+#: The SDP attribute that marks a video section as a shared screen (RFC 4796).
+SLIDES = "a=content:slides"
+
+
+def mark_slides(sdp: str, mid: str) -> str:
+    """``sdp`` with the section of ``mid`` marked as a screen (``a=content:slides``),
+    as a page marks the transceiver of its ``getDisplayMedia`` track."""
+    lines, out = sdp.splitlines(), []
+    for line in lines:
+        out.append(line)
+        if line.strip() == f"a=mid:{mid}":
+            out.append(SLIDES)
+    return "\r\n".join(out) + "\r\n"
+
 
 
 async def claim_link(http: aiohttp.ClientSession, link_url: str) -> int:
@@ -78,6 +104,16 @@ class CallClient:
         self.video_frames = 0
         self.video_keyframes = 0
         self.decoded_sizes: list[tuple[int, int]] = []
+        #: What arrived on each mid: {"audio": packets, "video": frames, "keyframes": n}.
+        self.by_mid: dict[str, Counter[str]] = {}
+        #: Monotonic arrival time of the last frame on each mid (gap measurements).
+        self.last_arrival: dict[str, float] = {}
+        #: The longest silence between two frames on each mid, in seconds.
+        self.longest_gap: dict[str, float] = {}
+        #: Offers the server made (renegotiations) and answered here.
+        self.server_offers = 0
+        self.screen: Optional[RTCRtpTransceiver] = None
+        self._negotiation = asyncio.Lock()
         self.close_code: Optional[int] = None
         self.closed = asyncio.Event()
         self._answer: Optional[asyncio.Future[str]] = None
@@ -107,6 +143,10 @@ class CallClient:
             if message.get("type") == "config":
                 self.ice_servers = [RTCIceServer(s["urls"], s.get("username"), s.get("credential"))
                                     for s in message.get("ice_servers", [])]
+            if message.get("type") == "offer":
+                task = asyncio.create_task(self._answer_server(message["sdp"]))
+                self._consumers.add(task)
+                task.add_done_callback(self._consumers.discard)
             if message.get("type") == "answer" and self._answer and not self._answer.done():
                 self._answer.set_result(message["sdp"])
             elif message.get("type") == "error" and self._answer and not self._answer.done():
@@ -135,6 +175,91 @@ class CallClient:
 
     # -- media ----------------------------------------------------------------
 
+    async def _answer_server(self, sdp: str) -> None:
+        """Answer a server's offer (someone joined or left) on the current connection."""
+        async with self._negotiation:
+            pc = self.pc
+            if pc is None:
+                return
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            await pc.setLocalDescription(await pc.createAnswer())
+            self.server_offers += 1
+            await self.send({"type": "answer", "sdp": pc.localDescription.sdp})
+
+    async def share_screen(self, clip: Optional[Clip] = None, timeout: float = 10.0) -> EncodedSourceTrack:
+        """Start sharing a screen: a third, ``sendonly`` video transceiver marked
+        ``a=content:slides``, offered on the same connection (a renegotiation)."""
+        async with self._negotiation:
+            pc = self.pc
+            assert pc is not None, "join first"
+            source = self.sources["screen"] = self.source_factory(clip or vp8_clip(480, 360, fps=10, bitrate=200_000))
+            if self.screen is None:
+                self.screen = pc.addTransceiver(source, direction="sendonly")
+                caps = RTCRtpSender.getCapabilities("video").codecs
+                self.screen.setCodecPreferences([c for c in caps if c.mimeType.lower() in ("video/vp8", "video/rtx")])
+            else:
+                self.screen.sender.replaceTrack(source)
+                self.screen.direction = "sendonly"
+            on_keyframe_request(self.screen.sender, source.request_keyframe)
+            await pc.setLocalDescription(await pc.createOffer())
+            assert self.screen.mid is not None
+            await self._offer_current(self.screen.mid, timeout)
+            return source
+
+    async def stop_screen(self, timeout: float = 10.0) -> None:
+        """Stop sharing: the screen's transceiver goes inactive (a renegotiation)."""
+        async with self._negotiation:
+            assert self.screen is not None and self.pc is not None
+            self.screen.direction = "inactive"
+            await self.pc.setLocalDescription(await self.pc.createOffer())
+            await self._offer_current(None, timeout)
+
+    async def _offer_current(self, mark: Optional[str], timeout: float) -> None:
+        pc = self.pc
+        assert pc is not None
+        sdp = pc.localDescription.sdp
+        if mark is not None:
+            sdp = mark_slides(sdp, mark)
+        self._answer = asyncio.get_running_loop().create_future()
+        await self.send({"type": "offer", "sdp": sdp})
+        answer = await asyncio.wait_for(self._answer, timeout)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+
+    def state(self) -> dict[str, Any]:
+        """The last ``state`` message."""
+        return next((m for m in reversed(self.messages) if m.get("type") == "state"), {})
+
+    def received_from(self, participant_id: str) -> Counter[str]:
+        """What arrived from one participant (by the mids the last ``state`` names):
+        ``audio`` packets, ``video`` frames, ``screen`` frames."""
+        total: Counter[str] = Counter()
+        for entry in self.state().get("participants", []):
+            if entry.get("id") == participant_id:
+                for feed, mid in (entry.get("mids") or {}).items():
+                    counts = self.by_mid.get(mid, Counter())
+                    total[feed] += counts["audio"] if feed == "audio" else counts["video"]
+        return total
+
+    async def wait_from(self, participant_id: str, *, audio: int = 10, video: int = 10, screen: int = 0,
+                        timeout: float = 10.0) -> None:
+        """Wait until at least this much more media arrived from ``participant_id``."""
+        start = self.received_from(participant_id)
+
+        async def poll() -> None:
+            while True:
+                now = self.received_from(participant_id)
+                if (now["audio"] - start["audio"] >= audio and now["video"] - start["video"] >= video
+                        and now["screen"] - start["screen"] >= screen):
+                    return
+                await asyncio.sleep(0.05)
+
+        try:
+            await asyncio.wait_for(poll(), timeout)
+        except asyncio.TimeoutError:
+            now = dict(self.received_from(participant_id))
+            raise AssertionError(f"media from {participant_id} did not arrive: {now} (was {dict(start)}); "
+                                 f"state {self.state().get('participants')}") from None
+
     async def join(self, timeout: float = 10.0) -> None:
         """Connect if needed, send an offer with one audio and one video transceiver,
         apply the answer. Called again, it is a rejoin: a new peer connection."""
@@ -142,6 +267,7 @@ class CallClient:
             await self.connect()
         await self.wait_for(lambda m: m["type"] == "config", timeout)
         await self._close_pc()
+        self.screen = None
         pc = self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(self.ice_servers)))
         clips = self.clips or {
             "audio": opus_clip(), "video": vp8_clip(*self.video_size, bitrate=self.video_bitrate)
@@ -164,20 +290,40 @@ class CallClient:
     def _on_track(self, track: MediaStreamTrack) -> None:
         if self.pc is None:
             raise RuntimeError("a track arrived with no peer connection")
-        receiver = next(t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track)
+        transceiver = next(t for t in self.pc.getTransceivers() if t.receiver.track is track)
         if self.decode and track.kind == "video":
             task = asyncio.create_task(self._consume(track))
             self._consumers.add(task)
             task.add_done_callback(self._consumers.discard)
         else:
-            attach_sink(receiver, track.kind, self._count_audio if track.kind == "audio" else self._count_video)
+            mid = transceiver.mid or "?"
+            attach_sink(transceiver.receiver, track.kind,
+                        self._audio_counter(mid) if track.kind == "audio" else self._video_counter(mid))
 
-    def _count_audio(self, _frame: EncodedFrame) -> None:
-        self.audio_packets += 1
+    def _arrived(self, mid: str) -> Counter[str]:
+        now = asyncio.get_running_loop().time()
+        last = self.last_arrival.get(mid)
+        if last is not None:
+            self.longest_gap[mid] = max(self.longest_gap.get(mid, 0.0), now - last)
+        self.last_arrival[mid] = now
+        return self.by_mid.setdefault(mid, Counter())
 
-    def _count_video(self, frame: EncodedFrame) -> None:
-        self.video_frames += 1
-        self.video_keyframes += frame.is_keyframe
+    def _audio_counter(self, mid: str) -> Callable[[EncodedFrame], None]:
+        def count(_frame: EncodedFrame) -> None:
+            self.audio_packets += 1
+            self._arrived(mid)["audio"] += 1
+
+        return count
+
+    def _video_counter(self, mid: str) -> Callable[[EncodedFrame], None]:
+        def count(frame: EncodedFrame) -> None:
+            self.video_frames += 1
+            self.video_keyframes += frame.is_keyframe
+            counts = self._arrived(mid)
+            counts["video"] += 1
+            counts["keyframes"] += frame.is_keyframe
+
+        return count
 
     async def _consume(self, track: MediaStreamTrack) -> None:
         try:

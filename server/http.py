@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .consultations import Consultations
     from .evaluation.surveys import Surveys
     from .evidence import EvidenceStore
+    from .guests import Guests
     from .incidents.board import QueueBoard
     from .incidents.service import Incidents
     from .links import UnknownTokens
@@ -61,6 +62,7 @@ QUEUE_BOARD: web.AppKey[QueueBoard] = web.AppKey("queue_board")
 INCIDENTS: web.AppKey[Incidents] = web.AppKey("incidents")
 UNKNOWN_TOKENS: web.AppKey[UnknownTokens] = web.AppKey("unknown_link_tokens")
 SURVEYS: web.AppKey[Surveys] = web.AppKey("surveys")
+GUESTS: web.AppKey[Guests] = web.AppKey("guests")
 STAFF: web.RequestKey[Optional[Staff]] = web.RequestKey("staff")
 
 

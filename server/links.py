@@ -1,5 +1,11 @@
-"""The victim's link: which consultation a request to ``/j/{token}/...`` is for, and
-whether this browser may use it (open, not expired, claimed by this browser).
+"""The links of a call: which consultation a request to ``/j/{token}/...`` is for,
+whose link it is (the victim's, or a guest's: :mod:`evr.guests`), and whether this
+browser may use it (open, not expired, claimed by this browser).
+
+A guest's link works exactly as the victim's, through the same code here (a
+:class:`LinkHolder` names whose it is): the same page (told the holder's role), claim,
+binding cookie and socket. What only the victim may do under their link (uploads and
+statements: :func:`victim_link`) is refused to a guest with 403 ``guest_not_allowed``.
 
 Opening the link binds nothing. Email security scanners, SMS and chat previews fetch
 a link before the victim does, and a ``GET`` or ``HEAD`` that bound it would hand the
@@ -22,16 +28,19 @@ for the rest of the minute (:class:`UnknownTokens`), logged once, not once a gue
 from __future__ import annotations
 
 import logging
+import secrets
 import time
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
 
 from aiohttp import web
 
 from . import pages
 from .audit import Actor
-from .db import Consultation
+from .auth import sha256_hex
+from .db import Consultation, Guest
 from .errors import ApiError
-from .http import AUDIT, CONSULTATIONS, DB, HUB, SETTINGS, UNKNOWN_TOKENS, same_origin, secure_cookies
+from .http import AUDIT, CONSULTATIONS, DB, GUESTS, HUB, SETTINGS, UNKNOWN_TOKENS, same_origin, secure_cookies
 
 log = logging.getLogger(__name__)
 
@@ -128,37 +137,94 @@ def refuse_if_guessing(request: web.Request) -> UnknownTokens:
     return throttle
 
 
-async def victim_consultation(request: web.Request) -> Consultation:
-    """The consultation behind the link, if this browser may use it now; otherwise
+@dataclass(frozen=True)
+class LinkHolder:
+    """Whose link a token is: the victim's (``guest`` None) or a guest's, and the
+    consultation it opens."""
+
+    consultation: Consultation
+    guest: Optional[Guest] = None
+
+    @property
+    def row(self) -> Union[Consultation, Guest]:
+        """The row holding the link's binding and expiry."""
+        return self.consultation if self.guest is None else self.guest
+
+    @property
+    def key(self) -> str:
+        """The holder's participant id in the call (``victim``, ``guest:<id>``)."""
+        return "victim" if self.guest is None else f"guest:{self.guest.id}"
+
+    @property
+    def role(self) -> str:
+        return "victim" if self.guest is None else self.guest.role
+
+    @property
+    def name(self) -> Optional[str]:
+        """The guest's name as staff gave it; the victim is never named in the call."""
+        return None if self.guest is None else self.guest.name
+
+    def actor(self, request: web.Request) -> Actor:
+        """The audit log's view of the holder: never named, the link is who they are
+        (a guest's role goes in an entry's details: the role column is for staff roles)."""
+        return victim_actor(request) if self.guest is None else Actor(self.key, "guest", request.remote)
+
+
+async def _find(request: web.Request, token: str) -> Optional[LinkHolder]:
+    async with request.app[DB]() as db:
+        consultation = await request.app[CONSULTATIONS].by_token(db, token)
+        if consultation is not None:
+            return LinkHolder(consultation)
+        found = await request.app[GUESTS].by_token(db, token)
+    return None if found is None else LinkHolder(found[1], found[0])
+
+
+async def link_holder(request: web.Request) -> LinkHolder:
+    """Whose link this is, if this browser may use it now; otherwise
     :class:`LinkRefused` says why. An unclaimed link is returned as it is (its page may
     be shown; nothing else may be used)."""
     throttle = refuse_if_guessing(request)
-    service = request.app[CONSULTATIONS]
-    async with request.app[DB]() as db:
-        consultation = await service.by_token(db, request.match_info["token"])
-    if consultation is None:
+    holder = await _find(request, request.match_info["token"])
+    if holder is None:
         throttle.unknown(client_key(request))
         raise LinkRefused("unknown_link")
-    state = service.link_state(consultation)
+    if holder.guest is None:
+        state = request.app[CONSULTATIONS].link_state(holder.consultation)
+    else:
+        state = request.app[GUESTS].link_state(holder.guest, holder.consultation)
     if state == "closed":
         raise LinkRefused("link_closed")
     if state == "expired":
         raise LinkRefused("link_expired")
-    if consultation.binding_hash is not None and not service.binding_ok(
-            consultation, request.cookies.get(BINDING_COOKIE)):
-        log.info("link used by a browser that did not claim it; refused (consultation=%s)", consultation.id)
+    binding = holder.row.binding_hash
+    cookie = request.cookies.get(BINDING_COOKIE)
+    if binding is not None and not (cookie and secrets.compare_digest(binding, sha256_hex(cookie))):
+        log.info("link used by a browser that did not claim it; refused (consultation=%s %s)",
+                 holder.consultation.id, holder.key)
         raise LinkRefused("link_in_use")
-    return consultation
+    return holder
+
+
+async def claimed_link(request: web.Request) -> LinkHolder:
+    """For the APIs under the link that every holder may use (the socket, the chat):
+    whose link it is, once this browser has claimed it; otherwise
+    :class:`LinkRefused` (403 ``link_not_claimed`` before any claim)."""
+    holder = await link_holder(request)
+    if holder.row.binding_hash is None:
+        raise ApiError(403, "link_not_claimed", "Open the link and start on its page first.")
+    return holder
 
 
 async def victim_link(request: web.Request) -> Consultation:
-    """For the APIs under the link: the consultation, once this browser has claimed
-    the link; otherwise :class:`LinkRefused` (403 ``link_not_claimed`` before any
-    claim)."""
-    consultation = await victim_consultation(request)
-    if consultation.binding_hash is None:
+    """For the victim's own APIs under the link (uploads, statements): the
+    consultation, once this browser has claimed the victim's link; a guest's link is
+    refused (403 ``guest_not_allowed``)."""
+    holder = await link_holder(request)
+    if holder.guest is not None:
+        raise ApiError(403, "guest_not_allowed", "This is for the person the appointment is for.")
+    if holder.row.binding_hash is None:
         raise ApiError(403, "link_not_claimed", "Open the link and start on its page first.")
-    return consultation
+    return holder.consultation
 
 
 def victim_actor(request: web.Request) -> Actor:
@@ -169,10 +235,11 @@ def victim_actor(request: web.Request) -> Actor:
 # -- the handlers ----------------------------------------------------------------
 
 
-async def victim_page(request: web.Request) -> web.Response:
-    """``GET``/``HEAD /j/{token}``: the victim's page, or why not. Binds nothing."""
-    await victim_consultation(request)
-    return pages.victim()
+async def link_page(request: web.Request) -> web.Response:
+    """``GET``/``HEAD /j/{token}``: the victim's page (for a guest, told their role),
+    or why not. Binds nothing."""
+    holder = await link_holder(request)
+    return pages.victim(holder.role)
 
 
 async def claim(request: web.Request) -> web.Response:
@@ -183,16 +250,21 @@ async def claim(request: web.Request) -> web.Response:
     expired; 404 unknown."""
     if request.headers.get("Origin") is None or not same_origin(request):
         raise ApiError(403, "cross_origin", "A link is claimed from its own page only.")
-    consultation = await victim_consultation(request)
-    if consultation.binding_hash is not None:  # claimed by this very browser (its cookie matched)
+    holder = await link_holder(request)
+    consultation = holder.consultation
+    if holder.row.binding_hash is not None:  # claimed by this very browser (its cookie matched)
         return web.json_response({"status": consultation.status})
     async with request.app[AUDIT].transaction() as tx:
-        secret = await request.app[CONSULTATIONS].claim(tx.db, consultation)
+        if holder.guest is None:
+            secret = await request.app[CONSULTATIONS].claim(tx.db, consultation)
+            claimed, details = f"consultation:{consultation.id}", None
+        else:
+            secret = await request.app[GUESTS].claim(tx.db, holder.guest)
+            claimed, details = holder.key, {"role": holder.role}
         if secret is not None:
-            tx.add(victim_actor(request), "link.claim", f"consultation:{consultation.id}",
-                   consultation_id=consultation.id)
+            tx.add(holder.actor(request), "link.claim", claimed, consultation_id=consultation.id, details=details)
     if secret is None:  # another browser claimed it a moment earlier, or it closed or expired
-        await victim_consultation(request)  # raises why
+        await link_holder(request)  # raises why
         raise LinkRefused("link_in_use")
     response = web.json_response({"status": consultation.status})
     # Lax, not Strict: the victim comes back by tapping the link in a message (a
@@ -205,22 +277,22 @@ async def claim(request: web.Request) -> web.Response:
     return response
 
 
-async def victim_socket(request: web.Request) -> web.StreamResponse:
-    """``GET /j/{token}/ws``: the victim's signalling socket (claimed links only).
-    Refused with JSON errors like the other APIs under the link: a socket is not a
-    page, and a browser's WebSocket never shows one."""
-    consultation = await victim_link(request)
+async def link_socket(request: web.Request) -> web.StreamResponse:
+    """``GET /j/{token}/ws``: the victim's or a guest's signalling socket (claimed
+    links only). Refused with JSON errors like the other APIs under the link: a socket
+    is not a page, and a browser's WebSocket never shows one."""
+    holder = await claimed_link(request)
     if not same_origin(request):
         raise ApiError(403, "cross_origin", "Cross-origin connection refused.")
     hub = request.app[HUB]
-    participant = hub.room(consultation).participant("victim", "victim")
-    return await hub.serve(request, consultation, participant, victim_actor(request))
+    participant = hub.room(holder.consultation).participant(holder.key, holder.role, None, holder.name)
+    return await hub.serve(request, holder.consultation, participant, holder.actor(request))
 
 
 def setup(app: web.Application) -> None:
-    """The victim's page, the claim and the socket."""
+    """The link's page, the claim and the socket (the victim's and guests')."""
     app.add_routes([
-        web.get("/j/{token}", victim_page),
+        web.get("/j/{token}", link_page),
         web.post("/j/{token}/claim", claim),
-        web.get("/j/{token}/ws", victim_socket),
+        web.get("/j/{token}/ws", link_socket),
     ])

@@ -811,7 +811,8 @@ def _paths() -> dict[str, dict[str, Any]]:
                     _query("until", TIME), _query("cursor", {"type": "string", "pattern": "^[0-9]+$"}),
                     _query("order", {"type": "string", "enum": ["asc", "desc"]}), PAGE_LIMIT))},
         # -- the victim's link
-        j + "/ws": {"get": {**_socket("The victim's signalling socket", "victim", VICTIM), "parameters": [TOKEN]}},
+        j + "/ws": {"get": {**_socket("The victim's or a guest's signalling socket", "victim", VICTIM),
+                            "parameters": [TOKEN]}},
         j + "/survey": {"post": _op(
             "The end screen's survey link, once police closed the call (the browser that claimed the link; "
             "same-origin; within a day)", "victim",
@@ -869,10 +870,48 @@ def _claim() -> dict[str, Any]:
                security=PUBLIC, params=(TOKEN,), errors=(403, 404, 410))
 
 
+GUEST_ROLE: Schema = {"type": "string", "enum": ["carer", "interpreter", "appropriate_adult", "support_worker"]}
+SCHEMAS["NewGuest"] = {
+    "type": "object", "required": ["role"],
+    "properties": {"role": GUEST_ROLE, "name": {"type": ["string", "null"], "maxLength": 200},
+                   "language": {"type": ["string", "null"], "maxLength": 64}, "phone": STR_OR_NULL,
+                   "email": STR_OR_NULL, "notify": {"type": ["string", "null"], "enum": ["sms", "email", None]}},
+}
+SCHEMAS["GuestInvited"] = _obj(
+    ("id", "role", "join_url", "expires_at"), id=UUID, role=GUEST_ROLE, name=STR_OR_NULL, language=STR_OR_NULL,
+    join_url={"type": "string", "format": "uri"}, expires_at=TIME, message=_nullable(_ref("OutboxMessage")))
+SCHEMAS["Guest"] = _obj(
+    ("id", "role", "status", "connected", "created_at", "closed_at"), id=UUID, role=GUEST_ROLE, name=STR_OR_NULL,
+    language=STR_OR_NULL, status={"type": "string", "enum": ["invited", "joined", "closed", "expired"]},
+    connected=BOOL, created_at=TIME, expires_at=TIME, closed_at=TIME_OR_NULL)
+
+
+def _guest_paths() -> dict[str, dict[str, Any]]:
+    """Guests (contract, "Guests, chat, screen share and location"; :mod:`evr.guests`)."""
+    guests = "/api/consultations/{id}/guests"
+    gid = _param("gid", "path", UUID, description="The guest.")
+    return {
+        guests: {
+            "post": _op("Invite a guest: a link of their own, shown once and sent by SMS or email", "guests",
+                        {"201": _answer("Invited.", _ref("GuestInvited"))}, security=STAFF_WRITE, params=(CID,),
+                        body=_ref("NewGuest"), example={"role": "interpreter", "name": "A. Interpreter",
+                                                        "language": "Polish", "phone": "07700 900456"},
+                        errors=(400, 404, 409, 410, 413, 422)),
+            "get": _op("The consultation's guests and their links' status (audit-logged)", "guests",
+                       {"200": _answer("Oldest first.", _obj(("guests",), guests=_array(_ref("Guest"))))},
+                       security=STAFF_READ, params=(CID,), errors=(404,)),
+        },
+        guests + "/{gid}/close": {"post": _op(
+            "End a guest's link (410 from now on); the call goes on", "guests",
+            {"200": _answer("Ended.", _obj(("id", "status"), id=UUID, status={"const": "closed"}))},
+            security=STAFF_WRITE, params=(CID, gid), errors=(404,))},
+    }
+
+
 def build(app: Optional[web.Application] = None) -> dict[str, Any]:
     """The whole document (``app``: the application it describes; operations still
     being added by other work are documented only once it has them)."""
-    paths = _paths()
+    paths = {**_paths(), **_guest_paths()}
     if app is not None and ("POST", "/j/{token}/claim") in routes(app):
         paths["/j/{token}/claim"] = {"post": _claim()}
     return {

@@ -7,6 +7,7 @@ says what to do next.
 from __future__ import annotations
 
 import html
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional
@@ -55,8 +56,24 @@ def _html(body: str, status: int = 200) -> web.Response:
     return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
 
 
-def victim() -> web.Response:
-    return _html(_read("victim.html"))
+#: What ``<body>`` of the link's page says whose link it is (``victim`` or a guest's
+#: role): the page's scripts word it for them.
+LINK_ROLE = "data-link-role"
+_BODY = re.compile(r"<body(?=[\s>])", re.IGNORECASE)
+
+
+@lru_cache(maxsize=8)
+def _link_page(role: str) -> str:
+    body = f'<body {LINK_ROLE}="{html.escape(role, quote=True)}"'
+    page, found = _BODY.subn(lambda _: body, _read("victim.html"), 1)
+    if not found:
+        raise RuntimeError("victim.html has no <body>")
+    return page
+
+
+def victim(role: str = "victim") -> web.Response:
+    """The link's page (``web/victim.html``), for the victim or a guest (``role``)."""
+    return _html(_link_page(role))
 
 
 def survey() -> web.Response:

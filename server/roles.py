@@ -21,6 +21,10 @@ CALL_ROLES = ("officer", "sergeant")
 SUPERVISOR_ROLES = ("sergeant",)
 #: Names the audit log uses for actors who are not staff accounts.
 RESERVED_NAMES = ("victim", "system")
+#: Guests staff invite into a call, each with a link of their own (``evr.guests``).
+GUEST_ROLES = ("carer", "interpreter", "appropriate_adult", "support_worker")
+#: Everyone who may be in a call, and so in a recording of one.
+PARTICIPANT_ROLES = ("victim", *CALL_ROLES, *GUEST_ROLES)
 
 # -- the EVR queue (evr.incidents) --
 #: Roles that enter incidents.

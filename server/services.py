@@ -37,6 +37,7 @@ from .http import (
     CLOCK,
     CONSULTATIONS,
     DB,
+    GUESTS,
     HUB,
     INCIDENTS,
     NOTIFIER,
@@ -118,6 +119,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
 async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
     """Everything built on the core, and the background tasks; stopped in reverse."""
     from .evaluation.surveys import Surveys, remind_forever
+    from .guests import Guests
     from .incidents.board import QueueBoard
     from .incidents.service import Incidents
     from .incidents.webhooks import Webhooks
@@ -135,6 +137,7 @@ async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
     signing_key = app[SIGNING_KEY] = opened.signing_key
     audit = app[AUDIT] = opened.audit
     consultations = app[CONSULTATIONS] = Consultations(settings, clock, notifier, audit)
+    app[GUESTS] = Guests(settings, clock, consultations)
     app[UNKNOWN_TOKENS] = UnknownTokens(settings.link_unknown_per_minute)
     webhooks = Webhooks(settings, db, clock)
     incidents = app[INCIDENTS] = Incidents(settings, clock, audit, webhooks)

@@ -1,9 +1,12 @@
 """WebSocket signalling and the hub that keeps every live consultation's room.
 
-One JSON object per text frame. Client → server: ``offer``, ``candidate``,
-``pause``, ``resume``. Server → client: ``config`` (first, the ICE servers the page
-may use: none unless the force configured some), ``answer``, ``state``, ``closed``,
-``error``.
+One JSON object per text frame. Client → server: ``offer``, ``answer`` (to the
+server's offer), ``candidate``, ``pause``, ``resume``, ``chat``, ``location`` (the
+victim's). Server → client: ``config`` (first, the ICE servers the page may use: none
+unless the force configured some), ``answer``, ``offer`` (someone joined or left: see
+:mod:`evr.media.bridge`), ``state`` (made for each client: the mids that carry each
+participant in its connection, and the victim's location for staff only), ``chat``,
+``closed``, ``error``.
 
 Whatever a client sends gets an ``error`` reply or its answer, never a dead socket:
 every frame is parsed by :func:`evr.text.parse_json` (depth, lone surrogates, huge
@@ -19,17 +22,23 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiortc import RTCIceServer
 from sqlalchemy import not_, select
 
 from .audit import Actor
+from .chat import ChatError, Sender
 from .config import Settings
 from .consultations import Consultations, Presence, Status
 from .db import Consultation, StaffSession, User
+from .location import LocationError
 from .media.bridge import OfferError, Participant, Room, SinkFactory
+
+if TYPE_CHECKING:
+    from .chat import Chat
+    from .location import Locations
 from .tasks import TaskSet
 from .text import JsonError, clean_header, parse_json
 from .timeutil import Clock
@@ -94,7 +103,8 @@ class Hub:
     """Live rooms, their sockets, and the consultation status they drive."""
 
     def __init__(self, settings: Settings, clock: Clock, db_factory: Any, consultations: Consultations,
-                 sinks: Sequence[SinkFactory] = ()) -> None:
+                 sinks: Sequence[SinkFactory] = (), chat: Optional["Chat"] = None,
+                 locations: Optional["Locations"] = None) -> None:
         self.settings = settings
         self.clock = clock
         self.db_factory = db_factory
@@ -106,8 +116,13 @@ class Hub:
         #: sink (none when recording is switched off), so a room that is
         #: ``capturing`` is recording.
         self.sinks = tuple(sinks)
+        #: The in-call chat and the victim's location (none in tests of the media alone).
+        self.chat = chat
+        self.locations = locations
         self.rooms: dict[str, Room] = {}
         self.clients: dict[str, set[Client]] = {}
+        #: The victim's last shared location, per consultation with a room (staff see it).
+        self.location: dict[str, Optional[dict[str, Any]]] = {}
         #: Configured STUN/TURN servers; an empty list (never None: aiortc would
         #: then use a public STUN server of a third party) when there are none.
         self.ice_servers = _ice_servers(settings)
@@ -117,9 +132,11 @@ class Hub:
     def room(self, consultation: Consultation) -> Room:
         room = self.rooms.get(consultation.id)
         if room is None:
-            room = self.rooms[consultation.id] = Room(consultation.id, self.ice_servers, self._changed, self.sinks)
+            room = self.rooms[consultation.id] = Room(consultation.id, self.ice_servers, self._changed, self.sinks,
+                                                      self._signal)
             room.paused = self.consultations.track(consultation) == "paused"
             self.clients[consultation.id] = set()
+            self.location[consultation.id] = getattr(consultation, "location", None)
         return room
 
     def participants(self, consultation_id: str) -> list[dict[str, Any]]:
@@ -148,7 +165,7 @@ class Hub:
         # Closed meanwhile: its announcement (``closed``) is on its way, after the other
         # listeners of the change; a ``state`` saying closed would only come before it.
         if changed is None and self.consultations.current(room.id) != "closed":
-            await self.broadcast(room.id, self.state_message(room.id))
+            await self.broadcast_state(room.id)
 
     async def _status_changed(self, consultation_id: str, status: Status) -> None:
         """The one announcement of a new status: ``state`` to every client, or, when
@@ -156,21 +173,55 @@ class Hub:
         if status == "closed":
             await self.close(consultation_id)
         elif consultation_id in self.rooms:
-            await self.broadcast(consultation_id, self.state_message(consultation_id))
+            await self.broadcast_state(consultation_id)
 
-    def state_message(self, consultation_id: str) -> dict[str, Any]:
+    def state_message(self, consultation_id: str, client: Optional[Client] = None) -> dict[str, Any]:
+        """The room's state as ``client`` is told it: who is here and on which of its
+        mids; the victim's location for staff only (a guest never sees it)."""
         room = self.rooms.get(consultation_id)
-        participants = [{"role": p["role"], "connected": p["connected"]} for p in self.participants(consultation_id)]
-        return {
+        message: dict[str, Any] = {
             "type": "state",
             "status": self.consultations.current(consultation_id) if room else "waiting",
-            "participants": participants,
+            "participants": room.view(client.participant if client else None) if room else [],
             "recording": room.capturing if room else False,
         }
+        if client is not None and client.participant.is_staff:
+            message["location"] = self.location.get(consultation_id)
+        return message
+
+    async def broadcast_state(self, consultation_id: str) -> None:
+        clients = list(self.clients.get(consultation_id, ()))
+        await asyncio.gather(*(client.send(self.state_message(consultation_id, client)) for client in clients))
 
     async def broadcast(self, consultation_id: str, message: dict[str, Any]) -> None:
         clients = list(self.clients.get(consultation_id, ()))
         await asyncio.gather(*(client.send(message) for client in clients))
+
+    async def _signal(self, participant: Participant, message: dict[str, Any]) -> None:
+        """Send ``message`` to ``participant``'s socket (the room's server offers)."""
+        for consultation_id, room in self.rooms.items():
+            if room.participants.get(participant.key) is participant:
+                clients = [c for c in self.clients.get(consultation_id, ()) if c.participant is participant]
+                await asyncio.gather(*(c.send(message) for c in clients))
+                return
+
+    async def remove(self, consultation_id: str, key: str) -> None:
+        """Take one participant out of the call (a guest whose link staff ended): its
+        sockets get ``closed`` and close code 4000, its connection is dropped, and
+        everyone else's call goes on. Its recording runs to the room's end."""
+        room = self.rooms.get(consultation_id)
+        participant = room.participants.get(key) if room else None
+        if room is None or participant is None:
+            return
+        participant.removed = True
+        clients = [c for c in self.clients.get(consultation_id, ()) if c.participant is participant]
+        for client in clients:
+            self.clients[consultation_id].discard(client)
+            await client.send({"type": "closed"})
+        await asyncio.gather(*(c.ws.close(code=CLOSE_CONSULTATION_CLOSED, message=b"link closed") for c in clients),
+                             return_exceptions=True)
+        await room.disconnect(participant)
+        await self.broadcast_state(consultation_id)
 
     async def close(self, consultation_id: str) -> None:
         """Tell every client ``closed``, close their sockets (4000), tear the room down."""
@@ -182,6 +233,7 @@ class Hub:
             return_exceptions=True,
         )
         self.consultations.forget(consultation_id)
+        self.location.pop(consultation_id, None)
         if room is not None:
             await room.close()
 
@@ -217,7 +269,7 @@ class Hub:
             self.clients[consultation.id].discard(other)
         self.clients[consultation.id].add(client)
         await client.send(self.config_message())
-        await client.send(self.state_message(consultation.id))
+        await client.send(self.state_message(consultation.id, client))
         bucket = TokenBucket(self.settings.ws_max_rate, self.settings.ws_burst)
         try:
             async for msg in ws:
@@ -256,6 +308,14 @@ class Hub:
                 sdp = message.get("sdp")  # not a string: refused by the room as "no SDP"
                 answer = await room.connect(client.participant, sdp if isinstance(sdp, str) else "")
                 await client.send({"type": "answer", "sdp": answer})
+                await room.renegotiate()  # after the answer: then this client's offer of the others
+            elif kind == "answer":
+                sdp = message.get("sdp")
+                await room.answer(client.participant, sdp if isinstance(sdp, str) else "")
+            elif kind == "chat":
+                await self._chat(room, client, message.get("text"))
+            elif kind == "location":
+                await self._location(room, client, message)
             elif kind == "candidate":
                 candidate = message.get("candidate")
                 if candidate is not None and not isinstance(candidate, dict):
@@ -266,12 +326,28 @@ class Hub:
                 await self._changed(room, client.who, pause=kind == "pause")
             else:
                 await client.send(_error("unknown_type", f"Unknown message type {kind[:40]!r}."))
-        except OfferError as exc:
+        except (OfferError, ChatError, LocationError) as exc:
             await client.send(_error(exc.code, str(exc)))
         except Exception:  # a bug must not cost the caller their socket
             log.exception("consultation %s: %s message failed", room.id, kind[:40])
             await client.send(_error("internal_error", "The server could not handle that message."))
 
+
+    async def _chat(self, room: Room, client: Client, text: Any) -> None:
+        """Keep a chat message (hash-chained, with the transcript) and send it to everyone."""
+        if self.chat is None:
+            raise ChatError("chat_unavailable", "Chat is not available here.")
+        p = client.participant
+        sender = Sender(p.role, p.name, client.who, user_id=p.user_id,
+                        guest_id=p.key.removeprefix("guest:") if p.is_guest else None)
+        await self.broadcast(room.id, await self.chat.post(room.id, sender, text))
+
+    async def _location(self, room: Room, client: Client, message: dict[str, Any]) -> None:
+        """The victim shares where they are (audit-logged); staff see it in ``state``."""
+        if client.participant.role != "victim" or self.locations is None:
+            raise LocationError("not_allowed", "Only the victim's page shares a location.")
+        self.location[room.id] = await self.locations.share(room.id, client.who, message)
+        await self.broadcast_state(room.id)
 
     def config_message(self) -> dict[str, Any]:
         """The ICE servers a page gives its RTCPeerConnection: exactly the configured

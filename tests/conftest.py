@@ -253,10 +253,10 @@ async def call(link: Callable[..., Any]) -> AsyncIterator[Callable[..., Any]]:
         clients.append(made)
         return made
 
-    async def make(decode: bool = False) -> Call:
+    async def make(decode: bool = False, **options: Any) -> Call:
         opened = await link()
-        victim = client(opened.phone.session, opened.ws_url, decode=decode)
-        console = client(opened.officer.client.session, opened.officer.ws_url(opened.id), decode=decode)
+        victim = client(opened.phone.session, opened.ws_url, decode=decode, **options)
+        console = client(opened.officer.client.session, opened.officer.ws_url(opened.id), decode=decode, **options)
         await victim.join()
         await console.join()
         return Call(opened, victim, console)

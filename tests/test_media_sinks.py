@@ -73,7 +73,7 @@ async def test_a_sink_is_made_at_the_first_frame_and_fed_every_forwarded_frame()
     events: list[tuple[Any, ...]] = []
     asked: list[tuple[str, Participant]] = []
 
-    def factory(consultation_id: str, participant: Participant) -> FrameSink:
+    def factory(consultation_id: str, participant: Participant, track: str) -> FrameSink:
         asked.append((consultation_id, participant))
         return Sink(events)
 
@@ -101,11 +101,11 @@ async def test_a_failing_sink_or_factory_never_ends_the_call():
         def on_frame(self, kind: str, frame: EncodedFrame, connection: object) -> None:
             raise RuntimeError("disk gone")
 
-    def failing_factory(consultation_id: str, participant: Participant) -> FrameSink:
+    def failing_factory(consultation_id: str, participant: Participant, track: str) -> FrameSink:
         asked.append(participant.role)
         raise RuntimeError("no spool")
 
-    room, _ = room_with([failing_factory, lambda cid, p: Broken(events), lambda cid, p: Sink(events)])
+    room, _ = room_with([failing_factory, lambda cid, p, track: Broken(events), lambda cid, p, track: Sink(events)])
     victim, leg = joined(room)
     class Watcher:
         pushed: list[int] = []
@@ -125,7 +125,7 @@ async def test_a_failing_sink_or_factory_never_ends_the_call():
 
 async def test_no_frames_while_paused_or_from_a_replaced_connection_and_gaps_say_why():
     events: list[tuple[Any, ...]] = []
-    room, _ = room_with([lambda cid, p: Sink(events)])
+    room, _ = room_with([lambda cid, p, track: Sink(events)])
     victim, old = joined(room)
     room._forward(victim, old, "video", frame(0))
     room.set_paused(True)
@@ -143,7 +143,7 @@ async def test_no_frames_while_paused_or_from_a_replaced_connection_and_gaps_say
 
 async def test_closing_the_room_closes_every_sink_once_after_the_connections():
     events: list[tuple[Any, ...]] = []
-    room, _ = room_with([lambda cid, p: Sink(events), lambda cid, p: Sink(events)])
+    room, _ = room_with([lambda cid, p, track: Sink(events), lambda cid, p, track: Sink(events)])
     victim, leg = joined(room)
     room._forward(victim, leg, "audio", frame(0))
     await room.close("server_shutdown")
@@ -155,7 +155,7 @@ async def test_closing_the_room_closes_every_sink_once_after_the_connections():
 
 
 async def test_a_factory_may_leave_a_participant_alone():
-    room, changes = room_with([lambda cid, p: None])
+    room, changes = room_with([lambda cid, p, track: None])
     victim, leg = joined(room)
     room._forward(victim, leg, "video", frame(0))
     assert victim.sinks == [] and not room.capturing
@@ -168,7 +168,7 @@ async def test_the_hub_gives_its_rooms_the_sinks_the_app_gave_it(tmp_path: Path)
     events: list[tuple[Any, ...]] = []
     settings = Settings.load(data_dir=tmp_path, environ={})
     hub = Hub(settings, clock=None, db_factory=None, consultations=Consultations(settings, None, None, None),
-              sinks=[lambda cid, p: Sink(events)])
+              sinks=[lambda cid, p, track: Sink(events)])
     room = hub.room(SimpleNamespace(id="c1", status="live"))  # type: ignore[arg-type]
     victim, leg = joined(room)
     assert hub.state_message("c1")["recording"] is False
