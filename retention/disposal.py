@@ -5,6 +5,11 @@ batches, and keeps a signed disposal certificate (what, its hash, who, when, the
 and the decision) and an audit entry for each item. Before anything is removed, the
 item's rule and holds are recomputed from their sources: a recording marked evidential
 or a hold placed a moment ago stops it.
+
+What the database keeps of an item's content goes with it, in the transaction that
+records its disposal: a chat transcript's messages (``chat_messages``, the rows it
+was sealed from). Once none of a consultation's items is left, the victim's last
+shared location goes too (a ``location.erase`` entry says so).
 """
 
 from __future__ import annotations
@@ -16,11 +21,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Optional, Sequence, cast
 
-from sqlalchemy import Table, and_, bindparam, func, or_, select, update
+from sqlalchemy import CursorResult, Table, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from evr.audit import Actor
-from evr.db import DisposalCertificate, RetentionItem
+from evr.audit import Actor, Appender
+from evr.db import ChatMessage, Consultation, DisposalCertificate, EvidenceItem, RetentionItem
 from evr.evidence.store import StillLocked
 from evr.integrity import canonical
 from evr.keys import fingerprint
@@ -224,14 +229,16 @@ class Disposal(Schedule):
                     cert = self._certificate(who, row, decision, outcome.removed)
                     db.add(cert)
                     states.append(("disposed", None, row, decision))
+                    rows = await _erase_rows(db, row)
                     ap.add(who, "evidence.erase", obj, consultation_id=row.consultation_id,
                            reason=f"retention: {decision['rule']} ({decision['basis']})",
                            details={"certificate": cert.id, "sha256": row.sha256, "objects": outcome.removed,
-                                    "ordered_by": decision.get("ordered_by")})
+                                    "ordered_by": decision.get("ordered_by"), **rows})
                     report.disposed.append(row.item_id)
                     report.certificates.append(cert.id)
             await db.execute(_SET_STATE, [{"b_id": row.item_id, "b_state": state, "b_due": due, "b_disposal": decision,
                                            "b_now": self.clock()} for state, due, row, decision in states])
+            await _erase_location(ap, who, {row.consultation_id for state, _, row, _ in states if state == "disposed"})
 
     def _certificate(self, who: Actor, row: ScheduleRow, decision: dict[str, Any], removed: int) -> DisposalCertificate:
         now = self.clock()
@@ -256,6 +263,34 @@ class Disposal(Schedule):
                                    disposed_at=now, document=body, key_fingerprint=fingerprint(self.key.public_key()),
                                    signature=self.key.sign(body.encode()).hex())
 
+
+
+async def _erase_rows(db: AsyncSession, row: ScheduleRow) -> dict[str, int]:
+    """Delete the database rows an item's content was made from (a chat transcript's
+    messages); what was deleted, for its ``evidence.erase`` entry."""
+    if row.kind != "chat":
+        return {}
+    result = await db.execute(delete(ChatMessage).where(ChatMessage.consultation_id == row.consultation_id))
+    return {"chat_messages": cast(CursorResult[Any], result).rowcount}
+
+
+async def _erase_location(ap: Appender, who: Actor, consultation_ids: set[str]) -> None:
+    """Clear the victim's last shared location of each consultation none of whose
+    items is left (every one disposed of), with a ``location.erase`` entry."""
+    if not consultation_ids:
+        return
+    db = ap.db
+    left = set(await db.scalars(
+        select(EvidenceItem.consultation_id).distinct()
+        .outerjoin(RetentionItem, RetentionItem.item_id == EvidenceItem.id)
+        .where(EvidenceItem.consultation_id.in_(consultation_ids),
+               or_(RetentionItem.state.is_(None), RetentionItem.state != "disposed"))))
+    for consultation_id in sorted(consultation_ids - left):
+        consultation = await db.get(Consultation, consultation_id)
+        if consultation is not None and consultation.location is not None:
+            consultation.location = None
+            ap.add(who, "location.erase", f"consultation:{consultation_id}", consultation_id=consultation_id,
+                   reason="retention: the last of the consultation's items was disposed of")
 
 
 def _decision(who: Actor, current: RetentionItem, now: datetime) -> dict[str, Any]:

@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluation.cli import register as evaluation_commands
 
     evaluation_commands(commands, _common)
+
+    from .transcripts import register as chat_commands
+
+    chat_commands(commands, _common)
     return parser
 
 

@@ -382,6 +382,7 @@ def consultation_json(c: Consultation, participants: Optional[list[dict[str, Any
         "expires_at": rfc3339(c.expires_at),
         "victim": c.victim,
         "incident_id": c.incident_id,
+        "location": c.location,
         "participants": participants or [],
     }
 

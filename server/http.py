@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from .audit import AuditLog
     from .auth import Authenticator, Staff
+    from .chat import Chat
     from .config import Settings
     from .consultations import Consultations
     from .evaluation.surveys import Surveys
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from .incidents.board import QueueBoard
     from .incidents.service import Incidents
     from .links import UnknownTokens
+    from .location import Locations
     from .notify import Notifier
     from .recording.service import Recordings
     from .retention.service import Retention
@@ -62,6 +64,8 @@ QUEUE_BOARD: web.AppKey[QueueBoard] = web.AppKey("queue_board")
 INCIDENTS: web.AppKey[Incidents] = web.AppKey("incidents")
 UNKNOWN_TOKENS: web.AppKey[UnknownTokens] = web.AppKey("unknown_link_tokens")
 SURVEYS: web.AppKey[Surveys] = web.AppKey("surveys")
+CHAT: web.AppKey[Chat] = web.AppKey("chat")
+LOCATIONS: web.AppKey[Locations] = web.AppKey("locations")
 GUESTS: web.AppKey[Guests] = web.AppKey("guests")
 STAFF: web.RequestKey[Optional[Staff]] = web.RequestKey("staff")
 

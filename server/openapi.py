@@ -207,7 +207,14 @@ SCHEMAS: dict[str, Schema] = {
         ("id", "cad_ref", "status", "created_at", "arrived_at", "closed_at", "participants"),
         id=UUID, cad_ref=STR, status=CONSULTATION_STATUS, created_at=TIME, arrived_at=TIME_OR_NULL,
         closed_at=TIME_OR_NULL, expires_at=TIME, victim=ANY_OBJECT, participants=_array(PARTICIPANT),
+        location=_nullable(_obj(("lat", "lon", "accuracy_m", "at"), lat={"type": "number", "minimum": -90,
+                                                                          "maximum": 90},
+                                lon={"type": "number", "minimum": -180, "maximum": 180},
+                                accuracy_m={"type": "number", "minimum": 0}, at=TIME)),
     ),
+    "ChatMessages": _obj(("messages",), messages=_array(_obj(
+        ("id", "from", "text", "at"), id=UUID, text={"type": "string", "minLength": 1, "maxLength": 2000}, at=TIME,
+        **{"from": _obj(("role", "name"), role=STR, name=STR_OR_NULL)}))),
     "Closed": _obj(("status",), status={"const": "closed"}, closed_at=TIME_OR_NULL),
     "Recording": _obj(
         ("id", "participant", "started_at", "ended_at", "duration_s", "segments", "manifest_sha256", "status",
@@ -527,6 +534,20 @@ def _paths() -> dict[str, dict[str, Any]]:
             "Mark evidential or not (officers, sergeants)", "recordings",
             {"200": _answer("The recording.", _ref("Recording"))}, security=STAFF_WRITE, params=(CID, RID),
             body=_ref("Classification"), example=EXAMPLES["classification"], errors=(400, 404, 413, 422))},
+        # -- chat
+        c + "/chat": {"get": _op(
+            "The chat transcript so far (audit-logged)", "chat",
+            {"200": _answer("Oldest first.", _ref("ChatMessages"))}, security=STAFF_READ, params=(CID,),
+            errors=(404,))},
+        c + "/chat/transcript": {"get": _op(
+            "The sealed chat transcript: transcript.json, its signature, key, how to verify (zip)", "chat",
+            {"200": _answer("The package (`evr chat verify` checks it).",
+                            media={"application/zip": {"schema": {"type": "string", "format": "binary"}}})},
+            security=STAFF_READ, errors=(404, 422),
+            params=(CID, _query("reason", {"type": "string", "minLength": 1, "maxLength": 1000},
+                                "Why (required).", required=True)),
+            description="404 `no_transcript` while the consultation is open, when it had no chat, or once "
+                        "its transcript was disposed of.")},
         # -- uploads (tus), staff side
         c + "/uploads": {
             "options": {**_tus_options(*tus_staff), "parameters": [CID]},
@@ -859,6 +880,9 @@ def _paths() -> dict[str, dict[str, Any]]:
             body=_obj(("message",), message={"type": "string", "minLength": 1, "maxLength": 4000}),
             example={"message": "The bicycle was blue, not black."},
             errors=(400, 403, 404, 409, 410, 413, 422))},
+        j + "/chat": {"get": _op(
+            "The chat transcript so far", "victim", {"200": _answer("Oldest first.", _ref("ChatMessages"))},
+            security=VICTIM, params=(TOKEN,), errors=(403, 404, 410))},
     }
 
 

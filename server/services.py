@@ -34,12 +34,14 @@ from .evidence import EvidenceStore, make_store
 from .http import (
     AUDIT,
     AUTH,
+    CHAT,
     CLOCK,
     CONSULTATIONS,
     DB,
     GUESTS,
     HUB,
     INCIDENTS,
+    LOCATIONS,
     NOTIFIER,
     QUEUE_BOARD,
     RECORDINGS,
@@ -118,11 +120,13 @@ async def services(app: web.Application) -> AsyncIterator[None]:
 @asynccontextmanager
 async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
     """Everything built on the core, and the background tasks; stopped in reverse."""
+    from .chat import Chat
     from .evaluation.surveys import Surveys, remind_forever
     from .guests import Guests
     from .incidents.board import QueueBoard
     from .incidents.service import Incidents
     from .incidents.webhooks import Webhooks
+    from .location import Locations
     from .recording.service import Recordings
     from .retention.policy import Policy
     from .retention.service import Retention, sweep_forever
@@ -149,7 +153,15 @@ async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
     closed = await recordings.recover()
     if closed:
         log.warning("closed %d recording(s) left open by an unclean stop", closed)
-    app[HUB] = Hub(settings, clock, db, consultations, [recordings.sink] if settings.recording else [])
+
+    chat = app[CHAT] = Chat(clock, db, store, signing_key, audit, consultations)
+    consultations.on_status(chat.consultation_status)  # a close seals the transcript, in a task of its own
+    sealed = await chat.recover()
+    if sealed:
+        log.warning("sealed the chat of %d closed consultation(s) left unsealed", sealed)
+    locations = app[LOCATIONS] = Locations(clock, audit)
+    app[HUB] = Hub(settings, clock, db, consultations, [recordings.sink] if settings.recording else [],
+                   chat=chat, locations=locations)
 
     uploads = app[UPLOADS] = Uploads(settings, clock, db, store, audit)
     await uploads.recover()
@@ -174,6 +186,7 @@ async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
         await webhooks.close()
         await background.close()
         await uploads.close()
+        await chat.close()
 
 
 async def shutdown(app: web.Application) -> None:

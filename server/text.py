@@ -14,6 +14,8 @@ JSON's ``\\ud800`` escape makes one too; either fails later, far from the reques
 - :func:`parse_count` for numbers in headers, query strings and paths: ASCII digits
   only (``int()`` accepts ``²``-free but Arabic-Indic and other Unicode digits, and
   ``str.isdigit`` accepts ``²``, which ``int()`` then refuses), and bounded.
+- :func:`typed_text` for a message a person typed for others (chat): controls but
+  line breaks removed.
 - :func:`strip_bidi` for names shown to staff (a file name with U+202E can make
   ``gpj.exe`` look like ``exe.jpg``).
 """
@@ -52,6 +54,18 @@ def plain_text(value: str, multiline: bool = True) -> bool:
 
 def strip_bidi(value: str) -> str:
     return BIDI_CONTROLS.sub("", value)
+
+
+#: Controls a typed message keeps none of: C0 but the line feed, DEL and C1.
+_CONTROLS_BUT_NEWLINE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def typed_text(value: str) -> str:
+    """Text a person typed for others to read (a chat message), made plain: line
+    breaks become ``\n``, every other control (tab included) and the bidi controls
+    go, what no database can keep (a lone surrogate) becomes U+FFFD."""
+    value = value.replace("\r\n", "\n").replace("\r", "\n")
+    return storable(_CONTROLS_BUT_NEWLINE.sub("", value))
 
 
 def storable(value: str) -> str:
