@@ -171,18 +171,26 @@ class Consultations:
         )
         db.add(consultation)
         join_url = f"{base_url.rstrip('/')}/j/{token}"
-        link = message = None
-        if new.notify:
-            recipient = new.victim["phone" if new.notify == "sms" else "email"]
-            link = compose(new.notify, recipient, join_url)
-            message = OutboxMessage(
-                consultation_id=consultation.id, channel=link.channel, recipient=recipient, body=link.kept,
-                created_at=now, status="pending", provider=self.notifier.name,
-            )
-            db.add(message)
+        link, message = self.link_message(db, consultation.id, new.notify, new.victim, join_url)
         await db.flush()
         log.info("consultation created (id=%s cad=%s by=%s)", consultation.id, consultation.cad_ref, staff.username)
         return Created(consultation, join_url, link, message)
+
+    def link_message(self, db: AsyncSession, consultation_id: str, notify: Optional[str], contact: dict[str, str],
+                     join_url: str) -> tuple[Optional[LinkMessage], Optional[OutboxMessage]]:
+        """The message taking a link (the victim's, a guest's) by ``notify`` (sms,
+        email or None) to ``contact``'s phone or e-mail, added to ``db``'s transaction
+        as ``pending`` with the link redacted; :meth:`deliver` sends it after the commit."""
+        if not notify:
+            return None, None
+        recipient = contact["phone" if notify == "sms" else "email"]
+        link = compose(notify, recipient, join_url)
+        message = OutboxMessage(
+            consultation_id=consultation_id, channel=link.channel, recipient=recipient, body=link.kept,
+            created_at=self.clock(), status="pending", provider=self.notifier.name,
+        )
+        db.add(message)
+        return link, message
 
     async def deliver(self, db: AsyncSession, message: OutboxMessage, link: LinkMessage) -> OutboxMessage:
         """Hand the message to the notifier and keep how it went on its outbox row

@@ -34,15 +34,13 @@ from .consultations import EMAIL, PHONE, TOKEN_BYTES, Consultations, LinkState, 
 from .db import Consultation, Guest, OutboxMessage
 from .errors import ApiError, not_found
 from .http import AUDIT, CONSULTATIONS, DB, GUESTS, HUB, actor, base_url, current_staff, read_json
-from .notify import LinkMessage, compose
-from .roles import CALL_ROLES
+from .notify import LinkMessage
+from .roles import CALL_ROLES, GUEST_ROLES
 from .text import plain_text, strip_bidi
 from .timeutil import Clock, rfc3339
 
 log = logging.getLogger(__name__)
 
-#: Who may be invited (the contract's guest roles).
-GUEST_ROLES = ("carer", "interpreter", "appropriate_adult", "support_worker")
 #: Guests whose links are open at once, per consultation (with the victim and a
 #: member of staff: the room's six).
 MAX_OPEN_GUESTS = 4
@@ -150,15 +148,7 @@ class Guests:
         )
         db.add(guest)
         join_url = f"{base.rstrip('/')}/j/{token}"
-        link = message = None
-        if new.notify:
-            recipient = new.contact["phone" if new.notify == "sms" else "email"]
-            link = compose(new.notify, recipient, join_url)
-            message = OutboxMessage(
-                consultation_id=consultation.id, channel=link.channel, recipient=recipient, body=link.kept,
-                created_at=now, status="pending", provider=self.consultations.notifier.name,
-            )
-            db.add(message)
+        link, message = self.consultations.link_message(db, consultation.id, new.notify, new.contact, join_url)
         await db.flush()
         log.info("guest invited (consultation=%s guest=%s role=%s by=%s)", consultation.id, guest.id, guest.role,
                  staff.username)

@@ -267,6 +267,10 @@ class Hub:
             await other.send({"type": "error", "code": "replaced", "message": "Joined again from a new connection."})
             await other.ws.close(code=CLOSE_REPLACED, message=b"replaced")
             self.clients[consultation.id].discard(other)
+        if participant.removed:  # staff ended this guest's link while its socket was opening
+            await client.send({"type": "closed"})
+            await ws.close(code=CLOSE_CONSULTATION_CLOSED, message=b"link closed")
+            return ws
         self.clients[consultation.id].add(client)
         await client.send(self.config_message())
         await client.send(self.state_message(consultation.id, client))
