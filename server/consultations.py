@@ -106,23 +106,37 @@ def parse_new(body: Any) -> NewConsultation:
     victim_in = body.get("victim") or {}
     if not isinstance(victim_in, dict):
         raise ApiError(422, "invalid_victim", "victim must be an object.", fields=["victim"])
-    victim: dict[str, str] = {}
-    for key, pattern in (("name", None), ("phone", PHONE), ("email", EMAIL)):
-        value = victim_in.get(key)
+    victim, notify = parse_contact(victim_in, body.get("notify"), ("name", "phone", "email"), "victim.")
+    return NewConsultation(cad_ref, victim, {k: True for k in ELIGIBILITY}, notify)
+
+
+#: How a link's message goes, and the contact it needs.
+CHANNELS = {"sms": "phone", "email": "email"}
+_CONTACT_PATTERNS = {"name": None, "phone": PHONE, "email": EMAIL}
+
+
+def parse_contact(source: dict[str, Any], notify: Any, keys: tuple[str, ...],
+                  where: str = "") -> tuple[dict[str, str], Optional[str]]:
+    """A link's recipient (the victim, a guest): the ``keys`` of ``source`` given
+    (name, phone, e-mail; 422 naming ``where`` + the field when not valid) and how the
+    link goes (``notify``: sms or email, by default whichever contact was given, the
+    phone first; 422 when its contact is missing)."""
+    contact: dict[str, str] = {}
+    for key in keys:
+        value, pattern = source.get(key), _CONTACT_PATTERNS[key]
         if value in (None, ""):
             continue
         if not isinstance(value, str) or len(value) > 200 or (pattern and not pattern.match(value.strip())):
-            raise ApiError(422, f"invalid_{key}", f"victim.{key} is not valid.", fields=[f"victim.{key}"])
-        victim[key] = value.strip()
-    notify = body.get("notify")
+            raise ApiError(422, f"invalid_{key}", f"{where}{key} is not valid.", fields=[f"{where}{key}"])
+        contact[key] = value.strip()
     if notify is None:
-        notify = "sms" if "phone" in victim else "email" if "email" in victim else None
-    elif notify not in ("sms", "email"):
+        notify = next((channel for channel, key in CHANNELS.items() if key in contact), None)
+    elif notify not in CHANNELS:
         raise ApiError(422, "invalid_notify", "notify must be sms or email.", fields=["notify"])
-    elif ("phone" if notify == "sms" else "email") not in victim:
-        raise ApiError(422, "missing_contact", f"notify is {notify} but no victim contact for it was given.",
-                       fields=["victim.phone" if notify == "sms" else "victim.email"])
-    return NewConsultation(cad_ref, victim, {k: True for k in ELIGIBILITY}, notify)
+    elif CHANNELS[notify] not in contact:
+        raise ApiError(422, "missing_contact", f"notify is {notify} but no {where}{CHANNELS[notify]} was given.",
+                       fields=[f"{where}{CHANNELS[notify]}"])
+    return contact, notify
 
 
 @dataclass

@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .auth import Staff, sha256_hex
 from .config import Settings
-from .consultations import EMAIL, PHONE, TOKEN_BYTES, Consultations, LinkState, message_json
+from .consultations import TOKEN_BYTES, Consultations, LinkState, message_json, parse_contact
 from .db import Consultation, Guest, OutboxMessage
 from .errors import ApiError, not_found
 from .http import AUDIT, CONSULTATIONS, DB, GUESTS, HUB, actor, base_url, current_staff, read_json
@@ -81,23 +81,7 @@ def parse_guest(body: Any) -> NewGuest:
         raise ApiError(422, "invalid_role", "role must be one of " + ", ".join(GUEST_ROLES) + ".", fields=["role"])
     name = _text(body, "name", MAX_NAME)
     language = _text(body, "language", MAX_LANGUAGE)
-    contact: dict[str, str] = {}
-    for key, pattern in (("phone", PHONE), ("email", EMAIL)):
-        value = body.get(key)
-        if value in (None, ""):
-            continue
-        if not isinstance(value, str) or len(value) > MAX_NAME or not pattern.match(value.strip()):
-            raise ApiError(422, f"invalid_{key}", f"{key} is not valid.", fields=[key])
-        contact[key] = value.strip()
-    channel = {"sms": "phone", "email": "email"}
-    notify = body.get("notify")
-    if notify is None:  # by whichever contact was given, the phone first
-        notify = next((c for c, key in channel.items() if key in contact), None)
-    elif notify not in channel:
-        raise ApiError(422, "invalid_notify", "notify must be sms or email.", fields=["notify"])
-    elif channel[notify] not in contact:
-        raise ApiError(422, "missing_contact", f"notify is {notify} but no {channel[notify]} was given.",
-                       fields=[channel[notify]])
+    contact, notify = parse_contact(body, body.get("notify"), ("phone", "email"))
     return NewGuest(cast(str, role), name, language, contact, notify)
 
 
