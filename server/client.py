@@ -225,6 +225,11 @@ class CallClient:
         answer = await asyncio.wait_for(self._answer, timeout)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
 
+    def restart_gaps(self) -> None:
+        """Measure silences from now on (:attr:`longest_gap`), not from before."""
+        self.longest_gap.clear()
+        self.last_arrival.clear()
+
     def state(self) -> dict[str, Any]:
         """The last ``state`` message."""
         return next((m for m in reversed(self.messages) if m.get("type") == "state"), {})

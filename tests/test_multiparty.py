@@ -103,7 +103,7 @@ async def test_a_guest_leaving_and_rejoining_does_not_interrupt_the_others(call,
     victim_mids = ids(c.victim.state())[officer]["mids"].values()
     console_mids = ids(c.console.state())["victim"]["mids"].values()
     for client in (c.victim, c.console):
-        client.longest_gap.clear()
+        client.restart_gaps()
     await interpreter.drop()
     for client in (c.console, c.victim):
         await state_where(client, lambda s: guest in ids(s) and not ids(s)[guest]["connected"])
@@ -151,7 +151,7 @@ async def test_a_screen_share_is_relayed_and_recorded_as_its_own_recording(call,
     officer = staff_id(c)
     await c.victim.wait_from(officer, audio=50, video=30)  # steady: a call's first second may stall
     screen = vp8_clip(480, 360, fps=10, bitrate=200_000)  # encoded before measuring: it blocks the loop
-    c.victim.longest_gap.clear()
+    c.victim.restart_gaps()
     await c.console.share_screen(screen)
     state = await state_where(c.victim, lambda s: "screen" in ids(s).get(officer, {}).get("mids", {}))
     assert ids(state)[officer]["screen"] is True

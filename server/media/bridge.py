@@ -131,6 +131,8 @@ class Output:
     primary: bool
     source: Optional["Participant"] = None
     feed: Optional[str] = None
+    #: The direction last offered to the client (None: never offered yet).
+    offered: Optional[str] = None
 
     @property
     def mid(self) -> Optional[str]:
@@ -175,9 +177,10 @@ class Leg:
             output.track.stop()
 
     def needs_offer(self) -> bool:
-        """Whether an added output is not negotiated yet, or one's direction changed."""
-        return any(not o.primary and o.transceiver.direction != o.transceiver.currentDirection
-                   for o in self.outputs)
+        """Whether an added output was never offered, or its direction changed since
+        (compared with what was offered, not with what the client answered: a client
+        that declines an output is not offered it again and again)."""
+        return any(not o.primary and o.transceiver.direction != o.offered for o in self.outputs)
 
     async def close(self) -> None:
         """Close the peer connection; never cancelled half way (that breaks aiortc)."""
@@ -290,8 +293,10 @@ class Room:
         self._on_change = on_change
         self._signal = signal
         self._seq = 0
-        #: State notifications and server offers this room started.
+        #: State notifications this room started (cancelled at close: nobody is left to tell).
         self.tasks = TaskSet(f"room {consultation_id}")
+        #: Screen recordings ending (a share stopped): awaited at close, never cancelled.
+        self.endings = TaskSet(f"room {consultation_id}")
 
     # -- participants -------------------------------------------------------
 
@@ -534,7 +539,7 @@ class Room:
         """The client offered again on its connection (a screen share starting or
         ending): answer it on the same connection; the media flowing goes on."""
         async with leg.lock:
-            if leg.pc.signalingState != "stable":
+            if leg.pc.signalingState != "stable" or leg.needs_offer():  # one is out, or about to be
                 raise OfferError("glare", "The server has an offer out to you: answer it, then offer again.")
             known = [t.mid for t in leg.pc.getTransceivers() if t.mid is not None]
             if [s.mid for s in sections[:len(known)]] != known or len(sections) > len(known) + 1:
@@ -582,7 +587,7 @@ class Room:
     def _screen_ended(self, p: Participant) -> None:
         sinks, p.screen_sinks = p.screen_sinks, None
         for sink in sinks or ():
-            self.tasks.spawn(sink.on_close("screen_share_ended"), f"{p.role}'s screen recording ends")
+            self.endings.spawn(sink.on_close("screen_share_ended"), f"{p.role}'s screen recording ends")
 
     def _attach(self, leg: Leg, receiver: RTCRtpReceiver, kind: str, handler: Callable[[EncodedFrame], None]) -> None:
         if receiver in leg.guarded:
@@ -616,6 +621,8 @@ class Room:
             except Exception:  # noqa: BLE001 - the call goes on as it was
                 log.exception("consultation %s: no offer could be made to %s", self.id, p.role)
                 return
+            for output in leg.outputs:
+                output.offered = output.transceiver.direction
             sdp = leg.pc.localDescription.sdp
         await self._signal(p, {"type": "offer", "sdp": sdp})
         await self._on_change(self)  # the mids of the new transceivers, in everyone's state
@@ -733,6 +740,7 @@ class Room:
         await asyncio.gather(*(leg.close() for leg in legs))
         sinks = [sink for p in self.participants.values() for sink in (*(p.sinks or ()), *(p.screen_sinks or ()))]
         await asyncio.gather(*(sink.on_close(reason) for sink in sinks if not sink.finished))
+        await self.endings.wait()
         await self.tasks.close()  # state notifications: nobody is left to tell
 
     @property
