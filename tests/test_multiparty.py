@@ -12,12 +12,13 @@ the longest silence seen on every mid, and those already in the call stay under
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
 from conftest import claim, eventually, link_path
 
-from evr.client import CallClient
+from evr.client import CallClient, mark_slides
 from evr.http import HUB
 from evr.media.sources import opus_clip, vp8_clip
 
@@ -230,3 +231,68 @@ async def test_the_victims_location_reaches_staff_only_and_is_audit_logged(call,
     assert all("location" not in m for m in c.victim.messages + interpreter.messages if m["type"] == "state")
     detail = await c.officer.consultation(c.id)
     assert detail["location"]["lon"] == -0.1276
+
+
+async def test_an_answer_that_sends_where_the_server_only_sends_starts_no_decoder(call, new_client, server):
+    """A hostile client answering ``sendrecv`` to the server's ``sendonly`` sections
+    would make aiortc start a decoder thread per section on the server: every
+    receiver gets a sink that drops what nobody asked for."""
+    c = await call(**light())
+    real_send = c.victim.send
+
+    async def hostile(message: dict[str, Any]) -> None:
+        if message["type"] == "answer":
+            message = {**message, "sdp": message["sdp"].replace("a=recvonly", "a=sendrecv")}
+        await real_send(message)
+
+    c.victim.send = hostile  # type: ignore[method-assign]
+    guest = await invite(c.officer, c.id)
+    _, interpreter = await guest_client(call, new_client, guest["join_url"], **light())
+    await interpreter.wait_from("victim", audio=10, video=5, timeout=15)
+    await eventually(lambda: c.victim.server_offers, lambda n: n >= 1)
+    leg = server.app[HUB].rooms[c.id].participants["victim"].leg
+    await eventually(lambda: leg.pc.signalingState, lambda s: s == "stable")
+    started = [t.receiver for t in leg.pc.getTransceivers() if t.receiver.track is not None]
+    assert len(started) > 2  # the answer did make the server's sections receive...
+    assert all(r in leg.guarded for r in started)  # ...into sinks, never a decoder
+    assert not [t for t in threading.enumerate() if t.name.endswith("-decoder") and t.is_alive()]
+    await c.console.wait_from("victim", audio=25, video=15)
+
+
+async def test_bad_renegotiations_are_refused_and_the_call_goes_on(call):
+    c = await call(**light())
+    officer = staff_id(c)
+    pc = c.victim.pc
+    # An answer to no offer, and one whose sections do not match the offer.
+    await c.victim.send({"type": "answer", "sdp": pc.localDescription.sdp.replace("a=sendrecv", "a=recvonly")})
+    assert (await c.victim.wait_for(lambda m: m["type"] == "error"))["code"] == "no_offer"
+    # A renegotiation that adds two sections, or a section that is not a screen.
+    for kind in ("audio", "video"):
+        pc.addTransceiver(kind, direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    seen = len(c.victim.messages)
+    await c.victim.send({"type": "offer", "sdp": pc.localDescription.sdp})
+    error = await c.victim.wait_for(lambda m: m["type"] == "error" and c.victim.messages.index(m) >= seen)
+    assert error["code"] == "bad_sdp"
+    await c.console.wait_from("victim", audio=25, video=15)
+    await c.victim.wait_from(officer, audio=25, video=15)
+
+
+async def test_a_first_offer_with_the_screen_before_the_camera_is_refused(call, staff, new_client):
+    c = await call(**light())
+    sergeant = await staff("sam", "sergeant")
+    client = call.client(sergeant.client.session, sergeant.ws_url(c.id), **light())
+    await client.connect()
+    await client.wait_for(lambda m: m["type"] == "config")
+    from aiortc import RTCPeerConnection
+
+    pc = RTCPeerConnection()
+    for kind in ("audio", "video", "video"):
+        pc.addTransceiver(kind, direction="sendrecv")
+    await pc.setLocalDescription(await pc.createOffer())
+    video_mids = [t.mid for t in pc.getTransceivers() if t.kind == "video"]
+    await client.send({"type": "offer", "sdp": mark_slides(pc.localDescription.sdp, video_mids[0])})
+    error = await client.wait_for(lambda m: m["type"] == "error")
+    assert error["code"] == "bad_sdp" and "screen" in error["message"]
+    await pc.close()
+    await c.console.wait_from("victim", audio=25, video=15)
