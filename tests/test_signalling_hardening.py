@@ -129,8 +129,14 @@ def frames(offer_lines: list[str]) -> st.SearchStrategy[str]:
                   candidate_text, st.none() | st.sampled_from(["0", "1"]) | st.text(max_size=4) | st.integers(),
                   st.none() | st.integers() | st.floats() | st.text(max_size=3)),
         st.builds(lambda kind, extra: json.dumps({**extra, "type": kind}),
-                  st.sampled_from(["offer", "candidate", "pause", "resume", "answer", "state", ""]),
-                  st.dictionaries(st.sampled_from(["sdp", "candidate", "x"]), values, max_size=2)),
+                  st.sampled_from(["offer", "candidate", "pause", "resume", "answer", "state", "chat", "location", ""]),
+                  st.dictionaries(st.sampled_from(["sdp", "candidate", "text", "lat", "lon", "accuracy_m", "x"]),
+                                  values, max_size=3)),
+        # Chat and location with values of every kind (a chat message is kept: short ones).
+        st.builds(lambda text: json.dumps({"type": "chat", "text": text}), values | st.text(max_size=40)),
+        st.builds(lambda lat, lon, acc: json.dumps({"type": "location", "lat": lat, "lon": lon, "accuracy_m": acc}),
+                  values | st.floats(-200, 200), values | st.floats(-400, 400), values | st.floats(-1, 2e5)),
+        sdp.map(lambda s: json.dumps({"type": "answer", "sdp": s})),
     )
 
 
