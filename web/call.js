@@ -1,13 +1,23 @@
 // call.js: WebSocket signalling + one RTCPeerConnection, shared by the victim
-// page and the officer console. The server is the only WebRTC peer (see
-// media.md), so every (re)join is simply a new peer connection and a new offer.
+// page (also the guests' page) and the officer console. The server is the only
+// WebRTC peer (see media.md), so every (re)join is simply a new peer connection and
+// a new offer. Within one connection the server renegotiates when someone joins,
+// leaves or shares a screen (its {type:'offer'}: we answer, as the polite peer of
+// perfect negotiation), and so do we when we start or stop sharing our screen.
 //
 // Events dispatched (CustomEvent, payload in .detail):
 //   'conn'     'connecting' | 'connected' | 'reconnecting' | 'network' (reconnecting
 //              after a network change) | 'offline' | 'retrying' | 'gaveup'
 //   'rejoined' a new connection is up after a network change or a failure
 //   'state'    the server's {type:'state', status, participants, recording}
-//   'remote'   a remote track was (re)placed in call.remote
+//   'remote'   a remote track was (re)placed in call.remote (the tracks of our own
+//              first audio and video transceivers: in a 1:1 call, the other person)
+//   'participants' [{id, role, name, connected, media, screen, primary}]: everyone
+//              else whose media this connection carries now (state.participants[].mids),
+//              each with a stable MediaStream of their audio and video, the stream of
+//              their shared screen or null, and primary: carried on call.remote
+//   'screen'   true | false: our own screen share started or stopped
+//   'chat'     {id, from: {role, name}, text, at} from the server
 //   'refused'  the socket could not even open (the link may be closed or given
 //              to another device): the page asks the server why
 //   'closed'   police closed the consultation; the link is finished
@@ -22,6 +32,8 @@ const DISCONNECT_GRACE_MS = 4000; // 'disconnected' may heal by itself
 const CONNECT_TIMEOUT_MS = 20000; // no media path after this: start over
 const CONFIG_WAIT_MS = 3000;     // longest wait for the server's 'config' before offering
 const ICE_SCHEMES = /^(stun|stuns|turn|turns):/i;
+const GLARE_WAIT_MS = 3000;      // longest wait for the other half of a collision
+const RECEIVING = new Set(['sendrecv', 'recvonly']);
 
 /**
  * The ICE servers the server's 'config' message names, checked: only STUN and TURN
@@ -61,6 +73,106 @@ function preferVP8(transceiver) {
   } catch { /* keep the browser's order */ }
 }
 
+/**
+ * The offer as sent: ``a=content:slides`` added to the m-section whose mid is ``mid``
+ * (our screen share), which tells the server it is a screen and not a camera. Only
+ * the copy sent is changed; the browser keeps its own description.
+ */
+export function markSlides(sdp, mid) {
+  if (mid == null) return sdp;
+  const eol = sdp.includes('\r\n') ? '\r\n' : '\n';
+  const sections = sdp.split(/(?=^m=)/m);
+  return sections.map((section) => {
+    if (!section.startsWith('m=video') || !section.split(/\r?\n/).includes(`a=mid:${mid}`)) return section;
+    if (/^a=content:/m.test(section)) return section.replace(/^a=content:.*$/m, 'a=content:slides');
+    return section.replace(/(^a=mid:.*$)/m, `$1${eol}a=content:slides`);
+  }).join('');
+}
+
+// The RTP header extension ids and payload types the server's WebRTC stack (aiortc)
+// puts in its own offers. A browser may not renumber an extension once negotiated
+// ("RTP extension ID reassignment not supported"), and a payload type that changes
+// meaning mid-call leaves the server unable to read what we send; so our offers use
+// the server's numbers from the start, and its renegotiations (someone joins or
+// leaves) then agree with them.
+const SERVER_EXTENSION_IDS = {
+  'urn:ietf:params:rtp-hdrext:sdes:mid': 1,
+  'urn:ietf:params:rtp-hdrext:ssrc-audio-level': 2,
+  'http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time': 3,
+};
+
+const SERVER_PAYLOAD_TYPES = { audio: { 'opus/48000': 96 }, video: { 'vp8/90000': 97, rtx: 98 } };
+
+/** One m-section with its payload types renumbered by ``map`` (old -> new). */
+function renumberSection(section, map) {
+  if (!map.size) return section;
+  const pt = (n) => String(map.get(Number(n)) ?? n);
+  return section
+    .replace(/^(m=\S+ \S+ \S+ )([\d ]+)/m, (_l, head, list) => head + list.split(' ').map(pt).join(' '))
+    .replace(/^(a=fmtp:\d+ .*\bapt=)(\d+)/gm, (_l, head, n) => head + pt(n))
+    .replace(/^(a=fmtp:\d+ )(\d+(?:\/\d+)+)(?=\r?$)/gm, (_l, head, list) => head + list.split('/').map(pt).join('/')) // RED
+    .replace(/^a=(rtpmap|fmtp|rtcp-fb):(\d+)/gm, (_l, attr, n) => `a=${attr}:${pt(n)}`);
+}
+
+/** ``sdp`` with opus, VP8 and VP8's RTX on the server's payload types; codecs that
+ * were on those numbers move to numbers nobody uses. */
+export function alignPayloadTypes(sdp) {
+  const used = new Set([...sdp.matchAll(/^a=rtpmap:(\d+)/gm)].map((m) => Number(m[1])));
+  const free = () => { let n = 35; while (used.has(n) || (n >= 64 && n <= 95)) n += 1; used.add(n); return n; };
+  const moved = new Map(); // a codec moved out of the way keeps one number across the bundle
+  return sdp.split(/(?=^m=)/m).map((section) => {
+    const kind = /^m=(audio|video)/.exec(section)?.[1];
+    if (!kind) return section;
+    const codecs = new Map([...section.matchAll(/^a=rtpmap:(\d+) ([^\s/]+\/\d+)/gm)].map((m) => [Number(m[1]), m[2].toLowerCase()]));
+    const want = SERVER_PAYLOAD_TYPES[kind];
+    const map = new Map();
+    for (const [n, codec] of codecs) if (want[codec] != null) map.set(n, want[codec]);
+    if (kind === 'video') {
+      const vp8 = [...codecs].find(([, c]) => c === 'vp8/90000')?.[0];
+      const rtx = [...section.matchAll(/^a=fmtp:(\d+) apt=(\d+)/gm)].find((m) => Number(m[2]) === vp8);
+      if (rtx) map.set(Number(rtx[1]), want.rtx);
+    }
+    const targets = new Set(map.values());
+    for (const n of codecs.keys()) {
+      if (map.has(n) || !targets.has(n)) continue;
+      const key = `${n} ${codecs.get(n)}`;
+      if (!moved.has(key)) moved.set(key, free());
+      map.set(n, moved.get(key));
+    }
+    return renumberSection(section, map);
+  }).join('');
+}
+
+/** ``sdp`` with its a=extmap ids renumbered: the server's ids for the extensions it
+ * knows, the others from 4 on (one id per extension across the bundle). */
+export function alignExtensionIds(sdp) {
+  const ids = new Map();
+  let next = Math.max(...Object.values(SERVER_EXTENSION_IDS)) + 1;
+  return sdp.replace(/^a=extmap:(\d+)(\/\w+)? (\S+)(.*)$/gm, (_line, _id, dir, uri, rest) => {
+    if (!ids.has(uri)) ids.set(uri, SERVER_EXTENSION_IDS[uri] || next++);
+    return `a=extmap:${ids.get(uri)}${dir || ''} ${uri}${rest}`;
+  });
+}
+
+/** Set our offer as the local description, with the server's extension ids and
+ * payload types where the browser accepts that (else as the browser made it). */
+async function setLocalOffer(pc, offer) {
+  try {
+    await pc.setLocalDescription({ type: 'offer', sdp: alignPayloadTypes(alignExtensionIds(offer.sdp)) });
+  } catch (err) {
+    console.warn('offer kept as made', err);
+    await pc.setLocalDescription(offer);
+  }
+}
+
+/** Put ``tracks`` (and only those) in ``stream``, leaving tracks already there in place. */
+function syncTracks(stream, tracks) {
+  let changed = false;
+  for (const t of stream.getTracks()) if (!tracks.includes(t)) { stream.removeTrack(t); changed = true; }
+  for (const t of tracks) if (!stream.getTracks().includes(t)) { stream.addTrack(t); changed = true; }
+  return changed;
+}
+
 // Resolves when ICE gathering completes, or after ICE_WAIT_MS (late candidates trickle).
 function iceGathered(pc) {
   return new Promise((resolve) => {
@@ -88,6 +200,7 @@ export class Call extends EventTarget {
     super();
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
     this.wsUrl = `${scheme}//${location.host}${wsPath}`;
+    this.isLink = wsPath.startsWith('/j/'); // the victim's or a guest's page, not staff
     this.remote = new MediaStream(); // stable across rejoins: keep it as srcObject
     this.local = null;
     this.ws = null;
@@ -102,6 +215,12 @@ export class Call extends EventTarget {
     this.timers = {};
     this.statsPc = null;   // the peer connection lastStats was taken from
     this.lastStats = null;
+    this.primary = [];     // our own first audio and video transceivers (call.remote's)
+    this.state = null;     // the server's last 'state'
+    this.streams = new Map(); // participant id -> {media, screen}: stable MediaStreams
+    this.screen = null;    // our shared screen's track, while we share it
+    this.screenTransceiver = null;
+    this.negotiation = { pending: false, glareDue: false, offerDue: false, awaitingAnswer: false };
     this.resetBackoff();
     addEventListener('online', () => this.active && this.reconnect('network'));
     addEventListener('offline', () => this.active && this.emit('conn', 'offline'));
@@ -155,7 +274,11 @@ export class Call extends EventTarget {
     this.connect();
   }
 
-  leave() { this.active = false; this.teardown(); }
+  leave() {
+    this.active = false;
+    this.teardown();
+    if (this.screen) this.stopScreenShare();
+  }
 
   send(msg) {
     if (this.ws?.readyState !== WebSocket.OPEN) return false;
@@ -188,6 +311,79 @@ export class Call extends EventTarget {
     this.sending = on;
     await Promise.all(['audio', 'video'].map((kind) =>
       this.transceiver(kind)?.sender.replaceTrack(on ? this.localTrack(kind) : null)));
+    if (this.screenTransceiver && this.screen) await this.screenTransceiver.sender.replaceTrack(on ? this.screen : null);
+  }
+
+  // ---- screen share ------------------------------------------------------
+
+  /** Whether this browser can share a screen at all (desktop browsers; not phones). */
+  static canShareScreen() {
+    const mobile = navigator.userAgentData?.mobile || /Android|iPhone|iPad|iPod|Mobile/i.test(navigator.userAgent);
+    return typeof navigator.mediaDevices?.getDisplayMedia === 'function' && !mobile;
+  }
+
+  /**
+   * Share a screen, window or tab: the browser asks which. A second video track on
+   * the same peer connection (a sendonly transceiver marked a=content:slides in our
+   * offer), so the same ICE session carries it. Throws what getDisplayMedia throws
+   * (NotAllowedError when the person cancels).
+   */
+  async startScreenShare() {
+    if (this.screen) return;
+    const display = await navigator.mediaDevices.getDisplayMedia({ video: { frameRate: { ideal: 15, max: 30 } }, audio: false });
+    const track = display.getVideoTracks()[0];
+    display.getAudioTracks().forEach((t) => t.stop());
+    if (!track) throw Object.assign(new Error('No screen was chosen.'), { name: 'NotFoundError' });
+    if ('contentHint' in track) track.contentHint = 'detail';
+    this.screen = track;
+    // Stopped from the browser's own "Stop sharing" bar.
+    track.addEventListener('ended', () => { if (this.screen === track) this.stopScreenShare(); });
+    this.emit('screen', true);
+    const pc = this.pc;
+    if (!pc) return; // our next offer carries it (see offer())
+    const tr = this.screenTransceiver;
+    if (tr && !tr.stopped && tr.mid != null) { // shared before: the same m-section again
+      await tr.sender.replaceTrack(this.sending ? track : null);
+      tr.direction = 'sendonly';
+    } else {
+      this.screenTransceiver = this.addScreenTransceiver(pc);
+    }
+    this.requestOffer();
+  }
+
+  /** Stop sharing: the screen's transceiver goes inactive (renegotiated). */
+  async stopScreenShare() {
+    const track = this.screen;
+    if (!track) return;
+    this.screen = null;
+    track.stop();
+    this.emit('screen', false);
+    const tr = this.screenTransceiver;
+    if (!tr || tr.stopped || !this.pc) return;
+    await tr.sender.replaceTrack(null).catch(() => {});
+    if (tr.mid == null) { // never negotiated: nothing to tell the server
+      tr.direction = 'inactive';
+      return;
+    }
+    tr.direction = 'inactive';
+    this.requestOffer();
+  }
+
+  addScreenTransceiver(pc) {
+    const tr = pc.addTransceiver(this.sending ? this.screen : 'video', { direction: 'sendonly' });
+    if (!this.sending) tr.sender.replaceTrack(null);
+    preferVP8(tr);
+    return tr;
+  }
+
+  // ---- chat and location -------------------------------------------------
+
+  /** Send a chat message (the server checks 1..2000 characters). */
+  chat(text) { return this.send({ type: 'chat', text }); }
+
+  /** Send the victim's location once (the server refuses anyone else's). */
+  shareLocation({ lat, lon, accuracy_m: accuracy }) {
+    return this.send({ type: 'location', lat, lon, accuracy_m: accuracy });
   }
 
   /** Sound only: stop receiving video as well as sending it (a new offer). */
@@ -225,19 +421,26 @@ export class Call extends EventTarget {
     this.pc?.close();
     const pc = (this.pc = new RTCPeerConnection({ iceServers: this.iceServers }));
     let sent = false;
-    for (const kind of ['audio', 'video']) {
+    this.negotiation = { pending: false, glareDue: false, offerDue: false, awaitingAnswer: false };
+    this.primary = ['audio', 'video'].map((kind) => {
       const track = this.sending ? this.localTrack(kind) : null;
       // Sound only: 'sendonly' with no track sends nothing either (the server needs
       // the offer to send, to have a track to receive).
       const direction = kind === 'video' && !this.receiveVideo ? 'sendonly' : 'sendrecv';
       const tr = pc.addTransceiver(track || kind, { direction, streams: [this.local] });
       if (kind === 'video') preferVP8(tr);
-    }
+      return tr;
+    });
+    // Sharing a screen while (re)joining: the first offer carries it too.
+    this.screenTransceiver = this.screen ? this.addScreenTransceiver(pc) : null;
     pc.ontrack = (e) => {
       if (pc !== this.pc) return;
-      for (const t of this.remote.getTracks()) if (t.kind === e.track.kind) this.remote.removeTrack(t);
-      this.remote.addTrack(e.track);
-      this.emit('remote');
+      if (this.primary.includes(e.transceiver)) {
+        for (const t of this.remote.getTracks()) if (t.kind === e.track.kind) this.remote.removeTrack(t);
+        this.remote.addTrack(e.track);
+        this.emit('remote');
+      }
+      this.updateParticipants();
     };
     pc.onicecandidate = (e) => {
       if (!sent || pc !== this.pc || (e.candidate && !e.candidate.candidate)) return;
@@ -245,10 +448,11 @@ export class Call extends EventTarget {
     };
     pc.onconnectionstatechange = () => this.onPeerState(pc);
     try {
-      await pc.setLocalDescription(await pc.createOffer());
+      await setLocalOffer(pc, await pc.createOffer());
       await iceGathered(pc);
       if (pc !== this.pc) return;
-      sent = this.send({ type: 'offer', sdp: pc.localDescription.sdp });
+      sent = this.send({ type: 'offer', sdp: this.offerSdp(pc) });
+      this.negotiation.awaitingAnswer = sent;
       this.setTimer('connect', CONNECT_TIMEOUT_MS, () => {
         if (pc === this.pc && pc.connectionState !== 'connected') this.retryLater('reconnecting');
       });
@@ -256,6 +460,148 @@ export class Call extends EventTarget {
       console.error('offer failed', err);
       if (pc === this.pc) this.retryLater('reconnecting');
     }
+  }
+
+  /** Our offer as sent: the browser's, with our screen's m-section marked. */
+  offerSdp(pc) {
+    const tr = this.screenTransceiver;
+    return markSlides(pc.localDescription.sdp, tr && !tr.stopped ? tr.mid : null);
+  }
+
+  // ---- renegotiation (perfect negotiation; the server is the impolite peer) ----
+
+  /** Offer again on this connection (same ICE session) as soon as nothing collides. */
+  requestOffer() {
+    this.negotiation.pending = true;
+    this.maybeOffer();
+  }
+
+  maybeOffer() {
+    const pc = this.pc;
+    const n = this.negotiation;
+    if (!pc || !n.pending || n.glareDue || n.offerDue || pc.signalingState !== 'stable' || !pc.remoteDescription) return;
+    if (this.ws?.readyState !== WebSocket.OPEN) return;
+    n.pending = false;
+    this.renegotiate(pc);
+  }
+
+  async renegotiate(pc) {
+    try {
+      await setLocalOffer(pc, await pc.createOffer());
+      if (pc !== this.pc) return;
+      await iceGathered(pc);
+      if (pc !== this.pc || pc.signalingState !== 'have-local-offer') return; // rolled back meanwhile
+      this.negotiation.awaitingAnswer = this.send({ type: 'offer', sdp: this.offerSdp(pc) });
+    } catch (err) {
+      console.warn('renegotiation failed', err);
+      if (pc === this.pc) this.retryLater('reconnecting');
+    }
+  }
+
+  /** The server's offer: someone joined or left, or a screen share started or stopped. */
+  async onServerOffer(sdp) {
+    const pc = this.pc;
+    if (!pc || pc.signalingState === 'closed') return;
+    // Our first offer is still unanswered: this offer was for the connection ours
+    // replaces. The server answers ours and renegotiates then if it needs to.
+    if (!pc.remoteDescription && pc.signalingState === 'have-local-offer') return;
+    const n = this.negotiation;
+    if (pc.signalingState === 'have-local-offer') {
+      // A collision: we are polite, so ours gives way and goes again after this one.
+      // The server answers ours with error 'glare' (perhaps it did already).
+      await pc.setLocalDescription({ type: 'rollback' });
+      if (n.awaitingAnswer) n.glareDue = true;
+      n.awaitingAnswer = false;
+      n.pending = true;
+      this.setTimer('glare', GLARE_WAIT_MS, () => { n.glareDue = false; this.maybeOffer(); });
+    }
+    n.offerDue = false;
+    await pc.setRemoteDescription({ type: 'offer', sdp });
+    await pc.setLocalDescription(await pc.createAnswer());
+    if (pc !== this.pc) return;
+    this.send({ type: 'answer', sdp: pc.localDescription.sdp });
+    this.updateParticipants();
+    this.maybeOffer();
+  }
+
+  /** The server refused our offer because its own crossed it: roll ours back, answer
+   * the server's (which comes, if it has not yet) and then offer again. */
+  async onGlare() {
+    const pc = this.pc;
+    if (!pc) return;
+    const n = this.negotiation;
+    if (!pc.remoteDescription) { // a first offer: simply offer again, a moment later
+      this.setTimer('glare', 500, () => this.rejoin());
+      return;
+    }
+    if (n.glareDue) { // the server's offer came first and was answered already
+      n.glareDue = false;
+      this.maybeOffer();
+      return;
+    }
+    if (pc.signalingState === 'have-local-offer') {
+      await pc.setLocalDescription({ type: 'rollback' });
+      n.awaitingAnswer = false;
+      n.pending = true;
+      n.offerDue = true;
+      this.setTimer('glare', GLARE_WAIT_MS, () => { n.offerDue = false; this.maybeOffer(); });
+    }
+  }
+
+  // ---- who is carried on which transceiver ---------------------------------
+
+  /**
+   * Everyone else whose media this connection carries now, from state.participants[].mids
+   * and the transceivers that really receive (a transceiver the server made inactive
+   * carries nobody). Without any mids (a server that gives none, or a 1:1 call on
+   * one) the other person is the one on call.remote.
+   */
+  updateParticipants() {
+    const pc = this.pc;
+    const list = this.state?.participants || [];
+    const byMid = new Map((pc?.getTransceivers() || [])
+      .filter((t) => t.mid != null && !t.stopped).map((t) => [t.mid, t]));
+    const received = (mid) => {
+      const t = mid == null ? null : byMid.get(String(mid));
+      return t && RECEIVING.has(t.currentDirection) ? t : null;
+    };
+    const out = [];
+    const seen = new Set();
+    if (list.some((p) => p.mids)) {
+      for (const p of list) {
+        if (p.you || !p.mids) continue;
+        const media = ['audio', 'video'].map((k) => received(p.mids[k])).filter(Boolean);
+        const screen = received(p.mids.screen);
+        if (!media.length && !screen) continue;
+        const id = p.id || p.role;
+        const s = this.streamsOf(id);
+        syncTracks(s.media, media.map((t) => t.receiver.track));
+        syncTracks(s.screen, screen ? [screen.receiver.track] : []);
+        seen.add(id);
+        out.push({
+          id, role: p.role, name: p.name || '', connected: p.connected !== false,
+          media: s.media, screen: screen ? s.screen : null, primary: media.some((t) => this.primary.includes(t)),
+        });
+      }
+    } else {
+      const other = this.otherParty(list);
+      if (other) out.push({ id: other.id || other.role, role: other.role, name: other.name || '', connected: true, media: this.remote, screen: null, primary: true });
+    }
+    for (const id of this.streams.keys()) if (!seen.has(id)) this.streams.delete(id);
+    this.emit('participants', out);
+  }
+
+  /** The other person of a 1:1 call, for a state without mids: the first connected
+   * participant that is not us (staff see the victim; the victim and guests, staff). */
+  otherParty(list) {
+    const others = list.filter((p) => !p.you && p.connected);
+    return others.find((p) => p.role === 'victim' && !this.isLink) || others.find((p) => ['officer', 'sergeant'].includes(p.role))
+      || null;
+  }
+
+  streamsOf(id) {
+    if (!this.streams.has(id)) this.streams.set(id, { media: new MediaStream(), screen: new MediaStream() });
+    return this.streams.get(id);
   }
 
   onPeerState(pc) {
@@ -291,21 +637,31 @@ export class Call extends EventTarget {
           this.offer();
         }
       } else if (m.type === 'answer' && pc?.signalingState === 'have-local-offer') {
+        this.negotiation.awaitingAnswer = false;
         await pc.setRemoteDescription({ type: 'answer', sdp: m.sdp });
+        this.updateParticipants();
+        this.maybeOffer();
+      } else if (m.type === 'offer' && typeof m.sdp === 'string') {
+        await this.onServerOffer(m.sdp);
       } else if (m.type === 'candidate' && pc?.remoteDescription) {
         await pc.addIceCandidate(m.candidate || undefined);
       } else if (m.type === 'state') {
         this.setSending(m.status !== 'paused').catch((err) => console.warn('pause', err));
+        this.state = m;
         this.emit('state', m);
-      } else if (m.type === 'closed') this.finish('closed');
+        this.updateParticipants();
+      } else if (m.type === 'chat') this.emit('chat', m);
+      else if (m.type === 'closed') this.finish('closed');
       else if (m.type === 'statement') window.dispatchEvent(new CustomEvent('evr:statement', { detail: m })); // statement-*.js
+      else if (m.type === 'error' && m.code === 'glare') await this.onGlare();
       else if (m.type === 'error') {
         if (m.code === 'session_ended') this.endedBecause = m.message;
         this.emit('error', m);
       }
     } catch (err) {
       console.warn('signalling', m.type, err);
-      if (m.type === 'answer' && pc === this.pc) this.retryLater('reconnecting');
+      // A description we could not apply: start over on a new connection.
+      if (['answer', 'offer'].includes(m.type) && pc === this.pc) this.retryLater('reconnecting');
     }
   }
 
@@ -327,6 +683,7 @@ export class Call extends EventTarget {
     if (!this.active) return;
     this.active = false;
     this.teardown();
+    if (this.screen) this.stopScreenShare();
     this.emit(type, detail);
   }
 
@@ -340,6 +697,8 @@ export class Call extends EventTarget {
     Object.values(this.timers).forEach(clearTimeout);
     this.pc?.close();
     this.pc = null;
+    this.screenTransceiver = null;
+    if (this.streams.size) this.updateParticipants(); // nobody is carried any more
     this.dropSocket();
   }
 

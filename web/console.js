@@ -1,6 +1,12 @@
 // console.js: the officer's console, served at /console.
 import { Call, stopStream, videoConstraints } from '/static/call.js';
-import { $, api, el, errorText, session, signInOut } from '/static/staff.js';
+import { ChatPanel } from '/static/chat.js';
+import { Gallery } from '/static/gallery.js';
+import { GuestPanel } from '/static/console-guests.js';
+import { showLocation } from '/static/location.js';
+import { roleText } from '/static/people.js';
+import { ScreenButton } from '/static/screen.js';
+import { $, api, copyField, deliveryNote, el, errorText, session, signInOut } from '/static/staff.js';
 
 // The call handler's eligibility questions, and what a No means.
 const QUESTIONS = {
@@ -132,28 +138,13 @@ function showCreated(c) {
   $('expires').textContent = fmtTime(c.expires_at);
   $('copy-status').textContent = '';
   const m = c.message;
-  const to = m && `${m.channel === 'sms' ? 'SMS' : 'Email'} to ${m.recipient}`;
-  $('outbox').replaceChildren(...(m
-    ? [el('p', {
-      sent: `${to}: sent ${fmtTime(m.created_at)}.`,
-      outbox: `${to}: not sent automatically here. Send this message (or read the link) to the victim yourself.`,
-      failed: `${to}: sending failed (${m.error || 'no reason given'}). Give the victim the link another way.`,
-    }[m.status] || `${to}: ${m.status}.`, m.status === 'failed' ? 'error' : null), el('blockquote', m.body)]
-    : [el('p', 'No message was sent: give the victim the link yourself.')]),
+  $('outbox').replaceChildren(deliveryNote(m, 'the victim', fmtTime), ...(m ? [el('blockquote', m.body)] : []),
   // The server keeps no copy of the link (only its hash), so this is the one chance to see it.
   el('p', 'EVR keeps no copy of this link: copy it or read it to the victim before you leave this screen.', 'hint'));
   $('created-h').focus();
 }
 
-$('copy').addEventListener('click', async () => {
-  try {
-    await navigator.clipboard.writeText($('join-url').value);
-  } catch {
-    $('join-url').select();
-    document.execCommand('copy');
-  }
-  $('copy-status').textContent = 'Link copied.';
-});
+$('copy').addEventListener('click', () => copyField($('join-url'), $('copy-status')));
 
 // ---- call ----------------------------------------------------------------
 
@@ -162,7 +153,10 @@ const CONN_TEXT = {
   network: 'Reconnecting after a network change…', offline: 'Offline',
   retrying: 'Connection lost, retrying…', gaveup: 'Could not reconnect',
 };
-const ROLE_TEXT = { victim: 'Victim', officer: 'Officer', sergeant: 'Sergeant' };
+const gallery = new Gallery($('stage'), $('tile-main'), $('stage-msg'));
+const guests = new GuestPanel();
+const screenShare = new ScreenButton($('share-screen'), (text) => { $('screen-note').textContent = text; });
+let chat = null;
 
 async function openCall(c) {
   if (current) return;
@@ -180,9 +174,17 @@ async function openCall(c) {
     if (!stream) return;
   }
   current = { c, call, stream, state: null, conn: 'connecting', quality: null, startedAt: Date.now() };
+  const cur = current;
+  chat = new ChatPanel($('console-chat'), {
+    send: (text) => call.chat(text),
+    hint: 'No messages yet. Messages are part of the record of this call.',
+  });
+  screenShare.attach(call);
+  showLocation($('location'), null);
+  guests.open(c.id);
   $('call-ref').textContent = c.cad_ref;
   $('self').srcObject = stream;
-  for (const id of ['mute', 'pause', 'close']) $(id).disabled = false;
+  for (const id of ['mute', 'pause', 'close', 'share-screen']) $(id).disabled = false;
   $('mute').textContent = 'Mute';
   $('call-msg').textContent = '';
   $('participants').replaceChildren();
@@ -198,9 +200,14 @@ async function openCall(c) {
     $('retry').hidden = e.detail !== 'gaveup';
     renderStage();
   });
-  call.addEventListener('state', (e) => { current.state = e.detail; renderState(); loadDetails(); });
+  call.addEventListener('state', (e) => { current.state = e.detail; renderState(); loadDetails(); guests.refresh(); });
   call.addEventListener('remote', () => $('remote').play().catch(() => {}));
-  call.addEventListener('error', (e) => { $('call-msg').textContent = e.detail.message; });
+  call.addEventListener('participants', (e) => { if (cur === current) gallery.render(e.detail); });
+  call.addEventListener('chat', (e) => chat.add(e.detail));
+  call.addEventListener('error', (e) => {
+    if (String(e.detail.code).startsWith('chat_')) chat.refused(e.detail.message);
+    else $('call-msg').textContent = e.detail.message;
+  });
   call.addEventListener('fatal', (e) => { $('conn').textContent = `Refused: ${e.detail.message}`; });
   call.addEventListener('refused', loadDetails); // closed elsewhere, or no longer ours
   call.addEventListener('closed', markClosed);
@@ -208,6 +215,13 @@ async function openCall(c) {
   show('call');
   call.start(stream);
   loadDetails();
+  loadChat(cur);
+}
+
+/** The messages so far (opening a call already going). */
+async function loadChat(cur) {
+  const r = await api('GET', `/api/consultations/${encodeURIComponent(cur.c.id)}/chat`);
+  if (r.ok && cur === current) chat.addAll(r.data?.messages);
 }
 
 // Every second: the call timer and the connection quality.
@@ -232,7 +246,8 @@ function renderState() {
   $('rec').hidden = !s.recording;
   $('pause').textContent = s.status === 'paused' ? 'Resume' : 'Pause';
   $('participants').replaceChildren(...(s.participants || []).map((p) =>
-    el('li', `${ROLE_TEXT[p.role] || p.role}: ${p.connected ? 'connected' : 'not connected'}`)));
+    el('li', `${roleText(p.role)}: ${p.connected ? 'connected' : 'not connected'}${p.you ? ' (you)' : ''}${p.name && !p.you ? ` (${p.name})` : ''}`)));
+  if ('location' in s) showLocation($('location'), s.location);
   renderStage();
 }
 
@@ -260,6 +275,7 @@ async function loadDetails() {
   }
   $('arrived').textContent = r.data.arrived_at
     ? new Date(r.data.arrived_at).toLocaleTimeString([], { timeStyle: 'medium' }) : '–';
+  if (r.data.location && !current.state?.location) showLocation($('location'), r.data.location);
   if (r.data.status === 'closed') markClosed();
 }
 
@@ -279,12 +295,15 @@ function markEnded(text) {
   $('stage-msg').hidden = true;
   $('rec').hidden = true;
   $('retry').hidden = true;
-  for (const id of ['mute', 'pause', 'close']) $(id).disabled = true;
+  for (const id of ['mute', 'pause', 'close', 'share-screen']) $(id).disabled = true;
+  $('screen-note').textContent = '';
+  guests.ended();
   $('call-msg').textContent = text;
   return true;
 }
 
 function endCall() {
+  guests.close();
   current.call.leave();
   stopStream(current.stream);
   clearInterval(current.timer);

@@ -2,7 +2,7 @@
 // DOM helpers, the JSON API client that sends the session cookie and, on changes,
 // the CSRF token, and signing in and out. The token lives in memory only
 // (``session.csrf``).
-import { $ } from '/static/dom.js';
+import { $, el } from '/static/dom.js';
 
 export { $, el } from '/static/dom.js';
 
@@ -25,6 +25,33 @@ export async function api(method, path, body) {
   const data = await r.json().catch(() => null);
   if (r.status === 401 && path !== '/api/login' && session.csrf) session.onExpired();
   return { ok: r.ok, status: r.status, data };
+}
+
+/** Copy a read-only field's text (a join link) to the clipboard; say so in ``status``. */
+export async function copyField(input, status) {
+  try {
+    await navigator.clipboard.writeText(input.value);
+  } catch {
+    input.select();
+    document.execCommand('copy');
+  }
+  status.textContent = 'Link copied.';
+}
+
+/**
+ * What became of a link's message (``message`` of a created consultation or guest:
+ * {channel, recipient, status, created_at, error}, or none), as a paragraph for the
+ * officer; ``whom`` is who the link is for ("the victim", "the guest"), ``when``
+ * formats a time.
+ */
+export function deliveryNote(m, whom, when) {
+  if (!m) return el('p', `No message was sent: give ${whom} the link yourself.`);
+  const to = `${m.channel === 'sms' ? 'SMS' : 'Email'} to ${m.recipient}`;
+  return el('p', {
+    sent: `${to}: sent ${when(m.created_at)}.`,
+    outbox: `${to}: not sent automatically here. Send this message (or read the link) to ${whom} yourself.`,
+    failed: `${to}: sending failed (${m.error || 'no reason given'}). Give ${whom} the link another way.`,
+  }[m.status] || `${to}: ${m.status}.`, m.status === 'failed' ? 'error' : null);
 }
 
 /**

@@ -201,7 +201,7 @@ function signed(result) {
 }
 
 async function refresh(force = false) {
-  if (!token) return;
+  if (!token || !$('statement')) return; // a guest's page has no statement to sign
   const list = await getJSON(base);
   if (!list.ok) return;
   const waiting = list.body.statements.filter((s) => s.status === 'awaiting_signature').pop();

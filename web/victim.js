@@ -1,9 +1,62 @@
-// victim.js: the victim's page, served at /j/<token>. Opening it binds nothing: the
-// first button pressed claims the link for this browser (POST /j/<token>/claim).
+// victim.js: the victim's page, served at /j/<token>, which is also a guest's page
+// (a carer, an interpreter, an appropriate adult, a support worker: the server says
+// which in <body data-link-role>). Opening it binds nothing: the first button pressed
+// claims the link for this browser (POST /j/<token>/claim).
 import { Call, stopStream, videoConstraints } from '/static/call.js';
-import { $, linkURL, postJSON } from '/static/link.js';
+import { ChatPanel } from '/static/chat.js';
+import { Gallery } from '/static/gallery.js';
+import { $, getJSON, linkURL, postJSON } from '/static/link.js';
+import { offerLocation } from '/static/location.js';
+import { STAFF_ROLES, roleText } from '/static/people.js';
+import { ScreenButton } from '/static/screen.js';
 
 const call = new Call(linkURL('ws'));
+
+// ---- who this page is for --------------------------------------------------
+
+const role = document.body.dataset.linkRole || 'victim';
+const isVictim = role === 'victim';
+// The quick exit is for the person who may be at risk where they are: the victim,
+// and a carer who is with them. An interpreter or support worker joins from work.
+const quickExitShown = ['victim', 'carer'].includes(role);
+
+const GUEST_TEXT = {
+  carer: ['Join a police video call as a parent or carer',
+    'You have been invited to a police video call as the parent or carer of the person the police are helping.'],
+  interpreter: ['Join a police video call as the interpreter',
+    'You have been invited to a police video call as the interpreter.'],
+  appropriate_adult: ['Join a police video call as the appropriate adult',
+    'You have been invited to a police video call as the appropriate adult.'],
+  support_worker: ['Join a police video call as a support worker',
+    'You have been invited to a police video call as a support worker.'],
+};
+
+function wording() {
+  if (!quickExitShown) {
+    document.querySelector('.exit-bar')?.remove();
+    $('exit-hint')?.remove();
+  }
+  if (isVictim) return;
+  const [heading, invited] = GUEST_TEXT[role] || [`Join a police video call (${roleText(role)})`, 'You have been invited to a police video call.'];
+  $('intro-h').textContent = heading;
+  $('intro-who').textContent = `${invited} You do not need an app: it works in this browser.`;
+  $('guest-role').textContent = `You are joining as: ${roleText(role)}. Everyone in the call sees your name and role. `
+    + 'The call is recorded, like a police body-worn camera.';
+  $('guest-role').hidden = false;
+  $('uploads').remove();     // evidence comes from the victim's own link
+  $('statement').remove();
+  $('call-h').textContent = `In the police video call, as ${roleText(role).toLowerCase()}`;
+}
+wording();
+
+const gallery = new Gallery($('stage'), $('tile-main'), $('stage-msg'));
+const chat = new ChatPanel($('chat'), {
+  send: (text) => call.chat(text),
+  open: false,
+  hint: 'No messages yet. You can write here, for example to spell a name, an address or a reference number.',
+});
+const place = isVictim ? offerLocation($('location'), (loc) => call.shareLocation(loc)) : null;
+$('location').hidden = !isVictim;
 
 let stream = null;     // local camera and microphone
 let audioOnly = false; // sound only: no video either way
@@ -233,6 +286,8 @@ async function join() {
   render();
   show('call');
   call.start(stream);
+  gallery.play();
+  loadChat();
   $('flip').hidden = (await cameras()).length < 2;
   clearInterval(qualityTimer);
   qualityTimer = setInterval(showQuality, 2000);
@@ -250,6 +305,29 @@ function quickExit() {
   try { stopAll(); } finally { location.replace('/static/neutral.html'); }
 }
 
+/** The messages so far (joining late, or again). */
+async function loadChat() {
+  const r = await getJSON(linkURL('chat'));
+  if (r.ok) chat.addAll(r.body?.messages);
+}
+
+// ---- screen share: desktop browsers; phones send screenshots instead ---------
+
+const screenShare = new ScreenButton($('share-screen'), (text) => setText('screen-note', text));
+screenShare.attach(call);
+if (!screenShare.supported) {
+  $('screen-phone').hidden = false;
+  if (isVictim) {
+    $('screen-phone').querySelector('a').addEventListener('click', (e) => {
+      e.preventDefault(); // no #fragment in the history (quick exit leaves nothing behind)
+      $('uploads').scrollIntoView({ block: 'start' });
+      $('upload-input').focus();
+    });
+  } else {
+    $('screen-phone-upload').remove();
+  }
+}
+
 // ---- status --------------------------------------------------------------
 
 const CONN_TEXT = {
@@ -262,7 +340,7 @@ const CONN_TEXT = {
 };
 
 function render() {
-  const officer = state?.participants?.some((p) => p.role !== 'victim' && p.connected);
+  const officer = state?.participants?.some((p) => STAFF_ROLES.includes(p.role) && p.connected);
   const paused = state?.status === 'paused';
   setText('status', CONN_TEXT[conn]
     || (paused ? 'Paused' : officer ? 'Connected to the officer' : 'Waiting for the officer'));
@@ -310,7 +388,14 @@ call.addEventListener('rejoined', (e) => setText('note', e.detail === 'network'
   ? 'You were reconnected after a network change.' : 'You were reconnected.'));
 call.addEventListener('state', (e) => { state = e.detail; render(); });
 call.addEventListener('remote', () => $('remote').play().catch(() => {}));
-call.addEventListener('error', (e) => console.warn('server:', e.detail.code, e.detail.message));
+call.addEventListener('participants', (e) => gallery.render(e.detail));
+call.addEventListener('chat', (e) => chat.add(e.detail));
+call.addEventListener('error', (e) => {
+  const { code, message } = e.detail;
+  if (String(code).startsWith('chat_')) chat.refused(message);
+  else if (code === 'bad_location' || (code === 'not_allowed' && place)) place?.refused(message);
+  else console.warn('server:', code, message);
+});
 call.addEventListener('refused', async () => {
   if ([403, 404, 410].includes(await linkStatus())) linkRefused();
 });
@@ -324,10 +409,10 @@ call.addEventListener('fatal', (e) => {
 
 // ---- buttons -------------------------------------------------------------
 
-$('quick-exit').addEventListener('click', (e) => { e.preventDefault(); quickExit(); });
+$('quick-exit')?.addEventListener('click', (e) => { e.preventDefault(); quickExit(); });
 let lastEscape = -Infinity;
 addEventListener('keydown', (e) => {
-  if (e.key !== 'Escape') return;
+  if (e.key !== 'Escape' || !quickExitShown) return;
   if (e.timeStamp - lastEscape < 1500) quickExit();
   lastEscape = e.timeStamp;
 });
@@ -388,6 +473,7 @@ $('leave').addEventListener('click', () => { stopAll(); show('left'); });
 document.addEventListener('visibilitychange', async () => {
   if (document.hidden || !call.active || !stream) return;
   $('remote').play().catch(() => {});
+  gallery.play();
   try {
     if (stream.getAudioTracks().every((t) => t.readyState === 'ended')) await replaceTrack('audio', AUDIO);
     if (!audioOnly && stream.getVideoTracks().some((t) => t.readyState === 'ended')) {
