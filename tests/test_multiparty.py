@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from conftest import claim, eventually, link_path
 
+from evr.cli import main as evr_main
 from evr.client import CallClient, mark_slides
 from evr.http import HUB
 from evr.media.sources import opus_clip, vp8_clip
@@ -296,3 +297,45 @@ async def test_a_first_offer_with_the_screen_before_the_camera_is_refused(call, 
     assert error["code"] == "bad_sdp" and "screen" in error["message"]
     await pc.close()
     await c.console.wait_from("victim", audio=25, video=15)
+
+
+async def test_done_means_three_see_each_other_share_chat_locate_end_a_guest_and_everything_verifies(
+        call, new_client, server, settings):
+    """The issue's whole story with aiortc clients: an officer invites an interpreter,
+    all three see and hear each other, the officer shares a screen, the victim sends a
+    chat message and a location, the officer ends the interpreter's link and the call
+    goes on; at close every recording (the screen's too) and the chat transcript verify."""
+    c, interpreter, guest = await three_way(call, new_client, **light())
+    officer = staff_id(c)
+    for client, others in ((c.victim, (officer, guest)), (c.console, ("victim", guest)),
+                           (interpreter, ("victim", officer))):
+        for other in others:
+            await client.wait_from(other, audio=10, video=5, timeout=15)
+    await c.console.share_screen(vp8_clip(160, 120, fps=10, bitrate=60_000))
+    for client in (c.victim, interpreter):
+        await client.wait_from(officer, audio=0, video=0, screen=10, timeout=15)
+    await c.victim.send({"type": "chat", "text": "The flat is 4B"})
+    await c.victim.send({"type": "location", "lat": 53.4808, "lon": -2.2426, "accuracy_m": 20})
+    await state_where(c.console, lambda s: (s.get("location") or {}).get("lat") == 53.4808)
+    await interpreter.wait_for(lambda m: m["type"] == "chat")
+    response = await c.officer.post(f"/api/consultations/{c.id}/guests/{guest.removeprefix('guest:')}/close")
+    assert response.status == 200
+    await asyncio.wait_for(interpreter.closed.wait(), 5)
+    await c.victim.wait_from(officer, audio=25, video=15)
+    await c.console.wait_from("victim", audio=25, video=15)
+    await c.officer.post(f"/api/consultations/{c.id}/close")
+    recordings = await eventually(
+        lambda: _recordings(c), lambda rs: len(rs) == 4 and all(r["status"] == "complete" for r in rs), timeout=20)
+    assert sorted((r["participant"], r["track"]) for r in recordings) == [
+        ("interpreter", "camera"), ("officer", "camera"), ("officer", "screen"), ("victim", "camera")]
+    assert next(r for r in recordings if r["participant"] == "interpreter")["participant_name"] == "Ana"
+    (settings.data_dir / "evr.toml").write_text(f'database_url = "{settings.db_url}"\n')  # for the commands
+    data = str(settings.data_dir)
+    for recording in recordings:
+        assert await evr(["recording", "verify", "--data", data, recording["id"]]) == 0, recording
+    await eventually(lambda: evr(["chat", "verify", "--data", data, c.id]), lambda code: code == 0, timeout=10)
+
+
+async def evr(argv: list[str]) -> int:
+    """The ``evr`` command, run as a user would (in its own thread, with its own loop)."""
+    return await asyncio.to_thread(evr_main, argv)
