@@ -5,6 +5,7 @@
     python bench/calls.py --calls 2 --seconds 5
     python bench/calls.py --skip-transcoding
     python bench/calls.py --skip-recording-comparison
+    python bench/calls.py --participants 3     # also N 3-person calls: CPU per participant-pair
 
 What it does:
 
@@ -22,14 +23,30 @@ What it does:
 4. Runs the same calls again through a second ``evr serve`` with recording switched
    off (``EVR_RECORDING=false``), and prints what recording costs per recorded
    participant (every participant of every call is recorded).
-5. Does the same against the stock aiortc approach (decode every incoming frame and
+5. With ``--participants P`` (3 to 6), runs the same number of calls again (steps 1 to
+   4) with P participants each: the victim, the officer and P - 2 guests (an
+   interpreter first), each invited and claiming their own link as a guest's browser
+   does. Every participant's media goes to every other (the bridge's renegotiation),
+   and every directed stream is checked frame by frame like a 1:1 call's. Prints the
+   server CPU per participant-pair beside the 1:1 figure of the same run, and their
+   ratio.
+6. Does the same against the stock aiortc approach (decode every incoming frame and
    re-encode it for the other side), run by this file as a second server
    (``--transcoding-server PORT``) that never imports ``evr``, with fewer calls
    (it saturates a 2-core machine quickly), and prints how much cheaper EVR is.
 
-Targets (from the issue): server CPU per 1:1 call <= 6 % of one core; >= 8x cheaper
+Targets (from the issues): server CPU per 1:1 call <= 6 % of one core; >= 8x cheaper
 than the transcoding relay in the same run; no frame lost on loopback with 10 calls;
-recording adds <= 1 % of one core per recorded participant.
+recording adds <= 1 % of one core per recorded participant; in calls of more than two,
+server CPU per participant-pair <= 1.2x the 1:1 figure.
+
+A participant-pair is two participants of one call, so a call of P people has
+P(P-1)/2 pairs and P(P-1) directed streams (one participant's audio and video relayed
+to one other); a 1:1 call is one pair, two directed streams. CPU per pair is the
+server's CPU divided by the pairs of all calls: for 1:1 calls, the CPU per call. The
+ratio compares the relay's cost as the per-call target does: with recording off when
+that phase ran (recording costs per participant, not per pair: it would flatter the
+larger calls, which record fewer participants per pair).
 The script exits 0 whether or not the targets are met; the PASS/FAIL lines say.
 
 The VP8 clip is encoded once by this script before anything else runs and handed to
@@ -77,6 +94,9 @@ TARGET_PER_CALL = 6.0  # % of one core
 TARGET_RATIO = 8.0
 TARGET_LOSS_CALLS = 10
 TARGET_RECORDING = 1.0  # % of one core per recorded participant
+TARGET_PAIR_RATIO = 1.2  # CPU per participant-pair in larger calls / in 1:1 calls
+#: Who joins a call beyond the victim and the officer, in order (evr.guests.GUEST_ROLES).
+GUEST_ROLES = ("interpreter", "carer", "appropriate_adult", "support_worker")
 
 
 # ---------------------------------------------------------------------------
@@ -226,20 +246,63 @@ async def worker_main(conn: Any, spec: dict[str, Any]) -> None:
     clips = {"audio": opus_clip(), "video": spec["video_clip"]}
 
     class BenchClient(client_module.CallClient):
-        """Logs every received frame: (RTP timestamp, arrival, hash, size, keyframe)."""
+        """Logs every received frame per mid: (RTP timestamp, arrival, hash, size, keyframe)."""
 
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
+        def __init__(self, label: str, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self.rx: dict[str, list[tuple[int, float, int, int, bool]]] = {k: [] for k in KINDS}
+            self.label = label  # the participant's role in the call, for the report
+            self.rx: dict[str, list[tuple[int, float, int, int, bool]]] = {}
 
-        def _count_audio(self, frame: Any) -> None:
-            super()._count_audio(frame)
-            self.rx["audio"].append((frame.pts, time.monotonic(), hash(frame.data), len(frame.data), True))
+        def _logged(self, mid: str, count: Any) -> Any:
+            rx = self.rx.setdefault(mid, [])
 
-        def _count_video(self, frame: Any) -> None:
-            super()._count_video(frame)
-            self.rx["video"].append((frame.pts, time.monotonic(), hash(frame.data), len(frame.data),
-                                     frame.is_keyframe))
+            def on_frame(frame: Any) -> None:
+                count(frame)
+                rx.append((frame.pts, time.monotonic(), hash(frame.data), len(frame.data), frame.is_keyframe))
+
+            return on_frame
+
+        def _audio_counter(self, mid: str) -> Any:
+            return self._logged(mid, super()._audio_counter(mid))
+
+        def _video_counter(self, mid: str) -> Any:
+            return self._logged(mid, super()._video_counter(mid))
+
+        async def join(self, timeout: float = 10.0) -> None:  # type: ignore[override]
+            # Under the negotiation lock, so that a server offer arriving right behind
+            # the server's answer (a third participant's outputs) is answered after the
+            # answer is applied; CallClient.join alone lets it in first, in state
+            # have-local-offer, where it fails and the client never gets the others.
+            async with self._negotiation:
+                await super().join(timeout)
+
+        def own_id(self) -> str:
+            return next(p["id"] for p in self.state()["participants"] if p.get("you"))
+
+        def mid_from(self, sender: "BenchClient", kind: str) -> Optional[str]:
+            """The mid on which ``sender``'s ``kind`` arrives here: as EVR's ``state``
+            says, or (the stock relay, one transceiver of each kind) by kind."""
+            if not self.state():
+                assert self.pc is not None
+                return next(t.mid for t in self.pc.getTransceivers() if t.kind == kind)
+            entry = next((p for p in self.state()["participants"] if p["id"] == sender.own_id()), {})
+            return (entry.get("mids") or {}).get(kind)
+
+        async def media_from_all(self, others: int) -> None:
+            """Until media arrives from each of the ``others`` other participants."""
+            if mode != "evr":
+                await self.wait_media(audio=25, video=15, timeout=30)
+                return
+
+            def everyone_on_mids(m: dict[str, Any]) -> bool:
+                return m.get("type") == "state" and sum(
+                    1 for p in m.get("participants", []) if not p.get("you")
+                    and set(KINDS) <= set(p.get("mids") or {})) == others
+
+            state = await self.wait_for(everyone_on_mids, timeout=30)
+            for p in state["participants"]:
+                if not p.get("you"):
+                    await self.wait_from(p["id"], audio=25, video=15, timeout=30)
 
     loop = asyncio.get_running_loop()
 
@@ -258,7 +321,8 @@ async def worker_main(conn: Any, spec: dict[str, Any]) -> None:
     # The server is on 127.0.0.1: the cookie jar must accept cookies from an IP address.
     victim_http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True), connector=connector())
     officer_http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True), connector=connector())
-    calls: list[tuple[Any, Any]] = []
+    guest_http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True), connector=connector())
+    calls: list[list[Any]] = []  # each call's clients: victim, officer, guests
     try:
         if mode == "evr":
             async with officer_http.post(base + "/api/login", json={"username": spec["username"],
@@ -268,27 +332,33 @@ async def worker_main(conn: Any, spec: dict[str, Any]) -> None:
 
         gate = asyncio.Semaphore(4)
 
-        async def open_call(call: dict[str, Any]) -> tuple[Any, Any]:
+        async def link_client(http: Any, label: str, path: str) -> Any:
+            """A victim's or guest's browser: opens the link's page; the client claims it."""
+            async with http.get(base + path) as r:
+                if r.status != 200:
+                    raise RuntimeError(f"{label} link answered {r.status}")
+            return BenchClient(label, http, base + path + "/ws", **kwargs)
+
+        async def open_call(call: dict[str, Any]) -> list[Any]:
             async with gate:
                 if mode == "evr":
-                    path = call["join_path"]
-                    async with victim_http.get(base + path) as r:
-                        if r.status != 200:
-                            raise RuntimeError(f"victim link answered {r.status}")
-                    victim = BenchClient(victim_http, base + path + "/ws", **kwargs)
-                    officer = BenchClient(officer_http, f"{base}/api/consultations/{call['id']}/ws", **kwargs)
-                    calls.append((victim, officer))
-                    await victim.join()
-                    await officer.join()
+                    members = [await link_client(victim_http, "victim", call["join_path"]),
+                               BenchClient("officer", officer_http, f"{base}/api/consultations/{call['id']}/ws",
+                                           **kwargs)]
+                    for role, path in call.get("guests", []):
+                        members.append(await link_client(guest_http, role, path))
+                    calls.append(members)
+                    for member in members:
+                        await member.join()
                 else:  # the transcoding relay answers once both sides have offered
-                    victim = BenchClient(victim_http, f"{base}/room/{call['id']}/a", **kwargs)
-                    officer = BenchClient(officer_http, f"{base}/room/{call['id']}/b", **kwargs)
-                    calls.append((victim, officer))
-                    await asyncio.gather(victim.join(timeout=30), officer.join(timeout=30))
-                return victim, officer
+                    members = [BenchClient("victim", victim_http, f"{base}/room/{call['id']}/a", **kwargs),
+                               BenchClient("officer", officer_http, f"{base}/room/{call['id']}/b", **kwargs)]
+                    calls.append(members)
+                    await asyncio.gather(*(m.join(timeout=30) for m in members))
+                return members
 
         opened = await asyncio.gather(*(open_call(c) for c in spec["calls"]))
-        await asyncio.gather(*(c.wait_media(audio=25, video=15, timeout=30) for pair in opened for c in pair))
+        await asyncio.gather(*(c.media_from_all(len(members) - 1) for members in opened for c in members))
         conn.send(("joined", len(opened)))
 
         t_mark = t_end = 0.0
@@ -300,28 +370,32 @@ async def worker_main(conn: Any, spec: dict[str, Any]) -> None:
                     t_mark = now
                 else:
                     t_end = now
-                for pair in opened:
-                    for c in pair:
+                for members in opened:
+                    for c in members:
                         for s in c.sources.values():
                             setattr(s, cmd, s.sent)
                             setattr(s, f"requests_at_{cmd}", s.keyframe_requests)
                 conn.send((cmd, None))
             elif cmd == "report":
                 report = []
-                for call, (victim, officer) in zip(spec["calls"], opened):
-                    for sender, receiver, label in ((victim, officer, "victim->officer"),
-                                                    (officer, victim, "officer->victim")):
-                        for kind in KINDS:
-                            stats = direction_stats(sender.sources[kind], receiver.rx[kind], kind, t_mark, t_end)
-                            stats.update(call=call["id"], direction=label, kind=kind)
-                            report.append(stats)
+                for call, members in zip(spec["calls"], opened, strict=True):
+                    for sender in members:
+                        for receiver in members:
+                            if receiver is sender:
+                                continue
+                            for kind in KINDS:
+                                rx = receiver.rx.get(receiver.mid_from(sender, kind) or "", [])
+                                stats = direction_stats(sender.sources[kind], rx, kind, t_mark, t_end)
+                                stats.update(call=call["id"], direction=f"{sender.label}->{receiver.label}",
+                                             kind=kind)
+                                report.append(stats)
                 conn.send(("report", report))
             elif cmd == "leave":
                 break
     finally:
-        await asyncio.gather(*(c.leave() for pair in calls for c in pair), return_exceptions=True)
-        await victim_http.close()
-        await officer_http.close()
+        await asyncio.gather(*(c.leave() for members in calls for c in members), return_exceptions=True)
+        for http in (victim_http, officer_http, guest_http):
+            await http.close()
     conn.send(("leave", None))
 
 
@@ -549,6 +623,7 @@ def run_transcoding_server(port: int) -> None:
         name, side = request.match_info["name"], request.match_info["side"]
         ws = web.WebSocketResponse(max_msg_size=0)
         await ws.prepare(request)
+        await ws.send_json({"type": "config", "ice_servers": []})  # as EVR: the client waits for it
         try:
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:
@@ -587,14 +662,28 @@ def choose_clip(target: int) -> Any:
     return vp8_clip(*VIDEO_SIZE, bitrate=target)
 
 
+def link_path(join_url: str) -> str:
+    """``/j/<token>`` of a victim's or guest's link."""
+    return "/j/" + join_url.rsplit("/j/", 1)[1]
+
+
+def pairs_per_call(participants: int) -> int:
+    """Participant-pairs in a call (each pair is two directed streams)."""
+    return participants * (participants - 1) // 2
+
+
 async def evr_phase(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen], clip: Any,
-                    recording: bool) -> tuple[dict[str, Any], list[str]]:
-    """Run the calls through a fresh ``evr serve`` (recording on or off); its figures and log problems."""
+                    recording: bool, participants: int = 2) -> tuple[dict[str, Any], list[str]]:
+    """Run the calls (``participants`` people each) through a fresh ``evr serve``
+    (recording on or off); its figures and log problems."""
     import aiohttp
 
     name = "recording" if recording else "no-recording"
-    data = tmp / f"data-{name}"
-    evr_log = tmp / f"evr-{name}.log"
+    if participants > 2:
+        name = f"{participants}-person calls, {name}"
+    slug = name.replace(", ", "-").replace(" ", "-")
+    data = tmp / f"data-{slug}"
+    evr_log = tmp / f"evr-{slug}.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1", EVR_RECORDING="true" if recording else "false")
     added = subprocess.run([sys.executable, "-m", "evr", "user", "add", USERNAME, "--role", "officer",
                             "--data", str(data)], input=PASSWORD + "\n", text=True, capture_output=True, env=env)
@@ -621,12 +710,21 @@ async def evr_phase(args: argparse.Namespace, tmp: Path, procs: list[subprocess.
                 if r.status != 201:
                     raise RuntimeError(f"creating a consultation failed: {r.status} {await r.text()}")
                 created = await r.json()
-            calls.append({"id": created["id"], "join_path": "/j/" + created["join_url"].rsplit("/j/", 1)[1]})
+            call = {"id": created["id"], "join_path": link_path(created["join_url"]), "guests": []}
+            for role in GUEST_ROLES[:participants - 2]:
+                async with http.post(f"{base}/api/consultations/{call['id']}/guests", headers={"X-CSRF-Token": csrf},
+                                     json={"role": role, "name": f"Bench {role}"}) as r:
+                    if r.status != 201:
+                        raise RuntimeError(f"inviting a guest failed: {r.status} {await r.text()}")
+                    call["guests"].append((role, link_path((await r.json())["join_url"])))
+            calls.append(call)
 
         async def api_counters() -> dict[str, int]:
             totals: Counter[str] = Counter()
             for call in calls:
                 async with http.get(f"{base}/api/consultations/{call['id']}") as r:
+                    if r.status != 200:
+                        raise RuntimeError(f"a consultation's detail failed: {r.status} {await r.text()}")
                     detail = await r.json()
                 for p in detail["participants"]:
                     totals.update(p["media"])
@@ -634,6 +732,7 @@ async def evr_phase(args: argparse.Namespace, tmp: Path, procs: list[subprocess.
 
         result = await run_phase(f"passthrough, {name}", server.pid, "evr", base, calls, args, args.seconds, clip,
                                  before_mark=api_counters, after_end=api_counters)
+        result.update(participants=participants, pairs=len(calls) * pairs_per_call(participants), recording=recording)
         if recording:
             segments = 0
             for call in calls:
@@ -658,6 +757,12 @@ async def bench(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Pope
     results["evr"], results["evr_log_problems"] = await evr_phase(args, tmp, procs, clip, recording=True)
     if not args.skip_recording_comparison:
         results["evr_off"], _ = await evr_phase(args, tmp, procs, clip, recording=False)
+    if args.participants > 2:  # the same calls with more people, in the same run as the 1:1 figure
+        results["multi"], results["multi_log_problems"] = await evr_phase(args, tmp, procs, clip, recording=True,
+                                                                          participants=args.participants)
+        if not args.skip_recording_comparison:
+            results["multi_off"], _ = await evr_phase(args, tmp, procs, clip, recording=False,
+                                                      participants=args.participants)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
 
     if not args.skip_transcoding:
@@ -684,22 +789,94 @@ async def bench(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Pope
 
 def summarize(args: argparse.Namespace, video_bitrate: float, results: dict[str, Any]) -> None:
     evr = results["evr"]
-    n = evr["calls"]
-    per_call = evr["cpu"] / n
-    # The relay's own cost (the per-call and transcoding targets) is measured with
-    # recording off when that phase ran; recording has its own target below.
+    # The relay's own cost (the per-call, transcoding and per-pair targets) is measured
+    # with recording off when that phase ran; recording has its own target below.
     relay = results.get("evr_off", evr)
     relay_per_call = relay["cpu"] / relay["calls"]
+
+    print()
+    lost = print_passthrough(args, video_bitrate, evr, results.get("evr_log_problems"))
+
+    ratio = None
+    if "stock" in results:
+        stock = results["stock"]
+        t_per_call = stock["cpu"] / stock["calls"]
+        ratio = t_per_call / relay_per_call if relay_per_call > 0 else float("inf")
+        tv = frame_totals(stock["reports"], "video")
+        ta = frame_totals(stock["reports"], "audio")
+        print(f"transcoding relay ({stock['calls']} call{'s' if stock['calls'] != 1 else ''}): "
+              f"{stock['cpu']:.1f} % of one core = {t_per_call:.1f} % per call -> passthrough "
+              f"({relay_per_call:.2f} % per call{' without recording' if relay is not evr else ''}) "
+              f"is {ratio:.1f}x cheaper")
+        print(f"  (event-loop thread {stock['main_thread']:.1f} %, {stock['threads'] - 1} other threads "
+              f"{max(0.0, stock['cpu'] - stock['main_thread']):.1f} %; "
+              f"received {tv['received_in_window']}/{tv['sent']} video "
+              f"frames, {ta['received_in_window']}/{ta['sent']} audio in the window; re-encoded video arrives at "
+              f"{tv['bitrate'] / 1e6:.2f} Mbit/s; machine busy {stock['machine_busy']:.0f} %)")
+        if results.get("stock_log_problems"):
+            print(f"  relay log: {len(results['stock_log_problems'])} warning/error line(s)")
+
+    parts = [f"relay per call <= {TARGET_PER_CALL:g} %: {verdict(relay_per_call <= TARGET_PER_CALL)}"]
+    if ratio is not None:
+        parts.append(f">= {TARGET_RATIO:g}x cheaper: {verdict(ratio >= TARGET_RATIO)}")
+    else:
+        parts.append(f">= {TARGET_RATIO:g}x cheaper: not measured (--skip-transcoding)")
+    if "evr_off" in results:
+        cost = print_recording(evr, results["evr_off"])
+        parts.append(f"recording <= {TARGET_RECORDING:g} % per participant: {verdict(cost <= TARGET_RECORDING)}")
+
+    if "multi" in results:
+        multi = results["multi"]
+        people = multi["participants"]
+        print()
+        lost += print_passthrough(args, video_bitrate, multi, results.get("multi_log_problems"))
+        if "multi_off" in results:
+            print_recording(multi, results["multi_off"])
+        print(f"server CPU per participant-pair (a pair: two participants of a call, two directed streams, each "
+              f"one's audio and video relayed to the other; a 1:1 call is 1 pair, a {people}-person call "
+              f"{pairs_per_call(people)}):")
+        ratios = {}
+        for off, what in ((True, "recording off"), (False, "recording every participant")):
+            one, many = results.get("evr_off" if off else "evr"), results.get("multi_off" if off else "multi")
+            if one is None or many is None:
+                continue
+            one_pair, many_pair = one["cpu"] / one["pairs"], many["cpu"] / many["pairs"]
+            ratios[off] = many_pair / one_pair if one_pair > 0 else float("inf")
+            print(f"  {what}: 1:1 {one_pair:.2f} % of one core per pair ({one['pairs']} pairs), {people}-person "
+                  f"{many_pair:.2f} % per pair ({many['pairs']} pairs) = "
+                  f"{many_pair / 2:.2f} % per directed stream -> ratio {ratios[off]:.2f}")
+        off = True in ratios
+        parts.append(f"per pair in {people}-person calls <= {TARGET_PAIR_RATIO:g}x 1:1 "
+                     f"({'recording off' if off else 'recording on'}): {verdict(ratios[off] <= TARGET_PAIR_RATIO)}")
+
+    n = evr["calls"]
+    loss = f"no frame lost: {verdict(lost == 0)}"
+    if n != TARGET_LOSS_CALLS:
+        loss += f" (with {n} calls; the target is for {TARGET_LOSS_CALLS})"
+    parts.append(loss)
+    print("targets: " + "; ".join(parts))
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def print_passthrough(args: argparse.Namespace, video_bitrate: float, evr: dict[str, Any],
+                      log_problems: Optional[list[str]]) -> int:
+    """One EVR phase's figures (CPU, frames, latency, counters, load); the frames lost."""
+    n, people = evr["calls"], evr["participants"]
+    per_call = evr["cpu"] / n
     video = frame_totals(evr["reports"], "video")
     audio = frame_totals(evr["reports"], "audio")
     lost = (video["sent"] - video["delivered"]) + (audio["sent"] - audio["delivered"])
     exact = video["exact"] and audio["exact"]
 
-    print()
-    print(f"calls: {n}  window: {evr['wall']:.1f} s  video: {VIDEO_SIZE[0]}x{VIDEO_SIZE[1]} VP8 "
+    size = "" if people == 2 else (f" of {people} participants ({evr['pairs']} participant-pairs, "
+                                   f"{2 * evr['pairs']} directed streams)")
+    print(f"calls: {n}{size}  window: {evr['wall']:.1f} s  video: {VIDEO_SIZE[0]}x{VIDEO_SIZE[1]} VP8 "
           f"{video_bitrate / 1e6:.2f} Mbit/s + Opus")
-    print(f"passthrough server CPU, recording every participant: {evr['cpu']:.1f} % of one core = "
-          f"{per_call:.2f} % per call  "
+    print(f"passthrough server CPU, recording {'every participant' if evr['recording'] else 'off'}: "
+          f"{evr['cpu']:.1f} % of one core = {per_call:.2f} % per call  "
           f"(event-loop thread {evr['main_thread']:.1f} %, {evr['threads'] - 1} other threads "
           f"{max(0.0, evr['cpu'] - evr['main_thread']):.1f} %)")
     print(f"frames delivered: {video['delivered']}/{video['sent']} video, {audio['delivered']}/{audio['sent']} audio "
@@ -722,46 +899,20 @@ def summarize(args: argparse.Namespace, video_bitrate: float, results: dict[str,
     for row in (video["lossy"] + audio["lossy"])[:10]:
         print(f"  lost: call {row['call']} {row['direction']} {row['kind']}: {row['sent'] - row['delivered']} of "
               f"{row['sent']} (window frame numbers {row['missing']})")
-    if results.get("evr_log_problems"):
-        print(f"  server log: {len(results['evr_log_problems'])} warning/error line(s), e.g. "
-              f"{results['evr_log_problems'][0][:160]}")
+    if log_problems:
+        print(f"  server log: {len(log_problems)} warning/error line(s), e.g. {log_problems[0][:160]}")
+    return lost
 
-    ratio = None
-    if "stock" in results:
-        stock = results["stock"]
-        t_per_call = stock["cpu"] / stock["calls"]
-        ratio = t_per_call / relay_per_call if relay_per_call > 0 else float("inf")
-        tv = frame_totals(stock["reports"], "video")
-        ta = frame_totals(stock["reports"], "audio")
-        print(f"transcoding relay ({stock['calls']} call{'s' if stock['calls'] != 1 else ''}): "
-              f"{stock['cpu']:.1f} % of one core = {t_per_call:.1f} % per call -> passthrough "
-              f"({relay_per_call:.2f} % per call{' without recording' if relay is not evr else ''}) is {ratio:.1f}x cheaper")
-        print(f"  (event-loop thread {stock['main_thread']:.1f} %, {stock['threads'] - 1} other threads "
-              f"{max(0.0, stock['cpu'] - stock['main_thread']):.1f} %; received {tv['received_in_window']}/{tv['sent']} video "
-              f"frames, {ta['received_in_window']}/{ta['sent']} audio in the window; re-encoded video arrives at "
-              f"{tv['bitrate'] / 1e6:.2f} Mbit/s; machine busy {stock['machine_busy']:.0f} %)")
-        if results.get("stock_log_problems"):
-            print(f"  relay log: {len(results['stock_log_problems'])} warning/error line(s)")
 
-    verdict = lambda ok: "PASS" if ok else "FAIL"  # noqa: E731
-    parts = [f"relay per call <= {TARGET_PER_CALL:g} %: {verdict(relay_per_call <= TARGET_PER_CALL)}"]
-    if ratio is not None:
-        parts.append(f">= {TARGET_RATIO:g}x cheaper: {verdict(ratio >= TARGET_RATIO)}")
-    else:
-        parts.append(f">= {TARGET_RATIO:g}x cheaper: not measured (--skip-transcoding)")
-    if "evr_off" in results:
-        off = results["evr_off"]
-        recorded = 2 * n
-        cost = (evr["cpu"] - off["cpu"]) / recorded
-        print(f"recording: server CPU {evr['cpu']:.1f} % with recording vs {off['cpu']:.1f} % without "
-              f"({off['cpu'] / off['calls']:.2f} % per call) -> {cost:.2f} % of one core per recorded participant "
-              f"({recorded} recorded, {evr.get('recorded_segments', 0)} segments stored)")
-        parts.append(f"recording <= {TARGET_RECORDING:g} % per participant: {verdict(cost <= TARGET_RECORDING)}")
-    loss = f"no frame lost: {verdict(lost == 0)}"
-    if n != TARGET_LOSS_CALLS:
-        loss += f" (with {n} calls; the target is for {TARGET_LOSS_CALLS})"
-    parts.append(loss)
-    print("targets: " + "; ".join(parts))
+def print_recording(on: dict[str, Any], off: dict[str, Any]) -> float:
+    """What recording costs, from the same calls with recording on and off: % of one
+    core per recorded participant (every participant of every call is recorded)."""
+    recorded = on["participants"] * on["calls"]
+    cost = (on["cpu"] - off["cpu"]) / recorded
+    print(f"recording: server CPU {on['cpu']:.1f} % with recording vs {off['cpu']:.1f} % without "
+          f"({off['cpu'] / off['calls']:.2f} % per call) -> {cost:.2f} % of one core per recorded participant "
+          f"({recorded} recorded, {on.get('recorded_segments', 0)} segments stored)")
+    return cost
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -775,6 +926,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--skip-transcoding", action="store_true", help="measure EVR only")
     parser.add_argument("--skip-recording-comparison", action="store_true",
                         help="do not run the calls a second time with recording off")
+    parser.add_argument("--participants", type=int, default=2, choices=range(2, 2 + 1 + len(GUEST_ROLES)),
+                        metavar="P", help="people per call (default 2); 3 to 6 also runs the calls with P people "
+                                          "(the victim, the officer, guests) and compares CPU per participant-pair")
     parser.add_argument("--workers", type=int, default=2, help="client worker processes (default 2)")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds after all joined (default 3)")
     parser.add_argument("--drain", type=float, default=1.5,
