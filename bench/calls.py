@@ -268,14 +268,6 @@ async def worker_main(conn: Any, spec: dict[str, Any]) -> None:
         def _video_counter(self, mid: str) -> Any:
             return self._logged(mid, super()._video_counter(mid))
 
-        async def join(self, timeout: float = 10.0) -> None:  # type: ignore[override]
-            # Under the negotiation lock, so that a server offer arriving right behind
-            # the server's answer (a third participant's outputs) is answered after the
-            # answer is applied; CallClient.join alone lets it in first, in state
-            # have-local-offer, where it fails and the client never gets the others.
-            async with self._negotiation:
-                await super().join(timeout)
-
         def own_id(self) -> str:
             return next(p["id"] for p in self.state()["participants"] if p.get("you"))
 

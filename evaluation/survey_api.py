@@ -12,7 +12,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from evr import pages
-from evr.errors import forbidden
+from evr.db import Consultation
+from evr.errors import ApiError, forbidden
 from evr.http import (
     AUDIT,
     CONSULTATIONS,
@@ -23,7 +24,7 @@ from evr.http import (
     read_json,
     same_origin,
 )
-from evr.links import BINDING_COOKIE, LinkRefused, client_key, refuse_if_guessing, victim_actor
+from evr.links import BINDING_COOKIE, LinkRefused, client_key, find, refuse_if_guessing, victim_actor
 from evr.roles import CALL_ROLES
 
 from .surveys import SurveyRefused, parse_answers
@@ -57,13 +58,16 @@ async def offer(request: web.Request) -> web.Response:
         raise forbidden("Ask from the appointment's own page.")
     throttle = refuse_if_guessing(request)
     service = request.app[CONSULTATIONS]
+    holder = await find(request, request.match_info["token"])
+    if holder is None:
+        throttle.unknown(client_key(request))
+        raise LinkRefused("unknown_link")
+    if holder.guest is not None:  # the survey asks the victim about their experience
+        raise ApiError(403, "guest_not_allowed", "The survey is for the person the appointment was for.")
     async with request.app[AUDIT].transaction() as tx:
-        consultation = await service.by_token(tx.db, request.match_info["token"])
-        if consultation is None:
-            throttle.unknown(client_key(request))
-            raise LinkRefused("unknown_link")
-        if consultation.binding_hash is None or not service.binding_ok(consultation,
-                                                                       request.cookies.get(BINDING_COOKIE)):
+        consultation = await tx.db.get(Consultation, holder.consultation.id)
+        if consultation is None or consultation.binding_hash is None or not service.binding_ok(
+                consultation, request.cookies.get(BINDING_COOKIE)):
             raise LinkRefused("link_in_use")
         surveys = request.app[SURVEYS]
         surveys.offerable(consultation)

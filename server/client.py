@@ -43,24 +43,12 @@ from av import VideoFrame
 from yarl import URL
 
 from .media.passthrough import EncodedFrame, attach_sink, on_keyframe_request
+from .media.sdp import mark_slides
 from .media.sources import Clip, EncodedSourceTrack, opus_clip, vp8_clip
 
 log = logging.getLogger(__name__)
 
 VICTIM_SOCKET = re.compile(r"^/j/[^/]+/ws$")
-#: The SDP attribute that marks a video section as a shared screen (RFC 4796).
-SLIDES = "a=content:slides"
-
-
-def mark_slides(sdp: str, mid: str) -> str:
-    """``sdp`` with the section of ``mid`` marked as a screen (``a=content:slides``),
-    as a page marks the transceiver of its ``getDisplayMedia`` track."""
-    lines, out = sdp.splitlines(), []
-    for line in lines:
-        out.append(line)
-        if line.strip() == f"a=mid:{mid}":
-            out.append(SLIDES)
-    return "\r\n".join(out) + "\r\n"
 
 
 
@@ -87,6 +75,7 @@ class CallClient:
         video_bitrate: int = 300_000,
         clips: Optional[dict[str, Clip]] = None,
         source_factory: Callable[[Clip], EncodedSourceTrack] = EncodedSourceTrack,
+        first_offer: Optional[Callable[[str], str]] = None,
     ) -> None:
         self.http = http
         self.ws_url = ws_url
@@ -96,6 +85,9 @@ class CallClient:
         self.video_bitrate = video_bitrate
         self.clips = clips
         self.source_factory = source_factory
+        #: Rewrites the first offer's SDP as sent (a test's stand-in for a browser's
+        #: own numbering: Chrome's payload types and extension ids are not aiortc's).
+        self.first_offer = first_offer or (lambda sdp: sdp)
         self.ws: Optional[aiohttp.ClientWebSocketResponse] = None
         self.pc: Optional[RTCPeerConnection] = None
         self.sources: dict[str, EncodedSourceTrack] = {}
@@ -144,7 +136,7 @@ class CallClient:
                 self.ice_servers = [RTCIceServer(s["urls"], s.get("username"), s.get("credential"))
                                     for s in message.get("ice_servers", [])]
             if message.get("type") == "offer":
-                task = asyncio.create_task(self._answer_server(message["sdp"]))
+                task = asyncio.create_task(self._answer_server(message["sdp"], self.pc))
                 self._consumers.add(task)
                 task.add_done_callback(self._consumers.discard)
             if message.get("type") == "answer" and self._answer and not self._answer.done():
@@ -175,12 +167,13 @@ class CallClient:
 
     # -- media ----------------------------------------------------------------
 
-    async def _answer_server(self, sdp: str) -> None:
-        """Answer a server's offer (someone joined or left) on the current connection."""
+    async def _answer_server(self, sdp: str, pc: Optional[RTCPeerConnection]) -> None:
+        """Answer a server's offer (someone joined or left) made for the connection
+        ``pc`` (None: the one being set up now); an offer for a replaced one is moot."""
         async with self._negotiation:
-            pc = self.pc
-            if pc is None:
+            if self.pc is None or (pc is not None and pc is not self.pc):
                 return
+            pc = self.pc
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             await pc.setLocalDescription(await pc.createAnswer())
             self.server_offers += 1
@@ -271,6 +264,12 @@ class CallClient:
         if self.ws is None or self.ws.closed:
             await self.connect()
         await self.wait_for(lambda m: m["type"] == "config", timeout)
+        # Held until the answer is applied: the server offers the others' tracks right
+        # after its answer, and that offer must wait for it (as a page's queue does).
+        async with self._negotiation:
+            await self._offer_new(timeout)
+
+    async def _offer_new(self, timeout: float) -> None:
         await self._close_pc()
         self.screen = None
         pc = self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(self.ice_servers)))
@@ -288,7 +287,7 @@ class CallClient:
         pc.on("track", self._on_track)
         await pc.setLocalDescription(await pc.createOffer())
         self._answer = asyncio.get_running_loop().create_future()
-        await self.send({"type": "offer", "sdp": pc.localDescription.sdp})
+        await self.send({"type": "offer", "sdp": self.first_offer(pc.localDescription.sdp)})
         sdp = await asyncio.wait_for(self._answer, timeout)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
 

@@ -170,7 +170,9 @@ class LinkHolder:
         return victim_actor(request) if self.guest is None else Actor(self.key, "guest", request.remote)
 
 
-async def _find(request: web.Request, token: str) -> Optional[LinkHolder]:
+async def find(request: web.Request, token: str) -> Optional[LinkHolder]:
+    """Whose link ``token`` is (the victim's or a guest's), whatever its state; None
+    when nobody's. Callers count an unknown token (:func:`refuse_if_guessing`)."""
     async with request.app[DB]() as db:
         consultation = await request.app[CONSULTATIONS].by_token(db, token)
         if consultation is not None:
@@ -184,7 +186,7 @@ async def link_holder(request: web.Request) -> LinkHolder:
     :class:`LinkRefused` says why. An unclaimed link is returned as it is (its page may
     be shown; nothing else may be used)."""
     throttle = refuse_if_guessing(request)
-    holder = await _find(request, request.match_info["token"])
+    holder = await find(request, request.match_info["token"])
     if holder is None:
         throttle.unknown(client_key(request))
         raise LinkRefused("unknown_link")

@@ -221,6 +221,13 @@ async def test_closing_the_consultation_closes_every_guests_link(link, new_clien
     late = await opened.officer.post(f"/api/consultations/{opened.id}/guests", INTERPRETER)
     assert late.status == 410
     assert_json_error(await late.json(), "closed")
+    # The end screen's survey is the victim's: a guest is told so, and not counted as
+    # guessing tokens (their page asking must not lock the address out).
+    for _ in range(3):
+        offer = await device.post(link_path(claimed["join_url"]) + "/survey", headers={"Origin": origin_of(device)})
+        assert offer.status == 403
+        assert_json_error(await offer.json(), "guest_not_allowed")
+    assert (await device.get(link_path(claimed["join_url"]))).status == 410  # not 429
 
 
 async def test_a_guest_may_not_use_the_victims_uploads_or_statements(link, new_client):

@@ -89,82 +89,6 @@ export function markSlides(sdp, mid) {
   }).join('');
 }
 
-// The RTP header extension ids and payload types the server's WebRTC stack (aiortc)
-// puts in its own offers. A browser may not renumber an extension once negotiated
-// ("RTP extension ID reassignment not supported"), and a payload type that changes
-// meaning mid-call leaves the server unable to read what we send; so our offers use
-// the server's numbers from the start, and its renegotiations (someone joins or
-// leaves) then agree with them.
-const SERVER_EXTENSION_IDS = {
-  'urn:ietf:params:rtp-hdrext:sdes:mid': 1,
-  'urn:ietf:params:rtp-hdrext:ssrc-audio-level': 2,
-  'http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time': 3,
-};
-
-const SERVER_PAYLOAD_TYPES = { audio: { 'opus/48000': 96 }, video: { 'vp8/90000': 97, rtx: 98 } };
-
-/** One m-section with its payload types renumbered by ``map`` (old -> new). */
-function renumberSection(section, map) {
-  if (!map.size) return section;
-  const pt = (n) => String(map.get(Number(n)) ?? n);
-  return section
-    .replace(/^(m=\S+ \S+ \S+ )([\d ]+)/m, (_l, head, list) => head + list.split(' ').map(pt).join(' '))
-    .replace(/^(a=fmtp:\d+ .*\bapt=)(\d+)/gm, (_l, head, n) => head + pt(n))
-    .replace(/^(a=fmtp:\d+ )(\d+(?:\/\d+)+)(?=\r?$)/gm, (_l, head, list) => head + list.split('/').map(pt).join('/')) // RED
-    .replace(/^a=(rtpmap|fmtp|rtcp-fb):(\d+)/gm, (_l, attr, n) => `a=${attr}:${pt(n)}`);
-}
-
-/** ``sdp`` with opus, VP8 and VP8's RTX on the server's payload types; codecs that
- * were on those numbers move to numbers nobody uses. */
-export function alignPayloadTypes(sdp) {
-  const used = new Set([...sdp.matchAll(/^a=rtpmap:(\d+)/gm)].map((m) => Number(m[1])));
-  const free = () => { let n = 35; while (used.has(n) || (n >= 64 && n <= 95)) n += 1; used.add(n); return n; };
-  const moved = new Map(); // a codec moved out of the way keeps one number across the bundle
-  return sdp.split(/(?=^m=)/m).map((section) => {
-    const kind = /^m=(audio|video)/.exec(section)?.[1];
-    if (!kind) return section;
-    const codecs = new Map([...section.matchAll(/^a=rtpmap:(\d+) ([^\s/]+\/\d+)/gm)].map((m) => [Number(m[1]), m[2].toLowerCase()]));
-    const want = SERVER_PAYLOAD_TYPES[kind];
-    const map = new Map();
-    for (const [n, codec] of codecs) if (want[codec] != null) map.set(n, want[codec]);
-    if (kind === 'video') {
-      const vp8 = [...codecs].find(([, c]) => c === 'vp8/90000')?.[0];
-      const rtx = [...section.matchAll(/^a=fmtp:(\d+) apt=(\d+)/gm)].find((m) => Number(m[2]) === vp8);
-      if (rtx) map.set(Number(rtx[1]), want.rtx);
-    }
-    const targets = new Set(map.values());
-    for (const n of codecs.keys()) {
-      if (map.has(n) || !targets.has(n)) continue;
-      const key = `${n} ${codecs.get(n)}`;
-      if (!moved.has(key)) moved.set(key, free());
-      map.set(n, moved.get(key));
-    }
-    return renumberSection(section, map);
-  }).join('');
-}
-
-/** ``sdp`` with its a=extmap ids renumbered: the server's ids for the extensions it
- * knows, the others from 4 on (one id per extension across the bundle). */
-export function alignExtensionIds(sdp) {
-  const ids = new Map();
-  let next = Math.max(...Object.values(SERVER_EXTENSION_IDS)) + 1;
-  return sdp.replace(/^a=extmap:(\d+)(\/\w+)? (\S+)(.*)$/gm, (_line, _id, dir, uri, rest) => {
-    if (!ids.has(uri)) ids.set(uri, SERVER_EXTENSION_IDS[uri] || next++);
-    return `a=extmap:${ids.get(uri)}${dir || ''} ${uri}${rest}`;
-  });
-}
-
-/** Set our offer as the local description, with the server's extension ids and
- * payload types where the browser accepts that (else as the browser made it). */
-async function setLocalOffer(pc, offer) {
-  try {
-    await pc.setLocalDescription({ type: 'offer', sdp: alignPayloadTypes(alignExtensionIds(offer.sdp)) });
-  } catch (err) {
-    console.warn('offer kept as made', err);
-    await pc.setLocalDescription(offer);
-  }
-}
-
 /** Put ``tracks`` (and only those) in ``stream``, leaving tracks already there in place. */
 function syncTracks(stream, tracks) {
   let changed = false;
@@ -448,7 +372,7 @@ export class Call extends EventTarget {
     };
     pc.onconnectionstatechange = () => this.onPeerState(pc);
     try {
-      await setLocalOffer(pc, await pc.createOffer());
+      await pc.setLocalDescription(await pc.createOffer());
       await iceGathered(pc);
       if (pc !== this.pc) return;
       sent = this.send({ type: 'offer', sdp: this.offerSdp(pc) });
@@ -487,7 +411,7 @@ export class Call extends EventTarget {
 
   async renegotiate(pc) {
     try {
-      await setLocalOffer(pc, await pc.createOffer());
+      await pc.setLocalDescription(await pc.createOffer());
       if (pc !== this.pc) return;
       await iceGathered(pc);
       if (pc !== this.pc || pc.signalingState !== 'have-local-offer') return; // rolled back meanwhile

@@ -77,6 +77,7 @@ from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from ..tasks import TaskSet
 from .passthrough import EncodedFrame, RelayTrack, attach_sink, on_keyframe_request, send_pli
+from .sdp import Numbering, slides_sections
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,6 @@ PLI_INTERVAL = 0.3
 TEARDOWN_TIMEOUT = 1.5
 #: Everyone in one call at once: the victim, guests, officers, a sergeant.
 MAX_PARTICIPANTS = 6
-#: The SDP attribute (RFC 4796) that marks a video section as a shared screen.
-SLIDES = "a=content:slides"
 SENDING = ("sendonly", "sendrecv")
 
 
@@ -157,6 +156,9 @@ class Leg:
         self.sharing = False
         #: Receivers whose frames go somewhere (never decoded): see :meth:`Room._guard`.
         self.guarded: set[RTCRtpReceiver] = set()
+        #: The payload types and extension ids the client's first offer chose: the
+        #: server's own offers are rewritten to them (:mod:`evr.media.sdp`).
+        self.numbering = Numbering()
 
     @property
     def connected(self) -> bool:
@@ -488,6 +490,7 @@ class Room:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=list(self.ice_servers)))
         leg = Leg(pc)
         leg.remote_ufrag = sections[0].ufrag
+        leg.numbering = Numbering.of(offer_sdp)
         try:
             for kind in KINDS:
                 self._add_output(p, leg, kind, primary=True,
@@ -623,7 +626,7 @@ class Room:
                 return
             for output in leg.outputs:
                 output.offered = output.transceiver.direction
-            sdp = leg.pc.localDescription.sdp
+            sdp = leg.numbering.apply(leg.pc.localDescription.sdp)
         await self._signal(p, {"type": "offer", "sdp": sdp})
         await self._on_change(self)  # the mids of the new transceivers, in everyone's state
 
@@ -803,7 +806,7 @@ def _check_offer(sdp: str) -> list[_Section]:
     for group in description.group:
         if group.semantic == "BUNDLE" and not set(group.items) <= set(mids):
             raise OfferError("bad_sdp", "The offer's BUNDLE group names a section it does not have.")
-    slides = _slides_sections(sdp)
+    slides = slides_sections(sdp)
     return [_Section(m.kind, m.rtp.muxId, m.direction or "sendrecv", m.ice.usernameFragment if m.ice else "",
                      i in slides) for i, m in enumerate(description.media)]
 
@@ -819,18 +822,6 @@ def _check_first_offer(sections: list[_Section]) -> None:
     video = next(i for i, s in enumerate(sections) if s.kind == "video" and not s.slides)
     if screens and (sections[screens[0]].kind != "video" or screens[0] < video):
         raise OfferError("bad_sdp", "A screen is a video section after the camera's.")
-
-
-def _slides_sections(sdp: str) -> set[int]:
-    """Indexes of the m-sections carrying ``a=content:slides`` (aiortc's parser drops it)."""
-    found, index = set(), -1
-    for line in sdp.splitlines():
-        line = line.strip()
-        if line.startswith("m="):
-            index += 1
-        elif index >= 0 and line == SLIDES:
-            found.add(index)
-    return found
 
 
 def _short(exc: BaseException) -> str:
