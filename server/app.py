@@ -371,5 +371,5 @@ async def staff_socket(request: web.Request) -> web.StreamResponse:
         tx.add(actor(request, staff), "consultation.join", f"consultation:{consultation.id}",
                consultation_id=consultation.id)
     hub = request.app[HUB]
-    participant = hub.room(consultation).participant(f"staff:{staff.id}", staff.role, staff.id)
+    participant = hub.room(consultation).participant(f"staff:{staff.id}", staff.role, staff.id, staff.username)
     return await hub.serve(request, consultation, participant, actor(request, staff), session_id=staff.session_id)

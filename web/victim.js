@@ -399,7 +399,7 @@ call.addEventListener('error', (e) => {
 call.addEventListener('refused', async () => {
   if ([403, 404, 410].includes(await linkStatus())) linkRefused();
 });
-call.addEventListener('closed', () => { stopAll(); show('ended'); offerSurvey(); });
+call.addEventListener('closed', () => { stopAll(); show('ended'); if (isVictim) offerSurvey(); });
 call.addEventListener('replaced', () => { stopAll(); show('elsewhere'); });
 call.addEventListener('fatal', (e) => {
   console.warn('refused by the server:', e.detail.message); // a reason for support, not for the victim
