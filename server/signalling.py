@@ -326,6 +326,8 @@ class Hub:
                     raise OfferError("bad_candidate", "candidate must be an object or null.")
                 await room.add_candidate(client.participant, candidate)
             elif kind in ("pause", "resume"):
+                if client.participant.is_guest:  # the victim's and the police's call to pause
+                    raise OfferError("not_allowed", "Only the victim or the police pause the call.")
                 log.info("consultation %s: %s by %s", room.id, kind, client.participant.role)
                 await self._changed(room, client.who, pause=kind == "pause")
             else:

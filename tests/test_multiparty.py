@@ -190,7 +190,7 @@ async def test_chat_reaches_everyone_and_the_transcript(call, new_client):
 
 
 async def test_bad_input_gets_a_clear_error_and_the_call_goes_on(call, new_client):
-    c = await call()
+    c = await call(**light())
     officer = staff_id(c)
     await c.victim.send({"type": "chat", "text": "x" * 2001})
     error = await c.victim.wait_for(lambda m: m["type"] == "error")
@@ -203,6 +203,11 @@ async def test_bad_input_gets_a_clear_error_and_the_call_goes_on(call, new_clien
     assert error["code"] == "not_allowed"
     await c.console.send({"type": "answer", "sdp": "v=0"})  # no offer is out
     await c.console.wait_for(lambda m: m["type"] == "error" and m["code"] == "no_offer")
+    guest = await invite(c.officer, c.id)
+    _, interpreter = await guest_client(call, new_client, guest["join_url"], **light())
+    await interpreter.send({"type": "pause"})  # a guest does not pause the call
+    assert (await interpreter.wait_for(lambda m: m["type"] == "error"))["code"] == "not_allowed"
+    assert c.console.state()["status"] == "live"
     response = await c.officer.post(f"/api/consultations/{c.id}/guests", {"role": "astrologer"})
     assert response.status == 422 and (await response.json())["error"]["code"] == "invalid_role"
     await c.victim.wait_from(officer, audio=25, video=15)
