@@ -45,6 +45,7 @@ function wording() {
   $('guest-role').hidden = false;
   $('uploads').remove();     // evidence comes from the victim's own link
   $('statement').remove();
+  $('pause').hidden = true;  // a break is the victim's or the police's to take (the server refuses a guest's)
   $('call-h').textContent = `In the police video call, as ${roleText(role).toLowerCase()}`;
 }
 wording();
@@ -348,7 +349,8 @@ function render() {
   $('rec').hidden = !state?.recording;
   $('pause').textContent = paused ? 'Rejoin' : 'Take a break';
   $('pause').classList.toggle('primary', paused);
-  const message = paused ? 'The call is paused. Nobody can see or hear you. Tap "Rejoin" when you are ready.'
+  const message = paused ? (isVictim ? 'The call is paused. Nobody can see or hear you. Tap "Rejoin" when you are ready.'
+    : 'The call is paused for now. Nobody can see or hear you until it goes on.')
     : conn === 'connected' && state && !officer ? 'Waiting for an officer to join. This usually takes a few minutes.'
       : audioOnly ? 'Sound only: video is off to save data.' : '';
   setText('stage-msg', message);
