@@ -1,84 +1,100 @@
-"""``evr recording verify FILE_OR_DIR``: exit 0 when intact, 1 naming the first failure."""
+"""``evr recording verify FILE_OR_DIR``: exit 0 when intact, 1 naming the first failure.
+
+Every ``evr … verify`` command is built and run the same way, so the plumbing is
+here, once, and the other commands call it (``evr chat verify``,
+:mod:`evr.transcripts`; ``evr statement verify``, :mod:`evr.statements.cli`):
+:func:`verify_parser` (the command and its subcommand), :func:`outcome` (the
+``OK``/``FAILED`` lines and the exit status) and, for the signed documents of
+:mod:`evr.recording.manifest`'s layout, :func:`add_target` and :func:`check_target`
+(the key trusted, and a file, a folder, a folder in the evidence store or an id in
+this service's store read as a package).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Awaitable, Callable, Coroutine, Iterable, Optional, TypeVar
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from evr.keys import load_public_pem
 
 from .manifest import Problem
 from .verify import DirPackage, Package, Report, StoredPackage, ZipPackage, verify
 
+T = TypeVar("T")
 
-def register(commands: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
-    recording = commands.add_parser("recording", help="recordings")
-    sub = recording.add_subparsers(dest="recording_command", required=True)
-    check = sub.add_parser(
-        "verify", help="check a recording's signature, hash chain and segments",
-        description="Check an export archive (.zip), an unpacked export or a stored recording's folder, "
-                    "or a recording id in this service's evidence store. Exit 0 when intact, "
-                    "1 naming the first failure.")
+
+def verify_parser(commands: Any, common: Callable[[argparse.ArgumentParser], None], name: str, help: str,
+                  summary: str, description: str) -> argparse.ArgumentParser:
+    """``evr NAME verify``: the parser of its arguments, with the common ones."""
+    group = commands.add_parser(name, help=help)
+    sub = group.add_subparsers(dest=f"{name}_command", required=True)
+    check = sub.add_parser("verify", help=summary, description=description)
     common(check)
-    check.add_argument("target", metavar="FILE_OR_DIR", help="export .zip, folder, or recording id")
-    check.add_argument("--key", type=Path, default=None, metavar="PEM",
-                       help="the public key you trust (default: the one shipped in an export, "
-                            "or this service's key for a stored recording)")
-    check.set_defaults(func=cmd_verify)
+    return check
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
+def add_target(check: argparse.ArgumentParser, metavar: str, help: str, key_help: str) -> None:
+    """What a signed document's check is given: the target and the key trusted."""
+    check.add_argument("target", metavar=metavar, help=help)
+    check.add_argument("--key", type=Path, default=None, metavar="PEM", help=key_help)
+
+
+def outcome(check: Coroutine[Any, Any, Iterable[str]], failure: type[Exception] = Problem) -> int:
+    """Run a check: its lines and 0, or ``FAILED:`` and what failed and 1."""
     try:
-        report = asyncio.run(_verify(args))
-    except Problem as exc:
+        lines = asyncio.run(check)
+    except failure as exc:
         print(f"FAILED: {exc}")
         return 1
-    print(f"OK: recording {report.recording_id} is intact: {report.segments} segment(s), {report.gaps} gap(s), "
-          f"ended ({report.end_reason}); signed by Ed25519 key {report.key_sha256}")
+    for line in lines:
+        print(line)
     return 0
 
 
-async def _verify(args: argparse.Namespace) -> Report:
+def trusted_key(path: Optional[Path]) -> Optional[Ed25519PublicKey]:
+    """The public key given with ``--key``, if any."""
+    if path is None:
+        return None
+    try:
+        return load_public_pem(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise Problem(f"--key {path}: {exc}") from None
+
+
+async def check_target(args: argparse.Namespace,
+                       check: Callable[[Package, Optional[Ed25519PublicKey]], Awaitable[T]],
+                       locate: Callable[[Any, Any, str], Awaitable[str]],
+                       open_file: Callable[[Path], Package] = ZipPackage) -> T:
+    """``check`` the package ``args.target`` names: a file (``open_file``), a folder,
+    one in the evidence store (read through the store) or, given ``locate`` (settings,
+    the store, the target: its prefix in the store, or :class:`Problem`), an id. A
+    stored package is checked with this service's key unless ``--key`` gives one."""
     from evr.cli import load_settings
 
-    trusted = None
-    if args.key is not None:
-        try:
-            trusted = load_public_pem(args.key.read_bytes())
-        except (OSError, ValueError) as exc:
-            raise Problem(f"--key {args.key}: {exc}") from None
+    trusted = trusted_key(args.key)
     target = Path(args.target)
-    settings = None
-    store = None
-    package: Optional[Package] = None
-    try:
-        if target.is_file():
-            package = ZipPackage(target)
-        elif target.is_dir():
-            settings = load_settings(args)
-            relative = _inside(target, settings.data_dir / "evidence")
-            if relative is not None:  # a stored recording: read it through the store
-                from evr.evidence import make_store
+    if target.is_file():
+        return await check(open_file(target), trusted)
+    settings = load_settings(args)
+    relative = _inside(target, settings.data_dir / "evidence") if target.is_dir() else None
+    if target.is_dir() and relative is None:
+        return await check(DirPackage(target), trusted)
+    from evr.evidence import make_store
 
-                store = make_store(settings)
-                package = StoredPackage(store, relative.rstrip("/") + "/")
-            else:
-                package = DirPackage(target)
-        else:
-            settings = load_settings(args)
-            package, store = await _stored_by_id(settings, args.target)
-        if trusted is None and isinstance(package, StoredPackage):
+    store = make_store(settings)
+    try:
+        base = relative.rstrip("/") + "/" if relative is not None else await locate(settings, store, args.target)
+        if trusted is None:
             from evr.keys import load_signing_key
 
-            if settings is None:  # a stored package is only ever found through the settings
-                raise RuntimeError("a stored recording without settings")
             trusted = load_signing_key(settings, create=False).public_key()
-        return await verify(package, trusted)
+        return await check(StoredPackage(store, base), trusted)
     finally:
-        if store is not None:
-            await store.close()
+        await store.close()
 
 
 def _inside(path: Path, root: Path) -> Optional[str]:
@@ -88,11 +104,32 @@ def _inside(path: Path, root: Path) -> Optional[str]:
         return None
 
 
-async def _stored_by_id(settings: Any, recording_id: str) -> tuple[Package, Any]:
+def register(commands: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    check = verify_parser(
+        commands, common, "recording", "recordings", "check a recording's signature, hash chain and segments",
+        "Check an export archive (.zip), an unpacked export or a stored recording's folder, "
+        "or a recording id in this service's evidence store. Exit 0 when intact, "
+        "1 naming the first failure.")
+    add_target(check, "FILE_OR_DIR", "export .zip, folder, or recording id",
+               "the public key you trust (default: the one shipped in an export, "
+               "or this service's key for a stored recording)")
+    check.set_defaults(func=cmd_verify)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    return outcome(_verify(args))
+
+
+async def _verify(args: argparse.Namespace) -> list[str]:
+    report: Report = await check_target(args, verify, _recording_prefix)
+    return [f"OK: recording {report.recording_id} is intact: {report.segments} segment(s), {report.gaps} gap(s), "
+            f"ended ({report.end_reason}); signed by Ed25519 key {report.key_sha256}"]
+
+
+async def _recording_prefix(settings: Any, store: Any, recording_id: str) -> str:
     from sqlalchemy import select
 
     from evr.db import Recording, make_engine, sessionmaker
-    from evr.evidence import make_store
 
     from .service import prefix
 
@@ -106,5 +143,4 @@ async def _stored_by_id(settings: Any, recording_id: str) -> tuple[Package, Any]
         await engine.dispose()
     if recording is None:
         raise Problem(f"{recording_id}: no such file, folder or recording")
-    store = make_store(settings)
-    return StoredPackage(store, prefix(recording.consultation_id, recording.id)), store
+    return prefix(recording.consultation_id, recording.id)

@@ -290,7 +290,8 @@ class Recordings:
             "status": status,
             "segment_seconds": self.settings.recording_segment_seconds,
         }, entries, fingerprint(self.key.public_key()))
-        body = await self._keep_manifest(prefix(active.consultation_id, active.id), body, entries[-1]["hash"])
+        body = await manifest.keep(self.store, self.key, prefix(active.consultation_id, active.id), body,
+                                   entries[-1]["hash"])
         kept = manifest.parse(body)["recording"]
         sha256 = hashlib.sha256(body).hexdigest()
         size = sum(e["size"] for e in entries if e["type"] == "segment")
@@ -315,26 +316,6 @@ class Recordings:
         else:
             await asyncio.to_thread(shutil.rmtree, directory, True)
         log.info("recording %s %s (%s)", active.id, kept["status"], reason)
-
-    async def _keep_manifest(self, base: str, body: bytes, head: str) -> bytes:
-        """Store ``manifest.json`` and its signature; the bytes kept. A seal whose
-        database commit failed after storing them (the store never overwrites) is
-        finished with what it stored, when that is this service's signed manifest
-        of the same chain."""
-        try:
-            await self.store.add_bytes(base + manifest.MANIFEST, body)
-        except ItemExists:
-            stored = await self.store.read_bytes(base + manifest.MANIFEST)
-            if manifest.parse(stored).get("head") != head:
-                raise
-            body = stored
-        signature = manifest.sign(self.key, body)  # Ed25519 is deterministic: the same bytes again
-        try:
-            await self.store.add_bytes(base + manifest.SIGNATURE, signature)
-        except ItemExists:
-            stored_signature = await self.store.read_bytes(base + manifest.SIGNATURE)
-            manifest.check_signature(self.key.public_key(), body, stored_signature)
-        return body
 
     # -- crash recovery ------------------------------------------------------------
 

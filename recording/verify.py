@@ -4,6 +4,11 @@ Checks, in order, stopping at the first failure: the manifest's Ed25519 signatur
 (against the key shipped with an export, a key given by the caller, or the service's
 own key for a stored recording), the hash chain of its entries, then every segment's
 presence, size and SHA-256, and that nothing else is in the package.
+
+The packages and the first checks (:func:`check_signed`: the document, its signature
+and the key, then its hash chain) serve every signed document of
+:mod:`evr.recording.manifest`'s layout, a chat transcript's too
+(:mod:`evr.transcripts`), so they are checked the one way.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ DERIVED = "derived/"
 
 
 class Package(ABC):
-    """Named files of one recording."""
+    """Named files of one signed document (a recording, a chat transcript)."""
 
     @abstractmethod
     async def names(self) -> set[str]: ...
@@ -70,7 +75,7 @@ class DirPackage(Package):
 
 
 class StoredPackage(Package):
-    """A recording as kept in the evidence store (read through the store)."""
+    """A signed document as kept in the evidence store (read through the store)."""
 
     def __init__(self, store: EvidenceStore, prefix: str) -> None:
         self.store = store
@@ -97,14 +102,17 @@ class Report:
     manifest: dict[str, Any]
 
 
-async def verify(package: Package, trusted_key: Optional[Ed25519PublicKey] = None) -> Report:
-    """Check a recording; raises :class:`Problem` naming the first failure."""
-    body = await package.read(mf.MANIFEST)
+async def check_signed(package: Package, kind: mf.Kind,
+                       trusted_key: Optional[Ed25519PublicKey] = None) -> tuple[dict[str, Any], Ed25519PublicKey]:
+    """The parsed document of ``kind`` in ``package`` and the key it was checked with:
+    present, signed (by the key trusted, else the one shipped, which must then be the
+    same), of its format, its chain whole. Raises :class:`Problem` naming the first failure."""
+    body = await package.read(kind.document)
     if body is None:
-        raise Problem(f"{mf.MANIFEST} is missing")
-    signature = await package.read(mf.SIGNATURE)
+        raise Problem(f"{kind.document} is missing")
+    signature = await package.read(kind.signature)
     if signature is None:
-        raise Problem(f"{mf.SIGNATURE} is missing")
+        raise Problem(f"{kind.signature} is missing")
     shipped = await package.read(mf.PUBLIC_KEY)
     key = trusted_key
     if shipped is not None:
@@ -117,10 +125,17 @@ async def verify(package: Package, trusted_key: Optional[Ed25519PublicKey] = Non
         key = key or shipped_key
     if key is None:
         raise Problem("no public key to check the signature with (give --key)")
-    mf.check_signature(key, body, signature)
-    parsed = mf.parse(body)
+    mf.check_signature(key, body, signature, kind)
+    parsed = mf.parse(body, kind)
+    mf.check_chain(parsed["entries"], parsed.get("head"), kind)
+    return parsed, key
+
+
+async def verify(package: Package, trusted_key: Optional[Ed25519PublicKey] = None) -> Report:
+    """Check a recording; raises :class:`Problem` naming the first failure."""
+    parsed, key = await check_signed(package, mf.RECORDING, trusted_key)
     entries = parsed["entries"]
-    mf.check_chain(entries, parsed.get("head"))
+    mf.check_end(entries)
     segments = mf.segments(entries)
     expected: list[str] = []
     for entry in segments:

@@ -45,11 +45,11 @@ from . import links, transcripts
 from .audit import Actor, AuditLog
 from .db import ChatMessage, Consultation, EvidenceItem
 from .errors import ApiError, checked_reason
-from .evidence import EvidenceStore, ItemExists
+from .evidence import EvidenceStore
 from .http import AUDIT, CHAT, CONSULTATIONS, DB, SIGNING_KEY, STORE, actor, current_staff
 from .integrity import GENESIS
 from .keys import fingerprint, public_pem
-from .recording.manifest import chain
+from .recording.manifest import chain, keep
 from .tasks import TaskSet
 from .text import typed_text
 from .timeutil import Clock, rfc3339
@@ -253,20 +253,7 @@ class Chat:
     async def _keep(self, base: str, body: bytes, head: str) -> bytes:
         """Store the transcript and its signature; the bytes kept (those a seal cut
         short stored already, when they hold the same chain: the store never overwrites)."""
-        try:
-            await self.store.add_bytes(base + transcripts.TRANSCRIPT, body)
-        except ItemExists:
-            stored = await self.store.read_bytes(base + transcripts.TRANSCRIPT)
-            if transcripts.parse(stored).get("head") != head:
-                raise
-            body = stored
-        signature = self.key.sign(body)  # Ed25519 is deterministic: the same bytes again
-        try:
-            await self.store.add_bytes(base + transcripts.SIGNATURE, signature)
-        except ItemExists:
-            if await self.store.read_bytes(base + transcripts.SIGNATURE) != signature:
-                raise
-        return body
+        return await keep(self.store, self.key, base, body, head, transcripts.CHAT)
 
     async def recover(self) -> int:
         """At start: seal every closed consultation whose chat is not sealed (a seal

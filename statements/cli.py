@@ -1,29 +1,30 @@
 """``evr statement verify FILE.pdf``: exit 0 when the PAdES signature validates against
-the service's trust root and the file is the one its signing record names; 1 otherwise."""
+the service's trust root and the file is the one its signing record names; 1 otherwise.
+
+Built and run as every ``evr … verify`` command is (:mod:`evr.recording.cli`)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import io
 import re
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from evr.recording.cli import outcome, verify_parser
+
 STATEMENT_ID = re.compile(r"evr-statement:([0-9a-f-]{36})")
 
 
 def register(commands: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
-    statement = commands.add_parser("statement", help="witness statements (MG11)")
-    sub = statement.add_subparsers(dest="statement_command", required=True)
-    check = sub.add_parser(
-        "verify", help="check a sealed statement's signature and its signing record",
-        description="Validate the PDF's PAdES signature against the service's trust root (statement_trust_roots, "
-                    "by default DATA/keys/statement-ca.pem) and, when this service's database holds the "
-                    "statement's signing record, check that the file is the one it records. "
-                    "Exit 0 when both hold, 1 otherwise.")
-    common(check)
+    check = verify_parser(
+        commands, common, "statement", "witness statements (MG11)",
+        "check a sealed statement's signature and its signing record",
+        "Validate the PDF's PAdES signature against the service's trust root (statement_trust_roots, "
+        "by default DATA/keys/statement-ca.pem) and, when this service's database holds the "
+        "statement's signing record, check that the file is the one it records. "
+        "Exit 0 when both hold, 1 otherwise.")
     check.add_argument("pdf", metavar="FILE.pdf", type=Path)
     check.add_argument("--ca", type=Path, action="append", default=None, metavar="PEM",
                        help="trust this root certificate instead (repeatable)")
@@ -35,14 +36,7 @@ class Failed(Exception):
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    try:
-        lines = asyncio.run(_verify(args))
-    except Failed as exc:
-        print(f"FAILED: {exc}")
-        return 1
-    for line in lines:
-        print(line)
-    return 0
+    return outcome(_verify(args), Failed)
 
 
 def _statement_id(pdf: bytes) -> Optional[str]:
