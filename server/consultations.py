@@ -131,7 +131,7 @@ def parse_contact(source: dict[str, Any], notify: Any, keys: tuple[str, ...],
         contact[key] = value.strip()
     if notify is None:
         notify = next((channel for channel, key in CHANNELS.items() if key in contact), None)
-    elif notify not in CHANNELS:
+    elif not isinstance(notify, str) or notify not in CHANNELS:
         raise ApiError(422, "invalid_notify", "notify must be sms or email.", fields=["notify"])
     elif CHANNELS[notify] not in contact:
         raise ApiError(422, "missing_contact", f"notify is {notify} but no {where}{CHANNELS[notify]} was given.",

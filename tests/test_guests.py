@@ -106,6 +106,7 @@ async def test_bad_invitations_are_refused_with_clear_errors(link, staff):
         ({**INTERPRETER, "phone": "not a phone"}, "invalid_phone"),
         ({**INTERPRETER, "email": "nobody"}, "invalid_email"),
         ({**INTERPRETER, "notify": "pigeon"}, "invalid_notify"),
+        ({**INTERPRETER, "notify": {}}, "invalid_notify"),  # unhashable: was a 500
         ({**INTERPRETER, "notify": "sms"}, "missing_contact"),
         ({**INTERPRETER, "email": "a@example.org", "notify": "sms"}, "missing_contact"),
     ):
