@@ -13,10 +13,25 @@ from __future__ import annotations
 import re
 
 from aiortc import RTCPeerConnection, RTCRtpSender
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from test_multiparty import guest_client, ids, invite, light, staff_id
 
 from evr.media.bridge import PINNED
 from evr.media.sdp import Numbering, mark_slides, slides_sections
+
+#: A server offer as the bridge makes them (VP8 with RTX, Opus), and lines of offers.
+SERVER_OFFER = (
+    "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n"
+    "m=audio 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid\r\n"
+    "a=rtpmap:96 opus/48000/2\r\n"
+    "m=video 9 UDP/TLS/RTP/SAVPF 97 98\r\na=mid:1\r\na=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid\r\n"
+    "a=rtpmap:97 VP8/90000\r\na=rtcp-fb:97 nack\r\na=rtpmap:98 rtx/90000\r\na=fmtp:98 apt=97\r\n"
+)
+SDP_LINES = ["m=audio 9 UDP/TLS/RTP/SAVPF 111", "m=video 9 UDP/TLS/RTP/SAVPF 96 97", "a=rtpmap:111 opus/48000/2",
+             "a=rtpmap:96 VP8/90000", "a=rtpmap:97 rtx/90000", "a=fmtp:97 apt=96", "a=fmtp:97 apt=999999999999",
+             "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid", "a=extmap:x y", "a=rtpmap:96 ", "m=", "m=video"]
 
 #: Chrome's numbers (from a Chromium 120 offer): payload types by codec, and extension ids.
 CHROME_PT = {"opus/48000": 111, "vp8/90000": 96, "rtx:vp8/90000": 97}
@@ -106,3 +121,12 @@ async def test_a_browser_numbered_call_renegotiates_and_media_flows_every_way(ca
             await client.wait_from(other, audio=25, video=10, timeout=15)
         assert client.server_offers >= 1
         assert all(p["connected"] for p in ids(client.state()).values())
+
+
+@given(st.lists(st.sampled_from(SDP_LINES) | st.text(max_size=40), max_size=30).map("\r\n".join))
+@hypothesis_settings(max_examples=300, deadline=None)
+def test_any_client_offer_text_gives_a_numbering_that_never_breaks_the_servers_offer(client_offer: str):
+    """``Numbering.of`` reads the client's offer (outside input): whatever it holds,
+    it and the rewrite of a real server offer never raise."""
+    rewritten = Numbering.of(client_offer).apply(SERVER_OFFER)
+    assert rewritten.count("m=") == SERVER_OFFER.count("m=")
