@@ -20,15 +20,28 @@ from evr.auth import Staff
 from evr.db import Consultation, Recording
 from evr.errors import ApiError, checked_reason, not_found
 from evr.evidence import ItemExists
-from evr.http import AUDIT, CONSULTATIONS, DB, RECORDINGS, SIGNING_KEY, STORE, actor, current_staff, read_json
+from evr.http import (
+    AUDIT,
+    CONSULTATIONS,
+    DB,
+    RECORDINGS,
+    REDACTIONS,
+    SIGNING_KEY,
+    STORE,
+    actor,
+    current_staff,
+    read_json,
+)
 from evr.keys import fingerprint, public_pem
 from evr.roles import CALL_ROLES
 from evr.timeutil import rfc3339
 
 from . import manifest as mf
+from . import operations
 from .playback import remux
+from .redactions import duration_of, job_json
 from .service import entries_of, prefix
-from .verify import DERIVED, HOW_TO_VERIFY
+from .verify import DERIVED, HOW_TO_VERIFY, REDACTED_NOTE
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +56,10 @@ def setup(app: web.Application) -> None:
         web.get(base + "/{rid}/playback", playback),
         web.get(base + "/{rid}/export", export),
         web.post(base + "/{rid}/classification", classify),
+        web.post(base + "/{rid}/redactions", request_redaction),
+        web.get(base + "/{rid}/redactions", list_redactions),
+        web.get(base + "/{rid}/redactions/{xid}", get_redaction),
+        web.post(base + "/{rid}/redactions/{xid}/cancel", cancel_redaction),
     ])
 
 
@@ -60,6 +77,10 @@ def recording_json(r: Recording) -> dict[str, Any]:
         "manifest_sha256": r.manifest_sha256,
         "status": r.status,
         "classification": r.classification,
+        "kind": r.kind,
+        "source_recording": r.source_recording_id,
+        "source_manifest_sha256": r.source_manifest_sha256,
+        "redaction": r.redaction["operations"] if r.redaction else None,
     }
 
 
@@ -209,6 +230,9 @@ async def export(request: web.Request) -> web.StreamResponse:
         exported_at=rfc3339(entry.at), by=f"{staff.username} ({staff.role})", reason=reason,
         fingerprint=fingerprint(key.public_key()),
     )
+    if recording.kind == "redacted":
+        note += REDACTED_NOTE.format(source=recording.source_recording_id,
+                                     source_sha256=recording.source_manifest_sha256)
     with tempfile.TemporaryFile() as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
             for k in keys:
@@ -239,11 +263,67 @@ async def classify(request: web.Request) -> web.Response:
                        fields=["classification"])
     reason = checked_reason(body.get("reason"))
     consultation, recording = await _recording(request, staff)
+    if recording.kind == "redacted":
+        raise ApiError(409, "redacted_copy", "A redacted copy is classified with its original: classify the "
+                                             "original recording.")
     async with request.app[AUDIT].transaction() as tx:  # the change and its entry, or neither
         row = await tx.db.get(Recording, recording.id)
         assert row is not None
         old, row.classification = row.classification, body["classification"]
+        for copy in await tx.db.scalars(select(Recording).where(Recording.source_recording_id == row.id)):
+            copy.classification = row.classification  # retention keeps a copy as long as its original
         tx.add(actor(request, staff), "recording.classify", f"recording:{row.id}", consultation_id=consultation.id,
                reason=reason, details={"from": old, "to": row.classification})
         answer = recording_json(row)
     return web.json_response(answer)
+
+
+# -- redaction ---------------------------------------------------------------------------
+
+#: Who asks for redacted copies: those who handle a call's evidence, and records staff.
+REDACTION_ROLES = (*CALL_ROLES, "records")
+
+
+async def request_redaction(request: web.Request) -> web.Response:
+    """Queue a redacted copy (202). Checked before anything is queued: the recording
+    (404), a reason (422), a finished recording (409), every range within it and every
+    box within the frame (422)."""
+    staff = current_staff(request)
+    staff.require(*REDACTION_ROLES)
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise ApiError(422, "invalid", "Send a JSON object: reason, mute, blur, blur_faces.")
+    _, recording = await _recording(request, staff)
+    reason = checked_reason(body.get("reason"))
+    if recording.manifest_sha256 is None:
+        raise ApiError(409, "recording_in_progress", "The recording is still running; redact it after the call.")
+    async with request.app[DB]() as db:
+        duration = await duration_of(db, recording)
+    wanted = operations.parse(body, duration, has_video=True, has_audio=recording.track == "camera")
+    job = await request.app[REDACTIONS].request(actor(request, staff), staff.id, recording, wanted, reason)
+    return web.json_response(job_json(job), status=202)
+
+
+async def list_redactions(request: web.Request) -> web.Response:
+    staff = current_staff(request)
+    staff.require(*REDACTION_ROLES)
+    _, recording = await _recording(request, staff)
+    jobs = await request.app[REDACTIONS].of_recording(recording.id)
+    return web.json_response({"redactions": [job_json(j) for j in jobs]})
+
+
+async def get_redaction(request: web.Request) -> web.Response:
+    staff = current_staff(request)
+    staff.require(*REDACTION_ROLES)
+    _, recording = await _recording(request, staff)
+    job = await request.app[REDACTIONS].get(recording.id, request.match_info["xid"])
+    return web.json_response(job_json(job))
+
+
+async def cancel_redaction(request: web.Request) -> web.Response:
+    staff = current_staff(request)
+    staff.require(*REDACTION_ROLES)
+    _, recording = await _recording(request, staff)
+    jobs = request.app[REDACTIONS]
+    job = await jobs.cancel(actor(request, staff), await jobs.get(recording.id, request.match_info["xid"]))
+    return web.json_response(job_json(job))

@@ -115,6 +115,16 @@ def register(commands: Any, common: Callable[[argparse.ArgumentParser], None]) -
                "or this service's key for a stored recording)")
     check.set_defaults(func=cmd_verify)
 
+    worker = commands.add_parser(
+        "worker", help="run redaction jobs (as evr serve does, one at a time, unless redaction_workers = 0)",
+        description="Take queued redaction jobs from the database and make their redacted copies, until "
+                    "stopped (SIGINT or SIGTERM put a running job back in the queue). Run as many as the "
+                    "machine allows, on any host sharing the database and the evidence store.")
+    common(worker)
+    worker.add_argument("--jobs", type=int, default=1, metavar="N", help="jobs at once (default 1)")
+    worker.add_argument("--once", action="store_true", help="stop when the queue is empty")
+    worker.set_defaults(func=cmd_worker)
+
 
 def cmd_verify(args: argparse.Namespace) -> int:
     return outcome(_verify(args))
@@ -122,8 +132,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 async def _verify(args: argparse.Namespace) -> list[str]:
     report: Report = await check_target(args, verify, _recording_prefix)
-    return [f"OK: recording {report.recording_id} is intact: {report.segments} segment(s), {report.gaps} gap(s), "
-            f"ended ({report.end_reason}); signed by Ed25519 key {report.key_sha256}"]
+    lines = [f"OK: recording {report.recording_id} is intact: {report.segments} segment(s), {report.gaps} gap(s), "
+             f"ended ({report.end_reason}); signed by Ed25519 key {report.key_sha256}"]
+    if report.source is not None:
+        ops = report.source.operations
+        lines.append(f"OK: a redacted copy of recording {report.source.recording_id} (its signed manifest, SHA-256 "
+                     f"{report.source.manifest_sha256}, checked): {len(ops.get('mute') or [])} range(s) muted, "
+                     f"{len(ops.get('blur') or [])} box(es) blurred, faces "
+                     f"{'blurred' if ops.get('blur_faces') else 'not blurred'}")
+    return lines
 
 
 async def _recording_prefix(settings: Any, store: Any, recording_id: str) -> str:
@@ -144,3 +161,36 @@ async def _recording_prefix(settings: Any, store: Any, recording_id: str) -> str
     if recording is None:
         raise Problem(f"{recording_id}: no such file, folder or recording")
     return prefix(recording.consultation_id, recording.id)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """``evr worker``: a :class:`~evr.recording.redactions.Redactor` on the core of
+    the service (the database, the evidence store, the key, the audit log)."""
+    import signal
+
+    from evr.cli import load_settings
+    from evr.services import core
+    from evr.timeutil import utcnow
+
+    from .redactions import Jobs, Redactor
+
+    if args.jobs < 1 or args.jobs > 64:
+        print("evr worker: --jobs must be between 1 and 64")
+        return 2
+    settings = load_settings(args)
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with core(settings) as opened:
+            jobs = Jobs(settings, utcnow, opened.db, opened.audit)
+            redactor = Redactor(settings, utcnow, opened.db, opened.store, opened.signing_key, opened.audit, jobs,
+                                args.jobs)
+            print(f"evr worker {redactor.name}: taking redaction jobs", flush=True)
+            ran = await redactor.run(stop, once=args.once)
+            print(f"evr worker: {ran} job(s) run", flush=True)
+        return 0
+
+    return asyncio.run(run())

@@ -30,6 +30,9 @@ from .manifest import Problem
 
 #: Files an export holds beside the segments.
 PACKAGE_FILES = {mf.MANIFEST, mf.SIGNATURE, mf.PUBLIC_KEY, mf.README}
+#: And a redacted copy, its original's manifest and signature, as signed.
+SOURCE_MANIFEST = "source-manifest.json"
+SOURCE_SIGNATURE = "source-manifest.sig"
 #: Where a stored recording keeps copies derived from it (playback): not evidence.
 DERIVED = "derived/"
 
@@ -92,6 +95,15 @@ class StoredPackage(Package):
             return None
 
 
+@dataclass(frozen=True)
+class Source:
+    """What a redacted copy was made from, checked: the original and the operations."""
+
+    recording_id: str
+    manifest_sha256: str
+    operations: dict[str, Any]
+
+
 @dataclass
 class Report:
     recording_id: str
@@ -100,6 +112,8 @@ class Report:
     end_reason: str
     key_sha256: str
     manifest: dict[str, Any]
+    #: For a redacted copy: its original, whose signed manifest was checked with it.
+    source: Optional[Source] = None
 
 
 async def check_signed(package: Package, kind: mf.Kind,
@@ -150,17 +164,65 @@ async def verify(package: Package, trusted_key: Optional[Ed25519PublicKey] = Non
         if len(data) != entry.get("size") or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
             raise Problem(f"segment {want} does not match its SHA-256 in the manifest (changed or swapped)")
     names = await package.names()
-    extra = sorted(names - set(expected) - PACKAGE_FILES)
+    described = parsed.get("recording")
+    recording: dict[str, Any] = described if isinstance(described, dict) else {}
+    allowed = PACKAGE_FILES
+    source = None
+    if recording.get("kind") == "redacted":
+        source = await check_source(package, recording, segments, key)
+        allowed = PACKAGE_FILES | {SOURCE_MANIFEST, SOURCE_SIGNATURE}
+    extra = sorted(names - set(expected) - allowed)
     if extra:
         raise Problem(f"{extra[0]} is not part of the signed recording")
     return Report(
-        recording_id=str(parsed.get("recording", {}).get("id")),
+        recording_id=str(recording.get("id")),
         segments=len(segments),
         gaps=sum(1 for e in entries if e.get("type") == "gap"),
         end_reason=str(entries[-1].get("reason")),
         key_sha256=fingerprint(key),
         manifest=parsed,
+        source=source,
     )
+
+
+async def check_source(package: Package, recording: dict[str, Any], segments: list[dict[str, Any]],
+                       key: Ed25519PublicKey) -> Source:
+    """A redacted copy's provenance: the original's manifest shipped with it is the
+    one the copy names (its SHA-256), signed by the same key, whole; every segment of
+    the copy was made from one of the original's; the operations are named."""
+    from .operations import parse as parse_operations
+
+    named = recording.get("source")
+    redaction = recording.get("redaction")
+    if not isinstance(named, dict) or not isinstance(redaction, dict):
+        raise Problem(f"{mf.MANIFEST}: a redacted copy that does not name its original and its operations")
+    body = await package.read(SOURCE_MANIFEST)
+    signature = await package.read(SOURCE_SIGNATURE)
+    if body is None or signature is None:
+        raise Problem(f"{SOURCE_MANIFEST if body is None else SOURCE_SIGNATURE} (the original's manifest) is missing")
+    if hashlib.sha256(body).hexdigest() != named.get("manifest_sha256"):
+        raise Problem(f"{SOURCE_MANIFEST}: not the original's manifest the copy names (its SHA-256 differs)")
+    try:
+        mf.check_signature(key, body, signature)
+    except Problem:
+        raise Problem(f"{SOURCE_MANIFEST}: the original's signature does not match") from None
+    original = mf.parse(body)
+    mf.check_chain(original["entries"], original.get("head"))
+    mf.check_end(original["entries"])
+    if not isinstance(original.get("recording"), dict) or original["recording"].get("id") != named.get("recording_id"):
+        raise Problem(f"{SOURCE_MANIFEST}: it describes another recording than the copy names")
+    sources = {e.get("sha256") for e in mf.segments(original["entries"])}
+    for entry in segments:
+        if entry.get("source_sha256") not in sources:
+            raise Problem(f"{mf.MANIFEST}: segment {entry.get('file')} names no segment of the original")
+    operations = redaction.get("operations")
+    if not isinstance(operations, dict):
+        raise Problem(f"{mf.MANIFEST}: the redaction names no operations")
+    try:
+        parse_operations(operations, None)
+    except Exception:  # noqa: BLE001 - ApiError: the words of the check are what matter here
+        raise Problem(f"{mf.MANIFEST}: the redaction's operations are not readable") from None
+    return Source(str(named["recording_id"]), str(named["manifest_sha256"]), operations)
 
 
 HOW_TO_VERIFY = """\
@@ -189,4 +251,18 @@ How to verify
    (e.g. openssl pkeyutl -verify -pubin -inkey public_key.pem -rawin
    -in manifest.json -sigfile manifest.sig), then compute the SHA-256 of each
    seg-NNNNNN.webm (sha256sum) and compare it with its entry in manifest.json.
+"""
+
+REDACTED_NOTE = """
+This is a redacted copy
+- It was made from recording {source}, whose manifest has SHA-256
+  {source_sha256}: that manifest and its signature are here as
+  source-manifest.json and source-manifest.sig. The original itself is
+  unchanged and held by the force.
+- manifest.json names every operation (ranges muted, boxes blurred or
+  masked, faces blurred) and, for each segment, the SHA-256 of the original
+  segment it was made from. Video was decoded and encoded again (VP8); sound
+  outside the muted ranges is the original's, unchanged.
+- evr recording verify checks the copy and its provenance (the original's
+  manifest, its signature and the link of every segment to it).
 """

@@ -12,7 +12,15 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from evr.audit import Actor
-from evr.db import Consultation, EvidenceItem, RetentionAssignment, RetentionHold, RetentionItem, RetentionReview
+from evr.db import (
+    Consultation,
+    EvidenceItem,
+    Recording,
+    RetentionAssignment,
+    RetentionHold,
+    RetentionItem,
+    RetentionReview,
+)
 from evr.errors import checked_reason
 from evr.timeutil import rfc3339
 
@@ -68,8 +76,11 @@ class Commands(ScheduleQueries):
         except (ValueError, TypeError, AttributeError):
             raise RetentionError(404, "not_found", f"{target!r} is not an item or consultation id.") from None
         item = await db.get(EvidenceItem, target)
-        if item is not None:
-            return "item", item.consultation_id, [item]
+        if item is not None:  # with the redacted copies made from it: they go with their original
+            copies = list(await db.scalars(select(EvidenceItem).join(Recording, Recording.id == EvidenceItem.id)
+                                           .where(Recording.source_recording_id == item.id)
+                                           .order_by(EvidenceItem.id)))
+            return "item", item.consultation_id, [item, *copies]
         if await db.get(Consultation, target) is not None:
             items = list(await db.scalars(select(EvidenceItem).where(EvidenceItem.consultation_id == target)))
             return "consultation", target, items

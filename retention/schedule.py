@@ -239,6 +239,7 @@ class Schedule:
             select(EvidenceItem.id, EvidenceItem.kind, EvidenceItem.consultation_id, EvidenceItem.created_at,
                    Consultation.created_at.label("opened_at"), RetentionAssignment.retention_class,
                    RetentionAssignment.subject_dob, Recording.classification, Recording.started_at,
+                   Recording.source_recording_id,
                    RetentionItem.review_decision, RetentionItem.reviewed_at, RetentionItem.next_review_at)
             .join(Consultation, Consultation.id == EvidenceItem.consultation_id)
             .outerjoin(RetentionAssignment, RetentionAssignment.consultation_id == EvidenceItem.consultation_id)
@@ -255,7 +256,8 @@ class Schedule:
             review = ReviewState(r.review_decision, r.reviewed_at, r.next_review_at) if r.review_decision else None
             due = self.policy.due(rule, start, r.subject_dob, review)
             out.append(Computed(r.id, r.consultation_id, rule, due.due_at, due.action,
-                                r.id in holds or r.consultation_id in holds))
+                                # a redacted copy is held with its original (and shares its rule and start)
+                                bool({r.id, r.consultation_id, r.source_recording_id} & holds)))
         return out
 
     async def _update(self, db: AsyncSession, computed: Iterable[Computed]) -> int:

@@ -82,6 +82,15 @@ class Settings:
     #: Media packets a recording may have waiting for the disk before it drops
     #: (and records a gap): memory stays bounded when the disk stalls.
     recording_queue_packets: int = 1500
+    #: Redaction jobs (blurred and muted copies of recordings) ``evr serve`` runs itself,
+    #: one after another up to this many at once; 0 leaves them to ``evr worker``.
+    #: Each runs in a process of its own (no keys), at low priority, with this much
+    #: address space (MiB), and a job whose worker stops reporting for
+    #: ``redaction_stale_seconds`` is queued again (at most ``redaction_attempts`` starts).
+    redaction_workers: int = 1
+    redaction_memory_mb: int = 2048
+    redaction_stale_seconds: float = 60.0
+    redaction_attempts: int = 3
     #: The force's time zone: its days (performance indicators grouped by day) and
     #: the dates printed on statements.
     timezone: str = "Europe/London"

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Boolean,
     Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -224,8 +225,49 @@ class Recording(Base):
     #: Hash of the newest manifest entry (the head of the chain).
     head_hash: Mapped[str] = mapped_column(String(64))
     manifest_sha256: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
-    #: ``non_evidential`` (31-day class) until staff mark it ``evidential``.
+    #: ``non_evidential`` (31-day class) until staff mark it ``evidential``. A redacted
+    #: copy's follows its original's.
     classification: Mapped[str] = mapped_column(String(16), default="non_evidential")
+    #: ``original`` (captured in a call) or ``redacted`` (a copy made from
+    #: ``source_recording_id``, whose manifest had ``source_manifest_sha256``, by the
+    #: operations in ``redaction``; see :mod:`evr.recording.redactions`).
+    kind: Mapped[str] = mapped_column(String(16), default="original")
+    source_recording_id: Mapped[Optional[str]] = mapped_column(String(36), nullable=True, index=True)
+    source_manifest_sha256: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    redaction: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON, nullable=True)
+
+
+class RedactionJob(Base):
+    """A request to make a redacted copy of a recording, queued here so that it
+    survives a restart, run by one worker at a time (:mod:`evr.recording.redactions`).
+    ``status``: queued, running, done, failed or cancelled."""
+
+    __tablename__ = "redaction_jobs"
+    __table_args__ = (Index("ix_redaction_jobs_status_created", "status", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    consultation_id: Mapped[str] = mapped_column(ForeignKey("consultations.id"))
+    recording_id: Mapped[str] = mapped_column(ForeignKey("recordings.id"), index=True)
+    operations: Mapped[dict[str, Any]] = mapped_column(JSON)
+    reason: Mapped[str] = mapped_column(Text)
+    requested_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    status: Mapped[str] = mapped_column(String(16))
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    #: Seconds left, as the worker estimates them.
+    eta_s: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    #: Why it failed, in a sentence for the officer.
+    error: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    result_recording_id: Mapped[Optional[str]] = mapped_column(String(36), nullable=True)
+    #: Which worker runs it (host and process), and how many times one started it.
+    worker: Mapped[Optional[str]] = mapped_column(String(100), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
+    #: Written by the running worker every few seconds: a job whose worker stopped
+    #: writing it is queued again (:meth:`evr.recording.redactions.Jobs.claim`).
+    heartbeat_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, nullable=True)
 
 
 class Guest(Base):

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .links import UnknownTokens
     from .location import Locations
     from .notify import Notifier
+    from .recording.redactions import Jobs
     from .recording.service import Recordings
     from .retention.service import Retention
     from .signalling import Hub
@@ -57,6 +58,7 @@ AUDIT: web.AppKey[AuditLog] = web.AppKey("audit")
 STORE: web.AppKey[EvidenceStore] = web.AppKey("store")
 SIGNING_KEY: web.AppKey[Ed25519PrivateKey] = web.AppKey("signing_key")
 RECORDINGS: web.AppKey[Recordings] = web.AppKey("recordings")
+REDACTIONS: web.AppKey[Jobs] = web.AppKey("redactions")
 UPLOADS: web.AppKey[Uploads] = web.AppKey("uploads")
 STATEMENTS: web.AppKey[Statements] = web.AppKey("statements")
 RETENTION: web.AppKey[Retention] = web.AppKey("retention")

@@ -45,6 +45,7 @@ from .http import (
     NOTIFIER,
     QUEUE_BOARD,
     RECORDINGS,
+    REDACTIONS,
     RETENTION,
     SETTINGS,
     SIGNING_KEY,
@@ -127,6 +128,7 @@ async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
     from .incidents.service import Incidents
     from .incidents.webhooks import Webhooks
     from .location import Locations
+    from .recording.redactions import Jobs, Redactor
     from .recording.service import Recordings
     from .retention.policy import Policy
     from .retention.service import Retention, sweep_forever
@@ -172,6 +174,8 @@ async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
     if recovered:
         log.warning("%d statement(s) were being sealed at an unclean stop; recovered", recovered)
 
+    jobs = app[REDACTIONS] = Jobs(settings, clock, db, audit)
+
     policy = Policy.from_config(settings.retention)
     retention = app[RETENTION] = Retention(db, audit, store, policy, clock, signing_key)
 
@@ -179,6 +183,9 @@ async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
     background.spawn(purge_forever(uploads), "purge unfinished uploads")
     background.spawn(sweep_forever(retention, policy.sweep_minutes), "retention sweep")
     background.spawn(remind_forever(surveys), "survey reminders")
+    if settings.redaction_workers > 0:  # else left to `evr worker` processes
+        redactor = Redactor(settings, clock, db, store, signing_key, audit, jobs, settings.redaction_workers)
+        background.spawn(redactor.run(), "redaction jobs")
     webhooks.start()
     try:
         yield
