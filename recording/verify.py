@@ -49,18 +49,26 @@ class Package(ABC):
 
 
 class ZipPackage(Package):
-    def __init__(self, path: Path) -> None:
+    """An export archive, or (``within``, a folder's name ending in ``/``) one folder of
+    a larger archive: a disclosure bundle holds a package per item."""
+
+    def __init__(self, path: Path, within: str = "", archive: Optional[zipfile.ZipFile] = None) -> None:
+        self.within = within
+        if archive is not None:
+            self.zip = archive
+            return
         try:
             self.zip = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError) as exc:
             raise Problem(f"{path.name}: not a readable export archive ({exc})") from None
 
     async def names(self) -> set[str]:
-        return {n for n in self.zip.namelist() if not n.endswith("/")}
+        return {n[len(self.within):] for n in self.zip.namelist()
+                if n.startswith(self.within) and not n.endswith("/")}
 
     async def read(self, name: str) -> Optional[bytes]:
         try:
-            return self.zip.read(name)
+            return self.zip.read(self.within + name)
         except KeyError:
             return None
 

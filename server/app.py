@@ -8,7 +8,7 @@ from typing import Any, Awaitable, Callable, Optional
 
 from aiohttp import web
 
-from . import chat, guests, links, openapi, pages, uploads
+from . import chat, disclosure, guests, links, openapi, pages, uploads
 from .auth import CSRF_HEADER, SESSION_COOKIE, csrf_ok, resolve_api_key
 from .config import Settings
 from .consultations import consultation_json, created_json, message_json, parse_new
@@ -78,6 +78,7 @@ def create_app(settings: Settings, clock: Clock = utcnow, notifier: Optional[Not
     links.setup(app)
     guests.setup(app)
     chat.setup(app)
+    disclosure.setup(app)
     openapi.setup(app)
     app.on_shutdown.append(shutdown)
     app.add_routes(

@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .transcripts import register as chat_commands
 
     chat_commands(commands, _common)
+
+    from .disclosure import register as disclosure_commands
+
+    disclosure_commands(commands, _common)
     return parser
 
 
