@@ -1,6 +1,7 @@
 """Statements over HTTP: the officer drafts and sends, the victim reads, asks for a
-change or signs, staff download the sealed PDF. Every step is audit-logged and told
-live to the consultation's sockets as ``{"type": "statement", "id", "status", "version"}``.
+change or signs, staff download the sealed PDF or its disclosure copy (the rear page
+withheld). Every step is audit-logged and told live to the consultation's sockets as
+``{"type": "statement", "id", "status", "version"}``.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def setup(app: web.Application) -> None:
         web.post(staff + "/{sid}/send", send),
         web.get(staff + "/{sid}/preview", staff_preview),
         web.get(staff + "/{sid}/pdf", download),
+        web.get(staff + "/{sid}/disclosure.pdf", disclosure),
         web.get(victim, victim_list),
         web.get(victim + "/{sid}", victim_get),
         web.get(victim + "/{sid}/preview", victim_preview),
@@ -273,6 +275,22 @@ async def download(request: web.Request) -> web.Response:
                                     consultation_id=consultation.id, reason=reason,
                                     details={"sha256": statement.sha256})
     return _pdf_response(data, f"statement-{statement.id}.pdf", True)
+
+
+async def disclosure(request: web.Request) -> web.Response:
+    """The sealed statement's disclosure copy: its statement pages without the rear page
+    (the witness's personal details), marked and signed by the service. Who may download
+    the sealed PDF may download this, on the same terms; every copy is in the audit log
+    (``statement.disclosure``) with the original's SHA-256, as s.62 asks of a disclosure."""
+    staff = current_staff(request)
+    reason = checked_reason(request.query.get("reason"), required=False)
+    consultation, statement = await _staff_statement(request, staff)
+    copy = await request.app[STATEMENTS].disclosure_copy(consultation, statement)
+    await request.app[AUDIT].record(actor(request, staff), "statement.disclosure", f"statement:{statement.id}",
+                                    consultation_id=consultation.id, reason=reason,
+                                    details={"original_sha256": copy.original_sha256, "sha256": copy.sha256,
+                                             "version": copy.version, "pages": copy.pages})
+    return _pdf_response(copy.pdf, copy.filename, True)
 
 
 # -- the victim ------------------------------------------------------------------------

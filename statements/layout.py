@@ -6,6 +6,11 @@ victim's page shows exactly those pages and rows; :func:`render` draws the same 
 into the PDF. Signing only fills the reserved places (the signature on every page and
 after the last line, the typed name, the date): nothing moves, so the page count in
 the s.9 declaration the witness read is the one sealed.
+
+A disclosure copy (:class:`Disclosure`) is the same statement pages drawn the same
+way, without the rear page (the witness's contact details and needs are never
+disclosed to the defence), each page marked as a copy and naming the sealed original's
+SHA-256 in the margins the statement leaves empty, so nothing on the page moves.
 """
 
 from __future__ import annotations
@@ -125,6 +130,22 @@ class Signed:
     height: int
     typed_name: str
     signed_at: datetime
+
+
+@dataclass(frozen=True)
+class Disclosure:
+    """What makes a rendering a disclosure copy: the sealed original it is a copy of."""
+
+    original_sha256: str
+
+    @property
+    def keyword(self) -> str:
+        """Named in the PDF's keywords (covered by its signature), for ``evr statement verify``."""
+        return f"evr-disclosure-of:{self.original_sha256}"
+
+
+DISCLOSURE_TITLE = "DISCLOSURE COPY"
+DISCLOSURE_WITHHELD = "the witness's personal details (the MG 11 rear page) are withheld"
 
 
 def _pdf() -> FPDF:
@@ -310,25 +331,65 @@ def _zone(name: str) -> Any:
 
 
 def render(doc: Document, layout: Layout, created: datetime, signed: Optional[Signed] = None,
-           tz: str = "Europe/London") -> bytes:
-    """The PDF of ``layout``; unsigned (empty signature places) for a preview."""
+           tz: str = "Europe/London", disclosure: Optional[Disclosure] = None) -> bytes:
+    """The PDF of ``layout``; unsigned (empty signature places) for a preview. With
+    ``disclosure``, its statement pages alone, each marked as a disclosure copy of the
+    sealed original (the rear page is left out, not blanked: nothing of it is in the file)."""
     pdf = _pdf()
-    pdf.set_title("MG11 witness statement")
-    pdf.set_subject(f"EVR statement {doc.statement_id} version {doc.version}")
-    pdf.set_keywords(f"evr-statement:{doc.statement_id} evr-version:{doc.version}")
+    keywords = f"evr-statement:{doc.statement_id} evr-version:{doc.version}"
+    if disclosure is None:
+        pdf.set_title("MG11 witness statement")
+        pdf.set_subject(f"EVR statement {doc.statement_id} version {doc.version}")
+    else:
+        pdf.set_title("MG11 witness statement: disclosure copy (rear page withheld)")
+        pdf.set_subject(f"EVR statement {doc.statement_id} version {doc.version}, disclosure copy of the sealed "
+                        f"original with SHA-256 {disclosure.original_sha256}")
+        keywords += " " + disclosure.keyword
+    pdf.set_keywords(keywords)
     pdf.set_author(doc.force_name or "EVR")
     pdf.set_creator("EVR")
     pdf.set_producer("EVR")
     pdf.set_creation_date(created)
     date = signed.signed_at.astimezone(_zone(tz)).strftime("%d/%m/%Y %H:%M %Z") if signed else ""
-    for page in layout.pages:
+    pages = layout.pages if disclosure is None else [p for p in layout.pages if p.kind == "statement"]
+    for page in pages:
         pdf.add_page()
         y = TOP
         for row in page.rows:
             _draw(pdf, row, y, signed, date, REAR_LABEL if page.kind == "rear" else FRONT_LABEL)
             y += STYLES[row.kind][2]
         _footer(pdf, page, doc, signed)
+        if disclosure is not None:
+            _mark(pdf, page, layout.statement_pages, disclosure)
     return bytes(pdf.output())
+
+
+def _fitted(pdf: FPDF, text: str, bold: bool, size: float, width: float = WIDTH) -> None:
+    """Set the font at ``size`` points, smaller when ``text`` would not fit ``width``."""
+    pdf.set_font(FONT, "B" if bold else "", size)
+    while pdf.get_string_width(text) > width and size > 5:
+        size -= 0.25
+        pdf.set_font(FONT, "B" if bold else "", size)
+
+
+def _mark(pdf: FPDF, page: Page, pages: int, disclosure: Disclosure) -> None:
+    """A disclosure copy's marks, above the banner and below the footer (space every
+    page leaves empty): what it is, what is withheld, the original's hash, and that its
+    page numbers are the original's statement pages, all of them."""
+    title = f"{DISCLOSURE_TITLE}: {DISCLOSURE_WITHHELD}"
+    _fitted(pdf, title, True, 9)
+    pdf.set_xy(LEFT, 4)
+    pdf.cell(WIDTH, 4, title, align="C")
+    original = f"Original (sealed) SHA-256: {disclosure.original_sha256}"
+    _fitted(pdf, original, False, 7.5)
+    pdf.set_xy(LEFT, 8)
+    pdf.cell(WIDTH, 3.5, original, align="C")
+    count = f"{pages} page{'s' if pages != 1 else ''}"
+    note = (f"Disclosure copy: page {page.number} of the statement's {count}, all included; "
+            "the rear page (witness details) is withheld.")
+    _fitted(pdf, note, False, 7.5)
+    pdf.set_xy(LEFT, 289)
+    pdf.cell(WIDTH, 3.5, note, align="C")
 
 
 def _font(pdf: FPDF, kind: str, bold: Optional[bool] = None) -> None:

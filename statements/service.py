@@ -5,6 +5,8 @@ so two browsers, two tabs or two server processes can never both win: the loser
 gets 409. Sealing renders the same layout the witness was shown with their signature
 in the reserved places, signs it as PAdES and adds it, with the signature image and
 the signing record, to the evidence store (add-only) under ``statements/<c>/<s>/``.
+A disclosure copy is drawn again from what was sealed, without the rear page, and
+signed alike; the original is only read.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ from evr.audit import Actor, AuditLog
 from evr.config import Settings
 from evr.db import Consultation, EvidenceItem, Statement, StatementEvent, StatementSignature, StatementVersion
 from evr.errors import ApiError, not_found
+from evr.evidence import IntegrityError, ItemMissing
 from evr.timeutil import Clock, rfc3339
 
 from . import content as sc
-from .layout import Document, Layout, Signed, paginate, render
+from .layout import Disclosure, Document, Layout, Signed, paginate, render
 from .signing import Identity, seal
 
 log = logging.getLogger(__name__)
@@ -76,6 +79,24 @@ class SignatureImage:
     height: int
 
 
+@dataclass(frozen=True)
+class DisclosureCopy:
+    """A sealed statement's disclosure copy (its rear page withheld), signed by the service."""
+
+    statement_id: str
+    version: int
+    pdf: bytes
+    sha256: str
+    #: The sealed original's SHA-256, printed on every page of the copy.
+    original_sha256: str
+    #: Its pages: the original's statement pages, all of them.
+    pages: int
+
+    @property
+    def filename(self) -> str:
+        return f"statement-{self.statement_id}-disclosure.pdf"
+
+
 def conflict(code: str, message: str) -> ApiError:
     return ApiError(409, code, message)
 
@@ -114,6 +135,13 @@ def check_signature(data_url: Any) -> SignatureImage:
         raise _refused("empty_signature", "The signature is empty: sign in the box.")
     if len(raw) > MAX_SIGNATURE_BYTES:
         raise _refused("signature_too_large", too_large)
+    return signature_image(raw)
+
+
+def signature_image(raw: bytes) -> SignatureImage:
+    """A signature PNG's bytes checked and cropped to the ink: what :func:`check_signature`
+    does once the data URL is decoded, and what a disclosure copy does again with the
+    stored image (the same bytes give the same crop, so the copy draws what was sealed)."""
     try:
         width, height = png_size(raw)
     except ValueError:
@@ -531,6 +559,81 @@ class Statements:
             signature = await db.get(StatementSignature, statement.id)
         name = (signature.record or {}).get("document_name") if signature else None
         return await self.store.read_bytes(prefix(consultation.id, statement.id) + (name or PDF_NAME))
+
+    # -- disclosure -------------------------------------------------------------------
+
+    async def disclosure(self, consultation: Consultation, statement: Statement) -> bytes:
+        """The sealed statement's disclosure copy, as a signed PDF (see :meth:`disclosure_copy`)."""
+        return (await self.disclosure_copy(consultation, statement)).pdf
+
+    async def disclosure_copy(self, consultation: Consultation, statement: Statement) -> DisclosureCopy:
+        """The sealed statement's pages without the rear page, for the prosecutor and the
+        defence: the MG11's rear page (the witness's contact details and needs) is never
+        disclosed. Drawn from the sealed version's stored content, the witness's stored
+        signature image and the signing record, exactly as the original's statement pages
+        (same layout, same page numbers, the signature on every page), each page marked as
+        a disclosure copy naming the original's SHA-256, and signed (PAdES) by the
+        service's certificate like the original, so ``evr statement verify`` checks it.
+
+        Read-only: the original's stored files, hash and records are untouched, and
+        the copy is not stored (it is made again on each request). 404 for an unknown
+        statement, 409 ``not_signed`` unless sealed, 410 ``disposed`` once its content is
+        disposed of, 409 ``original_mismatch`` when what is stored is not what was sealed
+        (no copy is made of something that is not the original)."""
+        async with self.db() as db:
+            fresh = await db.get(Statement, statement.id)
+            if fresh is None or fresh.consultation_id != consultation.id:
+                raise not_found("No such statement.")
+            signature = await db.get(StatementSignature, statement.id)
+            if fresh.status != "signed" or signature is None:
+                raise conflict("not_signed", "This statement has not been signed yet: only a sealed statement has "
+                                             "a disclosure copy.")
+            version = await self.version(db, fresh, signature.version)
+        record = signature.record or {}
+        base = prefix(consultation.id, statement.id)
+        pdf_name = str(record.get("document_name") or PDF_NAME)
+        suffix = pdf_name[len("statement"):-len(".pdf")] if pdf_name.startswith("statement") else ""
+        png_name = _attempt_names(suffix)[0]
+        try:
+            original = await self.store.read_bytes(base + pdf_name)
+            png = await self.store.read_bytes(base + png_name)
+        except ItemMissing:
+            raise ApiError(410, "disposed", "This statement's content was disposed of: there is nothing left to "
+                                            "disclose.") from None
+        except IntegrityError as exc:
+            log.error("statement %s: the stored original cannot be read: %s", statement.id, exc)
+            raise _mismatch() from None
+        original_sha256 = hashlib.sha256(original).hexdigest()
+        png_sha256 = hashlib.sha256(png).hexdigest()
+        if original_sha256 != signature.document_sha256 or png_sha256 != signature.signature_sha256:
+            log.error("statement %s: the stored original or signature image differs from the signing record",
+                      statement.id)
+            raise _mismatch()
+        rendered = await self.rendered(consultation, fresh, version, signature.officer or fresh.sent_by or "")
+        if (rendered.layout.statement_pages, rendered.layout.declaration) != (signature.pages, signature.declaration):
+            # Another release's layout: a copy would not show the pages the witness signed.
+            log.error("statement %s: laid out again, its pages differ from the sealed ones", statement.id)
+            raise _mismatch()
+        try:
+            image = await asyncio.to_thread(signature_image, png)
+        except ApiError:
+            raise _mismatch() from None
+        signed = Signed(image.cropped, image.width, image.height, signature.typed_name, signature.signed_at)
+        mark = Disclosure(original_sha256)
+        pdf = await asyncio.to_thread(render, rendered.doc, rendered.layout, signature.signed_at, signed,
+                                      self.settings.statement_timezone or self.settings.timezone, mark)
+        copy = await seal(
+            pdf, self.identity,
+            reason=f"Disclosure copy of MG11 witness statement {statement.id} (version {version.version}), its rear "
+                   f"page (the witness's personal details) withheld; original SHA-256 {original_sha256}",
+            location="EVR video response", name=self.identity.subject)
+        return DisclosureCopy(statement.id, version.version, copy, hashlib.sha256(copy).hexdigest(),
+                              original_sha256, signature.pages)
+
+
+def _mismatch() -> ApiError:
+    return conflict("original_mismatch", "The stored statement is not the one that was sealed: no disclosure copy "
+                                         "can be made of it. The evidence store needs checking.")
 
 
 def _is_uuid(value: str) -> bool:
