@@ -222,7 +222,35 @@ SCHEMAS: dict[str, Schema] = {
         id=UUID, participant=STR, participant_user=STR_OR_NULL, started_at=TIME, ended_at=TIME_OR_NULL,
         duration_s={"type": "number"}, segments=INT, manifest_sha256=SHA256_OR_NULL, status=STR,
         classification={"type": "string", "enum": ["non_evidential", "evidential"]},
+        kind={"type": "string", "enum": ["original", "redacted"]}, source_recording={"type": ["string", "null"]},
+        source_manifest_sha256=SHA256_OR_NULL, redaction={"type": ["object", "null"]},
     ),
+    "RedactionRequest": {
+        "type": "object", "required": ["reason"],
+        "description": "Seconds from the recording's start; a box is x, y, width, height as fractions of the frame.",
+        "properties": {
+            "reason": {"type": "string", "minLength": 1, "maxLength": 1000},
+            "mute": _array(_obj(("from", "to"), **{"from": {"type": "number"}, "to": {"type": "number"}})),
+            "blur": _array(_obj(("from", "to", "box"), **{
+                "from": {"type": "number"}, "to": {"type": "number"},
+                "box": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
+                "style": {"type": "string", "enum": ["blur", "mask"]}})),
+            "blur_faces": BOOL,
+        },
+    },
+    "RedactionJob": _obj(
+        ("id", "status", "progress", "recording_id"),
+        id=UUID, status={"type": "string", "enum": ["queued", "running", "done", "failed", "cancelled"]},
+        progress={"type": "number", "minimum": 0, "maximum": 1}, eta_s={"type": ["number", "null"]},
+        recording_id={"type": ["string", "null"]}, source_recording_id=UUID, error=STR_OR_NULL,
+        cancel_requested=BOOL, operations=ANY_OBJECT, created_at=TIME, started_at=TIME_OR_NULL,
+        finished_at=TIME_OR_NULL,
+    ),
+    "DisclosureRequest": {
+        "type": "object", "required": ["reason", "items"],
+        "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": 1000},
+                       "items": {"type": "array", "items": UUID, "minItems": 1, "maxItems": 500}},
+    },
     "Classification": {
         "type": "object", "required": ["classification", "reason"],
         "properties": {"classification": {"type": "string", "enum": ["non_evidential", "evidential"]},
@@ -377,6 +405,8 @@ EXAMPLES: dict[str, Any] = {
                      "eligibility": {"adult_or_carer_present": True, "offender_absent": True,
                                      "safe_location": True, "consent": True}},
     "classification": {"classification": "evidential", "reason": "Shows the suspect's face"},
+    "redaction": {"reason": "Disclosure to the CPS", "mute": [{"from": 1.0, "to": 2.5}],
+                  "blur": [{"from": 0, "to": 9.5, "box": [0.1, 0.1, 0.3, 0.3]}], "blur_faces": False},
     "statement": {"witness": {"name": "Sam Victim", "over_18": True, "occupation": "Teacher"},
                   "text": "On Monday I saw a man take my bicycle from the front garden.",
                   "exhibits": [{"ref": "SV/1", "description": "Photograph of the garden"}],
@@ -534,6 +564,27 @@ def _paths() -> dict[str, dict[str, Any]]:
             "Mark evidential or not (officers, sergeants)", "recordings",
             {"200": _answer("The recording.", _ref("Recording"))}, security=STAFF_WRITE, params=(CID, RID),
             body=_ref("Classification"), example=EXAMPLES["classification"], errors=(400, 404, 413, 422))},
+        rec + "/redactions": {
+            "post": _op("Ask for a redacted copy (officers, sergeants, records): queued, 202", "recordings",
+                        {"202": _answer("The job, queued.", _ref("RedactionJob"))}, security=STAFF_WRITE,
+                        params=(CID, RID), body=_ref("RedactionRequest"), example=EXAMPLES["redaction"],
+                        errors=(400, 404, 409, 413, 422)),
+            "get": _op("The redaction jobs of a recording", "recordings", {"200": _answer(
+                           "Newest first.", _obj(("redactions",), redactions=_array(_ref("RedactionJob"))))},
+                       security=STAFF_READ, params=(CID, RID), errors=(404,))},
+        rec + "/redactions/{xid}": {"get": _op(
+            "A redaction job: status, progress, time left, the copy when done", "recordings",
+            {"200": _answer("The job.", _ref("RedactionJob"))}, security=STAFF_READ, errors=(404,),
+            params=(CID, RID, _param("xid", "path", UUID, description="The redaction job.")))},
+        rec + "/redactions/{xid}/cancel": {"post": _op(
+            "Cancel a redaction job", "recordings", {"200": _answer("The job.", _ref("RedactionJob"))},
+            security=STAFF_WRITE, errors=(404, 409),
+            params=(CID, RID, _param("xid", "path", UUID, description="The redaction job.")))},
+        c + "/disclosure": {"post": _op(
+            "A disclosure bundle for the prosecutor (zip; audit-logged with its reason)", "recordings",
+            {"200": _answer("The bundle (`evr disclosure verify` checks it).",
+                            media={"application/zip": {"schema": {"type": "string", "format": "binary"}}})},
+            security=STAFF_WRITE, params=(CID,), body=_ref("DisclosureRequest"), errors=(400, 404, 409, 413, 422))},
         # -- chat
         c + "/chat": {"get": _op(
             "The chat transcript so far (audit-logged)", "chat",
@@ -627,6 +678,10 @@ def _paths() -> dict[str, dict[str, Any]]:
                                      params=(CID, SID), errors=(404,))},
         st + "/pdf": {"get": _op("The sealed PDF (audit-logged)", "statements", {"200": _answer("PDF.", media=PDF)},
                                  security=STAFF_READ, params=(CID, SID, REASON), errors=(404, 409, 422))},
+        st + "/disclosure.pdf": {"get": _op(
+            "The disclosure copy: the MG11 without its rear page, signed (audit-logged)", "statements",
+            {"200": _answer("PDF.", media=PDF)}, security=STAFF_READ, params=(CID, SID, REASON),
+            errors=(404, 409, 410, 422))},
         # -- retention and the audit log
         c + "/retention": {
             "get": _op("The consultation's retention class and the choices", "retention",
