@@ -261,7 +261,8 @@ async def test_cancel_restart_and_failure_leave_nothing_behind(call, server, set
 
 
 @pytest.mark.serve_worker
-async def test_evr_serve_runs_jobs_itself_and_a_copy_is_kept_and_held_with_its_original(call, server):
+async def test_evr_serve_runs_jobs_itself_and_a_copy_is_kept_held_and_disposed_of_with_its_original(
+        call, server, clock):
     c = await recorded_call(call, seconds=1.5)
     rec = await victim_recording(c)
     body = {"reason": "CPS", "blur": [{"from": 0, "to": 1, "box": [0, 0, 0.5, 0.5]}]}
@@ -273,6 +274,16 @@ async def test_evr_serve_runs_jobs_itself_and_a_copy_is_kept_and_held_with_its_o
     original, copy = rows[rec["id"]], rows[done["recording_id"]]
     assert (copy.rule, copy.due_at, copy.action) == (original.rule, original.due_at, original.action)
     assert not copy.held
-    await retention.hold(Actor("rita", "records"), rec["id"], "Appeal pending")
+    rita = Actor("rita", "records")
+    await retention.hold(rita, rec["id"], "Appeal pending")
     rows = {r.item_id: r for r in await retention.items_of(c.id)}
     assert rows[rec["id"]].held and rows[done["recording_id"]].held
+    clock.advance(days=32)  # past the 31 days of a non-evidential recording
+    await retention.sweep()
+    rows = {r.item_id: r for r in await retention.items_of(c.id)}
+    assert rows[rec["id"]].state == rows[done["recording_id"]].state == "active"  # held: kept, both
+    await retention.release(rita, rec["id"], "Appeal decided")
+    await retention.sweep()
+    rows = {r.item_id: r for r in await retention.items_of(c.id)}
+    assert rows[rec["id"]].state == rows[done["recording_id"]].state == "disposed"
+    assert await server.app[STORE].keys(f"recordings/{c.id}/{done['recording_id']}/") == []
