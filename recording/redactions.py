@@ -426,7 +426,7 @@ class Redactor:
         error: Optional[str] = None
         last = 0.0
         loop = asyncio.get_running_loop()
-        stderr = asyncio.ensure_future(process.stderr.read(64 * 1024))
+        stderr = asyncio.ensure_future(_drain(process.stderr))
         try:
             process.stdin.write(json.dumps(request).encode())
             await process.stdin.drain()
@@ -454,6 +454,7 @@ class Redactor:
         if error is not None:
             raise JobFailed(f"The recording could not be redacted: {error}")
         if code != 0 or done is None or not isinstance(done.get("segments"), list):
+            log.warning("redaction %s: the media process ended with status %s", job.id, code)
             raise JobFailed("The redaction process stopped before it finished (exit status "
                             f"{code}). Ask again; if it fails again, tell your IT team.")
         if len(done["segments"]) != len(inputs):
@@ -600,6 +601,13 @@ def _message(line: bytes) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - a line that is not ours is ignored
         return {}
     return parsed if isinstance(parsed, dict) else {}
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    """Read the media process's standard error to its end, so that it never blocks on
+    a full pipe; what it says is not kept (it may name what it was working on)."""
+    while await stream.read(1 << 16):
+        pass
 
 
 def _fresh_folder(folder: Path) -> None:

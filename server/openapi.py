@@ -164,6 +164,11 @@ PARTICIPANT = _obj(
 )
 CONSULTATION_STATUS: Schema = {"type": "string", "enum": ["waiting", "live", "paused", "closed"]}
 
+#: A redaction's time range (seconds from the recording's start) and box (fractions of the frame).
+SPAN: dict[str, Schema] = {"from": {"type": "number"}, "to": {"type": "number"}}
+BOX: dict[str, Schema] = {"box": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
+                          "style": {"type": "string", "enum": ["blur", "mask"]}}
+
 SCHEMAS: dict[str, Schema] = {
     "Error": {
         "type": "object",
@@ -230,11 +235,8 @@ SCHEMAS: dict[str, Schema] = {
         "description": "Seconds from the recording's start; a box is x, y, width, height as fractions of the frame.",
         "properties": {
             "reason": {"type": "string", "minLength": 1, "maxLength": 1000},
-            "mute": _array(_obj(("from", "to"), **{"from": {"type": "number"}, "to": {"type": "number"}})),
-            "blur": _array(_obj(("from", "to", "box"), **{
-                "from": {"type": "number"}, "to": {"type": "number"},
-                "box": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
-                "style": {"type": "string", "enum": ["blur", "mask"]}})),
+            "mute": _array(_obj(("from", "to"), **SPAN)),
+            "blur": _array(_obj(("from", "to", "box"), **SPAN, **BOX)),
             "blur_faces": BOOL,
         },
     },
