@@ -2,8 +2,12 @@
 // In the call view a panel lists them live (polling); from the list, "Recordings" opens
 // the consultation's page with the same panel. Each recording can be played (a copy
 // joined by remux; every viewing is audit-logged), marked evidential or not (with a
-// reason) and exported for disclosure (with a reason).
+// reason) and exported for disclosure (with a reason). A finished recording can be
+// redacted (console-redaction.js: mute ranges, boxes to blur, faces); the redacted copy
+// is listed as a recording of its own ("Redacted copy of ..."), whose class follows
+// the original's.
 
+import { RedactionEditor } from '/static/console-redaction.js';
 import { $, api, el, errorText } from '/static/staff.js';
 
 const POLL_MS = 4000;
@@ -18,6 +22,18 @@ function fmtSeconds(s) {
 const WHO = { victim: 'Victim', officer: 'Officer', sergeant: 'Sergeant' };
 const STATUS = { recording: 'Recording now', complete: 'Complete', terminated: 'Ended by a server restart' };
 const CLASS = { non_evidential: 'Non-evidential (kept 31 days)', evidential: 'Evidential' };
+
+const plural = (n, one, many = `${one}s`) => `${n} ${n === 1 ? one : many}`;
+
+/** What a redacted copy had done to it (its ``redaction`` operations), in words. */
+function redactionText(ops) {
+  if (!ops) return 'Redacted';
+  const done = [];
+  if (ops.mute?.length) done.push(`${plural(ops.mute.length, 'range')} muted`);
+  if (ops.blur?.length) done.push(`${plural(ops.blur.length, 'box', 'boxes')} blurred or masked`);
+  if (ops.blur_faces) done.push('faces blurred');
+  return done.join(', ') || 'Redacted';
+}
 
 /** A form that asks for a reason, then runs ``act(reason)``; says what happened. */
 function reasonForm(label, button, act) {
@@ -54,13 +70,46 @@ export class RecordingsPanel {
     this.rows = new Map();
     this.consultation = null;
     this.timer = null;
+    this.editor = null;
+    this.titles = new Map(); // recording id -> how the list names it (for "Redacted copy of ...")
+  }
+
+  /** How the list names a recording: who, from when; a redacted copy by its original. */
+  title(rec) {
+    if (rec.kind === 'redacted') {
+      const source = this.titles.get(rec.source_recording);
+      return `Redacted copy of ${source || 'a recording'}`;
+    }
+    return `${WHO[rec.participant] || rec.participant}${rec.participant_user ? ` (${rec.participant_user})` : ''}`
+      + ` from ${fmtTime(rec.started_at)}`;
+  }
+
+  /** The redaction editor of ``rec``, below the list (one at a time); back to ``from`` when closed. */
+  redact(rec, from) {
+    this.editor?.close();
+    const editor = new RedactionEditor({
+      base: `/api/consultations/${encodeURIComponent(this.consultation)}/recordings`,
+      recording: rec,
+      title: this.title(rec),
+      level: this.root.querySelector('h2') ? 3 : 2,
+      onDone: () => this.refresh(),
+      onClose: () => {
+        if (this.editor === editor) this.editor = null;
+        if (from.isConnected) from.focus();
+      },
+    });
+    this.editor = editor;
+    this.root.append(editor.node);
+    editor.focus();
   }
 
   follow(consultation, poll) {
     if (consultation === this.consultation) return;
     clearInterval(this.timer);
     this.consultation = consultation;
+    this.editor?.close();
     this.rows.clear();
+    this.titles.clear();
     this.list.replaceChildren();
     this.player.removeAttribute('src');
     this.player.load();
@@ -81,6 +130,7 @@ export class RecordingsPanel {
     if (!r.ok || consultation !== this.consultation) return;
     const { recordings } = r.data;
     this.empty.hidden = recordings.length > 0;
+    for (const rec of recordings) if (rec.kind !== 'redacted') this.titles.set(rec.id, this.title(rec));
     for (const rec of recordings) {
       if (!this.rows.has(rec.id)) {
         const made = this.row(rec);
@@ -102,7 +152,9 @@ export class RecordingsPanel {
     mark.type = 'button';
     const exp = el('button', 'Export…');
     exp.type = 'button';
-    actions.append(play, mark, exp);
+    const redact = el('button', 'Redact…');
+    redact.type = 'button';
+    actions.append(play, mark, exp, redact);
     let rec = first;
     const classify = reasonForm('Why? (kept in the audit log)', 'Save', async (reason) => {
       const to = rec.classification === 'evidential' ? 'non_evidential' : 'evidential';
@@ -129,21 +181,28 @@ export class RecordingsPanel {
     });
     mark.addEventListener('click', () => { classify.hidden = !classify.hidden; exporter.hidden = true; });
     exp.addEventListener('click', () => { exporter.hidden = !exporter.hidden; classify.hidden = true; });
+    redact.addEventListener('click', () => this.redact(rec, redact));
 
     const render = (now) => {
       rec = now;
-      head.textContent = `${WHO[now.participant] || now.participant}${now.participant_user ? ` (${now.participant_user})` : ''}`
-        + ` from ${fmtTime(now.started_at)}`;
+      const copy = now.kind === 'redacted';
+      head.textContent = this.title(now);
       const rows = [
         ['Status', STATUS[now.status] || now.status],
         ['Length', `${fmtSeconds(now.duration_s)} in ${now.segments} segment${now.segments === 1 ? '' : 's'}`],
-        ['Class', CLASS[now.classification] || now.classification],
+        ...(copy ? [['Redaction', redactionText(now.redaction)]] : []),
+        ['Class', copy ? `${CLASS[now.classification] || now.classification} (as the original)`
+          : CLASS[now.classification] || now.classification],
         ['Manifest SHA-256', now.manifest_sha256 || 'sealed when the recording ends'],
       ];
       facts.replaceChildren(...rows.flatMap(([t, v]) => [el('dt', t), el('dd', v)]));
       play.disabled = now.segments === 0;
       exp.disabled = !now.manifest_sha256;
       mark.textContent = now.classification === 'evidential' ? 'Mark non-evidential…' : 'Mark evidential…';
+      // A redacted copy's class follows its original's; copies are made of originals.
+      mark.hidden = copy;
+      if (copy) classify.hidden = true;
+      redact.hidden = copy || now.status !== 'complete' || !now.manifest_sha256 || now.segments === 0;
     };
     render(first);
     return { li, render };
