@@ -33,7 +33,7 @@ from evr.http import (
     read_json,
 )
 from evr.keys import fingerprint, public_pem
-from evr.roles import CALL_ROLES
+from evr.roles import CALL_ROLES, EVIDENCE_ROLES
 from evr.timeutil import rfc3339
 
 from . import manifest as mf
@@ -84,11 +84,11 @@ def recording_json(r: Recording) -> dict[str, Any]:
     }
 
 
-async def _consultation(request: web.Request, staff: Staff) -> Consultation:
+async def evidence_consultation(request: web.Request, staff: Staff) -> Consultation:
     """The consultation, if this member of staff may see it. Records staff see every
     consultation's recordings (they manage retention), but open content only with a reason.
     No one else: admin manages users, not evidence."""
-    staff.require(*CALL_ROLES, "records")
+    staff.require(*EVIDENCE_ROLES)
     cid = request.match_info["id"]
     async with request.app[DB]() as db:
         if staff.role == "records":
@@ -104,7 +104,7 @@ async def _consultation(request: web.Request, staff: Staff) -> Consultation:
 
 
 async def _recording(request: web.Request, staff: Staff) -> tuple[Consultation, Recording]:
-    consultation = await _consultation(request, staff)
+    consultation = await evidence_consultation(request, staff)
     try:
         uuid.UUID(request.match_info["rid"])
     except ValueError:  # never sent to the database (PostgreSQL refuses a NUL, say)
@@ -123,7 +123,7 @@ def _reason(request: web.Request, required: bool) -> Optional[str]:
 
 async def list_recordings(request: web.Request) -> web.Response:
     staff = current_staff(request)
-    consultation = await _consultation(request, staff)
+    consultation = await evidence_consultation(request, staff)
     async with request.app[DB]() as db:
         rows = await db.scalars(select(Recording).where(Recording.consultation_id == consultation.id)
                                 .order_by(Recording.started_at, Recording.id))
@@ -280,16 +280,12 @@ async def classify(request: web.Request) -> web.Response:
 
 # -- redaction ---------------------------------------------------------------------------
 
-#: Who asks for redacted copies: those who handle a call's evidence, and records staff.
-REDACTION_ROLES = (*CALL_ROLES, "records")
-
-
 async def request_redaction(request: web.Request) -> web.Response:
     """Queue a redacted copy (202). Checked before anything is queued: the recording
     (404), a reason (422), a finished recording (409), every range within it and every
     box within the frame (422)."""
     staff = current_staff(request)
-    staff.require(*REDACTION_ROLES)
+    staff.require(*EVIDENCE_ROLES)
     body = await read_json(request)
     if not isinstance(body, dict):
         raise ApiError(422, "invalid", "Send a JSON object: reason, mute, blur, blur_faces.")
@@ -306,7 +302,7 @@ async def request_redaction(request: web.Request) -> web.Response:
 
 async def list_redactions(request: web.Request) -> web.Response:
     staff = current_staff(request)
-    staff.require(*REDACTION_ROLES)
+    staff.require(*EVIDENCE_ROLES)
     _, recording = await _recording(request, staff)
     jobs = await request.app[REDACTIONS].of_recording(recording.id)
     return web.json_response({"redactions": [job_json(j) for j in jobs]})
@@ -314,7 +310,7 @@ async def list_redactions(request: web.Request) -> web.Response:
 
 async def get_redaction(request: web.Request) -> web.Response:
     staff = current_staff(request)
-    staff.require(*REDACTION_ROLES)
+    staff.require(*EVIDENCE_ROLES)
     _, recording = await _recording(request, staff)
     job = await request.app[REDACTIONS].get(recording.id, request.match_info["xid"])
     return web.json_response(job_json(job))
@@ -322,7 +318,7 @@ async def get_redaction(request: web.Request) -> web.Response:
 
 async def cancel_redaction(request: web.Request) -> web.Response:
     staff = current_staff(request)
-    staff.require(*REDACTION_ROLES)
+    staff.require(*EVIDENCE_ROLES)
     _, recording = await _recording(request, staff)
     jobs = request.app[REDACTIONS]
     job = await jobs.cancel(actor(request, staff), await jobs.get(recording.id, request.match_info["xid"]))

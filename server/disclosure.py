@@ -45,11 +45,10 @@ from sqlalchemy import select
 from . import transcripts
 from .auth import Staff
 from .db import Consultation, EvidenceItem, Recording, Statement, Upload
-from .errors import ApiError, checked_reason, not_found
+from .errors import ApiError, checked_reason
 from .http import (
     AUDIT,
     CLOCK,
-    CONSULTATIONS,
     DB,
     SETTINGS,
     SIGNING_KEY,
@@ -60,7 +59,7 @@ from .http import (
     read_json,
 )
 from .keys import fingerprint, public_pem
-from .roles import CALL_ROLES
+from .recording.api import evidence_consultation
 from .timeutil import rfc3339
 
 FORMAT = "evr-disclosure/1"
@@ -72,8 +71,6 @@ README = "HOW-TO-VERIFY.txt"
 BUNDLE_FILES = {SCHEDULE, SIGNATURE, SCHEDULE_CSV, PUBLIC_KEY, README}
 #: Items in one bundle at most (a consultation holds far fewer).
 MAX_ITEMS = 500
-#: Who discloses: those who handle a call's evidence, and records staff.
-DISCLOSURE_ROLES = (*CALL_ROLES, "records")
 
 
 @dataclass
@@ -110,22 +107,6 @@ def setup(app: web.Application) -> None:
     app.add_routes([web.post("/api/consultations/{id}/disclosure", disclose)])
 
 
-async def _consultation(request: web.Request, staff: Staff) -> Consultation:
-    staff.require(*DISCLOSURE_ROLES)
-    cid = request.match_info["id"]
-    async with request.app[DB]() as db:
-        if staff.role != "records":
-            return await request.app[CONSULTATIONS].get(db, staff, cid)
-        try:
-            uuid.UUID(cid)
-        except ValueError:
-            raise not_found("No such consultation.") from None
-        found = await db.get(Consultation, cid)
-        if found is None:
-            raise not_found("No such consultation.")
-        return found
-
-
 def _item_ids(value: Any) -> list[str]:
     if not isinstance(value, list) or not value:
         raise ApiError(422, "items_required", "Name the items to disclose: a list of ids.", fields=["items"])
@@ -149,7 +130,7 @@ async def disclose(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     if not isinstance(body, dict):
         raise ApiError(422, "invalid", "Send a JSON object: reason and items.")
-    consultation = await _consultation(request, staff)
+    consultation = await evidence_consultation(request, staff)
     reason = checked_reason(body.get("reason"))
     ids = _item_ids(body.get("items"))
     async with request.app[DB]() as db:

@@ -17,6 +17,9 @@ from __future__ import annotations
 ROLES = ("officer", "sergeant", "records", "admin", "call_handler", "integration")
 #: Roles that take part in calls, create consultations and handle their evidence.
 CALL_ROLES = ("officer", "sergeant")
+#: Roles that reach a consultation's evidence: those who handle the call, and records
+#: staff (every consultation's, content only with a reason), who also redact and disclose it.
+EVIDENCE_ROLES = (*CALL_ROLES, "records")
 #: Roles that see every consultation, not only their own.
 SUPERVISOR_ROLES = ("sergeant",)
 #: Names the audit log uses for actors who are not staff accounts.
