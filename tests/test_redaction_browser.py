@@ -41,6 +41,10 @@ def settings(settings):
     return settings
 
 
+async def recordings_of(officer, cid: str) -> list[dict[str, Any]]:
+    return (await (await officer.get(f"/api/consultations/{cid}/recordings")).json())["recordings"]
+
+
 async def end_of(officer, base: str) -> float:
     """Where a recording ends on its own timeline: its end entry, from its start (what
     the server checks a range against, and so what the editor calls the end)."""
@@ -93,7 +97,7 @@ async def recorded_call(ui: UI, staff) -> tuple[Any, Any, str]:
     cid = created["id"]
 
     async def sealed():  # the recordings page reads the list once, when it opens
-        listed = (await (await officer.get(f"/api/consultations/{cid}/recordings")).json())["recordings"]
+        listed = await recordings_of(officer, cid)
         return listed and all(r["manifest_sha256"] for r in listed)
 
     await eventually(sealed, what="every recording sealed")
@@ -106,7 +110,7 @@ async def test_officer_redacts_a_recording_and_the_copy_plays_beside_it(ui: UI, 
     page = desk.locator("#page-recordings")
     victim = page.locator("li", has_text=re.compile("^Victim from")).filter(has_text="Complete")
     await victim.wait_for()
-    recordings = (await (await officer.get(f"/api/consultations/{cid}/recordings")).json())["recordings"]
+    recordings = await recordings_of(officer, cid)
     original = next(r for r in recordings if r["participant"] == "victim" and r["track"] == "camera")
     base = f"/api/consultations/{cid}/recordings/{original['id']}"
 
@@ -214,7 +218,7 @@ async def test_officer_redacts_a_recording_and_the_copy_plays_beside_it(ui: UI, 
     [mute] = ops["mute"]
     assert at - 0.1 <= mute["from"] <= at and mute["to"] == pytest.approx(mute_to)
     assert ops["blur_faces"] is False
-    after = {r["id"]: r for r in (await (await officer.get(f"/api/consultations/{cid}/recordings")).json())["recordings"]}
+    after = {r["id"]: r for r in await recordings_of(officer, cid)}
     assert after[original["id"]]["manifest_sha256"] == original["manifest_sha256"]
     assert after[done["recording_id"]]["kind"] == "redacted"
     assert after[done["recording_id"]]["source_recording"] == original["id"]
@@ -238,4 +242,3 @@ async def test_officer_redacts_a_recording_and_the_copy_plays_beside_it(ui: UI, 
     failed = (await (await officer.get(f"{base}/redactions")).json())["redactions"][0]
     assert failed["status"] == "failed" and failed["error"]
     assert await job.get_by_role("alert").inner_text() == failed["error"]
-
