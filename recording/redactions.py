@@ -567,12 +567,15 @@ async def copies_of(db: Any, recording_id: str) -> list[Recording]:
 
 
 async def duration_of(db: Any, recording: Recording) -> float:
-    """Seconds from a sealed recording's start to its end entry (what a range may reach)."""
-    entries = await entries_of(db, recording.id)
-    end = next((e for e in reversed(entries) if e.get("type") == "end"), None)
-    if end is None:
-        return 0.0
-    return max(0.0, (_instant(end["at"]) - recording.started_at).total_seconds())
+    """Seconds from a sealed recording's start to the last instant it holds (what a
+    range may reach): its end entry, or its last segment's end when that comes a few
+    milliseconds later (a segment ends where its last frame does)."""
+    last = recording.started_at
+    for entry in await entries_of(db, recording.id):
+        for name in ("ended_at", "to", "at"):
+            if isinstance(entry.get(name), str):
+                last = max(last, _instant(entry[name]))
+    return (last - recording.started_at).total_seconds()
 
 
 def _tool() -> dict[str, str]:

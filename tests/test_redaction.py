@@ -10,6 +10,7 @@ import hashlib
 import io
 import uuid
 import zipfile
+from datetime import datetime
 
 import av
 import pytest
@@ -122,6 +123,14 @@ async def test_a_bad_request_is_refused_clearly_and_starts_nothing(call, server,
     # Nothing was queued, nothing was logged as requested.
     assert await jobs_in_db(server) == []
     assert "recording.redaction_request" not in await actions(server)
+    # A range may reach the recording's last instant: its last segment's end.
+    entries = (await (await c.officer.get(f"/api/consultations/{c.id}/recordings/{rec['id']}")).json())["entries"]
+    last = max(e.get("ended_at") or e.get("at") for e in entries)
+    started = rec["started_at"]
+    span = (datetime.fromisoformat(last.replace("Z", "+00:00"))
+            - datetime.fromisoformat(started.replace("Z", "+00:00"))).total_seconds()
+    whole = await c.officer.post(url(c, rec["id"]), {"reason": "x", "mute": [{"from": 0, "to": span}]})
+    assert whole.status == 202, await whole.text()
 
 
 async def test_a_job_makes_a_redacted_copy_that_verifies_and_leaves_the_original_untouched(
