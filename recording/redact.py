@@ -56,9 +56,15 @@ AUDIO_BITRATE_GUESS = 40_000
 #: frames; with 4 and the smoothing, none (tests/test_redact_media.py).
 BLOCK = 8
 CELLS = 4
-#: Faces: looked for every this many ms of media, in the luma scaled to this width.
-FACE_EVERY_MS = 120
+#: Faces: looked for every this many ms of media, in the luma scaled to this width, at
+#: sizes from FACE_MIN pixels of that (48 pixels of a 640-pixel frame: a face across a
+#: room) up, each size FACE_STEP times the last. Haar cascades cost most on the small
+#: sizes and on busy pictures: these keep a face search within about a third of one
+#: core per second of media.
+FACE_EVERY_MS = 150
 FACE_WIDTH = 320
+FACE_MIN = 24
+FACE_STEP = 1.2
 #: A face is blurred for this long after it was last seen (a missed detection, a turn
 #: of the head, never unblurs it) ...
 FACE_HOLD_MS = 700
@@ -189,10 +195,13 @@ def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, flo
 
 @dataclass
 class Faces:
-    """Finds faces every :data:`FACE_EVERY_MS` of media with OpenCV's Haar cascades (a
-    frontal one, and the profile one on the picture and its mirror, in turn) and keeps
-    each face blurred until it has been unseen for :data:`FACE_HOLD_MS`. The cascades
-    ship inside the opencv wheel: nothing is fetched, nothing leaves the machine."""
+    """Finds faces every :data:`FACE_EVERY_MS` of media with OpenCV's Haar cascades and
+    keeps each face blurred until it has been unseen for :data:`FACE_HOLD_MS`. The
+    frontal cascade runs every time; the profile one (which costs twice as much) every
+    other time, on the picture and on its mirror in turn (it knows faces turned one way
+    only), so a face in profile is looked for at least every 4 x 150 ms, within the hold.
+    The cascades ship inside the opencv wheel: nothing is fetched, nothing leaves the
+    machine."""
 
     tracks: list[_Track] = field(default_factory=list)
     last_ms: Optional[int] = None
@@ -219,14 +228,16 @@ class Faces:
         small = cv2.equalizeHist(small)
         sw, sh = small.shape[1], small.shape[0]
         found: list[tuple[float, float, float, float]] = []
-        for x, y, w, h in self.frontal.detectMultiScale(small, 1.15, 3, minSize=(20, 20)):
+        size = (FACE_MIN, FACE_MIN)
+        for x, y, w, h in self.frontal.detectMultiScale(small, FACE_STEP, 3, minSize=size):
             found.append((x / sw, y / sh, (x + w) / sw, (y + h) / sh))
-        mirrored = self.runs % 2 == 1
-        for x, y, w, h in self.profile.detectMultiScale(cv2.flip(small, 1) if mirrored else small, 1.15, 3,
-                                                        minSize=(20, 20)):
-            if mirrored:
-                x = sw - x - w
-            found.append((x / sw, y / sh, (x + w) / sw, (y + h) / sh))
+        if self.runs % 2 == 0:
+            mirrored = self.runs % 4 == 2
+            for x, y, w, h in self.profile.detectMultiScale(cv2.flip(small, 1) if mirrored else small, FACE_STEP,
+                                                            3, minSize=size):
+                if mirrored:
+                    x = sw - x - w
+                found.append((x / sw, y / sh, (x + w) / sw, (y + h) / sh))
         self.runs += 1
         for box in found:
             best = max(self.tracks, key=lambda track: _iou(track.box, box), default=None)
@@ -442,7 +453,7 @@ def _redact_segment(segment: Segment, number: int, state: _Recording) -> Segment
                 result.last_ms = end if result.last_ms is None else max(result.last_ms, end)
                 output.mux(packet)
 
-        for packet in _demux(source, number):
+        for packet in _demux(source):
             if state.cancelled():
                 raise Cancelled()
             if packet.pts is None or packet.size == 0:
@@ -475,16 +486,14 @@ def _redact_segment(segment: Segment, number: int, state: _Recording) -> Segment
         partial.unlink(missing_ok=True)
 
 
-def _demux(source: Any, number: int) -> Iterator[av.Packet]:
+def _demux(source: Any) -> Iterator[av.Packet]:
     """The source's packets; a segment cut short (a crash while it was written) ends
     where its readable data ends."""
     packets = source.demux()
     while True:
         try:
             packet = next(packets)
-        except StopIteration:
-            return
-        except av.FFmpegError:
+        except (StopIteration, av.FFmpegError):
             return
         yield packet
 
@@ -501,18 +510,18 @@ def _redact_frame(frame: Any, t_ms: int, width: int, height: int, operations: Op
         return frame
     picture = frame.to_ndarray()
     planes = _planes(picture, width, height)
-    for box in boxes:
-        _cover(planes, box.pixels(width, height), box.style)
+    rects: list[tuple[int, int, int, int]] = []
     if faces:
         if state.faces is None:
             state.faces = Faces()
-        if state.faces.due(t_ms):
+        if state.faces.due(t_ms):  # on the picture as it came: a box over half a face hides only half
             state.faces.detect(planes[0], t_ms)
         rects = state.faces.boxes(t_ms, width, height)
-        for rect in rects:
-            _cover(planes, rect, "blur")
-        if rects:
-            result.frames_with_faces += 1
+        result.frames_with_faces += bool(rects)
+    for box in boxes:
+        _cover(planes, box.pixels(width, height), box.style)
+    for rect in rects:
+        _cover(planes, rect, "blur")
     return av.VideoFrame.from_ndarray(picture, format="yuv420p")
 
 
@@ -521,8 +530,10 @@ def _audio(packet: av.Packet, ms: int, stream: Any, operations: Operations, stat
     """The packet itself outside every mute range; inside, silence of its length at its time."""
     data = bytes(packet)
     samples = opus_samples(data) or 960
-    packet.stream = stream
     if not operations.muted(ms / 1000, (ms + samples / 48) / 1000):
+        packet.pts = packet.dts = ms
+        packet.time_base = MS
+        packet.stream = stream
         return packet
     assert state.silence is not None
     result.muted_packets += 1
@@ -540,6 +551,7 @@ def redact(inputs: list[Segment], operations: Operations,
     """Redact a recording's segments (in order) into their outputs. Raises
     :class:`Cancelled` when ``cancelled()`` turns true and :class:`RedactionFailed`
     when a source cannot be read; either way no output is left behind."""
+    cv2.setNumThreads(1)  # one core's worth, wherever it runs: the server's CPU is for calls
     state = _Recording(operations, cancelled, _Progress(inputs, progress))
     results: list[SegmentResult] = []
     try:
@@ -587,8 +599,15 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_term)
 
     def say(message: dict[str, Any]) -> None:
-        out.write(json.dumps(message) + "\n")
-        out.flush()
+        nonlocal stop
+        try:
+            out.write(json.dumps(message) + "\n")
+            out.flush()
+        except OSError:  # nobody is reading any more: stop and clean up
+            stop = True
+
+    def report(fraction: float, eta: Optional[float]) -> None:
+        say({"progress": round(fraction, 4), "eta_s": None if eta is None else round(eta, 1)})
 
     try:
         job = json.loads(sys.stdin.read())
@@ -601,8 +620,7 @@ def main() -> int:
         return EXIT_FAILED
     _limit(int(memory_mb) if memory_mb else None)
     try:
-        done = redact(inputs, operations, lambda f, eta: say({"progress": round(f, 4), "eta_s": eta}),
-                      lambda: stop)
+        done = redact(inputs, operations, report, lambda: stop)
     except Cancelled:
         say({"error": "The redaction was cancelled.", "cancelled": True})
         return EXIT_CANCELLED
