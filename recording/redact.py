@@ -10,7 +10,14 @@ else changes: each segment becomes one output segment with the same timestamps
 (VP8, Opus), so the copy plays, joins (:mod:`evr.recording.playback`) and is hashed
 and signed like the original. Sound outside every mute range is copied bit for bit;
 a packet touching a mute range is swapped for encoded silence of the same length at
-the same time, so audio and video stay together.
+the same time, so audio and video stay together. Silence therefore covers a range
+rounded out to whole packets (20 ms from a browser); what remains of the range's
+edges is the codec's 2.5 ms overlap into the packet before, and after it the decoder
+takes a few packets to come back up to the sound's level (never above it).
+
+A frame whose size changes mid-segment (a phone turned) is scaled to the segment's
+first size: one WebM stream has one size, and the next segment starts afresh at the
+new one.
 
 One VP8 decoder runs across the segments, as the recording was one stream (a segment
 written after a crash may not start with a keyframe; frames that cannot be decoded
@@ -414,6 +421,7 @@ def _redact_segment(segment: Segment, number: int, state: _Recording) -> Segment
     partial = _partial(segment.output)
     output: Any = None
     try:
+        partial.parent.mkdir(parents=True, exist_ok=True)
         video_in = next((s for s in source.streams if s.type == "video"), None)
         audio_in = next((s for s in source.streams if s.type == "audio"), None)
         if video_in is None and audio_in is None:

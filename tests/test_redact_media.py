@@ -22,7 +22,7 @@ import pytest
 
 from evr.recording.operations import Box, Operations, Span
 from evr.recording.recorder import Packet, SegmentClosed, SegmentWriter
-from evr.recording.redact import Cancelled, RedactionFailed, Segment, opus_samples, redact
+from evr.recording.redact import Cancelled, RedactionFailed, Segment, Silence, opus_samples, redact
 
 ROOT = Path(__file__).resolve().parent.parent
 FACE = Path(__file__).resolve().parent / "data" / "face.jpg"
@@ -230,6 +230,18 @@ def test_muting_silences_its_range_and_copies_every_other_packet_bit_for_bit(tmp
     # The packets after the range are the source's: the decoder, which has just decoded
     # silence, takes a few of them to come back to the tone's level (never louder).
     assert all(0.0 < rms[t] <= 0.18 for t in rms if 2000 <= t < 2200)
+
+
+@pytest.mark.parametrize("samples", [120, 240, 360, 480, 960, 1920, 2880, 5760])
+def test_silence_comes_in_every_length_an_opus_packet_can_have(samples):
+    """2.5 ms to 120 ms: one packet, as long as the one it replaces, decoding to zeros."""
+    data = Silence(2).packet(samples)
+    assert opus_samples(data) == samples
+    decoder = av.CodecContext.create("opus", "r")
+    decoder.sample_rate, decoder.layout = 48000, "stereo"
+    frames = decoder.decode(av.Packet(data))
+    assert sum(f.samples for f in frames) == samples
+    assert all(not f.to_ndarray().any() for f in frames)
 
 
 def test_every_output_segment_keeps_the_timing_and_starts_with_a_keyframe(tmp_path):
