@@ -426,7 +426,8 @@ def _redact_segment(segment: Segment, number: int, state: _Recording) -> Segment
         audio_in = next((s for s in source.streams if s.type == "audio"), None)
         if video_in is None and audio_in is None:
             raise RedactionFailed(f"Segment {number} of the recording holds neither video nor sound.")
-        output = av.open(str(partial), "w", format="webm", options={"cluster_time_limit": str(CLUSTER_MS)})
+        output = av.open(str(partial), "w", format="webm",  # bitexact: no random segment id, no date
+                         options={"cluster_time_limit": str(CLUSTER_MS), "fflags": "+bitexact"})
         video_out = audio_out = None
         width = height = 0
         if video_in is not None:
@@ -441,7 +442,10 @@ def _redact_segment(segment: Segment, number: int, state: _Recording) -> Segment
             codec.time_base = MS
             codec.thread_count = 1
             codec.gop_size = 300
-            codec.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "auto-alt-ref": "0"}
+            # A negative cpu-used fixes libvpx's speed; a positive one lets VP8's realtime
+            # mode pick it (4 to 16) by timing frames against the wall clock, so the
+            # bytes, and the CPU spent, would depend on how busy the machine was.
+            codec.options = {"deadline": "realtime", "cpu-used": "-8", "lag-in-frames": "0", "auto-alt-ref": "0"}
         if audio_in is not None:
             audio_out = output.add_stream_from_template(audio_in)
             audio_out.time_base = MS

@@ -258,16 +258,19 @@ class Redactor:
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.work = settings.data_dir / "spool" / "redactions"
         self.tasks = TaskSet("redactions")
+        #: Jobs this worker claimed and has not ended.
+        self.running: dict[str, RedactionJob] = {}
 
     async def run(self, stop: Optional[asyncio.Event] = None, once: bool = False) -> int:
         """Take jobs until ``stop`` is set (or, ``once``, until the queue is empty);
-        how many ran. Cancelled (the service stopping), the jobs running go back to
-        the queue for the next start."""
+        how many ran. Stopped or cancelled (the service stopping), every job it
+        claimed and did not end goes back to the queue for the next start: one whose
+        task was still starting, or a claim that committed as the cancel came, too."""
         await self._clear_leftovers()
         ran = 0
         try:
             while stop is None or not stop.is_set():
-                job = await self.jobs.claim(self.name) if len(self.tasks) < self.slots else None
+                job = await self._claim() if len(self.tasks) < self.slots else None
                 if job is not None:
                     ran += 1
                     self.tasks.spawn(self.run_job(job), f"job {job.id}")
@@ -281,9 +284,27 @@ class Redactor:
                 _, pending = await asyncio.wait(waits, timeout=POLL_SECONDS, return_when=asyncio.FIRST_COMPLETED)
                 for waiting in pending:
                     waiting.cancel()
-        finally:  # stopped: what runs goes back to the queue (run_job)
+        finally:
             await self.tasks.close()
+            for job in list(self.running.values()):
+                await asyncio.shield(self._requeue(job))
+            self.running.clear()
         return ran
+
+    async def _claim(self) -> Optional[RedactionJob]:
+        """A job claimed for this worker and noted as running here, whatever cancels
+        the wait: a claim is one commit, and a job claimed is never left unnoted."""
+        claiming = asyncio.ensure_future(self.jobs.claim(self.name))
+        try:
+            job = await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            job = await claiming
+            if job is not None:
+                self.running[job.id] = job
+            raise
+        if job is not None:
+            self.running[job.id] = job
+        return job
 
     async def _clear_leftovers(self) -> None:
         """Folders a crash left (plaintext media) of jobs that have ended or are gone:
@@ -299,25 +320,28 @@ class Redactor:
                 await asyncio.to_thread(shutil.rmtree, folder, True)
 
     async def run_job(self, job: RedactionJob) -> None:
+        """Make a claimed job's copy, or end it failed or cancelled. Cancelled itself
+        (the service stopping), it leaves the job in :attr:`running`, which
+        :meth:`run` puts back in the queue."""
         folder = self.work / job.id
+        self.running[job.id] = job
         try:
-            await self._make(job, folder)
-        except Cancelled:
-            await self._discard(job)
-            await self.jobs.end(job, self.name, "cancelled")
-            log.info("redaction %s cancelled", job.id)
-        except JobFailed as exc:
-            await self._discard(job)
-            await self.jobs.end(job, self.name, "failed", str(exc))
-            log.warning("redaction %s failed: %s", job.id, exc)
-        except asyncio.CancelledError:  # the service stops: the job waits for the next start
-            await asyncio.shield(self._requeue(job))
-            raise
-        except Exception:  # noqa: BLE001 - the job fails, the worker goes on
-            log.exception("redaction %s failed", job.id)
-            await self._discard(job)
-            await self.jobs.end(job, self.name, "failed", "The redaction failed inside the service. Ask again; "
-                                                          "if it fails again, tell your IT team (see its log).")
+            try:
+                await self._make(job, folder)
+            except Cancelled:
+                await self._discard(job)
+                await self.jobs.end(job, self.name, "cancelled")
+                log.info("redaction %s cancelled", job.id)
+            except JobFailed as exc:
+                await self._discard(job)
+                await self.jobs.end(job, self.name, "failed", str(exc))
+                log.warning("redaction %s failed: %s", job.id, exc)
+            except Exception:  # noqa: BLE001 - the job fails, the worker goes on
+                log.exception("redaction %s failed", job.id)
+                await self._discard(job)
+                await self.jobs.end(job, self.name, "failed", "The redaction failed inside the service. Ask again; "
+                                                              "if it fails again, tell your IT team (see its log).")
+            self.running.pop(job.id, None)
         finally:
             await asyncio.to_thread(shutil.rmtree, folder, True)
 
