@@ -270,10 +270,12 @@ async def classify(request: web.Request) -> web.Response:
         row = await tx.db.get(Recording, recording.id)
         assert row is not None
         old, row.classification = row.classification, body["classification"]
-        for copy in await tx.db.scalars(select(Recording).where(Recording.source_recording_id == row.id)):
+        copies = list(await tx.db.scalars(select(Recording).where(Recording.source_recording_id == row.id)))
+        for copy in copies:
             copy.classification = row.classification  # retention keeps a copy as long as its original
         tx.add(actor(request, staff), "recording.classify", f"recording:{row.id}", consultation_id=consultation.id,
-               reason=reason, details={"from": old, "to": row.classification})
+               reason=reason, details={"from": old, "to": row.classification,
+                                       **({"redacted_copies": sorted(c.id for c in copies)} if copies else {})})
         answer = recording_json(row)
     return web.json_response(answer)
 

@@ -218,6 +218,9 @@ async def test_a_job_makes_a_redacted_copy_that_verifies_and_leaves_the_original
                                   {"classification": "evidential", "reason": "assault"})
     assert marked.status == 200
     assert {r["id"]: r for r in await recordings_of(c)}[copy["id"]]["classification"] == "evidential"
+    async with server.app[DB]() as db:
+        classified = await db.scalar(select(AuditEntry).where(AuditEntry.action == "recording.classify"))
+    assert classified.details["redacted_copies"] == [copy["id"]]
     # Nothing plain is left of the job.
     assert not any((settings.data_dir / "spool" / "redactions").glob("*/*/*.webm"))
 
