@@ -32,7 +32,7 @@ What it does:
    (``split``, ``crop``, ``scale`` down by area and back up, ``boxblur``, ``overlay``
    with ``enable='between(t,a,b)'``: the engine's blocks and smoothing), mutes the same
    range (``volume=0`` with ``enable``) and writes one WebM file: VP8 by libvpx with the
-   engine's settings (deadline realtime, cpu-used 8, no lag or alt-ref, millisecond
+   engine's settings (deadline realtime, cpu-used -8, no lag or alt-ref, millisecond
    time base, the source's timestamps, keyframes at least every 300 frames and at each
    segment's start, the bitrate the engine derives from the source's size, here over
    the whole recording), ``-threads 1``. Unlike the engine, it decodes and re-encodes
@@ -42,10 +42,9 @@ What it does:
    FFmpeg has no peer for (b): Debian's build has no face detector.
 
 libvpx's VP8 realtime mode with a positive cpu-used chooses its speed (4 to 16) from how
-long its frames take by the clock, aiming at (16 - cpu-used)/16 of a frame's interval:
-on a fast, idle CPU both encoders settle at speed 4, the slowest; on a busy one they
-may go faster and spend less CPU. Both runs follow that rule, but their CPU times too
-depend a little on what else the machine does.
+long its frames take by the clock, so its output and its CPU time would depend on what
+else the machine does; the engine and the peer both fix it with a negative one (-8:
+speed 8), so both are measured at the same, fixed speed.
 
 Targets (from the issue): (a) >= 2x real time, (b) >= 1x real time, on one core; peak
 memory < 300 MB whatever the length. Exits 1 when a target is missed.
@@ -333,7 +332,7 @@ def run_ffmpeg(ffmpeg: str, closed: list[SegmentClosed], ops: Operations, work: 
             "-threads", "1", "-f", "concat", "-safe", "0", "-i", str(work / "segments.txt"),
             "-filter_complex", ";".join(graph), "-filter_complex_threads", "1",
             "-map", f"[v{boxes}]", "-map", "[a]", "-fps_mode", "passthrough", "-enc_time_base", "1:1000",
-            "-c:v", "libvpx", "-threads", "1", "-deadline", "realtime", "-cpu-used", "8", "-lag-in-frames", "0",
+            "-c:v", "libvpx", "-threads", "1", "-deadline", "realtime", "-cpu-used", "-8", "-lag-in-frames", "0",
             "-auto-alt-ref", "0", "-b:v", str(bitrate), "-g", "300",
             "-force_key_frames", f"expr:gte(t,n_forced*{SEGMENT_S})",
             "-c:a", "libopus", "-b:a", "32k", "-cluster_time_limit", "1000",
