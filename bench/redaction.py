@@ -377,6 +377,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     cpu = max(os.sched_getaffinity(0))
     ffmpeg = shutil.which("ffmpeg")
+    if args.dir:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         work = Path(tmp)
         started = time.perf_counter()
