@@ -124,18 +124,9 @@ class Report:
     source: Optional[Source] = None
 
 
-async def check_signed(package: Package, kind: mf.Kind,
-                       trusted_key: Optional[Ed25519PublicKey] = None) -> tuple[dict[str, Any], Ed25519PublicKey]:
-    """The parsed document of ``kind`` in ``package`` and the key it was checked with:
-    present, signed (by the key trusted, else the one shipped, which must then be the
-    same), of its format, its chain whole. Raises :class:`Problem` naming the first failure."""
-    body = await package.read(kind.document)
-    if body is None:
-        raise Problem(f"{kind.document} is missing")
-    signature = await package.read(kind.signature)
-    if signature is None:
-        raise Problem(f"{kind.signature} is missing")
-    shipped = await package.read(mf.PUBLIC_KEY)
+def choose_key(shipped: Optional[bytes], trusted_key: Optional[Ed25519PublicKey]) -> Ed25519PublicKey:
+    """The key a package is checked with: the one trusted, else the one it ships
+    (``public_key.pem``), which must then be the same. :class:`Problem` otherwise."""
     key = trusted_key
     if shipped is not None:
         try:
@@ -147,6 +138,21 @@ async def check_signed(package: Package, kind: mf.Kind,
         key = key or shipped_key
     if key is None:
         raise Problem("no public key to check the signature with (give --key)")
+    return key
+
+
+async def check_signed(package: Package, kind: mf.Kind,
+                       trusted_key: Optional[Ed25519PublicKey] = None) -> tuple[dict[str, Any], Ed25519PublicKey]:
+    """The parsed document of ``kind`` in ``package`` and the key it was checked with:
+    present, signed (by the key trusted, else the one shipped, which must then be the
+    same), of its format, its chain whole. Raises :class:`Problem` naming the first failure."""
+    body = await package.read(kind.document)
+    if body is None:
+        raise Problem(f"{kind.document} is missing")
+    signature = await package.read(kind.signature)
+    if signature is None:
+        raise Problem(f"{kind.signature} is missing")
+    key = choose_key(await package.read(mf.PUBLIC_KEY), trusted_key)
     mf.check_signature(key, body, signature, kind)
     parsed = mf.parse(body, kind)
     mf.check_chain(parsed["entries"], parsed.get("head"), kind)

@@ -46,6 +46,7 @@ from . import transcripts
 from .auth import Staff
 from .db import Consultation, EvidenceItem, Recording, Statement, Upload
 from .errors import ApiError, checked_reason
+from .evidence import ItemMissing
 from .http import (
     AUDIT,
     CLOCK,
@@ -143,7 +144,11 @@ async def disclose(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     with tempfile.TemporaryFile(dir=settings.data_dir) as tmp:
         with zipfile.ZipFile(tmp, "w") as archive:
-            entries = await _write_items(request, consultation, [items[i] for i in ids], Bundle(archive))
+            try:
+                entries = await _write_items(request, consultation, [items[i] for i in ids], Bundle(archive))
+            except ItemMissing:
+                raise ApiError(410, "disposed", "An item's content was disposed of under the retention rules: "
+                                                "leave it out of the bundle.") from None
             made_at = request.app[CLOCK]()
             schedule = _schedule(consultation, entries, staff, reason, made_at, request.app[SIGNING_KEY])
             archive.writestr(SCHEDULE, schedule)
@@ -225,6 +230,8 @@ async def _recording(request: web.Request, item: EvidenceItem, bundle: Bundle) -
                   chosen.manifest_sha256, source)
     base = f"recordings/{chosen.consultation_id}/{chosen.id}/"
     await _package(request, base, entry, bundle, skip=lambda name: name.startswith(DERIVED))
+    if not entry.files:
+        raise ItemMissing(base)
     return entry
 
 
@@ -323,9 +330,8 @@ class Report:
 
 async def verify_bundle(path: Path, trusted: Optional[Ed25519PublicKey] = None) -> Report:
     """Check a bundle; :class:`Problem` names the first failure."""
-    from evr.keys import load_public_pem
     from evr.recording.manifest import Problem as PackageProblem
-    from evr.recording.verify import ZipPackage, check_signed, verify
+    from evr.recording.verify import ZipPackage, check_signed, choose_key, verify
 
     try:
         archive = zipfile.ZipFile(path)
@@ -337,17 +343,10 @@ async def verify_bundle(path: Path, trusted: Optional[Ed25519PublicKey] = None) 
             if required not in names:
                 raise Problem(f"{required} is missing")
         body, signature = archive.read(SCHEDULE), archive.read(SIGNATURE)
-        key = trusted
-        if PUBLIC_KEY in names:
-            try:
-                shipped = load_public_pem(archive.read(PUBLIC_KEY))
-            except ValueError:
-                raise Problem(f"{PUBLIC_KEY} is not an Ed25519 public key") from None
-            if trusted is not None and fingerprint(shipped) != fingerprint(trusted):
-                raise Problem(f"{PUBLIC_KEY} is not the key you trust")
-            key = key or shipped
-        if key is None:
-            raise Problem("no public key to check the schedule's signature with (give --key)")
+        try:
+            key = choose_key(archive.read(PUBLIC_KEY) if PUBLIC_KEY in names else None, trusted)
+        except PackageProblem as exc:
+            raise Problem(str(exc)) from None
         try:
             key.verify(signature, body)
         except Exception:  # noqa: BLE001 - InvalidSignature

@@ -21,7 +21,7 @@ from test_uploads import staff_headers, tus_send, upload_id
 
 from evr.db import AuditEntry, EvidenceItem
 from evr.disclosure import Problem, verify_bundle
-from evr.http import DB
+from evr.http import DB, STORE
 from evr.transcripts import item_id as chat_item_id
 
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
@@ -165,3 +165,11 @@ async def test_the_chat_transcript_is_disclosed_as_its_signed_package(call, serv
     bundle.write_bytes(await response.read())
     report = await verify_bundle(bundle)
     assert report.items == 1 and report.redacted == 0
+    # An item whose content was disposed of is refused in words, not a 500, and nothing is logged.
+    rec = (await recordings_of(c))[0]
+    await server.app[STORE].dispose_all_versions(f"recordings/{c.id}/{rec['id']}/")
+    gone = await c.officer.post(f"/api/consultations/{c.id}/disclosure", {"reason": "CPS", "items": [rec["id"]]})
+    assert gone.status == 410 and (await gone.json())["error"]["code"] == "disposed"
+    async with server.app[DB]() as db:
+        logged = list(await db.scalars(select(AuditEntry).where(AuditEntry.action == "disclosure.export")))
+    assert len(logged) == 1
