@@ -14,6 +14,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from aiortc.rtp import RtpPacket
+
 from evr.config import Settings
 from evr.consultations import Consultations
 from evr.media import bridge
@@ -54,6 +56,25 @@ def frame(pts: int) -> EncodedFrame:
     return EncodedFrame(b"\x00", pts, Fraction(1, 90000), True, 0.0)
 
 
+class Inbound:
+    """Stands in for a receiver's packet hook: whether frames are assembled."""
+
+    framing = False
+
+    def frames(self, wanted: bool) -> None:
+        self.framing = wanted
+
+
+async def media(room: Room, p: Participant, leg: Leg, feed: str, pts: int, inbound: Inbound | None = None) -> None:
+    """One frame of ``p``'s ``feed`` on ``leg``, as the room sees it: its packet on
+    the live path, then (when frames are assembled) the whole frame for the sinks."""
+    inbound = inbound or Inbound()
+    packet = RtpPacket(payload_type=96, marker=1, sequence_number=pts, timestamp=pts, ssrc=1, payload=b"\x10\x00")
+    await room._relay(p, leg, feed, inbound, packet, 0.0)  # type: ignore[arg-type]
+    if inbound.framing:
+        room._capture(p, leg, feed, frame(pts))
+
+
 def room_with(factories: list[Any]) -> tuple[Room, list[str]]:
     changes: list[str] = []
 
@@ -80,8 +101,8 @@ async def test_a_sink_is_made_at_the_first_frame_and_fed_every_forwarded_frame()
     room, changes = room_with([factory])
     victim, leg = joined(room)
     assert not asked and not room.capturing  # no media, no sink
-    room._forward(victim, leg, "video", frame(0))
-    room._forward(victim, leg, "audio", frame(1))
+    await media(room, victim, leg, "video", 0)
+    await media(room, victim, leg, "audio", 1)
     assert asked == [("c1", victim)]  # once per participant
     assert events == [("frame", "video", 0, leg), ("frame", "audio", 1, leg)]
     assert room.capturing
@@ -109,14 +130,15 @@ async def test_a_failing_sink_or_factory_never_ends_the_call():
     victim, leg = joined(room)
     class Watcher:
         pushed: list[int] = []
+        bitrate = None
 
-        def push(self, f: EncodedFrame, via: object) -> None:
-            self.pushed.append(f.pts)
+        async def forward(self, packet: RtpPacket, via: object, arrival: float) -> None:
+            self.pushed.append(packet.timestamp)
 
     watcher = Watcher()
     victim.watchers["video"].add(watcher)  # type: ignore[arg-type]
     for pts in range(3):
-        room._forward(victim, leg, "video", frame(pts))
+        await media(room, victim, leg, "video", pts)
     assert watcher.pushed == [0, 1, 2]  # the live call goes on
     assert asked == ["victim"]  # asked once, not on every frame
     assert [e[2] for e in events if e[0] == "frame"] == [0, 1, 2]  # the healthy sink still records
@@ -127,14 +149,14 @@ async def test_no_frames_while_paused_or_from_a_replaced_connection_and_gaps_say
     events: list[tuple[Any, ...]] = []
     room, _ = room_with([lambda cid, p, track: Sink(events)])
     victim, old = joined(room)
-    room._forward(victim, old, "video", frame(0))
+    await media(room, victim, old, "video", 0)
     room.set_paused(True)
     assert not room.capturing
-    room._forward(victim, old, "video", frame(1))
+    await media(room, victim, old, "video", 1)
     room.set_paused(False)
     victim.leg = new = Leg(FakePC())  # type: ignore[arg-type]
-    room._forward(victim, old, "video", frame(2))  # the replaced connection
-    room._forward(victim, new, "video", frame(3))
+    await media(room, victim, old, "video", 2)  # the replaced connection
+    await media(room, victim, new, "video", 3)
     await room.disconnect(victim)
     assert events == [("frame", "video", 0, old), ("gap", "pause"), ("frame", "video", 3, new),
                       ("gap", "disconnected")]
@@ -145,19 +167,19 @@ async def test_closing_the_room_closes_every_sink_once_after_the_connections():
     events: list[tuple[Any, ...]] = []
     room, _ = room_with([lambda cid, p, track: Sink(events), lambda cid, p, track: Sink(events)])
     victim, leg = joined(room)
-    room._forward(victim, leg, "audio", frame(0))
+    await media(room, victim, leg, "audio", 0)
     await room.close("server_shutdown")
     assert leg.pc.closed  # type: ignore[attr-defined]
     assert events == [("frame", "audio", 0, leg)] * 2 + [("close", "server_shutdown")] * 2
     assert not room.capturing
-    room._forward(victim, leg, "audio", frame(1))  # after close: nothing more
+    await media(room, victim, leg, "audio", 1)  # after close: nothing more
     assert len(events) == 4
 
 
 async def test_a_factory_may_leave_a_participant_alone():
     room, changes = room_with([lambda cid, p, track: None])
     victim, leg = joined(room)
-    room._forward(victim, leg, "video", frame(0))
+    await media(room, victim, leg, "video", 0)
     assert victim.sinks == [] and not room.capturing
     await room.tasks.wait(1)
     assert changes == []
@@ -172,7 +194,7 @@ async def test_the_hub_gives_its_rooms_the_sinks_the_app_gave_it(tmp_path: Path)
     room = hub.room(SimpleNamespace(id="c1", status="live"))  # type: ignore[arg-type]
     victim, leg = joined(room)
     assert hub.state_message("c1")["recording"] is False
-    room._forward(victim, leg, "video", frame(0))
+    await media(room, victim, leg, "video", 0)
     assert hub.state_message("c1")["recording"] is True
     await room.close()
     assert hub.state_message("c1")["recording"] is False

@@ -1,4 +1,4 @@
-"""The aiortc hooks (private API of the pinned aiortc) and the relay track's rules."""
+"""The aiortc hooks (private API of the pinned aiortc) and the packet relay built on them."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from fractions import Fraction
 import aiortc
 import av
 import pytest
-from aiortc import RTCPeerConnection
+from aiortc import RTCConfiguration, RTCPeerConnection
 from conftest import eventually
 
 from evr.media import passthrough
-from evr.media.passthrough import EncodedFrame, RelayTrack, vp8_is_keyframe
+from evr.media.passthrough import EncodedFrame, InboundStream, OutboundStream, send_pli, vp8_is_keyframe
 from evr.media.sources import EncodedSourceTrack, vp8_clip
 
 TB = Fraction(1, 90000)
@@ -37,65 +37,131 @@ def test_vp8_keyframe_bit():
     assert not vp8_is_keyframe(b"")
 
 
-def relay(kind: str = "video", asked: list | None = None, **kwargs) -> RelayTrack:
-    """A relay track whose consumer has started pulling."""
-    track = RelayTrack(kind, lambda: asked.append(1) if asked is not None else None, lambda f: None, **kwargs)
-    track.start()
-    return track
-
-
-async def test_nothing_is_queued_before_the_consumer_starts_then_a_keyframe_is_asked_for():
-    asked = []
-    track = RelayTrack("video", lambda: asked.append(1), lambda f: None)
-    track.push(frame(0, key=True), epoch=1)
-    assert not track._frames and not asked
-    track.start()
-    assert asked == [1]
-    track.push(frame(3000, key=True), epoch=1)
-    assert (await track.recv()).pts == 0
-
-
-async def test_video_waits_for_a_keyframe_and_asks_for_one():
-    asked = []
-    track = relay("video", asked)
-    asked.clear()
-    track.push(frame(0), epoch=1)
-    assert asked and not track._frames
-    track.push(frame(3000, key=True), epoch=1)
-    track.push(frame(6000), epoch=1)
-    assert [f.is_keyframe for f in [await track.recv(), await track.recv()]] == [True, False]
-
-
-async def test_timestamps_stay_monotonic_across_a_source_change():
-    track = relay("video")
-    track.push(frame(500_000, key=True, arrival=10.0), epoch="first")
-    track.push(frame(503_000, arrival=10.033), epoch="first")
-    # The source rejoins: its timestamps restart near zero two seconds later.
-    track.push(frame(100, key=True, arrival=12.033), epoch="second")
-    out = [(await track.recv()).pts for _ in range(3)]
-    assert out[0] == 0 and out[1] == 3000
-    assert out[2] == pytest.approx(3000 + 2 * 90000, abs=2)
-
-
-async def test_a_full_queue_drops_and_waits_for_the_next_keyframe():
-    asked = []
-    track = relay("video", asked, max_queue=4)
-    track.push(frame(0, key=True), epoch=1)
-    asked.clear()
-    for i in range(1, 10):
-        track.push(frame(i * 3000), epoch=1)
-    assert track.dropped >= 4 and asked
-    track.push(frame(40_000, key=True), epoch=1)
-    assert (await track.recv()).is_keyframe
-
-
-async def test_recv_ends_when_the_track_stops():
-    track = RelayTrack("audio", lambda: None, lambda f: None)
+async def test_an_outbound_stream_never_yields_a_frame_and_ends_when_stopped():
+    """It is the sender's track only so that the sender's own loop waits: nothing
+    is encoded or packed by aiortc."""
+    track = OutboundStream("audio", lambda: None, lambda p: None)
     waiter = asyncio.ensure_future(track.recv())
-    await asyncio.sleep(0)
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
     track.stop()
     with pytest.raises(aiortc.mediastreams.MediaStreamError):
         await waiter
+
+
+async def negotiate(offerer: RTCPeerConnection, answerer: RTCPeerConnection) -> None:
+    await offerer.setLocalDescription(await offerer.createOffer())
+    await answerer.setRemoteDescription(offerer.localDescription)
+    await answerer.setLocalDescription(await answerer.createAnswer())
+    await offerer.setRemoteDescription(answerer.localDescription)
+
+
+async def test_packets_are_relayed_rewritten_repaired_and_bandwidth_goes_upstream():
+    """A relay made of the hooks alone, between two aiortc peers over loopback:
+    client A sends VP8 to the relay's first connection, whose packets go at once to an
+    outbound stream on its second connection, to client B.
+
+    - B gets every frame A sent, byte for byte, on the relay's SSRC;
+    - a packet lost between the relay and B is repaired from the relay's send
+      history (B's NACK answered by RTX), not from A;
+    - a source change (a rejoin) continues B's stream after a keyframe from A;
+    - B's bandwidth estimate (REMB) reaches A's sender, never above what B said.
+    """
+    import struct
+
+    from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci, unpack_remb_fci
+
+    clip = vp8_clip(320, 240, seconds=2)
+    a, relay_in, relay_out, b = (RTCPeerConnection(RTCConfiguration(iceServers=[])) for _ in range(4))
+    source = EncodedSourceTrack(clip)
+    a_sender = a.addTransceiver(source, direction="sendonly").sender
+    a_remb: list[int] = []
+    stock_rtcp = a_sender._handle_rtcp_packet
+
+    async def a_rtcp(packet):
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            a_remb.append(unpack_remb_fci(packet.fci)[0])
+        elif getattr(packet, "fmt", None) == 1:  # a PLI: A's source makes a keyframe
+            source.request_keyframe()
+        await stock_rtcp(packet)
+
+    a_sender._handle_rtcp_packet = a_rtcp
+
+    keyframes_asked: list[int] = []
+    inbound: list[InboundStream] = []
+    via = ["first connection"]
+    out = OutboundStream("video", lambda: keyframes_asked.append(1) or send_pli(inbound[0].receiver),
+                         lambda p: None, lambda: inbound[0].set_limit(out.bitrate))
+    out_transceiver = relay_out.addTransceiver("video", direction="sendonly")
+    out.attach(out_transceiver.sender)
+
+    relayed: list[EncodedFrame] = []
+
+    @relay_in.on("track")
+    def on_relay_track(track):
+        receiver = relay_in.getTransceivers()[0].receiver
+        passthrough.attach_sink(receiver, "video", relayed.append)
+        inbound.append(InboundStream(receiver, "video", lambda p, t: out.forward(p, via[0], t)))
+
+    got: list[EncodedFrame] = []
+
+    @b.on("track")
+    def on_b_track(track):
+        passthrough.attach_sink(b.getTransceivers()[0].receiver, "video", got.append)
+
+    # The wire between the relay and B loses one packet once; every payload type sent is noted.
+    sent_types: list[int] = []
+    lost: list[int] = []
+
+    await negotiate(a, relay_in)
+    await negotiate(relay_out, b)
+    transport = out_transceiver.sender.transport
+    stock_send = transport._send_rtp
+
+    async def lossy_send(data: bytes) -> None:
+        if 0x80 <= data[0] <= 0xBF and not 192 <= data[1] <= 223:  # RTP, not RTCP
+            sent_types.append(data[1] & 0x7F)
+            seq = struct.unpack("!H", data[2:4])[0]
+            if len(sent_types) == 40 and not lost:
+                lost.append(seq)
+                return
+        await stock_send(data)
+
+    transport._send_rtp = lossy_send
+    try:
+        await eventually(lambda: len(got), lambda n: n >= 30, timeout=10.0, what="thirty frames at B")
+        assert not inbound[0].framing and not relayed  # no sink wants frames: none assembled
+        assert lost and len(set(sent_types)) == 2  # VP8, and RTX for the lost packet
+        sent = [d for d, _ in clip.frames]
+        index = sent.index(got[0].data)
+        assert [f.data for f in got[:30]] == [sent[(index + i) % len(sent)] for i in range(30)]
+        assert got[0].is_keyframe
+        b_receiver = b.getTransceivers()[0].receiver
+        media = {s.source for s in b_receiver.getSynchronizationSources()} - set(
+            b_receiver._RTCRtpReceiver__rtx_ssrc)
+        assert media == {out_transceiver.sender._ssrc}
+
+        # A rejoin: the same outgoing stream goes on from the new source's keyframe.
+        asked = len(keyframes_asked)
+        via[0] = "second connection"
+        count = len(got)
+        await eventually(lambda: len(got), lambda n: n >= count + 15, timeout=10.0, what="frames after a switch")
+        assert len(keyframes_asked) > asked and out.rewriter.switches == 2
+        assert {s.source for s in b_receiver.getSynchronizationSources()} - set(
+            b_receiver._RTCRtpReceiver__rtx_ssrc) == media
+        steps = [y.pts - x.pts for x, y in zip(got[count - 1:], got[count:])]
+        # B's timestamps run on: one step spans the wait for the keyframe (wall clock), the rest are even.
+        assert all(step > 0 for step in steps) and steps.count(3000) >= len(steps) - 1
+
+        # B can take 150 kbit/s: A is told so (or less, if A's own uplink is lower).
+        remb = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=b_receiver._RTCRtpReceiver__rtcp_ssrc, media_ssrc=0,
+                              fci=pack_remb_fci(150_000, [out_transceiver.sender._ssrc]))
+        await b_receiver._send_rtcp(remb)
+        await eventually(lambda: list(a_remb), lambda r: any(v <= 150_000 for v in r), timeout=5.0,
+                         what="B's estimate at A")
+    finally:
+        for pc in (a, relay_in, relay_out, b):
+            await pc.close()
 
 
 async def test_a_sink_receiver_gets_encoded_frames_and_starts_no_decoder_thread():
@@ -154,7 +220,7 @@ async def test_keyframe_requests_name_the_media_stream_not_its_retransmissions()
 # -- the start-up check of every hook --------------------------------------------
 
 from aiortc import RTCRtpReceiver, RTCRtpSender, rtcrtpreceiver  # noqa: E402
-from aiortc.codecs import opus, vpx  # noqa: E402
+from aiortc.rtcdtlstransport import RTCDtlsTransport  # noqa: E402
 from aiortc.rtcrtpreceiver import RemoteStreamTrack  # noqa: E402
 
 from evr.media.passthrough import HOOKS, IncompatibleAiortc, check_compatible, media_ssrc  # noqa: E402
@@ -202,8 +268,24 @@ async def _next_frame_always_encoding(self, codec):
     return self.encoder.encode(data)
 
 
-def _pack_other(self, packet):
-    return [], 0
+async def _handle_rtp_data_elsewhere(self, data, *args):
+    pass
+
+
+async def _handle_rtp_without_arrival(self, packet):
+    pass
+
+
+async def _retransmit_elsewhere(self, sequence_number):
+    pass
+
+
+async def _rtcp_loop_elsewhere(self):
+    pass
+
+
+async def _send_with_other_parameters(self, parameters, extra):
+    pass
 
 
 #: How aiortc could break each hook: (hook, what changed, how to make that change).
@@ -222,11 +304,11 @@ BREAKAGES = [
      lambda mp: mp.setattr(RemoteStreamTrack, "__init__", lambda self, kind, id=None: None)),
     ("decoder queue", "the decoder is stopped another way",
      lambda mp: mp.delattr(RTCRtpReceiver, "_RTCRtpReceiver__stop_decoder")),
-    ("audio jitter buffer", "JitterBuffer has no prefetch",
+    ("jitter buffer", "JitterBuffer has no prefetch",
      lambda mp: mp.setattr(passthrough, "JitterBuffer", _NarrowJitterBuffer)),
-    ("audio jitter buffer", "the receiver no longer sets __jitter_buffer",
+    ("jitter buffer", "the receiver no longer sets __jitter_buffer",
      lambda mp: mp.setattr(RTCRtpReceiver, "__init__", _init_without_jitter_buffer)),
-    ("audio jitter buffer", "the receiver reassembles frames elsewhere",
+    ("jitter buffer", "the receiver reassembles frames elsewhere",
      lambda mp: mp.setattr(RTCRtpReceiver, "_handle_rtp_packet", _handle_rtp_elsewhere)),
     ("keyframe request upstream", "_send_rtcp_pli renamed",
      lambda mp: mp.delattr(RTCRtpReceiver, "_send_rtcp_pli")),
@@ -240,12 +322,26 @@ BREAKAGES = [
      lambda mp: mp.delattr(RTCRtpSender, "_send_keyframe")),
     ("keyframe request from a watcher", "a PLI no longer calls _send_keyframe",
      lambda mp: mp.setattr(RTCRtpSender, "_handle_rtcp_packet", _rtcp_without_keyframe)),
-    ("sender packet branch", "the sender encodes whatever its track gives",
-     lambda mp: mp.setattr(RTCRtpSender, "_next_encoded_frame", _next_frame_always_encoding)),
-    ("sender packet branch", "the VP8 encoder has no pack()",
-     lambda mp: mp.delattr(vpx.Vp8Encoder, "pack")),
-    ("sender packet branch", "Opus pack() reads something else",
-     lambda mp: mp.setattr(opus.OpusEncoder, "pack", _pack_other)),
+    ("packets in", "the transport hands packets to the receiver another way",
+     lambda mp: mp.setattr(RTCDtlsTransport, "_handle_rtp_data", _handle_rtp_data_elsewhere)),
+    ("packets in", "_handle_rtp_packet takes other parameters",
+     lambda mp: mp.setattr(RTCRtpReceiver, "_handle_rtp_packet", _handle_rtp_without_arrival)),
+    ("packets in", "the receiver no longer keeps its codecs in __codecs",
+     lambda mp: mp.setattr(RTCRtpReceiver, "receive", _receive_without_decoder_thread)),
+    ("packets out", "the sender keeps no send history",
+     lambda mp: mp.setattr(RTCRtpSender, "_retransmit", _retransmit_elsewhere)),
+    ("packets out", "the sender's reports read other counters",
+     lambda mp: mp.setattr(RTCRtpSender, "_run_rtcp", _rtcp_loop_elsewhere)),
+    ("packets out", "send() takes other parameters",
+     lambda mp: mp.setattr(RTCRtpSender, "send", _send_with_other_parameters)),
+    ("packets out", "the transport's _send_rtp is gone",
+     lambda mp: mp.delattr(RTCDtlsTransport, "_send_rtp")),
+    ("bandwidth", "the receiver estimates bandwidth elsewhere",
+     lambda mp: mp.setattr(RTCRtpReceiver, "_handle_rtp_packet", _handle_rtp_elsewhere)),
+    ("bandwidth", "_send_rtcp is no longer a coroutine",
+     lambda mp: mp.setattr(RTCRtpReceiver, "_send_rtcp", _pli_sync)),
+    ("bandwidth", "RTCP reaches the sender another way",
+     lambda mp: mp.setattr(RTCDtlsTransport, "_handle_rtcp_data", _handle_rtp_data_elsewhere)),
 ]
 
 

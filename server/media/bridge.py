@@ -1,10 +1,13 @@
 """The media bridge: one room per consultation, one peer connection per participant.
 
 Every participant sees and hears every other (up to :data:`MAX_PARTICIPANTS`: the
-victim, guests, officers, a sergeant). Each participant's received audio, video and
-shared screen go, still encoded, to an outgoing track of every other participant's
-connection (an :class:`Output`); keyframe requests from a watcher travel upstream to
-the source, rate-limited.
+victim, guests, officers, a sergeant). Each RTP packet of a participant's audio,
+video and shared screen goes, as it arrives, to an outgoing stream of every other
+participant's connection (an :class:`Output`, whose :class:`OutboundStream` rewrites
+it for that stream: see :mod:`evr.media.passthrough`); keyframe requests from a
+watcher travel upstream to the source, rate-limited, and so does the lowest of the
+watchers' bandwidth estimates (:meth:`Room._bandwidth`). Nothing waits for a whole
+frame on the live path.
 
 Outputs and renegotiation
 -------------------------
@@ -48,9 +51,11 @@ a track (``camera``: microphone and camera; ``screen``: a shared screen) is forw
   ``server_shutdown``), after every connection is down; a screen's sinks also when
   the share ends (``screen_share_ended``): the next share is a recording of its own.
 
-``on_frame`` and ``on_gap`` run on the event loop, on the receive path of the live
-call: they must return at once (queue the work elsewhere, as the recorder does to
-its writer thread). A sink asks for a keyframe with the participant's
+Frames are assembled for sinks only (aiortc's jitter buffer, after the packets
+have been forwarded, and only while a sink is consuming: a call that is not
+recorded assembles none). ``on_frame`` and ``on_gap`` run on the event loop, on the
+receive path: they must return at once (queue the work elsewhere, as the recorder
+does to its writer thread). A sink asks for a keyframe with the participant's
 :meth:`Participant.request_keyframe` (rate-limited like the watchers' requests).
 :attr:`Room.capturing` (a sink consuming media now) is what the hub reports as
 ``recording``.
@@ -73,10 +78,11 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
+from aiortc.rtp import RtpPacket
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from ..tasks import TaskSet
-from .passthrough import EncodedFrame, RelayTrack, attach_sink, on_keyframe_request, send_pli
+from .passthrough import EncodedFrame, InboundStream, OutboundStream, attach_sink, send_pli
 from .sdp import Numbering, slides_sections
 
 log = logging.getLogger(__name__)
@@ -126,7 +132,7 @@ class Output:
 
     kind: str
     transceiver: RTCRtpTransceiver
-    track: RelayTrack
+    track: OutboundStream
     primary: bool
     source: Optional["Participant"] = None
     feed: Optional[str] = None
@@ -154,8 +160,8 @@ class Leg:
         self.remote_ufrag: Optional[str] = None
         #: Whether the client is sending a screen now.
         self.sharing = False
-        #: Receivers whose frames go somewhere (never decoded): see :meth:`Room._guard`.
-        self.guarded: set[RTCRtpReceiver] = set()
+        #: Every receiver's packet hook (none is ever decoded): see :meth:`Room._guard`.
+        self.guarded: dict[RTCRtpReceiver, InboundStream] = {}
         #: The payload types and extension ids the client's first offer chose: the
         #: server's own offers are rewritten to them (:mod:`evr.media.sdp`).
         self.numbering = Numbering()
@@ -165,7 +171,7 @@ class Leg:
         return self.pc.connectionState not in ("failed", "closed")
 
     @property
-    def tracks(self) -> dict[str, RelayTrack]:
+    def tracks(self) -> dict[str, OutboundStream]:
         """The primary outputs' tracks by kind."""
         return {o.kind: o.track for o in self.outputs if o.primary}
 
@@ -229,7 +235,7 @@ class Participant:
     leg: Optional[Leg] = None
     counters: MediaCounters = field(default_factory=MediaCounters)
     #: Outgoing tracks (of other participants' legs) fed from this participant, by feed.
-    watchers: dict[str, set[RelayTrack]] = field(default_factory=lambda: {f: set() for f in FEEDS})
+    watchers: dict[str, set[OutboundStream]] = field(default_factory=lambda: {f: set() for f in FEEDS})
     last_pli: dict[str, float] = field(default_factory=dict)
     user_agent: Optional[str] = None
     #: What consumes this participant's camera and microphone besides its watchers
@@ -347,6 +353,7 @@ class Room:
         for p in self.participants.values():
             for feed in FEEDS:
                 p.watchers[feed] = {t for t in p.watchers[feed] if t.readyState == "live"}
+                self._bandwidth(p, feed)
 
     def _route(self, watcher: Participant, leg: Leg) -> None:
         sources = self._sources(watcher)
@@ -392,10 +399,10 @@ class Room:
             transceiver = leg.pc.addTransceiver(kind, direction="sendonly")
         caps = RTCRtpSender.getCapabilities(kind)
         transceiver.setCodecPreferences([c for c in caps.codecs if c.mimeType.lower() in PINNED[kind]])
-        track = RelayTrack(kind, lambda: self._keyframe_for(output), self._sent_counter(leg, kind))
+        track = OutboundStream(kind, lambda: self._keyframe_for(output), self._sent_counter(leg, kind),
+                               lambda: self._bandwidth(output.source, output.feed))
         output = Output(kind, transceiver, track, primary)
-        transceiver.sender.replaceTrack(output.track)
-        on_keyframe_request(transceiver.sender, output.track.request_keyframe)
+        track.attach(transceiver.sender)
         leg.outputs.append(output)
         return output
 
@@ -432,15 +439,18 @@ class Room:
 
     # -- media --------------------------------------------------------------
 
-    def _forward(self, source: Participant, leg: Leg, feed: str, frame: EncodedFrame) -> None:
+    async def _relay(self, source: Participant, leg: Leg, feed: str, inbound: InboundStream,
+                     packet: RtpPacket, arrival: float) -> None:
+        """The live path: one RTP packet of ``source``'s ``feed`` to everyone watching it."""
         if feed == "audio":
             leg.counters.audio_in_packets += 1
-        elif feed == "video":
+        elif feed == "video" and packet.marker:
             leg.counters.video_in_frames += 1
         if self.paused or source.leg is not leg or self.closed:
             return
-        for track in source.watchers[feed]:  # the live call first, whatever a sink does
-            track.push(frame, leg)
+        via = (leg, packet.ssrc)
+        for track in tuple(source.watchers[feed]):  # the live call first, whatever a sink does
+            await track.forward(packet, via, arrival)
         track_name = TRACK_OF_FEED[feed]
         sinks = source.sinks if track_name == "camera" else source.screen_sinks
         if sinks is None:
@@ -451,12 +461,37 @@ class Room:
                 source.sinks = sinks
             else:
                 source.screen_sinks = sinks
+        wanted = any(not sink.finished for sink in sinks)
+        if wanted != inbound.framing:
+            inbound.frames(wanted)
+
+    def _capture(self, source: Participant, leg: Leg, feed: str, frame: EncodedFrame) -> None:
+        """Off the live path: a whole encoded frame (assembled after its packets were
+        forwarded, only while a sink wants frames) to ``source``'s sinks."""
+        if self.paused or source.leg is not leg or self.closed:
+            return
+        sinks = source.sinks if TRACK_OF_FEED[feed] == "camera" else source.screen_sinks
+        if not sinks:
+            return
         for sink in list(sinks):
             try:
                 sink.on_frame(FEED_KIND[feed], frame, leg)
             except Exception:  # a sink must never end the call (this runs in aiortc's receive path)
                 log.exception("room %s: a media sink of %s failed; it is detached", self.id, source.role)
                 sinks.remove(sink)
+
+    def _bandwidth(self, source: Optional[Participant], feed: Optional[str]) -> None:
+        """Tell ``source``'s browser what its ``feed``'s watchers can take: the lowest
+        of their REMB estimates (the sender then sends no more than the weakest
+        downlink carries)."""
+        if source is None or source.leg is None or feed not in ("video", "screen"):
+            return
+        receiver = source.leg.receivers.get(feed)
+        inbound = source.leg.guarded.get(receiver) if receiver is not None else None
+        if inbound is None:
+            return
+        rates = [rate for rate in (t.bitrate for t in source.watchers[feed]) if rate is not None]
+        inbound.set_limit(min(rates) if rates else None)
 
     def _make_sinks(self, source: Participant, track: str) -> list[FrameSink]:
         """Each factory's sink for ``source``'s ``track`` (made once, at its first
@@ -509,7 +544,7 @@ class Room:
             if any(t.receiver.transport is None for t in transceivers):
                 raise OfferError("bad_sdp", "The offer's sections could not be given a transport.")
             for kind in KINDS:
-                self._attach(leg, leg.receivers[kind], kind, self._frame_handler(p, leg, kind))
+                self._attach(leg, leg.receivers[kind], kind, p, kind)
             self._take_screen(p, leg, sections)
             self._guard(leg)
             try:
@@ -584,7 +619,7 @@ class Room:
         receiver = transceiver.receiver
         if leg.receivers.get("screen") is not receiver:
             leg.receivers["screen"] = receiver
-            self._attach(leg, receiver, "video", self._frame_handler(p, leg, "screen"))
+            self._attach(leg, receiver, "video", p, "screen")
         leg.sharing = True
 
     def _screen_ended(self, p: Participant) -> None:
@@ -592,11 +627,21 @@ class Room:
         for sink in sinks or ():
             self.endings.spawn(sink.on_close("screen_share_ended"), f"{p.role}'s screen recording ends")
 
-    def _attach(self, leg: Leg, receiver: RTCRtpReceiver, kind: str, handler: Callable[[EncodedFrame], None]) -> None:
+    def _attach(self, leg: Leg, receiver: RTCRtpReceiver, kind: str, p: Optional[Participant] = None,
+                feed: Optional[str] = None) -> None:
+        """Hook ``receiver``: its packets go to :meth:`_relay` and its frames (when a
+        sink wants them) to :meth:`_capture` as ``p``'s ``feed``; without ``p``, both
+        are dropped."""
         if receiver in leg.guarded:
             return
-        attach_sink(receiver, kind, handler)
-        leg.guarded.add(receiver)
+        if p is None or feed is None:
+            attach_sink(receiver, kind, _drop)
+            leg.guarded[receiver] = InboundStream(receiver, kind, _ignore)
+            return
+        attach_sink(receiver, kind, lambda frame: self._capture(p, leg, feed, frame))
+        inbound = InboundStream(receiver, kind, lambda packet, arrival: self._relay(p, leg, feed, inbound,
+                                                                                   packet, arrival))
+        leg.guarded[receiver] = inbound
 
     def _guard(self, leg: Leg) -> None:
         """Every receiver that would start gets a sink that drops its frames: an
@@ -605,7 +650,7 @@ class Room:
         for transceiver in leg.pc.getTransceivers():
             receiver = transceiver.receiver
             if receiver.track is not None and receiver not in leg.guarded:
-                self._attach(leg, receiver, transceiver.kind, _drop)
+                self._attach(leg, receiver, transceiver.kind)
 
     async def renegotiate(self) -> None:
         """Offer every connection whose outputs changed what it now carries (a new
@@ -704,15 +749,12 @@ class Room:
         """Work out and send the room's state from a callback that cannot wait for it."""
         self.tasks.spawn(self._on_change(self), f"state change: {why}")
 
-    def _frame_handler(self, p: Participant, leg: Leg, feed: str) -> Callable[[EncodedFrame], None]:
-        return lambda frame: self._forward(p, leg, feed, frame)
-
     @staticmethod
-    def _sent_counter(leg: Leg, kind: str) -> Callable[[EncodedFrame], None]:
-        def count(_frame: EncodedFrame) -> None:
+    def _sent_counter(leg: Leg, kind: str) -> Callable[[RtpPacket], None]:
+        def count(packet: RtpPacket) -> None:
             if kind == "audio":
                 leg.counters.audio_out_packets += 1
-            else:
+            elif packet.marker:  # the last packet of a frame
                 leg.counters.video_out_frames += 1
 
         return count
@@ -770,6 +812,10 @@ class Room:
 
 def _drop(_frame: EncodedFrame) -> None:
     """Frames nobody asked for (see :meth:`Room._guard`)."""
+
+
+async def _ignore(_packet: RtpPacket, _arrival: float) -> None:
+    """Packets nobody asked for (see :meth:`Room._guard`)."""
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,25 @@
-"""Passthrough hooks into aiortc: encoded frames in, encoded frames out, no codec runs.
+"""Passthrough hooks into aiortc: RTP packets forwarded as they arrive, no codec runs.
 
-aiortc decodes every received frame in a per-receiver thread and encodes every
-frame it sends. These hooks (private API of aiortc 1.16.0, pinned in
-pyproject.toml and exercised by tests/test_passthrough.py) change that:
+aiortc decodes every received frame in a per-receiver thread, encodes every frame
+it sends, and hands a frame on only when its jitter buffer has it whole (a video
+frame leaves when the next one starts: one frame interval of delay). These hooks
+(private API of aiortc 1.16.0, pinned in pyproject.toml and exercised by
+tests/test_passthrough.py) replace that with what a C media server does:
 
-- a receiver's decoder queue is replaced by an :class:`EncodedFrameSink`, which is
-  handed each complete encoded frame from the jitter buffer on the event loop and
-  passes it on as an :class:`EncodedFrame`; the decoder thread exits at once;
-- an :class:`RelayTrack` given to an ``RTCRtpSender`` yields ``EncodedFrame``
-  objects, which the sender packetizes with the codec's ``pack()``;
-- the sender's keyframe request (a PLI/FIR from the far end) is routed to a
-  callback instead of a flag only an encoder reads.
+- each receiver's packets go, decrypted and RTX unwrapped, to an
+  :class:`InboundStream` callback before aiortc's own handling (the live path);
+- an :class:`OutboundStream` is the track of an ``RTCRtpSender`` that never
+  yields a frame: packets are rewritten for the outgoing stream (SSRC, payload
+  type, sequence numbers and timestamps, see :mod:`evr.media.rtp`) and written into
+  the sender's send history, so aiortc answers the watcher's NACKs (RTX) from it;
+- frames are assembled by aiortc's jitter buffer only for a sink (the recorder)
+  and only while one wants them: an :class:`EncodedFrameSink` replaces the
+  receiver's decoder queue and gets each complete encoded frame after the packets
+  have left; the decoder thread exits at once;
+- a sender's keyframe request (a PLI/FIR from the far end) is routed to a callback
+  instead of a flag only an encoder reads; a watcher's REMB reaches its source's
+  :class:`InboundStream`, which sends the sender's browser one REMB, the lower of
+  its own uplink estimate and what the watchers can take.
 
 A newer aiortc can rename any of these private names; the hooks would then fail
 silently (a decoder thread per receiver again, keyframe requests lost) or half way
@@ -26,18 +35,28 @@ import inspect
 import logging
 import time
 import types
-from collections import deque
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Callable, Optional
+from typing import Any, Awaitable, Callable, Hashable, Optional
 
 import aiortc
-from aiortc import RTCRtpReceiver, RTCRtpSender, rtcrtpreceiver, rtcrtpsender
-from aiortc.codecs import opus, vpx
+from aiortc import RTCRtpReceiver, RTCRtpSender, clock, rtcrtpreceiver
+from aiortc.codecs import is_rtx
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTP_HISTORY_SIZE,
+    RtcpPsfbPacket,
+    RtpPacket,
+    pack_remb_fci,
+    unpack_remb_fci,
+    unwrap_rtx,
+)
+from aiortc.utils import random16, random32
 
 from ..tasks import TaskSet
+from .rtp import Rewriter, vp8_keyframe_start
 
 log = logging.getLogger(__name__)
 
@@ -151,101 +170,251 @@ def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> N
     sender._send_keyframe = callback  # type: ignore[method-assign]
 
 
-class RelayTrack(MediaStreamTrack):
-    """An outgoing track fed with encoded frames from another participant.
+class _NoFrames:
+    """A jitter buffer that assembles nothing: a receiver whose frames nobody
+    consumes (no recording) spends nothing on reassembly."""
 
-    - Nothing is queued until the sender first asks for a frame (its connection is
-      up), so a new consumer never gets a burst of stale frames; video then starts
-      at a keyframe, requested upstream until one comes.
-    - The queue is bounded: when the sender falls behind, the oldest frames are
-      dropped (counted) and video waits for the next keyframe.
-    - Timestamps are rewritten so the outgoing stream stays monotonic when its
-      source rejoins or changes: the jump is replaced by the wall-clock gap.
+    def add(self, packet: RtpPacket) -> tuple[bool, None]:
+        return False, None
+
+
+class _UplinkEstimate:
+    """Stands in for a receiver's remote bitrate estimator: the stock estimator
+    still runs on every packet, but its result goes to the :class:`InboundStream`,
+    which sends the one REMB (the lower of this and what the watchers can take)."""
+
+    def __init__(self, stock: Any, on_estimate: Callable[[int, list[int]], None]) -> None:
+        self.stock = stock
+        self.on_estimate = on_estimate
+
+    def add(self, **packet: Any) -> None:
+        result = self.stock.add(**packet)
+        if result is not None:
+            self.on_estimate(*result)
+        return None  # aiortc sends no REMB of its own
+
+
+#: Re-send an unchanged REMB this often (a browser forgets one after a few seconds).
+REMB_INTERVAL = 1.0
+
+
+class InboundStream:
+    """One receiver of a participant's media, hooked so that each RTP packet goes
+    to ``on_packet`` (the live path) as soon as it is decrypted, before aiortc
+    handles it (statistics, NACKs upstream, and frame assembly when frames are
+    wanted for the recorder).
+
+    A retransmission (RTX) is unwrapped first, so a packet repaired upstream is
+    forwarded like any other; RTX padding (bandwidth probes) is not forwarded.
     """
 
-    def __init__(
-        self,
-        kind: str,
-        request_keyframe: Callable[[], None],
-        on_sent: Callable[[EncodedFrame], None],
-        max_queue: int = 64,
-    ) -> None:
+    def __init__(self, receiver: RTCRtpReceiver, kind: str,
+                 on_packet: Callable[[RtpPacket, float], Awaitable[None]]) -> None:
+        self.receiver = receiver
+        self.kind = kind
+        self.on_packet = on_packet
+        self._codecs: dict[int, Any] = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
+        self._rtx_ssrc: dict[int, int] = receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
+        self._stock_handle = receiver._handle_rtp_packet
+        self._jitter_buffer = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+        receiver._handle_rtp_packet = self._handle  # type: ignore[method-assign]
+        self.frames(False)
+        #: Bandwidth: the uplink estimate (bps) and the watchers' limit (None: none known).
+        self.uplink: Optional[int] = None
+        self.limit: Optional[int] = None
+        self._remb_sent: Optional[int] = None
+        self._remb_at = 0.0
+        self._media_ssrcs: list[int] = []
+        estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
+        if estimator is not None:
+            receiver._RTCRtpReceiver__remote_bitrate_estimator = _UplinkEstimate(  # type: ignore[attr-defined]
+                estimator, self._uplink_estimate)
+
+    def frames(self, wanted: bool) -> None:
+        """Assemble frames (for a sink, see :func:`attach_sink`) or not."""
+        self.framing = wanted
+        self.receiver._RTCRtpReceiver__jitter_buffer = (  # type: ignore[attr-defined]
+            self._jitter_buffer if wanted else _NoFrames())
+
+    async def _handle(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        codec = self._codecs.get(packet.payload_type)
+        if codec is not None and self.receiver._enabled:
+            media: Optional[RtpPacket] = packet
+            if is_rtx(codec):
+                original = self._rtx_ssrc.get(packet.ssrc)
+                apt = codec.parameters.get("apt")
+                media = (unwrap_rtx(packet, payload_type=apt, ssrc=original)
+                         if original is not None and len(packet.payload) >= 2 and apt in self._codecs else None)
+            if media is not None:
+                try:
+                    await self.on_packet(media, time.monotonic())
+                except Exception:  # the live path must never end the receiver's transport
+                    log.exception("forwarding an RTP packet failed")
+        await self._stock_handle(packet, arrival_time_ms)
+
+    # -- bandwidth ------------------------------------------------------------
+
+    def _uplink_estimate(self, bitrate: int, ssrcs: list[int]) -> None:
+        self.uplink = bitrate
+        self._media_ssrcs = ssrcs
+        self._send_remb()
+
+    def set_limit(self, bitrate: Optional[int]) -> None:
+        """What the watchers of this stream can take now (None: no limit known)."""
+        if bitrate != self.limit:
+            self.limit = bitrate
+            self._send_remb()
+
+    def _send_remb(self) -> None:
+        values = [v for v in (self.uplink, self.limit) if v is not None]
+        if not values:
+            return
+        bitrate = min(values)
+        now = time.monotonic()
+        if bitrate == self._remb_sent and now - self._remb_at < REMB_INTERVAL:
+            return
+        rtcp_ssrc = self.receiver._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
+        ssrcs = self._media_ssrcs or [s for s in (media_ssrc(self.receiver),) if s is not None]
+        if rtcp_ssrc is None or not ssrcs:
+            return
+        self._remb_sent, self._remb_at = bitrate, now
+        packet = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(bitrate, ssrcs))
+        _pli_tasks.spawn(self.receiver._send_rtcp(packet), "bandwidth estimate")
+
+
+#: How long a watcher's bandwidth estimate counts without a newer one.
+REMB_FRESH = 5.0
+
+
+class OutboundStream(MediaStreamTrack):
+    """One outgoing RTP stream of a leg, fed with packets of another participant.
+
+    It is the track its ``RTCRtpSender`` is given, but it never yields a frame: the
+    sender's own loop waits for ever and encodes nothing. :meth:`forward` writes each
+    source packet past it, rewritten for this stream (its SSRC, payload type and
+    mid; sequence numbers and timestamps through a :class:`Rewriter`), into the
+    sender's send history, which answers the watcher's NACKs (by RTX where
+    negotiated), and into the sender's counters, which its RTCP sender reports use.
+
+    - Nothing is sent before the sender has started and its transport is up; video
+      then starts at a keyframe, requested upstream until one comes.
+    - A source change (a rejoin, or another participant) continues the stream:
+      video waits for the new source's keyframe.
+    - A watcher's REMB is kept (:attr:`bitrate`) and reported to ``on_bitrate``.
+    """
+
+    def __init__(self, kind: str, request_keyframe: Callable[[], None],
+                 on_sent: Callable[[RtpPacket], None],
+                 on_bitrate: Callable[[], None] = lambda: None) -> None:
         super().__init__()
         self.kind = kind
         self.request_keyframe = request_keyframe
         self._on_sent = on_sent
-        self._frames: deque[EncodedFrame] = deque()
-        self._max_queue = max_queue
-        self._waiter: Optional[asyncio.Future[None]] = None
+        self._on_bitrate = on_bitrate
+        self.rewriter = Rewriter(CLOCK_RATE[kind], random16(), random32())
+        self._sender: Optional[RTCRtpSender] = None
+        self._payload_type: Optional[int] = None
+        self._mid: Optional[str] = None
+        self._history: dict[int, RtpPacket] = {}
+        self._extensions_map: Any = None
         self._need_keyframe = kind == "video"
-        self._started = False
-        self._clock = CLOCK_RATE[kind]
-        self._epoch: object = None
-        self._delta = 0
-        self._last_pts: Optional[int] = None
-        self._last_arrival = 0.0
-        self.dropped = 0
+        self._ended: Optional[asyncio.Future[None]] = None
+        #: The watcher's latest REMB (bps) and when it came.
+        self._bitrate: Optional[int] = None
+        self._bitrate_at = 0.0
+        self.sent = 0
 
-    def push(self, frame: EncodedFrame, epoch: object) -> None:
-        """Queue a frame from the source connection ``epoch`` (any hashable identity)."""
-        if not self._started or self.readyState != "live":
-            return
-        if self._need_keyframe:
-            if not frame.is_keyframe:
-                self.request_keyframe()
-                return
-            self._need_keyframe = False
-        if epoch is not self._epoch:
-            self._epoch = epoch
-            if self._last_pts is None:
-                self._delta = -frame.pts
-            else:
-                gap = max(1, round((frame.arrival - self._last_arrival) * self._clock))
-                self._delta = self._last_pts + gap - frame.pts
-        pts = frame.pts + self._delta
-        self._last_pts = pts
-        self._last_arrival = frame.arrival
-        if len(self._frames) >= self._max_queue:
-            self.dropped += len(self._frames)
-            self._frames.clear()
-            if self.kind == "video":
-                self._need_keyframe = True
-                self.request_keyframe()
-                return
-        self._frames.append(EncodedFrame(frame.data, pts, frame.time_base, frame.is_keyframe, frame.arrival))
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+    # -- wiring to the sender -------------------------------------------------
+
+    def attach(self, sender: RTCRtpSender) -> None:
+        """Become ``sender``'s track; learn its parameters when it starts."""
+        self._sender = sender
+        self._history = sender._RTCRtpSender__rtp_history  # type: ignore[attr-defined]
+        self._extensions_map = sender._RTCRtpSender__rtp_header_extensions_map  # type: ignore[attr-defined]
+        stock_send = sender.send
+        stock_rtcp = sender._handle_rtcp_packet
+
+        async def send(parameters: Any) -> None:
+            if parameters.codecs:
+                self._payload_type = parameters.codecs[0].payloadType
+            self._mid = parameters.muxId
+            await stock_send(parameters)
+
+        async def handle_rtcp(packet: Any) -> None:
+            if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+                try:
+                    bitrate, ssrcs = unpack_remb_fci(packet.fci)
+                except ValueError:
+                    bitrate, ssrcs = 0, []
+                if sender._ssrc in ssrcs:
+                    self._bitrate, self._bitrate_at = bitrate, time.monotonic()
+                    self._on_bitrate()
+            await stock_rtcp(packet)
+
+        sender.send = send  # type: ignore[method-assign]
+        sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
+        sender._send_keyframe = self.request_keyframe  # type: ignore[method-assign]
+        sender.replaceTrack(self)
+
+    @property
+    def bitrate(self) -> Optional[int]:
+        """What the watcher said it can take (bps), if it said so lately."""
+        if self._bitrate is None or time.monotonic() - self._bitrate_at > REMB_FRESH:
+            return None
+        return self._bitrate
+
+    # -- the live path --------------------------------------------------------
 
     def restart(self) -> None:
-        """The source changed: wait for a keyframe from the new one."""
+        """The source changed or the call resumed: video waits for a keyframe."""
         if self.kind == "video":
             self._need_keyframe = True
-            self._frames.clear()
-            self.request_keyframe()
 
-    def start(self) -> None:
-        """The consumer is pulling: accept frames from now on (video from a keyframe)."""
-        if not self._started:
-            self._started = True
-            if self._need_keyframe:
-                self.request_keyframe()
+    async def forward(self, packet: RtpPacket, source: Hashable, arrival: float) -> None:
+        """Send one source packet on this stream (or drop it, when it cannot start it)."""
+        sender = self._sender
+        if (self.readyState != "live" or sender is None or self._payload_type is None
+                or sender.transport.state != "connected"):
+            return
+        if self._need_keyframe or source != self.rewriter.source:
+            if self.kind == "video" and not vp8_keyframe_start(packet.payload):
+                self._need_keyframe = True
+                self.request_keyframe()  # the source spaces its requests (PLI_INTERVAL)
+                return
+            self._need_keyframe = False
+            self.rewriter.switch(source, packet.sequence_number, packet.timestamp, arrival)
+        mapped = self.rewriter.map(packet.sequence_number, packet.timestamp, arrival)
+        out = RtpPacket(payload_type=self._payload_type, marker=packet.marker,
+                        sequence_number=mapped.sequence_number, timestamp=mapped.timestamp,
+                        ssrc=sender._ssrc, payload=packet.payload)
+        out.padding_size = packet.padding_size
+        out.extensions.mid = self._mid
+        out.extensions.abs_send_time = (clock.current_ntp_time() >> 14) & 0x00FFFFFF
+        out.extensions.audio_level = packet.extensions.audio_level
+        self._history[out.sequence_number % RTP_HISTORY_SIZE] = out
+        try:
+            await sender.transport._send_rtp(out.serialize(self._extensions_map))
+        except ConnectionError:
+            return
+        sender._RTCRtpSender__ntp_timestamp = clock.current_ntp_time()  # type: ignore[attr-defined]
+        sender._RTCRtpSender__rtp_timestamp = out.timestamp  # type: ignore[attr-defined]
+        sender._RTCRtpSender__octet_count += len(out.payload)  # type: ignore[attr-defined]
+        sender._RTCRtpSender__packet_count += 1  # type: ignore[attr-defined]
+        self.sent += 1
+        self._on_sent(out)
 
-    async def recv(self) -> EncodedFrame:  # type: ignore[override]
-        self.start()
-        while not self._frames:
-            if self.readyState != "live":
-                raise MediaStreamError
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-        frame = self._frames.popleft()
-        self._on_sent(frame)
-        return frame
+    async def recv(self) -> Any:
+        """The sender's loop waits here until the stream stops: nothing is encoded."""
+        if self.readyState == "live":
+            if self._ended is None:
+                self._ended = asyncio.get_running_loop().create_future()
+            await self._ended
+        raise MediaStreamError
 
     def stop(self) -> None:
         super().stop()
-        self._frames.clear()
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(None)
 
 
 # -- the start-up check ----------------------------------------------------------
@@ -316,9 +485,10 @@ def _check_decoder_queue() -> list[str]:
 
 
 def _check_jitter_buffer() -> list[str]:
-    """Audio gets a shorter ``__jitter_buffer`` (:func:`attach_sink`)."""
+    """Frames are assembled (``__jitter_buffer``) only when a sink wants them
+    (:meth:`InboundStream.frames`); audio gets a shorter buffer (:func:`attach_sink`)."""
     problems = (_uses(RTCRtpReceiver, "__init__", "_RTCRtpReceiver__jitter_buffer")
-                + _uses(RTCRtpReceiver, "_handle_rtp_packet", "_RTCRtpReceiver__jitter_buffer"))
+                + _uses(RTCRtpReceiver, "_handle_rtp_packet", "_RTCRtpReceiver__jitter_buffer", "add"))
     parameters = inspect.signature(JitterBuffer).parameters
     if not {"capacity", "prefetch"} <= set(parameters):
         problems.append(f"aiortc.jitterbuffer.JitterBuffer takes ({', '.join(parameters)}), not capacity and prefetch")
@@ -345,16 +515,59 @@ def _check_keyframe_request() -> list[str]:
             + _uses(RTCRtpSender, "_handle_rtcp_packet", "_send_keyframe"))
 
 
-def _check_sender_packet_branch() -> list[str]:
-    """The sender packs what its track gives when it is not an ``av`` frame (the
-    :class:`RelayTrack`'s :class:`EncodedFrame`) with the encoder's ``pack()``, which
-    reads ``bytes()``, ``pts`` and ``time_base``."""
-    problems = _uses(RTCRtpSender, "_next_encoded_frame", "recv", "Frame", "pack")
-    frame_type = getattr(rtcrtpsender, "Frame", None)
-    if isinstance(frame_type, type) and issubclass(EncodedFrame, frame_type):
-        problems.append("aiortc.rtcrtpsender.Frame would take an EncodedFrame for a frame to encode")
-    for encoder in (vpx.Vp8Encoder, opus.OpusEncoder):
-        problems += _uses(encoder, "pack", "bytes", "pts", "time_base")
+def _check_packets_in() -> list[str]:
+    """The DTLS transport hands each decrypted packet to the receiver's
+    ``_handle_rtp_packet`` (replaced per receiver by :class:`InboundStream`), which
+    knows the codecs by payload type (``__codecs``) and the RTX streams (``__rtx_ssrc``)."""
+    from aiortc.rtcdtlstransport import RTCDtlsTransport
+
+    return (_uses(RTCDtlsTransport, "_handle_rtp_data", "_handle_rtp_packet")
+            + _parameters(RTCRtpReceiver.__dict__.get("_handle_rtp_packet"),
+                          "aiortc.RTCRtpReceiver._handle_rtp_packet", ("self", "packet", "arrival_time_ms"))
+            + _uses(RTCRtpReceiver, "__init__", "_RTCRtpReceiver__codecs", "_enabled")
+            + _uses(RTCRtpReceiver, "receive", "_RTCRtpReceiver__codecs", "_RTCRtpReceiver__rtx_ssrc"))
+
+
+_SENDER_STATE = ("_RTCRtpSender__ntp_timestamp", "_RTCRtpSender__rtp_timestamp",
+                 "_RTCRtpSender__octet_count", "_RTCRtpSender__packet_count")
+
+
+def _check_packets_out() -> list[str]:
+    """:class:`OutboundStream` learns the payload type and mid from the sender's
+    ``send()``, writes packets to ``__rtp_history`` (which ``_retransmit`` answers
+    NACKs from) serialized with ``__rtp_header_extensions_map``, sends them with the
+    transport's ``_send_rtp`` and keeps the counters the sender reports use. The
+    sender's own loop must wait on the track before making an encoder."""
+    from aiortc.rtcdtlstransport import RTCDtlsTransport
+    from aiortc.rtcpeerconnection import RTCPeerConnection
+
+    problems = (_uses(RTCPeerConnection, "_RTCPeerConnection__connect", "send")
+                + _parameters(RTCRtpSender.__dict__.get("send"), "aiortc.RTCRtpSender.send", ("self", "parameters"))
+                + _uses(RTCRtpSender, "__init__", "_RTCRtpSender__rtp_history",
+                        "_RTCRtpSender__rtp_header_extensions_map", "_ssrc", *_SENDER_STATE)
+                + _uses(RTCRtpSender, "_retransmit", "_RTCRtpSender__rtp_history")
+                + _uses(RTCRtpSender, "_run_rtcp", *_SENDER_STATE)
+                + _uses(RTCRtpSender, "_next_encoded_frame", "recv"))
+    if not inspect.iscoroutinefunction(RTCDtlsTransport.__dict__.get("_send_rtp")):
+        problems.append("aiortc.RTCDtlsTransport._send_rtp is missing or not a coroutine function")
+    return problems
+
+
+def _check_bandwidth() -> list[str]:
+    """:class:`InboundStream` takes the receiver's REMB estimate from its
+    ``__remote_bitrate_estimator`` and sends its own with ``_send_rtcp`` from
+    ``__rtcp_ssrc``; :class:`OutboundStream` reads a watcher's REMB in the sender's
+    ``_handle_rtcp_packet``, which the transport calls."""
+    from aiortc.rtcdtlstransport import RTCDtlsTransport
+
+    problems = (_uses(RTCRtpReceiver, "__init__", "_RTCRtpReceiver__remote_bitrate_estimator",
+                      "_RTCRtpReceiver__rtcp_ssrc")
+                + _uses(RTCRtpReceiver, "_handle_rtp_packet", "_RTCRtpReceiver__remote_bitrate_estimator", "add")
+                + _uses(RTCDtlsTransport, "_handle_rtcp_data", "_handle_rtcp_packet")
+                + _parameters(RTCRtpSender.__dict__.get("_handle_rtcp_packet"),
+                              "aiortc.RTCRtpSender._handle_rtcp_packet", ("self", "packet")))
+    if not inspect.iscoroutinefunction(RTCRtpReceiver.__dict__.get("_send_rtcp")):
+        problems.append("aiortc.RTCRtpReceiver._send_rtcp is missing or not a coroutine function")
     return problems
 
 
@@ -362,10 +575,12 @@ def _check_sender_packet_branch() -> list[str]:
 HOOKS: dict[str, Callable[[], list[str]]] = {
     "decoder worker": _check_decoder_worker,
     "decoder queue": _check_decoder_queue,
-    "audio jitter buffer": _check_jitter_buffer,
+    "jitter buffer": _check_jitter_buffer,
     "keyframe request upstream": _check_keyframe_upstream,
     "keyframe request from a watcher": _check_keyframe_request,
-    "sender packet branch": _check_sender_packet_branch,
+    "packets in": _check_packets_in,
+    "packets out": _check_packets_out,
+    "bandwidth": _check_bandwidth,
 }
 
 

@@ -1,0 +1,109 @@
+"""What the relay reads and rewrites in RTP packets: pure functions, no aiortc state.
+
+The live path forwards each RTP packet as it arrives (see :mod:`evr.media.passthrough`).
+Each outgoing stream has its own SSRC, and its receiver must see one continuous
+stream whatever happens upstream: the source rejoins on a new connection (new SSRC,
+random sequence numbers and timestamps), the watcher is switched to another source,
+or the call pauses. A :class:`Rewriter` maps every source packet's sequence number
+and timestamp into the outgoing stream's space, as Janus's "switching context" and
+mediasoup's ``RtpStreamSend`` do: inside one source the mapping is a constant offset
+(so reordered and retransmitted packets land where they belong), and at a switch the
+new offset continues the sequence numbers by one and the timestamps by the
+wall-clock time that passed. Video switches only at the start of a keyframe
+(:func:`vp8_keyframe_start`), the one place a decoder can start.
+
+Everything here works on plain ints and bytes, so it is tested and fuzzed without
+a peer connection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Hashable, Optional
+
+SEQ_MOD = 1 << 16
+TS_MOD = 1 << 32
+
+
+def vp8_keyframe_start(payload: bytes) -> bool:
+    """Whether a VP8 RTP payload (RFC 7741) is the first packet of a keyframe.
+
+    The payload descriptor's S bit must be set with partition index 0, and the VP8
+    payload header after the descriptor must have its P bit clear (RFC 6386, 9.1).
+    A truncated or malformed descriptor is not a keyframe start.
+    """
+    size = len(payload)
+    if size < 1:
+        return False
+    first = payload[0]
+    if not first & 0x10 or first & 0x0F:  # S bit, PID 0
+        return False
+    pos = 1
+    if first & 0x80:  # X: extension byte follows
+        if size <= pos:
+            return False
+        ext = payload[pos]
+        pos += 1
+        if ext & 0x80:  # I: picture id, one or two bytes (M bit)
+            if size <= pos:
+                return False
+            pos += 2 if payload[pos] & 0x80 else 1
+        if ext & 0x40:  # L: TL0PICIDX
+            pos += 1
+        if ext & 0x30:  # T or K: TID/Y/KEYIDX
+            pos += 1
+    return size > pos and not payload[pos] & 0x01
+
+
+@dataclass(slots=True)
+class Mapped:
+    """One source packet's place in the outgoing stream."""
+
+    sequence_number: int
+    timestamp: int
+
+
+class Rewriter:
+    """Maps the packets of whichever source feeds one outgoing stream into that
+    stream's sequence number and timestamp space.
+
+    ``source`` is any identity of the upstream stream (the bridge passes the
+    source's connection and SSRC): a new identity is a switch. ``clock_rate`` turns
+    the wall-clock gap at a switch into timestamp units.
+    """
+
+    def __init__(self, clock_rate: int, first_sequence_number: int = 0, first_timestamp: int = 0) -> None:
+        self.clock_rate = clock_rate
+        self._source: Optional[Hashable] = None
+        self._seq_offset = 0
+        self._ts_offset = 0
+        #: The highest sequence number and the timestamp sent so far, and when.
+        self._last_seq = (first_sequence_number - 1) % SEQ_MOD
+        self._last_ts = first_timestamp % TS_MOD
+        self._last_arrival: Optional[float] = None
+        self.switches = 0
+
+    @property
+    def source(self) -> Optional[Hashable]:
+        return self._source
+
+    def switch(self, source: Hashable, sequence_number: int, timestamp: int, arrival: float) -> None:
+        """Continue the outgoing stream with ``source``, whose next packet has these numbers."""
+        if self._last_arrival is None:
+            gap = 0
+        else:
+            gap = max(1, round((arrival - self._last_arrival) * self.clock_rate))
+        self._source = source
+        self._seq_offset = (self._last_seq + 1 - sequence_number) % SEQ_MOD
+        self._ts_offset = (self._last_ts + gap - timestamp) % TS_MOD
+        self.switches += 1
+
+    def map(self, sequence_number: int, timestamp: int, arrival: float) -> Mapped:
+        """The outgoing numbers of a packet of the current source (call :meth:`switch` first)."""
+        seq = (sequence_number + self._seq_offset) % SEQ_MOD
+        ts = (timestamp + self._ts_offset) % TS_MOD
+        if (seq - self._last_seq) % SEQ_MOD < SEQ_MOD // 2:  # newer (not a late or repeated packet)
+            self._last_seq = seq
+            self._last_ts = ts
+            self._last_arrival = arrival
+        return Mapped(seq, ts)
