@@ -138,7 +138,8 @@ def stop_process(proc: Optional[subprocess.Popen]) -> None:
         pass
 
 
-async def wait_healthy(http: Any, base: str, proc: subprocess.Popen, log: Path, timeout: float = 30.0) -> None:
+async def wait_healthy(http: Any, base: str, proc: subprocess.Popen, log: Path, timeout: float = 30.0,
+                       path: str = "/healthz") -> None:
     import aiohttp
 
     deadline = time.monotonic() + timeout
@@ -146,7 +147,7 @@ async def wait_healthy(http: Any, base: str, proc: subprocess.Popen, log: Path, 
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{log_tail(log)}")
         try:
-            async with http.get(base + "/healthz") as response:
+            async with http.get(base + path) as response:
                 if response.status == 200:
                     return
         except (OSError, aiohttp.ClientError):
@@ -211,7 +212,7 @@ def worker_entry(conn: Any, spec: dict[str, Any]) -> None:
     except ImportError:
         pass
     try:
-        asyncio.run(worker_main(conn, spec))
+        asyncio.run(spec.get("main", worker_main)(conn, spec))
     except Exception:
         try:
             conn.send(("error", traceback.format_exc()))
@@ -219,15 +220,13 @@ def worker_entry(conn: Any, spec: dict[str, Any]) -> None:
             pass
 
 
-async def worker_main(conn: Any, spec: dict[str, Any]) -> None:
-    import aiohttp
-
-    import evr.client as client_module
+def timed_source() -> Any:
+    """The clients' source track class (imported in a worker: it is EVR's
+    ``EncodedSourceTrack``), which logs, per frame index, when it was handed to the
+    sender and a hash of its bytes."""
     from evr.media.sources import EncodedSourceTrack
 
     class TimedSource(EncodedSourceTrack):
-        """Logs, per frame index, when it was handed to the sender and a hash of its bytes."""
-
         def __init__(self, clip: Any) -> None:
             super().__init__(clip)
             self.times: list[float] = []
@@ -241,6 +240,15 @@ async def worker_main(conn: Any, spec: dict[str, Any]) -> None:
             self.hashes.append(hash(frame.data))
             return frame
 
+    return TimedSource
+
+
+async def worker_main(conn: Any, spec: dict[str, Any]) -> None:
+    import aiohttp
+
+    import evr.client as client_module
+
+    TimedSource = timed_source()
     from evr.media.sources import opus_clip
 
     clips = {"audio": opus_clip(), "video": spec["video_clip"]}
@@ -392,8 +400,9 @@ async def worker_main(conn: Any, spec: dict[str, Any]) -> None:
 
 
 def direction_stats(source: Any, rx: list[tuple[int, float, int, int, bool]], kind: str,
-                    t_mark: float, t_end: float) -> dict[str, Any]:
-    """What one source sent in the window [mark, end) and what of it the far end got."""
+                    t_mark: float, t_end: float, offset: Optional[int] = None) -> dict[str, Any]:
+    """What one source sent in the window [mark, end) and what of it the far end got
+    (``offset``: :func:`map_offset`'s, when the caller found it already)."""
     first, last = source.mark, source.end
     in_window = [r for r in rx if t_mark <= r[1] < t_end]
     stats: dict[str, Any] = {
@@ -406,7 +415,8 @@ def direction_stats(source: Any, rx: list[tuple[int, float, int, int, bool]], ki
         "delivered": None,  # by frame identity (exact), when the stream maps
         "latency": [],
     }
-    offset = map_offset(source, rx, kind)
+    if offset is None:
+        offset = map_offset(source, rx, kind)
     if offset is None:
         return stats
     step = STEP[kind]
@@ -455,7 +465,8 @@ def map_offset(source: Any, rx: list[tuple[int, float, int, int, bool]], kind: s
 
 
 async def run_phase(name: str, server_pid: int, mode: str, base: str, calls: list[dict[str, Any]], args: Any,
-                    seconds: float, video_clip: Any, before_mark: Any = None, after_end: Any = None) -> dict[str, Any]:
+                    seconds: float, video_clip: Any, before_mark: Any = None, after_end: Any = None,
+                    worker: Any = None) -> dict[str, Any]:
     import multiprocessing
 
     import psutil
@@ -469,6 +480,8 @@ async def run_phase(name: str, server_pid: int, mode: str, base: str, calls: lis
             parent, child = ctx.Pipe()
             spec = {"base": base, "mode": mode, "calls": share, "username": USERNAME, "password": PASSWORD,
                     "video_size": VIDEO_SIZE, "vp8_target": args.vp8_target, "video_clip": video_clip}
+            if worker is not None:  # another client (a module-level coroutine function, as worker_main)
+                spec["main"] = worker
             proc = ctx.Process(target=worker_entry, args=(child, spec), daemon=True, name=f"bench-{name}")
             proc.start()
             child.close()
@@ -665,9 +678,11 @@ def pairs_per_call(participants: int) -> int:
 
 
 async def evr_phase(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen], clip: Any,
-                    recording: bool, participants: int = 2) -> tuple[dict[str, Any], list[str]]:
+                    recording: bool, participants: int = 2, serve_args: tuple[str, ...] = (),
+                    worker: Any = None) -> tuple[dict[str, Any], list[str]]:
     """Run the calls (``participants`` people each) through a fresh ``evr serve``
-    (recording on or off); its figures and log problems."""
+    (recording on or off; ``serve_args`` added to its command line); its figures and
+    log problems. ``worker``: what the client workers run (default :func:`worker_main`)."""
     import aiohttp
 
     name = "recording" if recording else "no-recording"
@@ -685,7 +700,8 @@ async def evr_phase(args: argparse.Namespace, tmp: Path, procs: list[subprocess.
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with open(evr_log, "wb") as log:
-        server = subprocess.Popen([sys.executable, "-m", "evr", "serve", "--data", str(data), "--port", str(port)],
+        server = subprocess.Popen([sys.executable, "-m", "evr", "serve", "--data", str(data), "--port", str(port),
+                                   *serve_args],
                                   stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     procs.append(server)
 
@@ -723,7 +739,7 @@ async def evr_phase(args: argparse.Namespace, tmp: Path, procs: list[subprocess.
             return dict(totals)
 
         result = await run_phase(f"passthrough, {name}", server.pid, "evr", base, calls, args, args.seconds, clip,
-                                 before_mark=api_counters, after_end=api_counters)
+                                 before_mark=api_counters, after_end=api_counters, worker=worker)
         result.update(participants=participants, pairs=len(calls) * pairs_per_call(participants), recording=recording)
         if recording:
             segments = 0
@@ -922,11 +938,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         metavar="P", help="people per call (default 2); 3 to 6 also runs the calls with P people "
                                           "(the victim, the officer, guests) and compares CPU per participant-pair")
     parser.add_argument("--workers", type=int, default=2, help="client worker processes (default 2)")
-    parser.add_argument("--warmup", type=float, default=3.0, help="seconds after all joined (default 3)")
-    parser.add_argument("--drain", type=float, default=1.5,
-                        help="seconds after the window for its last frames to arrive (default 1.5)")
-    parser.add_argument("--vp8-target", type=int, default=700_000,
-                        help="libvpx target for the clip; 700000 gives about 1 Mbit/s at 640x480")
+    add_phase_options(parser)
     parser.add_argument("--transcoding-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -936,8 +948,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.calls < 1 or args.transcode_calls < 1 or args.seconds <= 0:
         parser.error("--calls, --transcode-calls and --seconds must be positive")
 
+    return run_bench(bench, args, "evr-bench-")
+
+
+def add_phase_options(parser: argparse.ArgumentParser) -> None:
+    """The options :func:`run_phase` reads besides the client workers."""
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds after all joined (default 3)")
+    parser.add_argument("--drain", type=float, default=1.5,
+                        help="seconds after the window for its last frames to arrive (default 1.5)")
+    parser.add_argument("--vp8-target", type=int, default=700_000,
+                        help="libvpx target for the clip; 700000 gives about 1 Mbit/s at 640x480")
+
+
+def run_bench(bench: Any, args: argparse.Namespace, prefix: str) -> int:
+    """Run ``bench(args, tmp, procs)`` in a temporary directory; the processes it lists in
+    ``procs`` are ended and the directory removed however it ends. On a failure, the
+    traceback and the last lines of every log in the directory. The exit status."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up on kill too
-    tmp = Path(tempfile.mkdtemp(prefix="evr-bench-"))
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
     procs: list[subprocess.Popen] = []
     try:
         asyncio.run(bench(args, tmp, procs))
@@ -946,9 +974,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 130
     except Exception:
         traceback.print_exc()
-        for name in ("evr.log", "transcoding.log"):
-            if (tmp / name).exists():
-                print(f"--- last lines of {name} ---\n{log_tail(tmp / name)}", file=sys.stderr)
+        for log in sorted(tmp.rglob("*.log")):
+            print(f"--- last lines of {log.relative_to(tmp)} ---\n{log_tail(log)}", file=sys.stderr)
         return 1
     finally:
         for proc in procs:
