@@ -72,6 +72,8 @@ class Active:
     id: str
     consultation_id: str
     started_at: datetime
+    #: Its spool folder (in the spool of the process that records it).
+    directory: Path
     recorder: Optional[Recorder] = None
     index: int = 0
     head: str = manifest.GENESIS
@@ -87,14 +89,16 @@ class Recordings:
     create_retry_delays: tuple[float, ...] = (0.5, 2.0, 5.0)
 
     def __init__(self, settings: Settings, clock: Clock, db: async_sessionmaker, store: EvidenceStore,
-                 key: Ed25519PrivateKey, audit: AuditLog) -> None:
+                 key: Ed25519PrivateKey, audit: AuditLog, spool: Optional[Path] = None) -> None:
         self.settings = settings
         self.clock = clock
         self.db = db
         self.store = store
         self.key = key
         self.audit = audit
-        self.spool = settings.data_dir / "spool" / "recordings"
+        #: Where this process spools what it records: ``DATA/spool/recordings``, or a
+        #: media worker's own (:func:`worker_spool`).
+        self.spool = spool or settings.data_dir / "spool" / "recordings"
         self.active: dict[str, Active] = {}
         self.tasks = TaskSet("recordings")
 
@@ -117,9 +121,9 @@ class Recordings:
         folder's metadata (whose media it holds, so a recording whose row is never made
         is still recovered at the next start), then the row."""
         rid = str(uuid.uuid4())
-        active = self.active[rid] = Active(rid, consultation_id, self.clock())
+        active = self.active[rid] = Active(rid, consultation_id, self.clock(), self.spool / rid)
         user_agent = clean_header(user_agent)  # the socket cleaned it; a caller of start() may not have
-        recorder = Recorder(rid, self.spool / rid, lambda event: self._on_event(active, event), request_keyframe,
+        recorder = Recorder(rid, active.directory, lambda event: self._on_event(active, event), request_keyframe,
                             self.settings.recording_segment_seconds, self.settings.recording_queue_packets,
                             kinds=("video",) if track == "screen" else ("video", "audio"))
         active.recorder = recorder
@@ -135,7 +139,7 @@ class Recordings:
         fault of the database or the audit log can stop it)."""
         retries = iter(self.create_retry_delays)
         try:
-            await asyncio.to_thread(_write_spool_metadata, self.spool / active.id, {
+            await asyncio.to_thread(_write_spool_metadata, active.directory, {
                 "recording_id": active.id, "consultation_id": active.consultation_id, "participant": role,
                 "user_id": user_id, "user_agent": user_agent, "started_at": rfc3339(active.started_at),
                 "track": track, "name": name,
@@ -235,7 +239,7 @@ class Recordings:
     async def _store_leftovers(self, active: Active, stored_seqs: set[int]) -> tuple[int, datetime]:
         """Store every segment file still in the spool that no entry holds yet (a
         segment whose storing failed, or what a crash left): (how many, latest end)."""
-        directory = self.spool / active.id
+        directory = active.directory
         leftovers = sorted(directory.glob("seg-*.webm")) if directory.is_dir() else []
         count, last_end = 0, active.started_at
         for path in leftovers:
@@ -309,7 +313,7 @@ class Recordings:
                    details={"reason": reason, "status": kept["status"], "segments": len(manifest.segments(entries)),
                             "manifest_sha256": sha256, **(details or {})})
         self.active.pop(active.id, None)
-        directory = self.spool / active.id
+        directory = active.directory
         if any(directory.glob("seg-*.webm")):
             log.error("recording %s: segment files remain in the spool after sealing; kept for the next start",
                       active.id)
@@ -319,9 +323,20 @@ class Recordings:
 
     # -- crash recovery ------------------------------------------------------------
 
-    async def recover(self) -> int:
+    def spools(self) -> list[Path]:
+        """Every spool of this data directory: the serving process's and each media
+        worker's (:func:`worker_spool`)."""
+        workers = self.settings.data_dir / "spool" / "workers"
+        found = sorted(p / "recordings" for p in workers.iterdir()) if workers.is_dir() else []
+        return [self.spool, *(p for p in found if p != self.spool)]
+
+    async def recover(self, spool: Optional[Path] = None) -> int:
         """Close every recording a crash left open: store what its last segments hold,
         add a termination entry, seal the manifest. Returns how many were closed.
+
+        At start (no ``spool``) that is every open recording, with every spool of the
+        data directory. Given the ``spool`` of one media worker that died while others
+        run on, only the recordings spooled there: the others are being recorded.
 
         Then every spool folder without an open recording is dealt with, so that no
         participant's media is left as plaintext in the spool outside the evidence
@@ -342,20 +357,27 @@ class Recordings:
           private folder of the data directory: a folder would leave plaintext media
           on disk, and could be emptied without a trace.
         """
+        spools = [spool] if spool is not None else self.spools()
         async with self.db() as db:
             open_ = list(await db.scalars(select(Recording).where(Recording.status == "recording")))
+        closing = []
         for recording in open_:
+            directory = next((s / recording.id for s in spools if (s / recording.id).is_dir()), None)
+            if directory is None and spool is not None:
+                continue  # spooled by a process that runs on
+            closing.append(recording.id)
             try:
-                await self._recover_one(recording)
+                await self._recover_one(recording, directory or self.spool / recording.id)
             except Exception:  # noqa: BLE001 - the others still get closed; this one's spool stays
                 log.exception("recording %s could not be closed; its spool is kept", recording.id)
-        await self._recover_spool({r.id for r in open_})
-        return len(open_)
+        for each in spools:
+            await self._recover_spool(each, {r.id for r in open_})
+        return len(closing)
 
-    async def _recover_one(self, recording: Recording) -> None:
+    async def _recover_one(self, recording: Recording, directory: Path) -> None:
         async with self.db() as db:
             entries = await entries_of(db, recording.id)
-        active = Active(recording.id, recording.consultation_id, recording.started_at)
+        active = Active(recording.id, recording.consultation_id, recording.started_at, directory)
         active.created.set()
         active.stored = True
         active.index = len(entries)
@@ -375,19 +397,19 @@ class Recordings:
         await self._append(active, {"type": "end", "reason": "server_restart", "at": rfc3339(last_end)})
         await self._seal(active, "server_restart", "terminated", {"recovered_segments": salvaged})
 
-    async def _recover_spool(self, handled: set[str]) -> None:
-        if not self.spool.is_dir():
+    async def _recover_spool(self, spool: Path, handled: set[str]) -> None:
+        if not spool.is_dir():
             return
-        for path in sorted(self.spool.iterdir()):
+        for path in sorted(spool.iterdir()):
             if path.name in handled:
                 continue
             try:
-                await self._recover_orphan(path)
+                await self._recover_orphan(spool, path)
             except Exception:  # noqa: BLE001 - left where it is, and said loudly
                 log.exception("spool entry %s could not be recovered or quarantined; it is left in place",
                               clean_header(path.name))
 
-    async def _recover_orphan(self, path: Path) -> None:
+    async def _recover_orphan(self, spool: Path, path: Path) -> None:
         async with self.db() as db:
             row = await db.get(Recording, path.name) if path.is_dir() else None
             meta = _read_spool_metadata(path) if row is None and path.is_dir() else None
@@ -400,25 +422,25 @@ class Recordings:
                     seg.unlink()
             (path / SPOOL_METADATA).unlink(missing_ok=True)
             if any(path.iterdir()):
-                await self._quarantine(path, f"files beside the sealed recording {row.id} that it does not hold")
+                await self._quarantine(spool, path, f"files beside the sealed recording {row.id} that it does not hold")
             else:
                 path.rmdir()
             return
         if meta is not None and consultation is not None:
-            active = Active(path.name, consultation.id, meta["started_at"])
+            active = Active(path.name, consultation.id, meta["started_at"], path)
             await self._insert(active, meta["participant"], meta.get("user_id"), clean_header(meta.get("user_agent")),
                                recovered=True, track=meta["track"], name=clean_header(meta.get("name"), 200))
             async with self.db() as db:
                 recording = await db.get(Recording, path.name)
             assert recording is not None
             log.warning("recording %s: found in the spool without its row; recovered and sealed", path.name)
-            await self._recover_one(recording)
+            await self._recover_one(recording, path)
             return
         why = ("spool metadata names no known consultation" if meta is not None
                else "no readable spool metadata (whose media it is is unknown)")
-        await self._quarantine(path, why)
+        await self._quarantine(spool, path, why)
 
-    async def _quarantine(self, path: Path, why: str) -> None:
+    async def _quarantine(self, spool: Path, path: Path, why: str) -> None:
         """Move a spool entry into the store under ``quarantine/spool/``, audit-logged.
 
         The store cannot share the audit log's transaction, so the files go first and
@@ -439,7 +461,7 @@ class Recordings:
                 await self.store.add_file(key, file, sha256=sha256)
             except ItemExists:
                 await self.store.check_existing(key, sha256)
-            name = file.relative_to(self.spool).as_posix()
+            name = file.relative_to(spool).as_posix()
             report.append({"file": clean_header(name, 256), "key": key, "sha256": sha256, "size": size})
         name = clean_header(path.name, 100) or "?"
         async with self.audit.transaction() as tx:
@@ -514,3 +536,9 @@ def _salvage(path: Path, seq: int) -> Optional[SegmentClosed]:
         return None
     sha256, size = hash_file(path)
     return SegmentClosed(seq, path, sha256, size, first, last, keyframe_start, packets, recovered=True)
+
+
+def worker_spool(settings: Settings, index: int) -> Path:
+    """The spool of media worker ``index`` (``evr serve --workers``): each worker
+    records into its own, so one that dies is recovered alone while the others run."""
+    return settings.data_dir / "spool" / "workers" / str(index) / "recordings"

@@ -23,6 +23,7 @@ from .http import (
     DB,
     HUB,
     INCIDENTS,
+    MEDIA_WORKERS,
     NOTIFIER,
     QUEUE_BOARD,
     SETTINGS,
@@ -57,14 +58,18 @@ CSP = (
 
 
 
-def create_app(settings: Settings, clock: Clock = utcnow, notifier: Optional[Notifier] = None) -> web.Application:
+def create_app(settings: Settings, clock: Clock = utcnow, notifier: Optional[Notifier] = None,
+               workers: int = 0) -> web.Application:
     """The application: middlewares, every feature's routes, and the composition
-    root (:func:`evr.services.services`) that builds their services at start."""
+    root (:func:`evr.services.services`) that builds their services at start. With
+    ``workers``, the calls' media runs in that many worker processes
+    (:mod:`evr.media.pool`); without, in this process."""
     app = web.Application(middlewares=[forwarded_client(settings), json_errors, plain_parameters, staff_session],
                           client_max_size=MAX_JSON_BODY)
     app.on_response_prepare.append(security_headers)
     app[SETTINGS] = settings
     app[CLOCK] = clock
+    app[MEDIA_WORKERS] = workers
     if notifier is not None:  # the tests' own gateway; else the configured one
         app[NOTIFIER] = notifier
     app.cleanup_ctx.append(services)  # every service, built and wired in one place

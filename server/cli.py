@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(serve)
     serve.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8080)")
+    serve.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="media worker processes (default: the workers setting, else one per core; "
+                            "0: the media runs in the serving process)")
     serve.set_defaults(func=cmd_serve)
 
     user = commands.add_parser("user", help="manage staff users")
@@ -112,15 +115,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from .app import create_app
+    from .media.pool import default_workers
 
     settings = load_settings(args, host=args.host, port=args.port)
+    if args.workers is not None and args.workers < 0:
+        raise ConfigError("--workers takes 0 or more")
+    workers = args.workers if args.workers is not None else settings.workers or default_workers()
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is optional off Linux/macOS
         pass
-    app = create_app(settings)
+    app = create_app(settings, workers=workers)
     app.on_startup.append(_freeze_startup)  # after the services (cleanup_ctx, registered first)
     url = settings.public_url or f"http://{settings.host}:{settings.port}"
     print(f"EVR {__version__} serving on {url} (data in {settings.data_dir.resolve()})", flush=True)

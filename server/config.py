@@ -51,6 +51,9 @@ class Settings:
     notify_api_key: str = ""
     notify_sms_template: str = ""
     notify_email_template: str = ""
+    #: Media worker processes ``evr serve`` runs, each call pinned to one (0: one per
+    #: core; ``evr serve --workers 0`` keeps the media in the serving process).
+    workers: int = 0
     #: STUN/TURN servers handed to the server's peer connections, comma separated.
     ice_servers: str = ""
     turn_username: str = ""

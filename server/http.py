@@ -69,6 +69,8 @@ SURVEYS: web.AppKey[Surveys] = web.AppKey("surveys")
 CHAT: web.AppKey[Chat] = web.AppKey("chat")
 LOCATIONS: web.AppKey[Locations] = web.AppKey("locations")
 GUESTS: web.AppKey[Guests] = web.AppKey("guests")
+#: How many media worker processes ``evr serve`` runs (0: the media runs in the serving process).
+MEDIA_WORKERS: web.AppKey[int] = web.AppKey("media_workers")
 STAFF: web.RequestKey[Optional[Staff]] = web.RequestKey("staff")
 
 

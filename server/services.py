@@ -42,6 +42,7 @@ from .http import (
     HUB,
     INCIDENTS,
     LOCATIONS,
+    MEDIA_WORKERS,
     NOTIFIER,
     QUEUE_BOARD,
     RECORDINGS,
@@ -128,6 +129,7 @@ async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
     from .incidents.service import Incidents
     from .incidents.webhooks import Webhooks
     from .location import Locations
+    from .media.pool import MediaPool
     from .recording.redactions import Jobs, Redactor
     from .recording.service import Recordings
     from .retention.policy import Policy
@@ -162,8 +164,12 @@ async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
     if sealed:
         log.warning("sealed the chat of %d closed consultation(s) left unsealed", sealed)
     locations = app[LOCATIONS] = Locations(clock, audit)
+    media = None
+    if app[MEDIA_WORKERS] > 0:  # after recover(): nothing records until the workers run
+        media = MediaPool(settings, app[MEDIA_WORKERS], recordings.recover)
+        await media.start()
     app[HUB] = Hub(settings, clock, db, consultations, [recordings.sink] if settings.recording else [],
-                   chat=chat, locations=locations)
+                   chat=chat, locations=locations, media=media)
 
     uploads = app[UPLOADS] = Uploads(settings, clock, db, store, audit)
     await uploads.recover()
@@ -190,6 +196,8 @@ async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        if media is not None:  # its rooms were closed by on_shutdown (the hub's)
+            await media.close()
         await webhooks.close()
         await background.close()
         await uploads.close()

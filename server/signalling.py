@@ -39,6 +39,10 @@ from .media.bridge import OfferError, Participant, Room, SinkFactory
 if TYPE_CHECKING:
     from .chat import Chat
     from .location import Locations
+    from .media.pool import MediaPool, RemoteRoom
+
+    #: A room in this process, or one in a media worker (``evr serve --workers``).
+    LiveRoom = Room | RemoteRoom
 from .tasks import TaskSet
 from .text import JsonError, clean_header, parse_json
 from .timeutil import Clock
@@ -104,7 +108,7 @@ class Hub:
 
     def __init__(self, settings: Settings, clock: Clock, db_factory: Any, consultations: Consultations,
                  sinks: Sequence[SinkFactory] = (), chat: Optional["Chat"] = None,
-                 locations: Optional["Locations"] = None) -> None:
+                 locations: Optional["Locations"] = None, media: Optional["MediaPool"] = None) -> None:
         self.settings = settings
         self.clock = clock
         self.db_factory = db_factory
@@ -119,7 +123,9 @@ class Hub:
         #: The in-call chat and the victim's location (none in tests of the media alone).
         self.chat = chat
         self.locations = locations
-        self.rooms: dict[str, Room] = {}
+        #: The media worker processes the rooms live in (None: rooms live here).
+        self.media = media
+        self.rooms: dict[str, LiveRoom] = {}
         self.clients: dict[str, set[Client]] = {}
         #: The victim's last shared location, per consultation with a room (staff see it).
         self.location: dict[str, Optional[dict[str, Any]]] = {}
@@ -129,12 +135,16 @@ class Hub:
         self.tasks = TaskSet("hub")
         self._session_watch: Optional[asyncio.Task[None]] = None
 
-    def room(self, consultation: Consultation) -> Room:
+    def room(self, consultation: Consultation) -> LiveRoom:
         room = self.rooms.get(consultation.id)
         if room is None:
-            room = self.rooms[consultation.id] = Room(consultation.id, self.ice_servers, self._changed, self.sinks,
-                                                      self._signal)
-            room.paused = self.consultations.track(consultation) == "paused"
+            paused = self.consultations.track(consultation) == "paused"
+            if self.media is not None:
+                room = self.media.room(consultation.id, paused, self._changed, self._signal, self._lost)
+            else:
+                room = Room(consultation.id, self.ice_servers, self._changed, self.sinks, self._signal)
+                room.paused = paused
+            self.rooms[consultation.id] = room
             self.clients[consultation.id] = set()
             self.location[consultation.id] = getattr(consultation, "location", None)
         return room
@@ -143,7 +153,7 @@ class Hub:
         room = self.rooms.get(consultation_id)
         return room.snapshot() if room else []
 
-    async def _changed(self, room: Room, who: Optional[Actor] = None, pause: Optional[bool] = None) -> None:
+    async def _changed(self, room: LiveRoom, who: Optional[Actor] = None, pause: Optional[bool] = None) -> None:
         """Something in the room changed (a connection; a ``pause`` asked for): report
         the presence to the status's owner, which writes and announces a new status
         (:meth:`_status_changed`); otherwise tell every client who is here now. A
@@ -166,6 +176,21 @@ class Hub:
         # listeners of the change; a ``state`` saying closed would only come before it.
         if changed is None and self.consultations.current(room.id) != "closed":
             await self.broadcast_state(room.id)
+
+    async def _lost(self, room: LiveRoom) -> None:
+        """The media worker of ``room`` died: its clients' sockets close with 1012
+        (service restart), so the pages rejoin at once and the room opens again on a
+        live worker; meanwhile nobody is in the call."""
+        if self.rooms.get(room.id) is not room:
+            return
+        del self.rooms[room.id]
+        clients = self.clients.pop(room.id, set())
+        await asyncio.gather(*(c.ws.close(code=WSCloseCode.SERVICE_RESTART, message=b"media restarted")
+                               for c in clients), return_exceptions=True)
+        try:
+            await self.consultations.update(room.id, Presence(victim_on=False, staff_on=False, paused=room.paused))
+        except Exception:  # noqa: BLE001 - the rejoin writes the status again
+            log.exception("consultation %s: status after a media worker died not written", room.id)
 
     async def _status_changed(self, consultation_id: str, status: Status) -> None:
         """The one announcement of a new status: ``state`` to every client, or, when
@@ -294,7 +319,7 @@ class Hub:
                     await asyncio.shield(self.tasks.spawn(room.disconnect(participant), f"{participant.role} left"))
         return ws
 
-    async def _handle(self, room: Room, client: Client, data: str) -> None:
+    async def _handle(self, room: LiveRoom, client: Client, data: str) -> None:
         if len(data.encode()) > self.settings.ws_max_message:
             await client.send(_error("too_large", f"Messages are limited to {self.settings.ws_max_message} bytes."))
             return
@@ -339,7 +364,7 @@ class Hub:
             await client.send(_error("internal_error", "The server could not handle that message."))
 
 
-    async def _chat(self, room: Room, client: Client, text: Any) -> None:
+    async def _chat(self, room: LiveRoom, client: Client, text: Any) -> None:
         """Keep a chat message (hash-chained, with the transcript) and send it to everyone."""
         if self.chat is None:
             raise ChatError("chat_unavailable", "Chat is not available here.")
@@ -348,7 +373,7 @@ class Hub:
                         guest_id=p.key.removeprefix("guest:") if p.is_guest else None)
         await self.broadcast(room.id, await self.chat.post(room.id, sender, text))
 
-    async def _location(self, room: Room, client: Client, message: dict[str, Any]) -> None:
+    async def _location(self, room: LiveRoom, client: Client, message: dict[str, Any]) -> None:
         """The victim shares where they are (audit-logged); staff see it in ``state``."""
         if client.participant.role != "victim" or self.locations is None:
             raise LocationError("not_allowed", "Only the victim's page shares a location.")

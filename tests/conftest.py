@@ -227,8 +227,8 @@ class Link:
 
 @pytest.fixture
 def link(staff: Callable[..., Any], new_client: Callable[[], Any]) -> Callable[..., Any]:
-    async def make() -> Link:
-        officer = await staff()
+    async def make(officer_name: str = "alice") -> Link:
+        officer = await staff(officer_name)
         created = await officer.create()
         phone = await new_client()
         path = link_path(created["join_url"])
@@ -260,8 +260,8 @@ async def call(link: Callable[..., Any]) -> AsyncIterator[Callable[..., Any]]:
         clients.append(made)
         return made
 
-    async def make(decode: bool = False, **options: Any) -> Call:
-        opened = await link()
+    async def make(decode: bool = False, officer_name: str = "alice", **options: Any) -> Call:
+        opened = await link(officer_name)
         victim = client(opened.phone.session, opened.ws_url, decode=decode, **options)
         console = client(opened.officer.client.session, opened.officer.ws_url(opened.id), decode=decode, **options)
         await victim.join()
