@@ -284,7 +284,46 @@ async def _nobody(_p: Participant, _message: dict[str, Any]) -> None:
     """The default :data:`Signal` of a room with no sockets (tests of the seam)."""
 
 
-class Room:
+class Roster:
+    """Everyone who joined a room, by key, in the order they joined: the part of a
+    room a room in a media worker (:class:`evr.media.pool.RemoteRoom`) mirrors."""
+
+    #: What :meth:`participant` makes.
+    member_type: type[Participant] = Participant
+
+    def __init__(self) -> None:
+        self.participants: dict[str, Participant] = {}
+        self._seq = 0
+
+    def participant(self, key: str, role: str, user_id: Optional[int] = None,
+                    name: Optional[str] = None) -> Participant:
+        p = self.participants.get(key)
+        if p is None:
+            self._seq += 1
+            p = self.participants[key] = self.member_type(key, role, user_id, self._seq, name)
+        elif name is not None:
+            p.name = name
+        return p
+
+    def entries(self, watcher: Optional[Participant], carried: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
+        """Who is in the call, as ``watcher``'s client is told it (``state``): each
+        participant's id, role, name, whether connected, and (``carried``) the mids of
+        the transceivers that carry them in the watcher's connection."""
+        entries = []
+        for p in sorted(self.participants.values(), key=lambda p: p.joined_seq):
+            if p.removed:
+                continue
+            entry: dict[str, Any] = {"id": p.key, "role": p.role, "name": p.name, "connected": p.connected,
+                                     "screen": p.sharing}
+            if watcher is not None:
+                entry["you"] = p is watcher
+                if p is not watcher:
+                    entry["mids"] = carried.get(p.key, {})
+            entries.append(entry)
+        return entries
+
+
+class Room(Roster):
     """The live side of one consultation."""
 
     def __init__(self, consultation_id: str, ice_servers: list[RTCIceServer], on_change: StateListener,
@@ -292,31 +331,20 @@ class Room:
         self.id = consultation_id
         #: Asked for a participant's sinks at the first forwarded frame of each track.
         self.sink_factories = tuple(sinks)
+        super().__init__()
         self.ice_servers = ice_servers
-        self.participants: dict[str, Participant] = {}
         #: Whether the call is paused: no media is forwarded nor captured. (The
         #: consultation's status is :class:`evr.consultations.Consultations`'s.)
         self.paused = False
         self.closed = False
         self._on_change = on_change
         self._signal = signal
-        self._seq = 0
         #: State notifications this room started (cancelled at close: nobody is left to tell).
         self.tasks = TaskSet(f"room {consultation_id}")
         #: Screen recordings ending (a share stopped): awaited at close, never cancelled.
         self.endings = TaskSet(f"room {consultation_id}")
 
     # -- participants -------------------------------------------------------
-
-    def participant(self, key: str, role: str, user_id: Optional[int] = None,
-                    name: Optional[str] = None) -> Participant:
-        p = self.participants.get(key)
-        if p is None:
-            self._seq += 1
-            p = self.participants[key] = Participant(key, role, user_id, self._seq, name)
-        elif name is not None:
-            p.name = name
-        return p
 
     def _preference(self, watcher: Participant, source: Participant) -> tuple[int, int]:
         """Who a participant sees on its own transceivers, best first: staff the
@@ -420,18 +448,7 @@ class Room:
             for output in watcher.leg.outputs:
                 if output.source is not None and output.feed is not None and output.mid is not None:
                     carried.setdefault(output.source.key, {})[output.feed] = output.mid
-        entries = []
-        for p in sorted(self.participants.values(), key=lambda p: p.joined_seq):
-            if p.removed:
-                continue
-            entry: dict[str, Any] = {"id": p.key, "role": p.role, "name": p.name, "connected": p.connected,
-                                     "screen": p.sharing}
-            if watcher is not None:
-                entry["you"] = p is watcher
-                if p is not watcher:
-                    entry["mids"] = carried.get(p.key, {})
-            entries.append(entry)
-        return entries
+        return self.entries(watcher, carried)
 
     def count(self) -> int:
         """Participants connected now."""

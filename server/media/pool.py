@@ -25,11 +25,11 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Coroutine, Optional
+from typing import Any, Awaitable, Callable, Coroutine, Optional, cast
 
 from ..config import Settings
 from ..tasks import TaskSet
-from .bridge import OfferError, Participant
+from .bridge import OfferError, Participant, Roster
 from .channel import Channel, ChannelClosed, RemoteError
 from .worker import settings_frame
 
@@ -63,36 +63,27 @@ Signal = Callable[[Participant, dict[str, Any]], Coroutine[Any, Any, None]]
 Lost = Callable[["RemoteRoom"], Coroutine[Any, Any, None]]
 
 
-class RemoteRoom:
+class RemoteRoom(Roster):
     """A consultation's room that lives in a media worker (see the module docstring)."""
+
+    member_type = Member
 
     def __init__(self, consultation_id: str, worker: "WorkerProcess", on_change: Changed, signal: Signal,
                  on_lost: Lost) -> None:
+        super().__init__()
         self.id = consultation_id
         self.worker = worker
-        self.participants: dict[str, Member] = {}
         self.paused = False
         self.closed = False
         self._on_change = on_change
         self._signal = signal
         self._on_lost = on_lost
-        self._seq = 0
         self._views: dict[str, list[dict[str, Any]]] = {}
         self._snapshot: list[dict[str, Any]] = []
         self._capturing = False
         self.tasks = TaskSet(f"room {consultation_id}")
 
     # -- what the hub reads -----------------------------------------------------
-
-    def participant(self, key: str, role: str, user_id: Optional[int] = None,
-                    name: Optional[str] = None) -> Member:
-        p = self.participants.get(key)
-        if p is None:
-            self._seq += 1
-            p = self.participants[key] = Member(key, role, user_id, self._seq, name)
-        elif name is not None:
-            p.name = name
-        return p
 
     @property
     def capturing(self) -> bool:
@@ -101,18 +92,7 @@ class RemoteRoom:
     def view(self, watcher: Optional[Participant] = None) -> list[dict[str, Any]]:
         if watcher is not None and watcher.key in self._views:
             return self._views[watcher.key]
-        entries = []
-        for p in sorted(self.participants.values(), key=lambda p: p.joined_seq):
-            if p.removed:
-                continue
-            entry: dict[str, Any] = {"id": p.key, "role": p.role, "name": p.name, "connected": p.connected,
-                                     "screen": p.sharing}
-            if watcher is not None:
-                entry["you"] = p is watcher
-                if p is not watcher:
-                    entry["mids"] = {}
-            entries.append(entry)
-        return entries
+        return self.entries(watcher, {})
 
     def snapshot(self) -> list[dict[str, Any]]:
         return self._snapshot
@@ -127,7 +107,7 @@ class RemoteRoom:
         if not isinstance(state, dict):
             return
         for entry in state.get("participants", ()):
-            p = self.participant(entry["key"], entry["role"], entry.get("user_id"), entry.get("name"))
+            p = cast(Member, self.participant(entry["key"], entry["role"], entry.get("user_id"), entry.get("name")))
             p.remote_connected = bool(entry.get("connected"))
             p.remote_sharing = bool(entry.get("screen"))
             p.removed = p.removed or bool(entry.get("removed"))
