@@ -68,7 +68,8 @@ own queueing, and end to end through its jitter buffer.
 Targets (from the issue): EVR's server CPU per call / Janus's <= 1.0 at 8 and at 16
 calls with recording off, <= 1.3 with recording on; at 16 calls, the latency EVR adds
 p50 < 2 ms and p99 < 10 ms (video and audio each). The script prints PASS/FAIL lines
-and exits 0 either way (1 only when a phase could not run).
+and exits 0 either way (1 when a phase could not run: the others still run and are
+reported, and the failure is said with the end of its server's log).
 """
 
 from __future__ import annotations
@@ -755,6 +756,7 @@ async def bench(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Pope
         print("nothing to measure (--janus-only without Janus)")
         return
     results: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    failed: list[str] = []
     for run in range(args.runs):
         for n in args.calls:
             for server, recording in servers if run % 2 == 0 else servers[::-1]:
@@ -763,14 +765,29 @@ async def bench(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Pope
                 where = tmp / f"run{run + 1}-{n}-{server}{'-rec' if recording else ''}"
                 where.mkdir()
                 print(f"run {run + 1}/{args.runs}, {n} calls, {label(server, recording)}:", flush=True)
-                if server == "janus":
-                    result = await janus_phase(phase_args, where, procs, clip, binary)
-                else:
-                    result, problems = await calls.evr_phase(phase_args, where, procs, clip, recording=recording,
-                                                             serve_args=serve_args, worker=peers_worker_main)
-                    result["log_problems"] = problems
+                started = len(procs)
+                try:
+                    if server == "janus":
+                        result = await janus_phase(phase_args, where, procs, clip, binary)
+                    else:
+                        result, problems = await calls.evr_phase(phase_args, where, procs, clip,
+                                                                 recording=recording, serve_args=serve_args,
+                                                                 worker=peers_worker_main)
+                        result["log_problems"] = problems
+                except Exception as error:  # the other phases still run and are reported
+                    failed.append(f"run {run + 1}, {n} calls, {label(server, recording)}: {error!r}"[:300])
+                    print(f"  failed: {failed[-1]}", flush=True)
+                    for log in sorted(where.glob("*.log")):
+                        print(f"  --- last lines of {log.name} ---\n{calls.log_tail(log, 15)}", flush=True)
+                    continue
+                finally:
+                    for proc in procs[started:]:  # nothing of this phase's keeps running into the next
+                        calls.stop_process(proc)
                 results.setdefault((n, label(server, recording)), []).append(result)
     summarize(args, results)
+    if failed:
+        print(f"\n{len(failed)} phase(s) failed:" + "".join(f"\n  {line}" for line in failed))
+        raise SystemExit(1)
 
 
 def label(server: str, recording: Optional[bool]) -> str:
