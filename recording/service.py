@@ -330,13 +330,14 @@ class Recordings:
         found = sorted(p / "recordings" for p in workers.iterdir()) if workers.is_dir() else []
         return [self.spool, *(p for p in found if p != self.spool)]
 
-    async def recover(self, spool: Optional[Path] = None) -> int:
+    async def recover(self, spool: Optional[Path] = None, local_only: bool = False) -> int:
         """Close every recording a crash left open: store what its last segments hold,
         add a termination entry, seal the manifest. Returns how many were closed.
 
         At start (no ``spool``) that is every open recording, with every spool of the
-        data directory. Given the ``spool`` of one media worker that died while others
-        run on, only the recordings spooled there: the others are being recorded.
+        data directory; ``local_only`` (a node of a cluster: other nodes are recording
+        now), only those spooled in them. Given the ``spool`` of one media worker that
+        died while others run on, only the recordings spooled there.
 
         Then every spool folder without an open recording is dealt with, so that no
         participant's media is left as plaintext in the spool outside the evidence
@@ -363,8 +364,8 @@ class Recordings:
         closing = []
         for recording in open_:
             directory = next((s / recording.id for s in spools if (s / recording.id).is_dir()), None)
-            if directory is None and spool is not None:
-                continue  # spooled by a process that runs on
+            if directory is None and (spool is not None or local_only):
+                continue  # spooled by a process (or a node) that runs on
             closing.append(recording.id)
             try:
                 await self._recover_one(recording, directory or self.spool / recording.id)

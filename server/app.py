@@ -9,9 +9,11 @@ from typing import Any, Awaitable, Callable, Optional
 from aiohttp import web
 
 from . import chat, disclosure, guests, links, openapi, pages, uploads
+from .audit import Actor
 from .auth import CSRF_HEADER, SESSION_COOKIE, csrf_ok, resolve_api_key
 from .config import Settings
 from .consultations import consultation_json, created_json, message_json, parse_new
+from .db import Consultation
 from .errors import ApiError, error_response, forbidden
 from .evaluation import api as evaluation_api
 from .evaluation import survey_api
@@ -99,6 +101,7 @@ def create_app(settings: Settings, clock: Clock = utcnow, notifier: Optional[Not
             web.get("/api/consultations/{id}", get_consultation),
             web.post("/api/consultations/{id}/close", close_consultation),
             web.get("/api/consultations/{id}/ws", staff_socket),
+            web.get("/internal/rooms/{id}/ws", carried_socket),
             web.get("/api/outbox", outbox),
             web.get("/console", pages.console),
             web.static("/static", pages.WEB_DIR, show_index=False, append_version=False),
@@ -331,10 +334,10 @@ async def create_consultation(request: web.Request) -> web.Response:
 
 async def list_consultations(request: web.Request) -> web.Response:
     staff = current_staff(request)
-    hub = request.app[HUB]
     async with request.app[DB]() as db:
         rows = await request.app[CONSULTATIONS].list(db, staff)
-    return web.json_response({"consultations": [consultation_json(c, hub.participants(c.id)) for c in rows]})
+    present = await request.app[HUB].participants([c.id for c in rows])
+    return web.json_response({"consultations": [consultation_json(c, present[c.id]) for c in rows]})
 
 
 async def get_consultation(request: web.Request) -> web.Response:
@@ -343,7 +346,8 @@ async def get_consultation(request: web.Request) -> web.Response:
         consultation = await request.app[CONSULTATIONS].get(db, staff, request.match_info["id"])
     await request.app[AUDIT].record(actor(request, staff), "consultation.view", f"consultation:{consultation.id}",
                                     consultation_id=consultation.id)
-    return web.json_response(consultation_json(consultation, request.app[HUB].participants(consultation.id)))
+    present = await request.app[HUB].participants([consultation.id])
+    return web.json_response(consultation_json(consultation, present[consultation.id]))
 
 
 async def close_consultation(request: web.Request) -> web.Response:
@@ -361,6 +365,28 @@ async def outbox(request: web.Request) -> web.Response:
     return web.json_response({"messages": [message_json(m) for m in messages]})
 
 
+async def carried_socket(request: web.Request) -> web.StreamResponse:
+    """``GET /internal/rooms/{id}/ws``: a signalling socket another node of the
+    cluster carries to this one, which holds the room (:mod:`evr.cluster`). Who it is
+    was authenticated and audit-logged where it landed, and signed with the cluster's
+    secret; anything unsigned, stale or for another room is a plain 404."""
+    from .cluster import HANDOVER_HEADER
+
+    hub = request.app[HUB]
+    identity = hub.cluster.check_handover(request.headers.get(HANDOVER_HEADER)) if hub.cluster else None
+    if identity is None or identity.get("consultation") != request.match_info["id"]:
+        raise ApiError(404, "not_found", "Not found.")
+    async with request.app[DB]() as db:
+        consultation = await db.get(Consultation, identity["consultation"])
+    if consultation is None or request.app[CONSULTATIONS].status(consultation) == "closed":
+        raise ApiError(410, "closed", "This consultation is closed.")
+    participant = hub.room(consultation).participant(identity["key"], identity["role"], identity["user_id"],
+                                                     identity["name"])
+    name, role, client = identity["who"]
+    return await hub.serve(request, consultation, participant, Actor(name, role, client),
+                           session_id=identity["session_id"], user_agent=identity["user_agent"])
+
+
 async def staff_socket(request: web.Request) -> web.StreamResponse:
     staff = current_staff(request)
     staff.require(*CALL_ROLES)
@@ -376,6 +402,5 @@ async def staff_socket(request: web.Request) -> web.StreamResponse:
         await request.app[INCIDENTS].joined(tx, consultation, actor(request, staff))
         tx.add(actor(request, staff), "consultation.join", f"consultation:{consultation.id}",
                consultation_id=consultation.id)
-    hub = request.app[HUB]
-    participant = hub.room(consultation).participant(f"staff:{staff.id}", staff.role, staff.id, staff.username)
-    return await hub.serve(request, consultation, participant, actor(request, staff), session_id=staff.session_id)
+    return await request.app[HUB].join(request, consultation, f"staff:{staff.id}", staff.role, staff.id,
+                                       staff.username, actor(request, staff), session_id=staff.session_id)

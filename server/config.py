@@ -51,6 +51,15 @@ class Settings:
     notify_api_key: str = ""
     notify_sms_template: str = ""
     notify_email_template: str = ""
+    #: Several nodes (see README "Run several nodes"): the Redis they share, when set.
+    redis_url: str = ""
+    #: This node's address as the other nodes reach it (e.g. ``http://10.0.0.11:8080``).
+    node_url: str = ""
+    #: A secret every node of the cluster shares (16 characters or more): it signs the
+    #: signalling sockets one node carries to another.
+    cluster_secret: str = ""
+    #: Names the cluster's keys in Redis (several EVR clusters can share one Redis).
+    cluster_name: str = "evr"
     #: Media worker processes ``evr serve`` runs, each call pinned to one (0: one per
     #: core; ``evr serve --workers 0`` keeps the media in the serving process).
     workers: int = 0
@@ -209,6 +218,20 @@ class Settings:
                 raise ValueError("webhook_url must be an http or https URL without a user name or password")
             if len(self.webhook_secret) < 16:
                 raise ValueError("webhook_secret of at least 16 characters is required with webhook_url")
+        if self.workers < 0:
+            raise ValueError("workers must be 0 (one per core) or more")
+        if self.redis_url:
+            from urllib.parse import urlsplit
+
+            if urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix"):
+                raise ValueError("redis_url must be a redis://, rediss:// or unix:// URL")
+            node = urlsplit(self.node_url)
+            if node.scheme not in ("http", "https") or not node.hostname:
+                raise ValueError("node_url (this node's address as the other nodes reach it, e.g. "
+                                 "http://10.0.0.11:8080) is required with redis_url")
+            if len(self.cluster_secret) < 16:
+                raise ValueError("cluster_secret of at least 16 characters, the same on every node, is required "
+                                 "with redis_url")
         for network in filter(None, (n.strip() for n in self.trusted_proxies.split(","))):
             try:
                 ipaddress.ip_network(network, strict=False)

@@ -253,7 +253,8 @@ async def list_guests(request: web.Request) -> web.Response:
         guests = await service.list(db, consultation)
     await request.app[AUDIT].record(actor(request, staff), "guest.list", f"consultation:{consultation.id}",
                                     consultation_id=consultation.id)
-    connected = {p["id"] for p in request.app[HUB].participants(consultation.id) if p.get("connected")}
+    present = (await request.app[HUB].participants([consultation.id]))[consultation.id]
+    connected = {p["id"] for p in present if p.get("connected")}
     return web.json_response({"guests": [
         guest_json(g, service.status(g, consultation), consultation, f"guest:{g.id}" in connected) for g in guests]})
 

@@ -286,9 +286,8 @@ async def link_socket(request: web.Request) -> web.StreamResponse:
     holder = await claimed_link(request)
     if not same_origin(request):
         raise ApiError(403, "cross_origin", "Cross-origin connection refused.")
-    hub = request.app[HUB]
-    participant = hub.room(holder.consultation).participant(holder.key, holder.role, None, holder.name)
-    return await hub.serve(request, holder.consultation, participant, holder.actor(request))
+    return await request.app[HUB].join(request, holder.consultation, holder.key, holder.role, None, holder.name,
+                                       holder.actor(request))
 
 
 def setup(app: web.Application) -> None:

@@ -1085,6 +1085,8 @@ PAGES = {("GET", "/"), ("GET", "/console"), ("GET", "/records"), ("GET", "/queue
          ("GET", "/dashboard"),
          ("GET", "/incidents/new"), ("GET", "/favicon.ico"), ("GET", "/j/{token}"), ("HEAD", "/j/{token}"),
          ("GET", "/s/{token}")}
+#: Routes between the nodes of a cluster (:mod:`evr.cluster`), signed with its secret: not the API.
+INTERNAL = {("GET", "/internal/rooms/{id}/ws")}
 
 
 def routes(app: web.Application) -> set[tuple[str, str]]:
@@ -1097,7 +1099,7 @@ def routes(app: web.Application) -> set[tuple[str, str]]:
         path = _path_of(route)
         if path is None or route.method == "*":  # static files have a prefix, no path
             continue
-        if (route.method, path) in PAGES or (route.method == "HEAD" and (path, route.handler) in gets):
+        if (route.method, path) in PAGES | INTERNAL or (route.method == "HEAD" and (path, route.handler) in gets):
             continue
         found.add((route.method, path))
     return found

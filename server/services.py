@@ -19,7 +19,7 @@ import asyncio
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine
 
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -123,6 +123,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
 async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
     """Everything built on the core, and the background tasks; stopped in reverse."""
     from .chat import Chat
+    from .cluster import Cluster
     from .evaluation.surveys import Surveys, remind_forever
     from .guests import Guests
     from .incidents.board import QueueBoard
@@ -150,11 +151,15 @@ async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
     webhooks = Webhooks(settings, db, clock)
     incidents = app[INCIDENTS] = Incidents(settings, clock, audit, webhooks)
     consultations.on_status(incidents.consultation_status)  # a call closed goes on its incident's timeline
-    app[QUEUE_BOARD] = QueueBoard(incidents, db, clock)
+    board = app[QUEUE_BOARD] = QueueBoard(incidents, db, clock)
     surveys = app[SURVEYS] = Surveys(settings, clock, audit, consultations)
 
+    cluster = Cluster(settings) if settings.redis_url else None
+    if cluster is not None:
+        await cluster.start()
     recordings = app[RECORDINGS] = Recordings(settings, clock, db, store, signing_key, audit)
-    closed = await recordings.recover()
+    # In a cluster other nodes are recording now: only what this node spooled is closed.
+    closed = await recordings.recover(local_only=cluster is not None)
     if closed:
         log.warning("closed %d recording(s) left open by an unclean stop", closed)
 
@@ -169,7 +174,11 @@ async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
         media = MediaPool(settings, app[MEDIA_WORKERS], recordings.recover)
         await media.start()
     app[HUB] = Hub(settings, clock, db, consultations, [recordings.sink] if settings.recording else [],
-                   chat=chat, locations=locations, media=media)
+                   chat=chat, locations=locations, media=media, cluster=cluster)
+    if cluster is not None:  # every node's boards hear of a change made on any node
+        incidents.on_change(lambda: cluster.publish_soon("queue"))
+        cluster.on("queue", lambda _m: _queue_changed(incidents, board))
+        cluster.on("end_sessions", lambda m: _end_board_sessions(board, m))
 
     uploads = app[UPLOADS] = Uploads(settings, clock, db, store, audit)
     await uploads.recover()
@@ -187,8 +196,9 @@ async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
 
     background = TaskSet("services")
     background.spawn(purge_forever(uploads), "purge unfinished uploads")
-    background.spawn(sweep_forever(retention, policy.sweep_minutes), "retention sweep")
-    background.spawn(remind_forever(surveys), "survey reminders")
+    background.spawn(_one_node(cluster, "retention sweep", lambda: sweep_forever(retention, policy.sweep_minutes)),
+                     "retention sweep")
+    background.spawn(_one_node(cluster, "survey reminders", lambda: remind_forever(surveys)), "survey reminders")
     if settings.redaction_workers > 0:  # else left to `evr worker` processes
         redactor = Redactor(settings, clock, db, store, signing_key, audit, jobs, settings.redaction_workers)
         background.spawn(redactor.run(), "redaction jobs")
@@ -198,10 +208,29 @@ async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
     finally:
         if media is not None:  # its rooms were closed by on_shutdown (the hub's)
             await media.close()
+        if cluster is not None:
+            await cluster.close()
         await webhooks.close()
         await background.close()
         await uploads.close()
         await chat.close()
+
+
+def _one_node(cluster: Any, name: str, job: Callable[[], Coroutine[Any, Any, None]]) -> Coroutine[Any, Any, None]:
+    """A background job that must not run on two nodes at once (it sends messages,
+    or disposes of records): under the cluster's lease when there is a cluster."""
+    return cluster.singleton(name, job) if cluster is not None else job()
+
+
+async def _queue_changed(incidents: Any, board: Any) -> None:
+    """Another node changed an incident: this node's queue view reads it again and
+    its boards are pushed the new queue."""
+    incidents.view.changed()
+    board.changed()
+
+
+async def _end_board_sessions(board: Any, message: dict[str, Any]) -> None:
+    await board.end_sessions(message["sessions"], message["message"])
 
 
 async def shutdown(app: web.Application) -> None:

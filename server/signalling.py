@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Optional, Sequence
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiortc import RTCIceServer
@@ -38,6 +38,7 @@ from .media.bridge import OfferError, Participant, Room, SinkFactory
 
 if TYPE_CHECKING:
     from .chat import Chat
+    from .cluster import Cluster
     from .location import Locations
     from .media.pool import MediaPool, RemoteRoom
 
@@ -108,7 +109,8 @@ class Hub:
 
     def __init__(self, settings: Settings, clock: Clock, db_factory: Any, consultations: Consultations,
                  sinks: Sequence[SinkFactory] = (), chat: Optional["Chat"] = None,
-                 locations: Optional["Locations"] = None, media: Optional["MediaPool"] = None) -> None:
+                 locations: Optional["Locations"] = None, media: Optional["MediaPool"] = None,
+                 cluster: Optional["Cluster"] = None) -> None:
         self.settings = settings
         self.clock = clock
         self.db_factory = db_factory
@@ -133,6 +135,13 @@ class Hub:
         #: then use a public STUN server of a third party) when there are none.
         self.ice_servers = _ice_servers(settings)
         self.tasks = TaskSet("hub")
+        #: The other nodes (None: this is the only one): a room lives on one of them.
+        self.cluster = cluster
+        if cluster is not None:
+            cluster.on("close", lambda m: self._here(m, self.close))
+            cluster.on("remove", lambda m: self._here(m, lambda cid: self.remove(cid, str(m.get("key")))))
+            cluster.on("broadcast", lambda m: self._here(m, lambda cid: self.broadcast(cid, m["message"])))
+            cluster.on("end_sessions", lambda m: self._end_sessions_here(m["sessions"], m["message"]))
         self._session_watch: Optional[asyncio.Task[None]] = None
 
     def room(self, consultation: Consultation) -> LiveRoom:
@@ -149,9 +158,36 @@ class Hub:
             self.location[consultation.id] = getattr(consultation, "location", None)
         return room
 
-    def participants(self, consultation_id: str) -> list[dict[str, Any]]:
-        room = self.rooms.get(consultation_id)
-        return room.snapshot() if room else []
+    async def participants(self, consultation_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+        """Who is in each of these calls (with media figures): from the rooms here,
+        and for rooms on other nodes, from what their node last reported."""
+        ids = list(consultation_ids)
+        found = {cid: self.rooms[cid].snapshot() for cid in ids if cid in self.rooms}
+        elsewhere = [cid for cid in ids if cid not in found]
+        if self.cluster is not None and elsewhere:
+            found.update(await self.cluster.participants(elsewhere))
+        return {cid: found.get(cid, []) for cid in ids}
+
+    async def _here(self, message: dict[str, Any], act: Callable[[str], Awaitable[None]]) -> None:
+        """Do what another node asked of a room, if the room is here."""
+        cid = message.get("room")
+        if isinstance(cid, str) and cid in self.rooms:
+            await act(cid)
+
+    async def join(self, request: web.Request, consultation: Consultation, key: str, role: str,
+                   user_id: Optional[int], name: Optional[str], who: Actor,
+                   session_id: Optional[str] = None) -> web.WebSocketResponse:
+        """A participant's signalling socket (authenticated and audit-logged by the
+        caller): served here, or carried to the node whose room it is."""
+        if self.cluster is not None and consultation.id not in self.rooms:
+            owner = await self.cluster.claim(consultation.id)
+            if owner is not None:
+                identity = {"consultation": consultation.id, "key": key, "role": role, "user_id": user_id,
+                            "name": name, "who": [who.name, who.role, who.client], "session_id": session_id,
+                            "user_agent": clean_header(request.headers.get("User-Agent"))}
+                return await self.cluster.proxy(request, owner, consultation.id, identity)
+        participant = self.room(consultation).participant(key, role, user_id, name)
+        return await self.serve(request, consultation, participant, who, session_id)
 
     async def _changed(self, room: LiveRoom, who: Optional[Actor] = None, pause: Optional[bool] = None) -> None:
         """Something in the room changed (a connection; a ``pause`` asked for): report
@@ -196,6 +232,8 @@ class Hub:
         """The one announcement of a new status: ``state`` to every client, or, when
         closed, ``closed`` and the room torn down."""
         if status == "closed":
+            if consultation_id not in self.rooms and self.cluster is not None:
+                await self.cluster.publish("close", room=consultation_id)  # its node closes it
             await self.close(consultation_id)
         elif consultation_id in self.rooms:
             await self.broadcast_state(consultation_id)
@@ -215,10 +253,16 @@ class Hub:
         return message
 
     async def broadcast_state(self, consultation_id: str) -> None:
+        room = self.rooms.get(consultation_id)
+        if self.cluster is not None and room is not None:  # what other nodes list of it
+            self.cluster.report(consultation_id, room.snapshot())
         clients = list(self.clients.get(consultation_id, ()))
         await asyncio.gather(*(client.send(self.state_message(consultation_id, client)) for client in clients))
 
     async def broadcast(self, consultation_id: str, message: dict[str, Any]) -> None:
+        if consultation_id not in self.rooms and self.cluster is not None:
+            await self.cluster.publish("broadcast", room=consultation_id, message=message)
+            return
         clients = list(self.clients.get(consultation_id, ()))
         await asyncio.gather(*(client.send(message) for client in clients))
 
@@ -235,6 +279,9 @@ class Hub:
         sockets get ``closed`` and close code 4000, its connection is dropped, and
         everyone else's call goes on. Its recording runs to the room's end."""
         room = self.rooms.get(consultation_id)
+        if room is None and self.cluster is not None:
+            await self.cluster.publish("remove", room=consultation_id, key=key)
+            return
         participant = room.participants.get(key) if room else None
         if room is None or participant is None:
             return
@@ -261,6 +308,8 @@ class Hub:
         self.location.pop(consultation_id, None)
         if room is not None:
             await room.close()
+        if self.cluster is not None:
+            await self.cluster.release(consultation_id)
 
     async def shutdown(self) -> None:
         if self._session_watch is not None:
@@ -275,15 +324,17 @@ class Hub:
         await self.tasks.close()
 
     async def serve(self, request: web.Request, consultation: Consultation, participant: Participant,
-                    who: Actor, session_id: Optional[str] = None) -> web.WebSocketResponse:
+                    who: Actor, session_id: Optional[str] = None,
+                    user_agent: Optional[str] = None) -> web.WebSocketResponse:
         """Run one signalling socket until it closes (a staff socket gives the
         ``session_id`` it was opened with: it ends with that session). ``who`` is the
-        audit log's name for what the participant does (a pause)."""
+        audit log's name for what the participant does (a pause). ``user_agent``: the
+        browser's, when the socket was carried here from another node."""
         ws = SignallingSocket(max_msg_size=HARD_FRAME_LIMIT, heartbeat=25.0)
         await ws.prepare(request)
         room = self.room(consultation)
         # Kept in the recording's row and manifest: made safe here, where it comes in.
-        participant.user_agent = clean_header(request.headers.get("User-Agent"))
+        participant.user_agent = clean_header(user_agent or request.headers.get("User-Agent"))
         client = Client(ws, participant, who, session_id)
         if session_id is not None:
             self._watch_sessions()
@@ -422,12 +473,19 @@ class Hub:
                 select(StaffSession.id).join(User, User.id == StaffSession.user_id).where(
                     StaffSession.id.in_(wanted), StaffSession.expires_at > self.clock(), not_(User.disabled))
             ))
-        return await self.end_sessions(wanted - live)
+        return await self._end_sessions_here(wanted - live, "Your session has ended. Sign in again to rejoin.")
 
     async def end_sessions(self, session_ids: Iterable[str],
                            message: str = "Your session has ended. Sign in again to rejoin.") -> int:
         """Close every socket opened with one of these sessions (logout, disable):
-        an ``error`` (``session_ended``) first, then close code 4003."""
+        an ``error`` (``session_ended``) first, then close code 4003; on every node.
+        How many were closed here."""
+        ended = sorted(set(session_ids))
+        if self.cluster is not None and ended:
+            await self.cluster.publish("end_sessions", sessions=ended, message=message)
+        return await self._end_sessions_here(ended, message)
+
+    async def _end_sessions_here(self, session_ids: Iterable[str], message: str) -> int:
         ended = set(session_ids)
         targets = [c for c in self._staff_clients() if c.session_id in ended]
         for client in targets:
