@@ -14,6 +14,7 @@ import inspect
 import os
 import time
 import uuid
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar, Union
 
@@ -86,6 +87,13 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'evr.sqlite3'}"
         return
+    async with postgres_database() as url:
+        yield url
+
+
+@asynccontextmanager
+async def postgres_database() -> AsyncIterator[str]:
+    """A database of its own on the test PostgreSQL server, dropped afterwards."""
     plain = PG_URL.replace("+asyncpg", "")
     name = f"evr_test_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(plain)

@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import ELIGIBLE, PASSWORD, PG_URL, claim, eventually, link_path
+from conftest import ELIGIBLE, PASSWORD, PG_URL, claim, eventually, link_path, postgres_database
 
 from evr.app import create_app
 from evr.auth import add_user
@@ -30,28 +30,10 @@ pytestmark = pytest.mark.skipif(PG_URL == "off", reason="a cluster shares Postgr
 
 
 @pytest.fixture
-def db_url(request: pytest.FixtureRequest) -> Any:
-    """PostgreSQL only: nodes on several hosts share it (conftest's fixture makes the database)."""
-    return request.getfixturevalue("pg_database")
-
-
-@pytest.fixture
-async def pg_database(tmp_path: Any) -> AsyncIterator[str]:
-    import asyncpg
-
-    plain = PG_URL.replace("+asyncpg", "")
-    name = f"evr_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(plain)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield PG_URL.rsplit("/", 1)[0] + "/" + name
-    admin = await asyncpg.connect(plain)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+async def pg_database() -> AsyncIterator[str]:
+    """The nodes share one PostgreSQL database."""
+    async with postgres_database() as url:
+        yield url
 
 
 class Node:
@@ -143,7 +125,7 @@ async def test_calls_on_two_nodes_meet_on_the_node_holding_their_room(nodes):
         assert second in hub_b.rooms and second not in hub_a.rooms
         # Each node lists who is in the other's call (its node's report in the registry).
         for client, cid in ((alice_b[0], first), (alice_a[0], second)):
-            detail = await eventually(lambda: _detail(client, cid),
+            detail = await eventually(lambda client=client, cid=cid: _detail(client, cid),
                                       lambda d: {p["role"] for p in d["participants"] if p["connected"]}
                                       == {"victim", "officer"}, what="the other node's call listed")
             assert detail["status"] == "live"
