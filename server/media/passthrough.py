@@ -18,8 +18,9 @@ tests/test_passthrough.py) replace that with what a C media server does:
   have left; the decoder thread exits at once;
 - a sender's keyframe request (a PLI/FIR from the far end) is routed to a callback
   instead of a flag only an encoder reads; a watcher's REMB reaches its source's
-  :class:`InboundStream`, which sends the sender's browser one REMB, the lower of
-  its own uplink estimate and what the watchers can take.
+  :class:`InboundStream`, which sends the sender's browser the lowest of its
+  watchers' (packets keep their sender's ``abs-send-time``, so each estimate
+  covers the whole path).
 
 A newer aiortc can rename any of these private names; the hooks would then fail
 silently (a decoder thread per receiver again, keyframe requests lost) or half way
@@ -44,6 +45,7 @@ from aiortc import RTCRtpReceiver, RTCRtpSender, clock, rtcrtpreceiver
 from aiortc.codecs import is_rtx
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTP_HISTORY_SIZE,
@@ -170,42 +172,26 @@ def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> N
     sender._send_keyframe = callback  # type: ignore[method-assign]
 
 
-class _NoFrames:
-    """A jitter buffer that assembles nothing: a receiver whose frames nobody
-    consumes (no recording) spends nothing on reassembly."""
-
-    def add(self, packet: RtpPacket) -> tuple[bool, None]:
-        return False, None
-
-
-class _UplinkEstimate:
-    """Stands in for a receiver's remote bitrate estimator: the stock estimator
-    still runs on every packet, but its result goes to the :class:`InboundStream`,
-    which sends the one REMB (the lower of this and what the watchers can take)."""
-
-    def __init__(self, stock: Any, on_estimate: Callable[[int, list[int]], None]) -> None:
-        self.stock = stock
-        self.on_estimate = on_estimate
-
-    def add(self, **packet: Any) -> None:
-        result = self.stock.add(**packet)
-        if result is not None:
-            self.on_estimate(*result)
-        return None  # aiortc sends no REMB of its own
-
-
 #: Re-send an unchanged REMB this often (a browser forgets one after a few seconds).
 REMB_INTERVAL = 1.0
+#: How often a receiver's "last heard" time of an SSRC is refreshed (seconds).
+HEARD_EVERY = 0.25
 
 
 class InboundStream:
     """One receiver of a participant's media, hooked so that each RTP packet goes
-    to ``on_packet`` (the live path) as soon as it is decrypted, before aiortc
-    handles it (statistics, NACKs upstream, and frame assembly when frames are
-    wanted for the recorder).
+    to ``on_packet`` (the live path) as soon as it is decrypted.
 
     A retransmission (RTX) is unwrapped first, so a packet repaired upstream is
-    forwarded like any other; RTX padding (bandwidth probes) is not forwarded.
+    forwarded like any other; RTX padding (bandwidth probes) is not forwarded. After
+    forwarding, what aiortc's receiver keeps is kept here, leaner: the statistics its
+    receiver reports are made of, the SSRCs last heard from, and the NACKs it sends
+    upstream for missing packets. aiortc's own handling (and so its jitter buffer,
+    which assembles frames) runs only while frames are wanted for a sink.
+
+    The server makes no bandwidth estimate of its own: each packet keeps its
+    sender's ``abs-send-time``, so a watcher's REMB estimates the whole path, and
+    the sender's browser is sent the lowest of its watchers' (:meth:`set_limit`).
     """
 
     def __init__(self, receiver: RTCRtpReceiver, kind: str,
@@ -213,51 +199,56 @@ class InboundStream:
         self.receiver = receiver
         self.kind = kind
         self.on_packet = on_packet
+        self.framing = False
         self._codecs: dict[int, Any] = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
         self._rtx_ssrc: dict[int, int] = receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
+        self._heard: dict[int, Any] = receiver._RTCRtpReceiver__active_ssrc  # type: ignore[attr-defined]
+        self._streams: dict[int, StreamStatistics] = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
+        self._nacks: Optional[NackGenerator] = receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
+        self._heard_at: dict[int, float] = {}
         self._stock_handle = receiver._handle_rtp_packet
-        self._jitter_buffer = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
         receiver._handle_rtp_packet = self._handle  # type: ignore[method-assign]
-        self.frames(False)
-        #: Bandwidth: the uplink estimate (bps) and the watchers' limit (None: none known).
-        self.uplink: Optional[int] = None
+        receiver._RTCRtpReceiver__remote_bitrate_estimator = None  # type: ignore[attr-defined]
+        #: What the watchers can take (bps; None: none said).
         self.limit: Optional[int] = None
         self._remb_sent: Optional[int] = None
         self._remb_at = 0.0
-        self._media_ssrcs: list[int] = []
-        estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
-        if estimator is not None:
-            receiver._RTCRtpReceiver__remote_bitrate_estimator = _UplinkEstimate(  # type: ignore[attr-defined]
-                estimator, self._uplink_estimate)
 
     def frames(self, wanted: bool) -> None:
-        """Assemble frames (for a sink, see :func:`attach_sink`) or not."""
+        """Hand packets to aiortc's jitter buffer (frames for a sink, see
+        :func:`attach_sink`) from now on, or not."""
         self.framing = wanted
-        self.receiver._RTCRtpReceiver__jitter_buffer = (  # type: ignore[attr-defined]
-            self._jitter_buffer if wanted else _NoFrames())
 
     async def _handle(self, packet: RtpPacket, arrival_time_ms: int) -> None:
         codec = self._codecs.get(packet.payload_type)
-        if codec is not None and self.receiver._enabled:
-            media: Optional[RtpPacket] = packet
-            if is_rtx(codec):
-                original = self._rtx_ssrc.get(packet.ssrc)
-                apt = codec.parameters.get("apt")
-                media = (unwrap_rtx(packet, payload_type=apt, ssrc=original)
-                         if original is not None and len(packet.payload) >= 2 and apt in self._codecs else None)
-            if media is not None:
-                try:
-                    await self.on_packet(media, time.monotonic())
-                except Exception:  # the live path must never end the receiver's transport
-                    log.exception("forwarding an RTP packet failed")
-        await self._stock_handle(packet, arrival_time_ms)
+        if codec is None or not self.receiver._enabled:
+            return
+        media: Optional[RtpPacket] = packet
+        if is_rtx(codec):
+            original = self._rtx_ssrc.get(packet.ssrc)
+            apt = codec.parameters.get("apt")
+            media = (unwrap_rtx(packet, payload_type=apt, ssrc=original)
+                     if original is not None and len(packet.payload) >= 2 and apt in self._codecs else None)
+        now = time.monotonic()
+        if media is not None:
+            try:
+                await self.on_packet(media, now)
+            except Exception:  # the live path must never end the receiver's transport
+                log.exception("forwarding an RTP packet failed")
+        if self.framing:  # aiortc's whole handling, with its jitter buffer
+            await self._stock_handle(packet, arrival_time_ms)
+            return
+        if now - self._heard_at.get(packet.ssrc, 0.0) >= HEARD_EVERY:
+            self._heard_at[packet.ssrc] = now
+            self._heard[packet.ssrc] = clock.current_datetime()
+        stats = self._streams.get(packet.ssrc)
+        if stats is None:
+            stats = self._streams[packet.ssrc] = StreamStatistics(codec.clockRate)
+        stats.add(packet)
+        if media is not None and self._nacks is not None and self._nacks.add(media):
+            await self.receiver._send_rtcp_nack(media.ssrc, sorted(self._nacks.missing))
 
     # -- bandwidth ------------------------------------------------------------
-
-    def _uplink_estimate(self, bitrate: int, ssrcs: list[int]) -> None:
-        self.uplink = bitrate
-        self._media_ssrcs = ssrcs
-        self._send_remb()
 
     def set_limit(self, bitrate: Optional[int]) -> None:
         """What the watchers of this stream can take now (None: no limit known)."""
@@ -266,15 +257,14 @@ class InboundStream:
             self._send_remb()
 
     def _send_remb(self) -> None:
-        values = [v for v in (self.uplink, self.limit) if v is not None]
-        if not values:
+        bitrate = self.limit
+        if bitrate is None:
             return
-        bitrate = min(values)
         now = time.monotonic()
         if bitrate == self._remb_sent and now - self._remb_at < REMB_INTERVAL:
             return
         rtcp_ssrc = self.receiver._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
-        ssrcs = self._media_ssrcs or [s for s in (media_ssrc(self.receiver),) if s is not None]
+        ssrcs = [s for s in (media_ssrc(self.receiver),) if s is not None]
         if rtcp_ssrc is None or not ssrcs:
             return
         self._remb_sent, self._remb_at = bitrate, now
@@ -389,7 +379,9 @@ class OutboundStream(MediaStreamTrack):
                         ssrc=sender._ssrc, payload=packet.payload)
         out.padding_size = packet.padding_size
         out.extensions.mid = self._mid
-        out.extensions.abs_send_time = (clock.current_ntp_time() >> 14) & 0x00FFFFFF
+        # The sender's own send time, so a watcher's REMB estimates the whole path.
+        sent = packet.extensions.abs_send_time
+        out.extensions.abs_send_time = sent if sent is not None else (clock.current_ntp_time() >> 14) & 0x00FFFFFF
         out.extensions.audio_level = packet.extensions.audio_level
         self._history[out.sequence_number % RTP_HISTORY_SIZE] = out
         try:
@@ -518,14 +510,25 @@ def _check_keyframe_request() -> list[str]:
 def _check_packets_in() -> list[str]:
     """The DTLS transport hands each decrypted packet to the receiver's
     ``_handle_rtp_packet`` (replaced per receiver by :class:`InboundStream`), which
-    knows the codecs by payload type (``__codecs``) and the RTX streams (``__rtx_ssrc``)."""
+    knows the codecs by payload type (``__codecs``) and the RTX streams
+    (``__rtx_ssrc``), and keeps what the stock handler keeps: the SSRCs heard
+    (``__active_ssrc``), the statistics its reports read (``__remote_streams`` of
+    ``StreamStatistics``) and the NACKs of its ``__nack_generator``."""
     from aiortc.rtcdtlstransport import RTCDtlsTransport
 
-    return (_uses(RTCDtlsTransport, "_handle_rtp_data", "_handle_rtp_packet")
-            + _parameters(RTCRtpReceiver.__dict__.get("_handle_rtp_packet"),
-                          "aiortc.RTCRtpReceiver._handle_rtp_packet", ("self", "packet", "arrival_time_ms"))
-            + _uses(RTCRtpReceiver, "__init__", "_RTCRtpReceiver__codecs", "_enabled")
-            + _uses(RTCRtpReceiver, "receive", "_RTCRtpReceiver__codecs", "_RTCRtpReceiver__rtx_ssrc"))
+    problems = (_uses(RTCDtlsTransport, "_handle_rtp_data", "_handle_rtp_packet")
+                + _parameters(RTCRtpReceiver.__dict__.get("_handle_rtp_packet"),
+                              "aiortc.RTCRtpReceiver._handle_rtp_packet", ("self", "packet", "arrival_time_ms"))
+                + _uses(RTCRtpReceiver, "__init__", "_RTCRtpReceiver__codecs", "_enabled",
+                        "_RTCRtpReceiver__active_ssrc", "_RTCRtpReceiver__remote_streams",
+                        "_RTCRtpReceiver__nack_generator")
+                + _uses(RTCRtpReceiver, "receive", "_RTCRtpReceiver__codecs", "_RTCRtpReceiver__rtx_ssrc")
+                + _uses(RTCRtpReceiver, "_handle_rtp_packet", "_RTCRtpReceiver__active_ssrc",
+                        "_RTCRtpReceiver__remote_streams", "StreamStatistics", "_send_rtcp_nack", "missing")
+                + _uses(RTCRtpReceiver, "_run_rtcp", "_RTCRtpReceiver__remote_streams"))
+    if not inspect.iscoroutinefunction(RTCRtpReceiver.__dict__.get("_send_rtcp_nack")):
+        problems.append("aiortc.RTCRtpReceiver._send_rtcp_nack is missing or not a coroutine function")
+    return problems
 
 
 _SENDER_STATE = ("_RTCRtpSender__ntp_timestamp", "_RTCRtpSender__rtp_timestamp",
@@ -554,10 +557,10 @@ def _check_packets_out() -> list[str]:
 
 
 def _check_bandwidth() -> list[str]:
-    """:class:`InboundStream` takes the receiver's REMB estimate from its
-    ``__remote_bitrate_estimator`` and sends its own with ``_send_rtcp`` from
-    ``__rtcp_ssrc``; :class:`OutboundStream` reads a watcher's REMB in the sender's
-    ``_handle_rtcp_packet``, which the transport calls."""
+    """:class:`InboundStream` turns the receiver's own estimate off (its
+    ``__remote_bitrate_estimator``) and sends the watchers' REMB with ``_send_rtcp``
+    from ``__rtcp_ssrc``; :class:`OutboundStream` reads a watcher's REMB in the
+    sender's ``_handle_rtcp_packet``, which the transport calls."""
     from aiortc.rtcdtlstransport import RTCDtlsTransport
 
     problems = (_uses(RTCRtpReceiver, "__init__", "_RTCRtpReceiver__remote_bitrate_estimator",
