@@ -14,6 +14,13 @@ numbers). A staff socket lives only as long as the session it was opened with:
 logging out ends it at once (:meth:`Hub.end_sessions`), and a task the hub owns
 checks every :data:`SESSION_CHECK_SECONDS` that each staff socket's session still
 exists and its user is not disabled (``evr user disable`` runs in another process).
+
+A room lives in this process, or in a media worker process (``evr serve
+--workers``: a :class:`~evr.media.pool.RemoteRoom` stands in for it), and, with
+several nodes, on the node that holds it in the cluster's registry: :meth:`Hub.join`
+carries a socket that lands elsewhere to that node, and what is asked of a room held
+elsewhere (close, remove, broadcast, end sessions) goes to it over the cluster's bus
+(:mod:`evr.cluster`).
 """
 
 from __future__ import annotations
@@ -54,6 +61,8 @@ CLOSE_CONSULTATION_CLOSED = 4000
 CLOSE_REPLACED = 4001
 #: The staff member's session ended (logout, expiry, account disabled).
 CLOSE_SESSION_ENDED = 4003
+#: What a staff socket is told when its session ends (unless the ending says more).
+SESSION_ENDED = "Your session has ended. Sign in again to rejoin."
 #: How often the hub checks that every staff socket's session is still valid.
 SESSION_CHECK_SECONDS = 2.0
 #: Frames up to this size are read and answered with an error when over the
@@ -473,10 +482,9 @@ class Hub:
                 select(StaffSession.id).join(User, User.id == StaffSession.user_id).where(
                     StaffSession.id.in_(wanted), StaffSession.expires_at > self.clock(), not_(User.disabled))
             ))
-        return await self._end_sessions_here(wanted - live, "Your session has ended. Sign in again to rejoin.")
+        return await self._end_sessions_here(wanted - live, SESSION_ENDED)
 
-    async def end_sessions(self, session_ids: Iterable[str],
-                           message: str = "Your session has ended. Sign in again to rejoin.") -> int:
+    async def end_sessions(self, session_ids: Iterable[str], message: str = SESSION_ENDED) -> int:
         """Close every socket opened with one of these sessions (logout, disable):
         an ``error`` (``session_ended``) first, then close code 4003; on every node.
         How many were closed here."""
