@@ -171,7 +171,11 @@ class Hub:
         """Who is in each of these calls (with media figures): from the rooms here,
         and for rooms on other nodes, from what their node last reported."""
         ids = list(consultation_ids)
-        found = {cid: self.rooms[cid].snapshot() for cid in ids if cid in self.rooms}
+        here = {cid: self.rooms[cid] for cid in ids if cid in self.rooms}
+        found = {cid: room.snapshot() for cid, room in here.items() if isinstance(room, Room)}
+        remote = [(cid, room) for cid, room in here.items() if not isinstance(room, Room)]
+        for (cid, _), figures in zip(remote, await asyncio.gather(*(r.figures() for _, r in remote)), strict=True):
+            found[cid] = figures
         elsewhere = [cid for cid in ids if cid not in found]
         if self.cluster is not None and elsewhere:
             found.update(await self.cluster.participants(elsewhere))

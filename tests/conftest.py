@@ -33,6 +33,12 @@ pytest_plugins = ["browser_fixtures", "s3server"]
 
 PG_URL = os.environ.get("EVR_TEST_POSTGRES", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 PASSWORD = "correct horse battery staple"
+#: Media worker processes of the tests' server (0: the media runs in the test's process);
+#: ``EVR_TEST_MEDIA_WORKERS=2`` runs the whole suite as ``evr serve --workers 2`` does.
+MEDIA_WORKERS = int(os.environ.get("EVR_TEST_MEDIA_WORKERS", "0"))
+#: A test that looks inside the bridge's rooms, which live in the test's process only
+#: when the media does (a media worker's rooms are another process's).
+in_process_room = pytest.mark.skipif(MEDIA_WORKERS > 0, reason="looks inside a room of the test's process")
 ELIGIBLE = {"adult_or_carer_present": True, "offender_absent": True, "safe_location": True, "consent": True}
 
 
@@ -128,7 +134,7 @@ async def server(settings: Settings, clock: Clock) -> AsyncIterator[TestServer]:
     # a call's media, for about a second: a false network_loss gap in a recording.
     gc.collect()
     gc.freeze()
-    app = create_app(settings, clock=clock)
+    app = create_app(settings, clock=clock, workers=MEDIA_WORKERS)
     server = TestServer(app)
     await server.start_server()
     yield server

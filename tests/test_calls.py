@@ -9,7 +9,7 @@ import time
 import weakref
 
 from aiortc import RTCPeerConnection
-from conftest import eventually
+from conftest import eventually, in_process_room
 
 from evr.http import HUB
 from evr.media.passthrough import send_pli
@@ -72,6 +72,7 @@ async def test_victim_rejoins_after_the_connection_drops(call):
     assert len([p for p in detail["participants"] if p["role"] == "victim"]) == 1
 
 
+@in_process_room
 async def test_new_offer_on_the_same_socket_replaces_the_connection(call, server):
     c = await call()
     await c.console.wait_media(audio=10, video=10)
@@ -105,6 +106,7 @@ async def test_pause_stops_media_and_resume_restarts_it(call):
     assert (await c.officer.consultation(c.id))["status"] == "live"
 
 
+@in_process_room
 async def test_close_tells_everyone_tears_down_within_2s_and_leaves_nothing(call, server):
     c = await call()
     room = server.app[HUB].rooms[c.id]

@@ -108,3 +108,22 @@ async def test_a_worker_that_dies_takes_only_its_calls_which_rejoin_elsewhere(ca
     # The dead worker was started again.
     await eventually(lambda: dead.alive, what="the worker restarted")
     await asyncio.sleep(0)
+
+
+# The call's behaviour end to end, as the tests of the in-process bridge check it, with
+# the media in the workers (this module's server): what a page does works the same.
+from test_calls import (  # noqa: E402, F401
+    test_keyframe_requests_travel_upstream_rate_limited,
+    test_media_flows_both_ways_and_is_counted,
+    test_pause_stops_media_and_resume_restarts_it,
+    test_sergeant_joining_sees_the_victim,
+    test_victim_rejoins_after_the_connection_drops,
+)
+from test_multiparty import (  # noqa: E402, F401
+    test_a_screen_share_is_relayed_and_recorded_as_its_own_recording,
+    test_bad_renegotiations_are_refused_and_the_call_goes_on,
+    test_chat_reaches_everyone_and_the_transcript,
+    test_staff_end_a_guests_link_and_the_call_goes_on,
+    test_three_people_each_receive_both_others_audio_and_video,
+)
+from test_signalling import test_malformed_unknown_and_bad_sdp_get_errors_and_the_socket_survives  # noqa: E402, F401

@@ -16,7 +16,7 @@ import threading
 from typing import Any
 
 import pytest
-from conftest import claim, eventually, link_path
+from conftest import claim, eventually, in_process_room, link_path
 
 from evr.cli import main as evr_main
 from evr.client import CallClient, mark_slides
@@ -96,6 +96,7 @@ async def test_three_people_each_receive_both_others_audio_and_video(call, new_c
     assert me["id"] == guest and me["role"] == "interpreter"
 
 
+@in_process_room
 async def test_a_guest_leaving_and_rejoining_does_not_interrupt_the_others(call, new_client, server):
     c, interpreter, guest = await three_way(call, new_client, **light())
     officer = staff_id(c)
@@ -214,6 +215,7 @@ async def test_bad_input_gets_a_clear_error_and_the_call_goes_on(call, new_clien
     await c.console.wait_from("victim", audio=25, video=15)
 
 
+@in_process_room
 async def test_a_seventh_participant_is_refused_and_the_six_go_on(call, new_client, staff, server):
     c = await call()
     guests = [await invite(c.officer, c.id, role, f"Guest {n}") for n, role in
@@ -239,6 +241,7 @@ async def test_the_victims_location_reaches_staff_only_and_is_audit_logged(call,
     assert detail["location"]["lon"] == -0.1276
 
 
+@in_process_room
 async def test_an_answer_that_sends_where_the_server_only_sends_starts_no_decoder(call, new_client, server):
     """A hostile client answering ``sendrecv`` to the server's ``sendonly`` sections
     would make aiortc start a decoder thread per section on the server: every

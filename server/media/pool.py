@@ -95,6 +95,19 @@ class RemoteRoom(Roster):
         return self.entries(watcher, {})
 
     def snapshot(self) -> list[dict[str, Any]]:
+        """As the worker last reported it (its figures at most a second old)."""
+        return self._snapshot
+
+    async def figures(self) -> list[dict[str, Any]]:
+        """Everyone in the room with their media figures as they are now, asked of
+        the worker (what it last reported if it cannot answer)."""
+        if not self.closed:
+            try:
+                fresh = await asyncio.wait_for(self.worker.channel.request("snapshot", room=self.id), 2.0)
+            except (RemoteError, ChannelClosed, asyncio.TimeoutError):
+                fresh = None
+            if isinstance(fresh, list):
+                self._snapshot = fresh
         return self._snapshot
 
     def count(self) -> int:

@@ -106,6 +106,9 @@ class MediaWorker:
             room = self._room(request)
             room.set_paused(bool(request.get("paused")))
             return mirror(room)
+        if op == "snapshot":
+            known = self.rooms.get(str(request.get("room")))
+            return known.snapshot() if known is not None else None
         if op == "close":
             closing = self.rooms.pop(str(request.get("room")), None)
             if closing is not None:
