@@ -75,7 +75,10 @@ class Channel:
         self._waiting[number] = future
         try:
             self._send({"id": number, "op": op, **fields})
-            await self._writer.drain()
+            try:
+                await self._writer.drain()
+            except ConnectionError as exc:
+                raise ChannelClosed("the media worker went away") from exc
             return await future
         finally:
             self._waiting.pop(number, None)
@@ -97,9 +100,13 @@ class Channel:
                     log.error("media channel: a %d-byte frame; closing the channel", size)
                     break
                 message = json.loads(await self._reader.readexactly(size))
+                if not isinstance(message, dict):
+                    raise ValueError("a frame is a JSON object")
                 self._dispatch(message)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except ValueError:  # includes JSON errors: the other end is not speaking this protocol
+            log.error("media channel: a malformed frame; closing the channel")
         finally:
             self.closed = True
             for future in self._waiting.values():
