@@ -54,7 +54,9 @@ async def test_an_officer_redacts_then_discloses_a_bundle_whose_every_item_verif
     upload = await tus_send(str(c.officer.client.make_url(f"/api/consultations/{c.id}/uploads")),
                             staff_headers(c.officer), PNG, name="=cmd|' /C calc'!A0.png", filetype="image/png")
     uid = upload_id(upload)
-    await asyncio.sleep(2.0)
+    # Long enough a recording for the ranges below (up to 3 s), however fast the call got going.
+    await eventually(lambda: c.console.video_frames, lambda n: n >= 4 * 30, timeout=20.0,
+                     what="four seconds of the victim's video")
     assert (await c.officer.post(f"/api/consultations/{c.id}/close")).status == 200
     sealed = await (await c.officer.get(f"/api/consultations/{c.id}/statements/{sid}")).json()
     original = await victim_recording(c)
