@@ -286,7 +286,11 @@ class Cluster:
             await ws.prepare(request)
             await ws.close(code=1013, message=b"try again")  # try again later: the page retries
             return ws
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except BaseException:
+            await upstream.close()
+            raise
 
         async def down() -> None:
             async for msg in upstream:
