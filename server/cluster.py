@@ -37,8 +37,10 @@ from typing import Any, Awaitable, Callable, Coroutine, Iterable, Optional
 
 import aiohttp
 from aiohttp import WSMsgType, web
+from redis.exceptions import RedisError
 
 from .config import Settings
+from .errors import ApiError
 from .tasks import TaskSet
 
 log = logging.getLogger(__name__)
@@ -115,9 +117,7 @@ class Cluster:
         except Exception as exc:
             raise ClusterError(f"Redis at redis_url could not be reached: {exc}") from exc
         self._http = aiohttp.ClientSession()
-        pubsub = self.redis.pubsub()
-        await pubsub.subscribe(self._key("bus"))
-        self.tasks.spawn(self._listen(pubsub), "cluster bus")
+        self.tasks.spawn(self._listen(), "cluster bus")
         self.tasks.spawn(self._heartbeat(), "cluster heartbeat")
         log.info("node %s joined cluster %r as %s", self.node[:8], self.prefix, self.url)
 
@@ -152,16 +152,21 @@ class Cluster:
     async def claim(self, consultation_id: str) -> Optional[str]:
         """Take the room for this node unless a live node holds it: None when this
         node holds it (now or already), else the holder's URL."""
-        while True:
-            owner = await self._claim(keys=[self._key("room", consultation_id), self._key("node", "")],
-                                      args=[self.node, ROOM_TTL])
-            if not owner:
-                self.owned.setdefault(consultation_id, None)
-                return None
-            url = await self.redis.get(self._key("node", owner))
-            if url:
-                return str(url)
-            # The holder's node expired between the two reads: claim again.
+        try:
+            while True:
+                owner = await self._claim(keys=[self._key("room", consultation_id), self._key("node", "")],
+                                          args=[self.node, ROOM_TTL])
+                if not owner:
+                    self.owned.setdefault(consultation_id, None)
+                    return None
+                url = await self.redis.get(self._key("node", owner))
+                if url:
+                    return str(url)
+                # The holder's node expired between the two reads: claim again.
+        except RedisError as exc:
+            log.error("the room registry could not be reached: %s", type(exc).__name__)
+            raise ApiError(503, "cluster_unavailable",
+                           "The service cannot find where this call is held just now: try again shortly.") from None
 
     async def release(self, consultation_id: str) -> None:
         self.owned.pop(consultation_id, None)
@@ -183,7 +188,11 @@ class Cluster:
         ids = list(consultation_ids)
         if not ids:
             return {}
-        values = await self.redis.mget([self._key("room", cid, "participants") for cid in ids])
+        try:
+            values = await self.redis.mget([self._key("room", cid, "participants") for cid in ids])
+        except RedisError as exc:  # the list goes out without them rather than not at all
+            log.error("the room registry could not be read: %s", type(exc).__name__)
+            return {}
         return {cid: json.loads(v) for cid, v in zip(ids, values, strict=True) if v}
 
     # -- the bus -----------------------------------------------------------------
@@ -193,27 +202,45 @@ class Cluster:
         self._handlers.setdefault(kind, []).append(handler)
 
     async def publish(self, kind: str, **fields: Any) -> None:
-        await self.redis.publish(self._key("bus"), json.dumps({"kind": kind, "from": self.node, **fields}))
+        """Tell the other nodes. What asked for it has happened (written, committed)
+        whether or not Redis answers: a failure is logged, never the caller's error."""
+        try:
+            await self.redis.publish(self._key("bus"), json.dumps({"kind": kind, "from": self.node, **fields}))
+        except RedisError as exc:
+            log.error("cluster message %r not sent: %s", kind, type(exc).__name__)
 
     def publish_soon(self, kind: str, **fields: Any) -> None:
         """:meth:`publish` from code that cannot wait (a listener)."""
         self.tasks.spawn(self.publish(kind, **fields), f"publish {kind}")
 
-    async def _listen(self, pubsub: Any) -> None:
-        async for message in pubsub.listen():
-            if message.get("type") != "message":
-                continue
+    async def _listen(self) -> None:
+        """Hear the bus for as long as the node runs, subscribing again after Redis
+        drops the connection (what was published meanwhile is lost, and said so)."""
+        while True:
+            pubsub = self.redis.pubsub()
             try:
-                data = json.loads(message["data"])
-            except (TypeError, ValueError):
-                continue
-            if not isinstance(data, dict) or data.get("from") == self.node:
-                continue  # this node acted on its own message when it sent it
-            for handler in self._handlers.get(str(data.get("kind")), ()):
-                try:
-                    await handler(data)
-                except Exception:  # noqa: BLE001 - one handler's failure is not the bus's
-                    log.exception("cluster message %r failed", str(data.get("kind"))[:40])
+                await pubsub.subscribe(self._key("bus"))
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        await self._deliver(message["data"])
+            except RedisError as exc:
+                log.error("the cluster bus was lost (%s); listening again", type(exc).__name__)
+            finally:
+                await pubsub.aclose()
+            await asyncio.sleep(HEARTBEAT)
+
+    async def _deliver(self, raw: Any) -> None:
+        try:
+            data = json.loads(raw)
+        except (TypeError, ValueError):
+            return
+        if not isinstance(data, dict) or data.get("from") == self.node:
+            return  # this node acted on its own message when it sent it
+        for handler in self._handlers.get(str(data.get("kind")), ()):
+            try:
+                await handler(data)
+            except Exception:  # noqa: BLE001 - one handler's failure is not the bus's
+                log.exception("cluster message %r failed", str(data.get("kind"))[:40])
 
     # -- one node at a time ------------------------------------------------------------
 
@@ -257,16 +284,15 @@ class Cluster:
             return None
         encoded, mac = value.rsplit(".", 1)
         try:
-            body = base64.urlsafe_b64decode(encoded.encode())
-        except ValueError:
+            body = base64.b64decode(encoded.encode("ascii"), altchars=b"-_", validate=True)  # strict: one spelling
+            given = mac.encode("ascii")
+        except ValueError:  # not base64, or a MAC that is not ASCII
             return None
-        if not hmac.compare_digest(hmac.new(self._secret, body, hashlib.sha256).hexdigest(), mac):
+        if not hmac.compare_digest(hmac.new(self._secret, body, hashlib.sha256).hexdigest().encode(), given):
             return None
-        try:
-            identity = json.loads(body)
-        except ValueError:
-            return None
-        if not isinstance(identity, dict) or abs(time.time() - float(identity.get("at", 0))) > HANDOVER_SECONDS:
+        identity = json.loads(body)  # this cluster signed it: its own JSON
+        at = identity.get("at")
+        if not isinstance(at, (int, float)) or abs(time.time() - at) > HANDOVER_SECONDS:
             return None
         return identity
 

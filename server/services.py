@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine
 
@@ -154,66 +154,67 @@ async def _features(app: web.Application, opened: Core) -> AsyncIterator[None]:
     board = app[QUEUE_BOARD] = QueueBoard(incidents, db, clock)
     surveys = app[SURVEYS] = Surveys(settings, clock, audit, consultations)
 
-    cluster = Cluster(settings) if settings.redis_url else None
-    if cluster is not None:
-        await cluster.start()
-    recordings = app[RECORDINGS] = Recordings(settings, clock, db, store, signing_key, audit)
-    # In a cluster other nodes are recording now: only what this node spooled is closed.
-    closed = await recordings.recover(local_only=cluster is not None)
-    if closed:
-        log.warning("closed %d recording(s) left open by an unclean stop", closed)
-
-    chat = app[CHAT] = Chat(clock, db, store, signing_key, audit, consultations)
-    consultations.on_status(chat.consultation_status)  # a close seals the transcript, in a task of its own
-    sealed = await chat.recover()
-    if sealed:
-        log.warning("sealed the chat of %d closed consultation(s) left unsealed", sealed)
-    locations = app[LOCATIONS] = Locations(clock, audit)
-    media = None
-    if app[MEDIA_WORKERS] > 0:  # after recover(): nothing records until the workers run
-        media = MediaPool(settings, app[MEDIA_WORKERS], recordings.recover)
-        await media.start()
-    app[HUB] = Hub(settings, clock, db, consultations, [recordings.sink] if settings.recording else [],
-                   chat=chat, locations=locations, media=media, cluster=cluster)
-    if cluster is not None:  # every node's boards hear of a change made on any node
-        incidents.on_change(lambda: cluster.publish_soon("queue"))
-        cluster.on("queue", lambda _m: _queue_changed(incidents, board))
-        cluster.on("end_sessions", lambda m: _end_board_sessions(board, m))
-
-    uploads = app[UPLOADS] = Uploads(settings, clock, db, store, audit)
-    await uploads.recover()
-
-    identity = await asyncio.to_thread(load_identity, settings)
-    statements = app[STATEMENTS] = Statements(settings, clock, db, store, audit, identity)
-    recovered = await statements.recover()
-    if recovered:
-        log.warning("%d statement(s) were being sealed at an unclean stop; recovered", recovered)
-
-    jobs = app[REDACTIONS] = Jobs(settings, clock, db, audit)
-
-    policy = Policy.from_config(settings.retention)
-    retention = app[RETENTION] = Retention(db, audit, store, policy, clock, signing_key)
-
-    background = TaskSet("services")
-    background.spawn(purge_forever(uploads), "purge unfinished uploads")
-    background.spawn(_one_node(cluster, "retention sweep", lambda: sweep_forever(retention, policy.sweep_minutes)),
-                     "retention sweep")
-    background.spawn(_one_node(cluster, "survey reminders", lambda: remind_forever(surveys)), "survey reminders")
-    if settings.redaction_workers > 0:  # else left to `evr worker` processes
-        redactor = Redactor(settings, clock, db, store, signing_key, audit, jobs, settings.redaction_workers)
-        background.spawn(redactor.run(), "redaction jobs")
-    webhooks.start()
-    try:
-        yield
-    finally:
-        if media is not None:  # its rooms were closed by on_shutdown (the hub's)
-            await media.close()
+    # The media workers and the cluster stop whatever happens after they start (a
+    # failed start too): after the rest below, in reverse.
+    async with AsyncExitStack() as stack:
+        cluster = Cluster(settings) if settings.redis_url else None
         if cluster is not None:
-            await cluster.close()
-        await webhooks.close()
-        await background.close()
-        await uploads.close()
-        await chat.close()
+            await cluster.start()
+            stack.push_async_callback(cluster.close)
+        recordings = app[RECORDINGS] = Recordings(settings, clock, db, store, signing_key, audit)
+        # In a cluster other nodes are recording now: only what this node spooled is closed.
+        closed = await recordings.recover(local_only=cluster is not None)
+        if closed:
+            log.warning("closed %d recording(s) left open by an unclean stop", closed)
+
+        chat = app[CHAT] = Chat(clock, db, store, signing_key, audit, consultations)
+        consultations.on_status(chat.consultation_status)  # a close seals the transcript, in a task of its own
+        sealed = await chat.recover()
+        if sealed:
+            log.warning("sealed the chat of %d closed consultation(s) left unsealed", sealed)
+        locations = app[LOCATIONS] = Locations(clock, audit)
+        media = None
+        if app[MEDIA_WORKERS] > 0:  # after recover(): nothing records until the workers run
+            media = MediaPool(settings, app[MEDIA_WORKERS], recordings.recover)
+            stack.push_async_callback(media.close)  # its rooms are closed first, by on_shutdown (the hub's)
+            await media.start()
+        app[HUB] = Hub(settings, clock, db, consultations, [recordings.sink] if settings.recording else [],
+                       chat=chat, locations=locations, media=media, cluster=cluster)
+        if cluster is not None:  # every node's boards hear of a change made on any node
+            incidents.on_change(lambda: cluster.publish_soon("queue"))
+            cluster.on("queue", lambda _m: _queue_changed(incidents, board))
+            cluster.on("end_sessions", lambda m: _end_board_sessions(board, m))
+
+        uploads = app[UPLOADS] = Uploads(settings, clock, db, store, audit)
+        await uploads.recover()
+
+        identity = await asyncio.to_thread(load_identity, settings)
+        statements = app[STATEMENTS] = Statements(settings, clock, db, store, audit, identity)
+        recovered = await statements.recover()
+        if recovered:
+            log.warning("%d statement(s) were being sealed at an unclean stop; recovered", recovered)
+
+        jobs = app[REDACTIONS] = Jobs(settings, clock, db, audit)
+
+        policy = Policy.from_config(settings.retention)
+        retention = app[RETENTION] = Retention(db, audit, store, policy, clock, signing_key)
+
+        background = TaskSet("services")
+        background.spawn(purge_forever(uploads), "purge unfinished uploads")
+        background.spawn(_one_node(cluster, "retention sweep", lambda: sweep_forever(retention, policy.sweep_minutes)),
+                         "retention sweep")
+        background.spawn(_one_node(cluster, "survey reminders", lambda: remind_forever(surveys)), "survey reminders")
+        if settings.redaction_workers > 0:  # else left to `evr worker` processes
+            redactor = Redactor(settings, clock, db, store, signing_key, audit, jobs, settings.redaction_workers)
+            background.spawn(redactor.run(), "redaction jobs")
+        webhooks.start()
+        try:
+            yield
+        finally:
+            await webhooks.close()
+            await background.close()
+            await uploads.close()
+            await chat.close()
 
 
 def _one_node(cluster: Any, name: str, job: Callable[[], Coroutine[Any, Any, None]]) -> Coroutine[Any, Any, None]:

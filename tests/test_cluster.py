@@ -16,6 +16,9 @@ from typing import Any, AsyncIterator
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import ELIGIBLE, PASSWORD, PG_URL, claim, eventually, link_path, postgres_database
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from evr.app import create_app
 from evr.auth import add_user
@@ -199,3 +202,39 @@ async def test_a_queue_board_on_one_node_hears_of_changes_made_on_the_other(node
     finally:
         await board.close()
         await reader
+
+
+def _cluster() -> Any:
+    from evr.cluster import Cluster
+
+    return Cluster(Settings.load(data_dir="/nonexistent", environ={}, redis_url=REDIS_URL,
+                                 cluster_secret="a shared secret of the test cluster",
+                                 node_url="http://127.0.0.1:1"))
+
+
+@given(st.text(max_size=300) | st.binary(max_size=300).map(lambda b: b.decode("latin-1")))
+@hypothesis_settings(max_examples=500, deadline=None)
+def test_a_handover_header_of_anything_else_is_refused_never_an_error(value):
+    """The header comes from whoever reaches a node's port: only this cluster's own
+    signature of a fresh identity is taken."""
+    cluster = _cluster()
+    assert cluster.check_handover(value) is None
+    signed = cluster.handover({"consultation": "c1"})
+    assert cluster.check_handover(signed)["consultation"] == "c1"
+    body, mac = signed.rsplit(".", 1)
+    assert cluster.check_handover(value + signed) is None or value == ""
+    assert cluster.check_handover(f"{body}.{value}") is None or value == mac
+
+
+def test_a_stale_or_foreign_handover_is_refused(monkeypatch):
+    import evr.cluster as module
+
+    cluster = _cluster()
+    signed = cluster.handover({"consultation": "c1"})
+    other = module.Cluster(Settings.load(data_dir="/nonexistent", environ={}, redis_url=REDIS_URL,
+                                         cluster_secret="another cluster's secret, long enough",
+                                         node_url="http://127.0.0.1:1"))
+    assert other.check_handover(signed) is None
+    later = module.time.time() + module.HANDOVER_SECONDS + 1
+    monkeypatch.setattr(module.time, "time", lambda: later)
+    assert cluster.check_handover(signed) is None
