@@ -142,7 +142,7 @@ class Hub:
         self.location: dict[str, Optional[dict[str, Any]]] = {}
         #: Configured STUN/TURN servers; an empty list (never None: aiortc would
         #: then use a public STUN server of a third party) when there are none.
-        self.ice_servers = _ice_servers(settings)
+        self.ice_servers = ice_servers(settings)
         self.tasks = TaskSet("hub")
         #: The other nodes (None: this is the only one): a room lives on one of them.
         self.cluster = cluster
@@ -449,7 +449,7 @@ class Hub:
         ones (an empty list by default, so a browser contacts nobody else either)."""
         servers = []
         for server in self.ice_servers:
-            entry: dict[str, Any] = {"urls": [server.urls]}  # _ice_servers gives one URL each
+            entry: dict[str, Any] = {"urls": [server.urls]}  # ice_servers gives one URL each
             if server.username is not None:
                 entry["username"] = server.username
             if server.credential is not None:
@@ -513,7 +513,7 @@ def _error(code: str, message: str) -> dict[str, Any]:
     return {"type": "error", "code": code, "message": message}
 
 
-def _ice_servers(settings: Settings) -> list[RTCIceServer]:
+def ice_servers(settings: Settings) -> list[RTCIceServer]:
     servers = []
     for url in filter(None, (u.strip() for u in settings.ice_servers.split(","))):
         if url.startswith(("turn:", "turns:")):

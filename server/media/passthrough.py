@@ -206,6 +206,9 @@ class InboundStream:
         self._streams: dict[int, StreamStatistics] = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
         self._nacks: Optional[NackGenerator] = receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
         self._heard_at: dict[int, float] = {}
+        #: Per payload type: its codec, whether it is RTX, and the payload type an RTX
+        #: one repairs (read once, not on every packet).
+        self._types: dict[int, tuple[Any, bool, Any]] = {}
         self._stock_handle = receiver._handle_rtp_packet
         receiver._handle_rtp_packet = self._handle  # type: ignore[method-assign]
         receiver._RTCRtpReceiver__remote_bitrate_estimator = None  # type: ignore[attr-defined]
@@ -220,13 +223,19 @@ class InboundStream:
         self.framing = wanted
 
     async def _handle(self, packet: RtpPacket, arrival_time_ms: int) -> None:
-        codec = self._codecs.get(packet.payload_type)
-        if codec is None or not self.receiver._enabled:
+        known = self._types.get(packet.payload_type)
+        if known is None:
+            codec = self._codecs.get(packet.payload_type)
+            if codec is None:
+                return
+            rtx = is_rtx(codec)
+            known = self._types[packet.payload_type] = (codec, rtx, codec.parameters.get("apt") if rtx else None)
+        codec, rtx, apt = known
+        if not self.receiver._enabled:
             return
         media: Optional[RtpPacket] = packet
-        if is_rtx(codec):
+        if rtx:  # a retransmission: the packet it carries
             original = self._rtx_ssrc.get(packet.ssrc)
-            apt = codec.parameters.get("apt")
             media = (unwrap_rtx(packet, payload_type=apt, ssrc=original)
                      if original is not None and len(packet.payload) >= 2 and apt in self._codecs else None)
         now = time.monotonic()
@@ -312,7 +321,6 @@ class OutboundStream(MediaStreamTrack):
         #: The watcher's latest REMB (bps) and when it came.
         self._bitrate: Optional[int] = None
         self._bitrate_at = 0.0
-        self.sent = 0
 
     # -- wiring to the sender -------------------------------------------------
 
@@ -343,7 +351,7 @@ class OutboundStream(MediaStreamTrack):
 
         sender.send = send  # type: ignore[method-assign]
         sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
-        sender._send_keyframe = self.request_keyframe  # type: ignore[method-assign]
+        on_keyframe_request(sender, self.request_keyframe)
         sender.replaceTrack(self)
 
     @property
@@ -392,7 +400,6 @@ class OutboundStream(MediaStreamTrack):
         sender._RTCRtpSender__rtp_timestamp = out.timestamp  # type: ignore[attr-defined]
         sender._RTCRtpSender__octet_count += len(out.payload)  # type: ignore[attr-defined]
         sender._RTCRtpSender__packet_count += 1  # type: ignore[attr-defined]
-        self.sent += 1
         self._on_sent(out)
 
     async def recv(self) -> Any:

@@ -110,9 +110,6 @@ class RemoteRoom(Roster):
                 self._snapshot = fresh
         return self._snapshot
 
-    def count(self) -> int:
-        return sum(1 for p in self.participants.values() if p.connected)
-
     # -- what the worker says ---------------------------------------------------
 
     def apply(self, state: Optional[dict[str, Any]]) -> None:

@@ -64,10 +64,10 @@ class MediaWorker:
     """The rooms of one worker, driven by the serving process's requests."""
 
     def __init__(self, settings: Settings, channel_factory: Any, sinks: tuple[Any, ...]) -> None:
-        from ..signalling import _ice_servers
+        from ..signalling import ice_servers
 
         self.settings = settings
-        self.ice_servers = _ice_servers(settings)
+        self.ice_servers = ice_servers(settings)
         self.sinks = sinks
         self.rooms: dict[str, Room] = {}
         self.channel: Channel = channel_factory(self.handle)
