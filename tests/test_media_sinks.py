@@ -70,7 +70,7 @@ async def media(room: Room, p: Participant, leg: Leg, feed: str, pts: int, inbou
     the live path, then (when frames are assembled) the whole frame for the sinks."""
     inbound = inbound or Inbound()
     packet = RtpPacket(payload_type=96, marker=1, sequence_number=pts, timestamp=pts, ssrc=1, payload=b"\x10\x00")
-    await room._relay(p, leg, feed, inbound, packet, 0.0)  # type: ignore[arg-type]
+    room._relay(p, leg, feed, inbound, packet, 0.0)  # type: ignore[arg-type]
     if inbound.framing:
         room._capture(p, leg, feed, frame(pts))
 
@@ -132,7 +132,7 @@ async def test_a_failing_sink_or_factory_never_ends_the_call():
         pushed: list[int] = []
         bitrate = None
 
-        async def forward(self, packet: RtpPacket, via: object, arrival: float) -> None:
+        def forward(self, packet: RtpPacket, via: object, arrival: float) -> None:
             self.pushed.append(packet.timestamp)
 
     watcher = Watcher()

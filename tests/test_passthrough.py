@@ -113,25 +113,48 @@ async def test_packets_are_relayed_rewritten_repaired_and_bandwidth_goes_upstrea
     sent_types: list[int] = []
     lost: list[int] = []
 
+    class LossyWire:
+        """The relay's socket towards B (its packets are SRTP: the header is in clear)."""
+
+        def __init__(self, transport):
+            self.transport = transport
+
+        def sendto(self, data: bytes, addr) -> None:
+            if 0x80 <= data[0] <= 0xBF and not 192 <= data[1] <= 223:  # RTP, not RTCP
+                sent_types.append(data[1] & 0x7F)
+                seq = struct.unpack("!H", data[2:4])[0]
+                if len(sent_types) == 40 and not lost:
+                    lost.append(seq)
+                    return
+            self.transport.sendto(data, addr)
+
+        def __getattr__(self, name):
+            return getattr(self.transport, name)
+
     await negotiate(a, relay_in)
     await negotiate(relay_out, b)
-    transport = out_transceiver.sender.transport
-    stock_send = transport._send_rtp
+    # The relay's packets come straight from its socket (as the bridge's do): aiortc's
+    # receive path sees only the first packets of each SSRC, before the router knows it.
+    relay_receiver = inbound[0].receiver
+    passthrough.receive_directly(relay_receiver.transport, {relay_receiver: inbound[0]})
+    slow: list[int] = []
+    hooked_handle = relay_receiver._handle_rtp_packet
 
-    async def lossy_send(data: bytes) -> None:
-        if 0x80 <= data[0] <= 0xBF and not 192 <= data[1] <= 223:  # RTP, not RTCP
-            sent_types.append(data[1] & 0x7F)
-            seq = struct.unpack("!H", data[2:4])[0]
-            if len(sent_types) == 40 and not lost:
-                lost.append(seq)
-                return
-        await stock_send(data)
+    async def counted_handle(packet, arrival_time_ms):
+        slow.append(packet.sequence_number)
+        await hooked_handle(packet, arrival_time_ms)
 
-    transport._send_rtp = lossy_send
+    relay_receiver._handle_rtp_packet = counted_handle
+    await eventually(lambda: relay_out.connectionState, lambda s: s == "connected", timeout=10.0,
+                     what="the relay's connection to B")
+    connection = out_transceiver.sender.transport.transport._connection
+    for protocol in connection._protocols:
+        protocol.transport = LossyWire(protocol.transport)
     try:
         await eventually(lambda: len(got), lambda n: n >= 30, timeout=10.0, what="thirty frames at B")
         assert not inbound[0].framing and not relayed  # no sink wants frames: none assembled
         assert lost and len(set(sent_types)) == 2  # VP8, and RTX for the lost packet
+        assert len(slow) < len(sent_types) / 10, (len(slow), len(sent_types))
         sent = [d for d, _ in clip.frames]
         index = sent.index(got[0].data)
         assert [f.data for f in got[:30]] == [sent[(index + i) % len(sent)] for i in range(30)]
@@ -140,6 +163,21 @@ async def test_packets_are_relayed_rewritten_repaired_and_bandwidth_goes_upstrea
         media = {s.source for s in b_receiver.getSynchronizationSources()} - set(
             b_receiver._RTCRtpReceiver__rtx_ssrc)
         assert media == {out_transceiver.sender._ssrc}
+
+        # Forged packets on the relay's socket (RTP-shaped, the stream's own SSRC, no
+        # valid SRTP tag; truncated; RTCP-shaped) are dropped, and the stream goes on.
+        import os
+        import random
+
+        a_pair = a.getTransceivers()[0].sender.transport.transport._connection._nominated[1]
+        a_ssrc = a.getTransceivers()[0].sender._ssrc
+        rng = random.Random(7)
+        for _ in range(300):
+            head = bytes([0x80 | rng.randrange(0x40), rng.randrange(256)]) + os.urandom(6)
+            forged = head + a_ssrc.to_bytes(4, "big") + os.urandom(rng.randrange(0, 1200))
+            a_pair.protocol.transport.sendto(forged[:rng.randrange(1, len(forged) + 1)], a_pair.remote_addr)
+        count = len(got)
+        await eventually(lambda: len(got), lambda n: n >= count + 10, timeout=10.0, what="frames after forgeries")
 
         # A rejoin: the same outgoing stream goes on from the new source's keyframe.
         asked = len(keyframes_asked)
@@ -219,8 +257,9 @@ async def test_keyframe_requests_name_the_media_stream_not_its_retransmissions()
 
 # -- the start-up check of every hook --------------------------------------------
 
+from aioice.ice import Connection, StunProtocol  # noqa: E402
 from aiortc import RTCRtpReceiver, RTCRtpSender, rtcrtpreceiver  # noqa: E402
-from aiortc.rtcdtlstransport import RTCDtlsTransport  # noqa: E402
+from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter  # noqa: E402
 from aiortc.rtcrtpreceiver import RemoteStreamTrack  # noqa: E402
 
 from evr.media.passthrough import HOOKS, IncompatibleAiortc, check_compatible, media_ssrc  # noqa: E402
@@ -288,6 +327,26 @@ async def _send_with_other_parameters(self, parameters, extra):
     pass
 
 
+def _datagram_to_queue(self, data, addr):  # aioice no longer calls the connection's data_received
+    self.receiver._queue.put_nowait((data, 1))
+
+
+async def _recv_next_elsewhere(self):  # the DTLS transport keeps its counters another way
+    pass
+
+
+async def _send_rtp_elsewhere(self, data):  # the DTLS transport protects another way
+    await self.transport._send(data)
+
+
+async def _sendto_elsewhere(self, data, component):  # aioice sends another way
+    pass
+
+
+def _router_without_ssrc_table(self):
+    self.receivers = set()
+
+
 #: How aiortc could break each hook: (hook, what changed, how to make that change).
 BREAKAGES = [
     ("decoder worker", "decoder_worker renamed",
@@ -342,6 +401,18 @@ BREAKAGES = [
      lambda mp: mp.setattr(RTCRtpReceiver, "_send_rtcp", _pli_sync)),
     ("bandwidth", "RTCP reaches the sender another way",
      lambda mp: mp.setattr(RTCDtlsTransport, "_handle_rtcp_data", _handle_rtp_data_elsewhere)),
+    ("packets straight from the socket", "the connection's data_received is gone",
+     lambda mp: mp.delattr(Connection, "data_received")),
+    ("packets straight from the socket", "datagrams reach the connection another way",
+     lambda mp: mp.setattr(StunProtocol, "datagram_received", _datagram_to_queue)),
+    ("packets straight from the socket", "the transport counts received packets elsewhere",
+     lambda mp: mp.setattr(RTCDtlsTransport, "_recv_next", _recv_next_elsewhere)),
+    ("packets straight from the socket", "the transport protects packets another way",
+     lambda mp: mp.setattr(RTCDtlsTransport, "_send_rtp", _send_rtp_elsewhere)),
+    ("packets straight from the socket", "aioice sends on another object than the nominated pair",
+     lambda mp: mp.setattr(Connection, "sendto", _sendto_elsewhere)),
+    ("packets straight from the socket", "the router keeps no SSRC table",
+     lambda mp: mp.setattr(RtpRouter, "__init__", _router_without_ssrc_table)),
 ]
 
 

@@ -7,12 +7,23 @@ from fractions import Fraction
 
 import pytest
 from aiortc.codecs.vpx import Vp8Encoder
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtp import HeaderExtensionsMap, RtpPacket, wrap_rtx
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from evr.media.passthrough import EncodedFrame
-from evr.media.rtp import SEQ_MOD, TS_MOD, Rewriter, vp8_keyframe_start
+from evr.media.passthrough import EncodedFrame, SentPacket
+from evr.media.rtp import (
+    ABS_SEND_TIME,
+    AUDIO_LEVEL,
+    MID,
+    SEQ_MOD,
+    TS_MOD,
+    PacketWriter,
+    Rewriter,
+    vp8_keyframe_start,
+)
 from evr.media.sources import vp8_clip
 
 
@@ -101,3 +112,72 @@ def test_every_switch_continues_the_sequence_by_exactly_one(runs):
             stamps.append(mapped.timestamp)
     assert seqs == [i % SEQ_MOD for i in range(len(seqs))]
     assert all(0 <= (b - a) % TS_MOD < TS_MOD // 2 for a, b in zip(stamps, stamps[1:]))
+
+
+# -- the outgoing packet's bytes ----------------------------------------------------
+
+EXTENSION_URIS = (MID, ABS_SEND_TIME, AUDIO_LEVEL)
+
+
+def aiortc_map(ids: dict[str, int]) -> HeaderExtensionsMap:
+    extensions_map = HeaderExtensionsMap()
+    extensions_map.configure(RTCRtpParameters(headerExtensions=[
+        RTCRtpHeaderExtensionParameters(id=i, uri=uri) for uri, i in ids.items()]))
+    return extensions_map
+
+
+@given(
+    ids=st.lists(st.integers(1, 14), min_size=3, max_size=3, unique=True),
+    present=st.tuples(st.booleans(), st.booleans(), st.booleans()),
+    mid=st.one_of(st.none(), st.text(alphabet="0123456789abcdefghij", min_size=1, max_size=16)),
+    marker=st.booleans(),
+    payload_type=st.integers(0, 127),
+    ssrc=st.integers(0, TS_MOD - 1),
+    sequence_number=st.integers(0, SEQ_MOD - 1),
+    timestamp=st.integers(0, TS_MOD - 1),
+    payload=st.binary(max_size=64),
+    abs_send_time=st.one_of(st.none(), st.integers(0, 0xFFFFFF)),
+    audio_level=st.one_of(st.none(), st.tuples(st.booleans(), st.integers(0, 127))),
+)
+@hypothesis_settings(max_examples=300, deadline=None)
+def test_the_packet_writer_makes_the_bytes_aiortc_makes(ids, present, mid, marker, payload_type, ssrc,
+                                                         sequence_number, timestamp, payload, abs_send_time,
+                                                         audio_level):
+    """Byte for byte what ``RtpPacket.serialize`` makes, whichever extensions were
+    negotiated and whichever values a packet carries, and aiortc parses it back."""
+    negotiated = {uri: i for uri, i, on in zip(EXTENSION_URIS, ids, present, strict=True) if on}
+    writer = PacketWriter(payload_type, ssrc, mid, negotiated)
+    assert writer.usable
+    data = writer.write(marker, sequence_number, timestamp, payload, abs_send_time, audio_level)
+    packet = RtpPacket(payload_type=payload_type, marker=int(marker), sequence_number=sequence_number,
+                       timestamp=timestamp, ssrc=ssrc, payload=payload)
+    packet.extensions.mid = mid
+    packet.extensions.abs_send_time = abs_send_time
+    packet.extensions.audio_level = audio_level
+    extensions_map = aiortc_map(negotiated)
+    assert data == packet.serialize(extensions_map)
+    back = RtpPacket.parse(data, extensions_map)
+    assert (back.sequence_number, back.timestamp, back.payload, bool(back.marker)) == (
+        sequence_number, timestamp, payload, marker)
+
+
+@pytest.mark.parametrize("ids,mid", [
+    ({MID: 15}, "0"),  # an id only the two-byte form can carry
+    ({MID: 1}, ""),  # an empty element: two-byte form too
+    ({MID: 1}, "x" * 17),  # longer than a one-byte element holds
+])
+def test_the_packet_writer_leaves_the_two_byte_form_to_aiortc(ids, mid):
+    assert not PacketWriter(96, 1, mid, ids).usable
+
+
+def test_a_sent_packet_is_parsed_only_when_a_nack_asks_for_it():
+    """The send history keeps bytes; aiortc's RTX wrapper reads fields, which are then
+    parsed with the sender's extension map."""
+    negotiated = {MID: 1, ABS_SEND_TIME: 2}
+    writer = PacketWriter(96, 7, "1", negotiated)
+    data = writer.write(True, 100, 9000, b"\x10\x00payload", 0x123456, None)
+    sent = SentPacket(data, 100, aiortc_map(negotiated))
+    assert sent.serialize() is data and sent._parsed is None
+    rtx = wrap_rtx(sent, payload_type=97, sequence_number=5, ssrc=8)
+    assert rtx.payload == b"\x00\x64\x10\x00payload" and rtx.timestamp == 9000 and rtx.marker
+    assert rtx.extensions.mid == "1" and rtx.extensions.abs_send_time == 0x123456

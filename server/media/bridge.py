@@ -82,7 +82,7 @@ from aiortc.rtp import RtpPacket
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from ..tasks import TaskSet
-from .passthrough import EncodedFrame, InboundStream, OutboundStream, attach_sink, send_pli
+from .passthrough import EncodedFrame, InboundStream, OutboundStream, attach_sink, receive_directly, send_pli
 from .sdp import Numbering, slides_sections
 
 log = logging.getLogger(__name__)
@@ -456,8 +456,8 @@ class Room(Roster):
 
     # -- media --------------------------------------------------------------
 
-    async def _relay(self, source: Participant, leg: Leg, feed: str, inbound: InboundStream,
-                     packet: RtpPacket, arrival: float) -> None:
+    def _relay(self, source: Participant, leg: Leg, feed: str, inbound: InboundStream,
+               packet: RtpPacket, arrival: float) -> None:
         """The live path: one RTP packet of ``source``'s ``feed`` to everyone watching it."""
         if feed == "audio":
             leg.counters.audio_in_packets += 1
@@ -467,7 +467,7 @@ class Room(Roster):
             return
         via = (leg, packet.ssrc)
         for track in tuple(source.watchers[feed]):  # the live call first, whatever a sink does
-            await track.forward(packet, via, arrival)
+            track.forward(packet, via, arrival)
         track_name = TRACK_OF_FEED[feed]
         sinks = source.sinks if track_name == "camera" else source.screen_sinks
         if sinks is None:
@@ -663,11 +663,15 @@ class Room(Roster):
     def _guard(self, leg: Leg) -> None:
         """Every receiver that would start gets a sink that drops its frames: an
         answer that sends where the server offered ``sendonly`` (or a section the
-        bridge does not use) must never start one of aiortc's decoder threads."""
+        bridge does not use) must never start one of aiortc's decoder threads. The
+        connection's packets are then handled as the socket delivers them
+        (:class:`~evr.media.passthrough.DirectReceive`)."""
         for transceiver in leg.pc.getTransceivers():
             receiver = transceiver.receiver
             if receiver.track is not None and receiver not in leg.guarded:
                 self._attach(leg, receiver, transceiver.kind)
+            if receiver.transport is not None:
+                receive_directly(receiver.transport, leg.guarded)
 
     async def renegotiate(self) -> None:
         """Offer every connection whose outputs changed what it now carries (a new
@@ -767,11 +771,11 @@ class Room(Roster):
         self.tasks.spawn(self._on_change(self), f"state change: {why}")
 
     @staticmethod
-    def _sent_counter(leg: Leg, kind: str) -> Callable[[RtpPacket], None]:
-        def count(packet: RtpPacket) -> None:
+    def _sent_counter(leg: Leg, kind: str) -> Callable[[int], None]:
+        def count(marker: int) -> None:
             if kind == "audio":
                 leg.counters.audio_out_packets += 1
-            elif packet.marker:  # the last packet of a frame
+            elif marker:  # the last packet of a frame
                 leg.counters.video_out_frames += 1
 
         return count
@@ -831,7 +835,7 @@ def _drop(_frame: EncodedFrame) -> None:
     """Frames nobody asked for (see :meth:`Room._guard`)."""
 
 
-async def _ignore(_packet: RtpPacket, _arrival: float) -> None:
+def _ignore(_packet: RtpPacket, _arrival: float) -> None:
     """Packets nobody asked for (see :meth:`Room._guard`)."""
 
 

@@ -38,13 +38,15 @@ import time
 import types
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Awaitable, Callable, Hashable, Optional
+from typing import Any, Callable, Hashable, Optional
 
 import aiortc
-from aiortc import RTCRtpReceiver, RTCRtpSender, clock, rtcrtpreceiver
+import pylibsrtp
+from aiortc import RTCDtlsTransport, RTCRtpReceiver, RTCRtpSender, clock, rtcrtpreceiver
 from aiortc.codecs import is_rtx
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
 from aiortc.rtp import (
     RTCP_PSFB_APP,
@@ -58,7 +60,7 @@ from aiortc.rtp import (
 from aiortc.utils import random16, random32
 
 from ..tasks import TaskSet
-from .rtp import Rewriter, vp8_keyframe_start
+from .rtp import PacketWriter, Rewriter, vp8_keyframe_start
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +197,7 @@ class InboundStream:
     """
 
     def __init__(self, receiver: RTCRtpReceiver, kind: str,
-                 on_packet: Callable[[RtpPacket, float], Awaitable[None]]) -> None:
+                 on_packet: Callable[[RtpPacket, float], None]) -> None:
         self.receiver = receiver
         self.kind = kind
         self.on_packet = on_packet
@@ -223,16 +225,24 @@ class InboundStream:
         self.framing = wanted
 
     async def _handle(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        """aiortc's receive path (a packet of an SSRC not yet known to the
+        :class:`DirectReceive`, or any packet while frames are wanted)."""
+        if self.accept(packet) and self.framing:  # aiortc's whole handling, with its jitter buffer
+            await self._stock_handle(packet, arrival_time_ms)
+
+    def accept(self, packet: RtpPacket) -> bool:
+        """Forward one decrypted packet, then keep what the receiver keeps (unless
+        :attr:`framing`: aiortc's handler then keeps it). False when it is not ours."""
         known = self._types.get(packet.payload_type)
         if known is None:
             codec = self._codecs.get(packet.payload_type)
             if codec is None:
-                return
+                return False
             rtx = is_rtx(codec)
             known = self._types[packet.payload_type] = (codec, rtx, codec.parameters.get("apt") if rtx else None)
         codec, rtx, apt = known
         if not self.receiver._enabled:
-            return
+            return False
         media: Optional[RtpPacket] = packet
         if rtx:  # a retransmission: the packet it carries
             original = self._rtx_ssrc.get(packet.ssrc)
@@ -241,12 +251,11 @@ class InboundStream:
         now = time.monotonic()
         if media is not None:
             try:
-                await self.on_packet(media, now)
+                self.on_packet(media, now)
             except Exception:  # the live path must never end the receiver's transport
                 log.exception("forwarding an RTP packet failed")
-        if self.framing:  # aiortc's whole handling, with its jitter buffer
-            await self._stock_handle(packet, arrival_time_ms)
-            return
+        if self.framing:
+            return True
         if now - self._heard_at.get(packet.ssrc, 0.0) >= HEARD_EVERY:
             self._heard_at[packet.ssrc] = now
             self._heard[packet.ssrc] = clock.current_datetime()
@@ -255,7 +264,8 @@ class InboundStream:
             stats = self._streams[packet.ssrc] = StreamStatistics(codec.clockRate)
         stats.add(packet)
         if media is not None and self._nacks is not None and self._nacks.add(media):
-            await self.receiver._send_rtcp_nack(media.ssrc, sorted(self._nacks.missing))
+            _pli_tasks.spawn(self.receiver._send_rtcp_nack(media.ssrc, sorted(self._nacks.missing)), "NACK")
+        return True
 
     # -- bandwidth ------------------------------------------------------------
 
@@ -283,6 +293,36 @@ class InboundStream:
 
 #: How long a watcher's bandwidth estimate counts without a newer one.
 REMB_FRESH = 5.0
+#: How often an outgoing stream sets the NTP and RTP clocks its sender reports (SR)
+#: carry: a report is sent about once a second, and reading the wall clock on every
+#: packet would cost more than the rest of the rewrite.
+SENDER_CLOCK_EVERY = 0.1
+
+
+class SentPacket:
+    """A packet in a sender's send history, kept as the bytes sent.
+
+    aiortc's ``_retransmit`` looks a NACKed sequence number up, checks
+    ``sequence_number`` and either serializes the packet again (no RTX: the bytes
+    sent are the answer) or wraps it for RTX, which reads its fields: those are
+    parsed then, for the few packets ever asked for, not for every one forwarded.
+    """
+
+    __slots__ = ("data", "sequence_number", "_extensions_map", "_parsed")
+
+    def __init__(self, data: bytes, sequence_number: int, extensions_map: Any) -> None:
+        self.data = data
+        self.sequence_number = sequence_number
+        self._extensions_map = extensions_map
+        self._parsed: Optional[RtpPacket] = None
+
+    def serialize(self, extensions_map: Any = None) -> bytes:
+        return self.data
+
+    def __getattr__(self, name: str) -> Any:
+        if self._parsed is None:
+            self._parsed = RtpPacket.parse(self.data, self._extensions_map)
+        return getattr(self._parsed, name)
 
 
 class OutboundStream(MediaStreamTrack):
@@ -303,7 +343,7 @@ class OutboundStream(MediaStreamTrack):
     """
 
     def __init__(self, kind: str, request_keyframe: Callable[[], None],
-                 on_sent: Callable[[RtpPacket], None],
+                 on_sent: Callable[[int], None],
                  on_bitrate: Callable[[], None] = lambda: None) -> None:
         super().__init__()
         self.kind = kind
@@ -314,13 +354,17 @@ class OutboundStream(MediaStreamTrack):
         self._sender: Optional[RTCRtpSender] = None
         self._payload_type: Optional[int] = None
         self._mid: Optional[str] = None
-        self._history: dict[int, RtpPacket] = {}
+        self._history: dict[int, Any] = {}
+        #: Serializes this stream's packets (None: aiortc's way, see PacketWriter.usable).
+        self._writer: Optional[PacketWriter] = None
         self._extensions_map: Any = None
         self._need_keyframe = kind == "video"
         self._ended: Optional[asyncio.Future[None]] = None
         #: The watcher's latest REMB (bps) and when it came.
         self._bitrate: Optional[int] = None
         self._bitrate_at = 0.0
+        #: When the sender's report clocks were last set (monotonic seconds).
+        self._reported_at = -SENDER_CLOCK_EVERY
 
     # -- wiring to the sender -------------------------------------------------
 
@@ -337,6 +381,10 @@ class OutboundStream(MediaStreamTrack):
                 self._payload_type = parameters.codecs[0].payloadType
             self._mid = parameters.muxId
             await stock_send(parameters)
+            if self._payload_type is not None:
+                writer = PacketWriter(self._payload_type, sender._ssrc, self._mid,
+                                      {e.uri: e.id for e in parameters.headerExtensions})
+                self._writer = writer if writer.usable else None
 
         async def handle_rtcp(packet: Any) -> None:
             if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
@@ -368,11 +416,11 @@ class OutboundStream(MediaStreamTrack):
         if self.kind == "video":
             self._need_keyframe = True
 
-    async def forward(self, packet: RtpPacket, source: Hashable, arrival: float) -> None:
+    def forward(self, packet: RtpPacket, source: Hashable, arrival: float) -> None:
         """Send one source packet on this stream (or drop it, when it cannot start it)."""
         sender = self._sender
         if (self.readyState != "live" or sender is None or self._payload_type is None
-                or sender.transport.state != "connected"):
+                or sender.transport._state is not DtlsState.CONNECTED):  # not .state: an Enum's str
             return
         if self._need_keyframe or source != self.rewriter.source:
             if self.kind == "video" and not vp8_keyframe_start(packet.payload):
@@ -382,25 +430,36 @@ class OutboundStream(MediaStreamTrack):
             self._need_keyframe = False
             self.rewriter.switch(source, packet.sequence_number, packet.timestamp, arrival)
         mapped = self.rewriter.map(packet.sequence_number, packet.timestamp, arrival)
-        out = RtpPacket(payload_type=self._payload_type, marker=packet.marker,
-                        sequence_number=mapped.sequence_number, timestamp=mapped.timestamp,
-                        ssrc=sender._ssrc, payload=packet.payload)
-        out.padding_size = packet.padding_size
-        out.extensions.mid = self._mid
         # The sender's own send time, so a watcher's REMB estimates the whole path.
         sent = packet.extensions.abs_send_time
-        out.extensions.abs_send_time = sent if sent is not None else (clock.current_ntp_time() >> 14) & 0x00FFFFFF
-        out.extensions.audio_level = packet.extensions.audio_level
-        self._history[out.sequence_number % RTP_HISTORY_SIZE] = out
-        try:
-            await sender.transport._send_rtp(out.serialize(self._extensions_map))
-        except ConnectionError:
+        if sent is None:
+            sent = (clock.current_ntp_time() >> 14) & 0x00FFFFFF
+        writer = self._writer
+        if writer is not None and not packet.padding_size:
+            data = writer.write(packet.marker, mapped.sequence_number, mapped.timestamp, packet.payload,
+                                sent, packet.extensions.audio_level)
+            self._history[mapped.sequence_number % RTP_HISTORY_SIZE] = SentPacket(
+                data, mapped.sequence_number, self._extensions_map)
+        else:
+            out = RtpPacket(payload_type=self._payload_type, marker=packet.marker,
+                            sequence_number=mapped.sequence_number, timestamp=mapped.timestamp,
+                            ssrc=sender._ssrc, payload=packet.payload)
+            out.padding_size = packet.padding_size
+            out.extensions.mid = self._mid
+            out.extensions.abs_send_time = sent
+            out.extensions.audio_level = packet.extensions.audio_level
+            self._history[mapped.sequence_number % RTP_HISTORY_SIZE] = out
+            data = out.serialize(self._extensions_map)
+        if not send_rtp(sender.transport, data):
             return
-        sender._RTCRtpSender__ntp_timestamp = clock.current_ntp_time()  # type: ignore[attr-defined]
-        sender._RTCRtpSender__rtp_timestamp = out.timestamp  # type: ignore[attr-defined]
-        sender._RTCRtpSender__octet_count += len(out.payload)  # type: ignore[attr-defined]
+        if arrival - self._reported_at >= SENDER_CLOCK_EVERY:
+            # The pair of clocks the sender's reports (SR) carry: the same instant.
+            self._reported_at = arrival
+            sender._RTCRtpSender__ntp_timestamp = clock.current_ntp_time()  # type: ignore[attr-defined]
+            sender._RTCRtpSender__rtp_timestamp = mapped.timestamp  # type: ignore[attr-defined]
+        sender._RTCRtpSender__octet_count += len(packet.payload)  # type: ignore[attr-defined]
         sender._RTCRtpSender__packet_count += 1  # type: ignore[attr-defined]
-        self._on_sent(out)
+        self._on_sent(packet.marker)
 
     async def recv(self) -> Any:
         """The sender's loop waits here until the stream stops: nothing is encoded."""
@@ -414,6 +473,91 @@ class OutboundStream(MediaStreamTrack):
         super().stop()
         if self._ended is not None and not self._ended.done():
             self._ended.set_result(None)
+
+
+# -- straight from the socket and back -------------------------------------------
+
+
+def _is_rtp(data: bytes) -> bool:
+    """RTP, not RTCP (RFC 5761 4: RTCP packet types 192-223 sit where the marker
+    bit and payload type are) nor DTLS or STUN (RFC 7983)."""
+    return len(data) >= 12 and 127 < data[0] < 192 and not 191 < data[1] < 224
+
+
+def send_rtp(dtls: RTCDtlsTransport, data: bytes) -> bool:
+    """Protect one RTP packet and hand it to the socket now; False when it could not go.
+
+    What ``RTCDtlsTransport._send_rtp`` does, without its four awaits per packet:
+    the packet goes out in the same callback that received its source. The socket is
+    the ICE connection's nominated pair's (its protocol's ``transport``, a TURN
+    allocation's when relayed). A sequence number already protected (a packet that
+    arrived twice, say late and again by RTX) is refused by libsrtp and dropped: the
+    watcher has it.
+    """
+    if dtls._state is not DtlsState.CONNECTED:
+        return False
+    pair = dtls.transport._connection._nominated.get(1)
+    if pair is None:
+        return False
+    try:
+        protected = dtls._tx_srtp.protect(data)
+    except pylibsrtp.Error:
+        return False
+    pair.protocol.transport.sendto(protected, pair.remote_addr)
+    dtls._RTCDtlsTransport__tx_bytes += len(protected)  # type: ignore[attr-defined]
+    dtls._RTCDtlsTransport__tx_packets += 1  # type: ignore[attr-defined]
+    return True
+
+
+class DirectReceive:
+    """One connection's RTP packets handled in the callback its socket delivers
+    them to, not after a trip through aiortc's queue and DTLS transport task.
+
+    aioice gives every datagram that is not STUN to its ``Connection``'s
+    ``data_received``, which queues it for the DTLS transport's task; that task
+    decrypts, parses and routes it through four awaits. Here a packet whose SSRC the
+    transport's router already knows, for a receiver with an :class:`InboundStream`
+    that assembles no frames, is decrypted, parsed and given to
+    :meth:`InboundStream.accept` at once, and its forwarded copies are sent from
+    the same callback (:func:`send_rtp`). Everything else (DTLS, RTCP, a new SSRC,
+    which the router learns by payload type, and every packet while a recording
+    wants frames) goes the stock way, unchanged.
+    """
+
+    def __init__(self, dtls: RTCDtlsTransport, inbound: dict[RTCRtpReceiver, InboundStream]) -> None:
+        self.dtls = dtls
+        #: The leg's receivers' hooks (shared: a receiver added later is found too).
+        self.inbound = inbound
+        self._receivers = dtls._rtp_router.ssrc_table
+        self._extensions = dtls._rtp_header_extensions_map
+        connection = dtls.transport._connection
+        self._stock = connection.data_received
+        connection.data_received = self.data_received  # type: ignore[method-assign]
+
+    def data_received(self, data: bytes, component: int) -> None:
+        if _is_rtp(data):
+            receiver = self._receivers.get(int.from_bytes(data[8:12], "big"))
+            inbound = self.inbound.get(receiver) if receiver is not None else None  # type: ignore[call-overload]
+            dtls = self.dtls
+            srtp = dtls._rx_srtp
+            if (inbound is not None and not inbound.framing and srtp is not None
+                    and dtls._state is DtlsState.CONNECTED):
+                dtls._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
+                dtls._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
+                try:
+                    packet = RtpPacket.parse(srtp.unprotect(data), self._extensions)
+                except (pylibsrtp.Error, ValueError):  # as aiortc: a packet that fails is dropped
+                    return
+                inbound.accept(packet)
+                return
+        self._stock(data, component)
+
+
+def receive_directly(dtls: RTCDtlsTransport, inbound: dict[RTCRtpReceiver, InboundStream]) -> None:
+    """Install a :class:`DirectReceive` on ``dtls``'s connection (once)."""
+    connection = dtls.transport._connection
+    if not isinstance(getattr(connection.data_received, "__self__", None), DirectReceive):
+        DirectReceive(dtls, inbound)
 
 
 # -- the start-up check ----------------------------------------------------------
@@ -581,6 +725,35 @@ def _check_bandwidth() -> list[str]:
     return problems
 
 
+def _check_direct_path() -> list[str]:
+    """:class:`DirectReceive` replaces the ICE connection's ``data_received`` (which
+    aioice's protocol calls for each datagram that is not STUN), routes by the
+    router's ``ssrc_table``, decrypts with ``_rx_srtp`` and keeps the transport's
+    receive counters; :func:`send_rtp` protects with ``_tx_srtp``, sends on the
+    nominated pair's protocol's ``transport`` and keeps the send counters."""
+    from aioice.ice import Connection, StunProtocol
+    from aiortc.rtcdtlstransport import RtpRouter
+    from aiortc.rtcicetransport import RTCIceTransport
+
+    problems = (_parameters(Connection.__dict__.get("data_received"), "aioice.Connection.data_received",
+                            ("self", "data", "component"))
+                + _uses(StunProtocol, "datagram_received", "receiver", "data_received")
+                + _uses(Connection, "sendto", "_nominated", "protocol", "send_data", "remote_addr")
+                + _uses(StunProtocol, "send_data", "transport", "sendto")
+                + _uses(RTCIceTransport, "__init__", "_connection")
+                + _uses(RtpRouter, "__init__", "ssrc_table")
+                + _uses(RtpRouter, "route_rtp", "ssrc_table")
+                + _uses(RTCDtlsTransport, "__init__", "_state", "_rx_srtp", "_tx_srtp", "_rtp_router",
+                        "_rtp_header_extensions_map")
+                + _uses(RTCDtlsTransport, "_recv_next", "_rx_srtp", "unprotect",
+                        "_RTCDtlsTransport__rx_bytes", "_RTCDtlsTransport__rx_packets")
+                + _uses(RTCDtlsTransport, "_send_rtp", "_tx_srtp", "protect",
+                        "_RTCDtlsTransport__tx_bytes", "_RTCDtlsTransport__tx_packets"))
+    if not hasattr(DtlsState, "CONNECTED"):
+        problems.append("aiortc.rtcdtlstransport.State has no CONNECTED")
+    return problems
+
+
 #: Every hook into aiortc's private API, with the check of what it relies on.
 HOOKS: dict[str, Callable[[], list[str]]] = {
     "decoder worker": _check_decoder_worker,
@@ -591,6 +764,7 @@ HOOKS: dict[str, Callable[[], list[str]]] = {
     "packets in": _check_packets_in,
     "packets out": _check_packets_out,
     "bandwidth": _check_bandwidth,
+    "packets straight from the socket": _check_direct_path,
 }
 
 

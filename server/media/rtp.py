@@ -18,6 +18,7 @@ a peer connection.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Hashable, Optional
 
@@ -107,3 +108,57 @@ class Rewriter:
             self._last_ts = ts
             self._last_arrival = arrival
         return Mapped(seq, ts)
+
+
+#: The header extensions the relay writes (RFC 8285), by URI as negotiated in SDP.
+MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
+ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+_HEADER = struct.Struct("!BBHLL")
+_HEADER_WITH_EXTENSIONS = struct.Struct("!BBHLLHH")
+_ONE_BYTE_PROFILE = 0xBEDE
+
+
+class PacketWriter:
+    """Serializes one outgoing stream's RTP packets straight to bytes.
+
+    Every packet of a stream has the same payload type, SSRC and mid, so the
+    fixed part of its header and its mid element are worked out once; what changes
+    per packet (marker, sequence number, timestamp, the source's ``abs-send-time``
+    and audio level) is packed into them. The bytes are exactly what aiortc's
+    ``RtpPacket.serialize`` makes of the same packet (one-byte extension elements,
+    RFC 8285 4.2, in aiortc's order: mid, abs-send-time, audio level), as the tests
+    check: only faster, with no packet object per forwarded packet.
+
+    ``usable`` is False when the negotiated ids or the mid need the two-byte form
+    (an id above 14, a mid empty or over 16 bytes): the caller then serializes
+    the aiortc way.
+    """
+
+    def __init__(self, payload_type: int, ssrc: int, mid: Optional[str], extension_ids: dict[str, int]) -> None:
+        self.payload_type = payload_type
+        self.ssrc = ssrc
+        mid_id = extension_ids.get(MID, 0)
+        abs_id = extension_ids.get(ABS_SEND_TIME, 0)
+        level_id = extension_ids.get(AUDIO_LEVEL, 0)
+        encoded = mid.encode("utf8") if mid is not None and mid_id else b""
+        self.usable = (all(0 <= i <= 14 for i in (mid_id, abs_id, level_id))
+                       and (not mid_id or mid is None or 1 <= len(encoded) <= 16))
+        self._mid = bytes([(mid_id << 4) | (len(encoded) - 1)]) + encoded if encoded else b""
+        self._abs = bytes([(abs_id << 4) | 2]) if abs_id else b""
+        self._level = (level_id << 4) if level_id else 0
+
+    def write(self, marker: int, sequence_number: int, timestamp: int, payload: bytes,
+              abs_send_time: Optional[int], audio_level: Optional[tuple[bool, int]]) -> bytes:
+        """One packet (no CSRC, no padding) with these values."""
+        elements = self._mid
+        if abs_send_time is not None and self._abs:
+            elements += self._abs + (abs_send_time & 0xFFFFFF).to_bytes(3, "big")
+        if audio_level is not None and self._level:
+            elements += bytes((self._level, (0x80 if audio_level[0] else 0) | (audio_level[1] & 0x7F)))
+        second = (0x80 if marker else 0) | self.payload_type
+        if not elements:
+            return _HEADER.pack(0x80, second, sequence_number, timestamp, self.ssrc) + payload
+        elements += b"\x00" * (-len(elements) % 4)
+        return _HEADER_WITH_EXTENSIONS.pack(0x90, second, sequence_number, timestamp, self.ssrc,
+                                            _ONE_BYTE_PROFILE, len(elements) >> 2) + elements + payload
