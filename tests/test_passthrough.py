@@ -347,6 +347,10 @@ def _router_without_ssrc_table(self):
     self.receivers = set()
 
 
+def _data_received_elsewhere(self, data, component):  # aioice hands datagrams on another way
+    self.handler(data)
+
+
 #: How aiortc could break each hook: (hook, what changed, how to make that change).
 BREAKAGES = [
     ("decoder worker", "decoder_worker renamed",
@@ -413,6 +417,8 @@ BREAKAGES = [
      lambda mp: mp.setattr(Connection, "sendto", _sendto_elsewhere)),
     ("packets straight from the socket", "the router keeps no SSRC table",
      lambda mp: mp.setattr(RtpRouter, "__init__", _router_without_ssrc_table)),
+    ("packets straight from the socket", "the connection queues datagrams elsewhere",
+     lambda mp: mp.setattr(Connection, "data_received", _data_received_elsewhere)),
 ]
 
 
@@ -460,3 +466,42 @@ async def test_the_app_refuses_to_start_with_an_incompatible_aiortc(monkeypatch,
             await server.start_server()
     finally:
         await server.close()
+
+
+async def test_a_packet_never_overtakes_one_queued_for_aiortc():
+    """The first packets of a stream go aiortc's way (the router learns their SSRC
+    there); a later packet must not be forwarded before them, or a watcher's stream
+    would start reordered and a keyframe's first packet could be lost to it. So while
+    aiortc's queue holds a datagram, the next ones queue behind it."""
+    from types import SimpleNamespace
+
+    from aiortc.rtcdtlstransport import State
+    from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+
+    class Srtp:
+        def unprotect(self, data):
+            return data
+
+    accepted, stock = [], []
+    receiver = object()
+    inbound = SimpleNamespace(accept=lambda packet: accepted.append(packet.sequence_number))
+    queue: asyncio.Queue = asyncio.Queue()
+    connection = SimpleNamespace(_queue=queue, data_received=lambda data, component: (
+        stock.append(data), queue.put_nowait(data)))
+    dtls = SimpleNamespace(_rtp_router=SimpleNamespace(ssrc_table={7: receiver}),
+                           _rtp_header_extensions_map=HeaderExtensionsMap(),
+                           transport=SimpleNamespace(_connection=connection), _rx_srtp=Srtp(),
+                           _state=State.CONNECTED, _RTCDtlsTransport__rx_bytes=0, _RTCDtlsTransport__rx_packets=0)
+    passthrough.DirectReceive(dtls, {receiver: inbound})
+
+    def packet(seq, ssrc=7):
+        return RtpPacket(payload_type=96, sequence_number=seq, ssrc=ssrc, payload=b"\x10\x00").serialize()
+
+    connection.data_received(packet(1, ssrc=8), 1)  # an SSRC not known yet: aiortc's way
+    connection.data_received(packet(2), 1)  # known, but must not overtake packet 1
+    assert accepted == [] and len(stock) == 2
+    while not queue.empty():
+        queue.get_nowait()  # the DTLS transport's task took them
+    connection.data_received(packet(3), 1)
+    connection.data_received(b"\x16\xfe\xfd" + bytes(20), 1)  # DTLS: always aiortc's
+    assert accepted == [3] and len(stock) == 3

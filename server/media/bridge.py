@@ -51,10 +51,11 @@ a track (``camera``: microphone and camera; ``screen``: a shared screen) is forw
   ``server_shutdown``), after every connection is down; a screen's sinks also when
   the share ends (``screen_share_ended``): the next share is a recording of its own.
 
-Frames are assembled for sinks only (aiortc's jitter buffer, after the packets
-have been forwarded, and only while a sink is consuming: a call that is not
-recorded assembles none). ``on_frame`` and ``on_gap`` run on the event loop, on the
-receive path: they must return at once (queue the work elsewhere, as the recorder
+Frames are assembled for sinks only (:mod:`evr.media.frames`, after each packet
+has been forwarded, and only while a sink is consuming: a call that is not
+recorded assembles none; an incomplete frame is never given to a sink).
+``on_frame`` and ``on_gap`` run on the event loop, on the receive path: they must
+return at once (queue the work elsewhere, as the recorder
 does to its writer thread). A sink asks for a keyframe with the participant's
 :meth:`Participant.request_keyframe` (rate-limited like the watchers' requests).
 :attr:`Room.capturing` (a sink consuming media now) is what the hub reports as
@@ -493,7 +494,7 @@ class Room(Roster):
         for sink in list(sinks):
             try:
                 sink.on_frame(FEED_KIND[feed], frame, leg)
-            except Exception:  # a sink must never end the call (this runs in aiortc's receive path)
+            except Exception:  # a sink must never end the call (this runs in the socket's callback)
                 log.exception("room %s: a media sink of %s failed; it is detached", self.id, source.role)
                 sinks.remove(sink)
 
@@ -651,13 +652,13 @@ class Room(Roster):
         are dropped."""
         if receiver in leg.guarded:
             return
+        attach_sink(receiver, kind, _drop)  # no decoder thread; frames come from the InboundStream
         if p is None or feed is None:
-            attach_sink(receiver, kind, _drop)
             leg.guarded[receiver] = InboundStream(receiver, kind, _ignore)
             return
-        attach_sink(receiver, kind, lambda frame: self._capture(p, leg, feed, frame))
-        inbound = InboundStream(receiver, kind, lambda packet, arrival: self._relay(p, leg, feed, inbound,
-                                                                                   packet, arrival))
+        inbound = InboundStream(receiver, kind,
+                                lambda packet, arrival: self._relay(p, leg, feed, inbound, packet, arrival),
+                                lambda frame: self._capture(p, leg, feed, frame))
         leg.guarded[receiver] = inbound
 
     def _guard(self, leg: Leg) -> None:

@@ -7,15 +7,18 @@ frame leaves when the next one starts: one frame interval of delay). These hooks
 tests/test_passthrough.py) replace that with what a C media server does:
 
 - each receiver's packets go, decrypted and RTX unwrapped, to an
-  :class:`InboundStream` callback before aiortc's own handling (the live path);
+  :class:`InboundStream` callback in place of aiortc's own handling (the live
+  path), straight from the socket's callback (:class:`DirectReceive`), and its
+  forwarded copies straight back to the sockets (:func:`send_rtp`);
 - an :class:`OutboundStream` is the track of an ``RTCRtpSender`` that never
   yields a frame: packets are rewritten for the outgoing stream (SSRC, payload
   type, sequence numbers and timestamps, see :mod:`evr.media.rtp`) and written into
   the sender's send history, so aiortc answers the watcher's NACKs (RTX) from it;
-- frames are assembled by aiortc's jitter buffer only for a sink (the recorder)
-  and only while one wants them: an :class:`EncodedFrameSink` replaces the
-  receiver's decoder queue and gets each complete encoded frame after the packets
-  have left; the decoder thread exits at once;
+- frames are assembled only for a sink (the recorder) and only while one wants
+  them, by :mod:`evr.media.frames` after each packet has been forwarded;
+- an :class:`EncodedFrameSink` replaces every receiver's decoder queue, so its
+  decoder thread exits at once (a client, :mod:`evr.client`, gets its frames from
+  aiortc's jitter buffer through it, decoding nothing);
 - a sender's keyframe request (a PLI/FIR from the far end) is routed to a callback
   instead of a flag only an encoder reads; a watcher's REMB reaches its source's
   :class:`InboundStream`, which sends the sender's browser the lowest of its
@@ -60,6 +63,7 @@ from aiortc.rtp import (
 from aiortc.utils import random16, random32
 
 from ..tasks import TaskSet
+from .frames import assembler
 from .rtp import PacketWriter, Rewriter, vp8_keyframe_start
 
 log = logging.getLogger(__name__)
@@ -188,8 +192,10 @@ class InboundStream:
     forwarded like any other; RTX padding (bandwidth probes) is not forwarded. After
     forwarding, what aiortc's receiver keeps is kept here, leaner: the statistics its
     receiver reports are made of, the SSRCs last heard from, and the NACKs it sends
-    upstream for missing packets. aiortc's own handling (and so its jitter buffer,
-    which assembles frames) runs only while frames are wanted for a sink.
+    upstream for missing packets; and, while :meth:`frames` are wanted (a
+    recording), the packet goes into an :mod:`evr.media.frames` assembler, whose
+    whole frames go to ``on_frame``. aiortc's own handling never runs: no jitter
+    buffer, no decoder.
 
     The server makes no bandwidth estimate of its own: each packet keeps its
     sender's ``abs-send-time``, so a watcher's REMB estimates the whole path, and
@@ -197,11 +203,15 @@ class InboundStream:
     """
 
     def __init__(self, receiver: RTCRtpReceiver, kind: str,
-                 on_packet: Callable[[RtpPacket, float], None]) -> None:
+                 on_packet: Callable[[RtpPacket, float], None],
+                 on_frame: Callable[[EncodedFrame], None] = lambda _frame: None) -> None:
         self.receiver = receiver
         self.kind = kind
         self.on_packet = on_packet
+        self.on_frame = on_frame
         self.framing = False
+        self._assembler = assembler(kind)
+        self._time_base = TIME_BASE[kind]
         self._codecs: dict[int, Any] = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
         self._rtx_ssrc: dict[int, int] = receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
         self._heard: dict[int, Any] = receiver._RTCRtpReceiver__active_ssrc  # type: ignore[attr-defined]
@@ -211,7 +221,6 @@ class InboundStream:
         #: Per payload type: its codec, whether it is RTX, and the payload type an RTX
         #: one repairs (read once, not on every packet).
         self._types: dict[int, tuple[Any, bool, Any]] = {}
-        self._stock_handle = receiver._handle_rtp_packet
         receiver._handle_rtp_packet = self._handle  # type: ignore[method-assign]
         receiver._RTCRtpReceiver__remote_bitrate_estimator = None  # type: ignore[attr-defined]
         #: What the watchers can take (bps; None: none said).
@@ -220,19 +229,19 @@ class InboundStream:
         self._remb_at = 0.0
 
     def frames(self, wanted: bool) -> None:
-        """Hand packets to aiortc's jitter buffer (frames for a sink, see
-        :func:`attach_sink`) from now on, or not."""
+        """Assemble frames for ``on_frame`` (a recording) from the next packet on, or stop."""
+        if wanted and not self.framing:
+            self._assembler = assembler(self.kind)
         self.framing = wanted
 
     async def _handle(self, packet: RtpPacket, arrival_time_ms: int) -> None:
-        """aiortc's receive path (a packet of an SSRC not yet known to the
-        :class:`DirectReceive`, or any packet while frames are wanted)."""
-        if self.accept(packet) and self.framing:  # aiortc's whole handling, with its jitter buffer
-            await self._stock_handle(packet, arrival_time_ms)
+        """aiortc's receive path: a packet of an SSRC the :class:`DirectReceive`
+        does not know yet (the router learns it here, by payload type)."""
+        self.accept(packet)
 
     def accept(self, packet: RtpPacket) -> bool:
-        """Forward one decrypted packet, then keep what the receiver keeps (unless
-        :attr:`framing`: aiortc's handler then keeps it). False when it is not ours."""
+        """Forward one decrypted packet, then keep what the receiver keeps and, while
+        :attr:`framing`, add it to the frame being assembled. False when it is not ours."""
         known = self._types.get(packet.payload_type)
         if known is None:
             codec = self._codecs.get(packet.payload_type)
@@ -254,8 +263,8 @@ class InboundStream:
                 self.on_packet(media, now)
             except Exception:  # the live path must never end the receiver's transport
                 log.exception("forwarding an RTP packet failed")
-        if self.framing:
-            return True
+            if self.framing:  # after the packet has gone: the recording is never on the live path
+                self._assemble(media, now)
         if now - self._heard_at.get(packet.ssrc, 0.0) >= HEARD_EVERY:
             self._heard_at[packet.ssrc] = now
             self._heard[packet.ssrc] = clock.current_datetime()
@@ -266,6 +275,15 @@ class InboundStream:
         if media is not None and self._nacks is not None and self._nacks.add(media):
             _pli_tasks.spawn(self.receiver._send_rtcp_nack(media.ssrc, sorted(self._nacks.missing)), "NACK")
         return True
+
+    def _assemble(self, packet: RtpPacket, now: float) -> None:
+        frame = self._assembler.add(packet.sequence_number, packet.timestamp, packet.marker, packet.payload)
+        if frame is None:
+            return
+        try:
+            self.on_frame(EncodedFrame(frame.data, frame.timestamp, self._time_base, frame.keyframe, now))
+        except Exception:  # a sink's failure is the sink's (the bridge detaches it)
+            log.exception("a frame sink failed")
 
     # -- bandwidth ------------------------------------------------------------
 
@@ -516,12 +534,12 @@ class DirectReceive:
     aioice gives every datagram that is not STUN to its ``Connection``'s
     ``data_received``, which queues it for the DTLS transport's task; that task
     decrypts, parses and routes it through four awaits. Here a packet whose SSRC the
-    transport's router already knows, for a receiver with an :class:`InboundStream`
-    that assembles no frames, is decrypted, parsed and given to
-    :meth:`InboundStream.accept` at once, and its forwarded copies are sent from
-    the same callback (:func:`send_rtp`). Everything else (DTLS, RTCP, a new SSRC,
-    which the router learns by payload type, and every packet while a recording
-    wants frames) goes the stock way, unchanged.
+    transport's router already knows, for a receiver with an :class:`InboundStream`,
+    is decrypted, parsed and given to :meth:`InboundStream.accept` at once, and its
+    forwarded copies are sent from the same callback (:func:`send_rtp`). Everything
+    else (DTLS, RTCP, and the first packets of a new SSRC, which the router learns
+    by payload type) goes the stock way, unchanged; and so does every packet while
+    the stock queue holds one, so that no packet overtakes another.
     """
 
     def __init__(self, dtls: RTCDtlsTransport, inbound: dict[RTCRtpReceiver, InboundStream]) -> None:
@@ -531,17 +549,22 @@ class DirectReceive:
         self._receivers = dtls._rtp_router.ssrc_table
         self._extensions = dtls._rtp_header_extensions_map
         connection = dtls.transport._connection
+        #: aiortc's queue of datagrams for the DTLS transport's task.
+        self._queue: asyncio.Queue[Any] = connection._queue
         self._stock = connection.data_received
         connection.data_received = self.data_received  # type: ignore[method-assign]
 
     def data_received(self, data: bytes, component: int) -> None:
-        if _is_rtp(data):
+        # Never overtake a datagram still queued for the stock path: the first packets
+        # of a stream (queued while its SSRC was unknown) must leave first, or the
+        # stream's start would be reordered, and a keyframe's first packet lost to a
+        # watcher that needed it.
+        if _is_rtp(data) and not self._queue.qsize():
             receiver = self._receivers.get(int.from_bytes(data[8:12], "big"))
             inbound = self.inbound.get(receiver) if receiver is not None else None  # type: ignore[call-overload]
             dtls = self.dtls
             srtp = dtls._rx_srtp
-            if (inbound is not None and not inbound.framing and srtp is not None
-                    and dtls._state is DtlsState.CONNECTED):
+            if inbound is not None and srtp is not None and dtls._state is DtlsState.CONNECTED:
                 dtls._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
                 dtls._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
                 try:
@@ -727,7 +750,8 @@ def _check_bandwidth() -> list[str]:
 
 def _check_direct_path() -> list[str]:
     """:class:`DirectReceive` replaces the ICE connection's ``data_received`` (which
-    aioice's protocol calls for each datagram that is not STUN), routes by the
+    aioice's protocol calls for each datagram that is not STUN, and which queues it
+    in ``_queue`` for the DTLS transport's task), routes by the
     router's ``ssrc_table``, decrypts with ``_rx_srtp`` and keeps the transport's
     receive counters; :func:`send_rtp` protects with ``_tx_srtp``, sends on the
     nominated pair's protocol's ``transport`` and keeps the send counters."""
@@ -738,6 +762,8 @@ def _check_direct_path() -> list[str]:
     problems = (_parameters(Connection.__dict__.get("data_received"), "aioice.Connection.data_received",
                             ("self", "data", "component"))
                 + _uses(StunProtocol, "datagram_received", "receiver", "data_received")
+                + _uses(Connection, "data_received", "_queue", "put_nowait")
+                + _uses(Connection, "recvfrom", "_queue", "get")
                 + _uses(Connection, "sendto", "_nominated", "protocol", "send_data", "remote_addr")
                 + _uses(StunProtocol, "send_data", "transport", "sendto")
                 + _uses(RTCIceTransport, "__init__", "_connection")

@@ -26,6 +26,34 @@ SEQ_MOD = 1 << 16
 TS_MOD = 1 << 32
 
 
+def vp8_descriptor_size(payload: bytes) -> int:
+    """The length of a VP8 RTP payload descriptor (RFC 7741, 4.2), or -1 when the
+    payload is too short to hold the descriptor its bits announce."""
+    size = len(payload)
+    if size < 1:
+        return -1
+    pos = 1
+    if payload[0] & 0x80:  # X: extension byte follows
+        if size <= pos:
+            return -1
+        ext = payload[pos]
+        pos += 1
+        if ext & 0x80:  # I: picture id, one or two bytes (M bit)
+            if size <= pos:
+                return -1
+            pos += 2 if payload[pos] & 0x80 else 1
+        if ext & 0x40:  # L: TL0PICIDX
+            pos += 1
+        if ext & 0x30:  # T or K: TID/Y/KEYIDX
+            pos += 1
+    return pos if pos <= size else -1
+
+
+def vp8_partition_start(payload: bytes) -> bool:
+    """The S bit with partition index 0: the packet starts a frame."""
+    return bool(payload) and payload[0] & 0x1F == 0x10
+
+
 def vp8_keyframe_start(payload: bytes) -> bool:
     """Whether a VP8 RTP payload (RFC 7741) is the first packet of a keyframe.
 
@@ -33,27 +61,10 @@ def vp8_keyframe_start(payload: bytes) -> bool:
     payload header after the descriptor must have its P bit clear (RFC 6386, 9.1).
     A truncated or malformed descriptor is not a keyframe start.
     """
-    size = len(payload)
-    if size < 1:
+    if not vp8_partition_start(payload):
         return False
-    first = payload[0]
-    if not first & 0x10 or first & 0x0F:  # S bit, PID 0
-        return False
-    pos = 1
-    if first & 0x80:  # X: extension byte follows
-        if size <= pos:
-            return False
-        ext = payload[pos]
-        pos += 1
-        if ext & 0x80:  # I: picture id, one or two bytes (M bit)
-            if size <= pos:
-                return False
-            pos += 2 if payload[pos] & 0x80 else 1
-        if ext & 0x40:  # L: TL0PICIDX
-            pos += 1
-        if ext & 0x30:  # T or K: TID/Y/KEYIDX
-            pos += 1
-    return size > pos and not payload[pos] & 0x01
+    pos = vp8_descriptor_size(payload)
+    return 0 < pos < len(payload) and not payload[pos] & 0x01
 
 
 @dataclass(slots=True)

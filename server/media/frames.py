@@ -1,0 +1,134 @@
+"""Whole encoded frames from RTP packets, for the recording only: pure, no aiortc state.
+
+The live path forwards packets (:mod:`evr.media.passthrough`); a recording wants
+frames. aiortc's jitter buffer would make them, but only in its own receive path (a
+queue and a task per packet, a 128-slot buffer scanned per packet) and only when the
+next frame starts, a frame interval late. An assembler here is given each packet
+after it has been forwarded and costs a few dictionary operations per packet:
+
+- :class:`Vp8Frames` (RFC 7741): the packets of one timestamp, from the one that
+  starts partition 0 (S bit, PID 0) to the one with the marker bit, with no sequence
+  number missing between, are one frame; their payloads without descriptors,
+  joined. A frame is given out as soon as it is whole, whatever order its packets
+  came in (a retransmission fills a hole). Frames are given out in timestamp order:
+  a frame older than one already given out is dropped, and so is any frame still
+  incomplete once a newer one is whole (aiortc's buffer drops them too).
+- :class:`OpusFrames`: each Opus packet is a frame (RFC 7587).
+
+Both bound what they keep, so a hostile or broken sender cannot grow them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from .rtp import SEQ_MOD, TS_MOD, vp8_descriptor_size, vp8_partition_start
+
+#: Frames kept waiting for packets at most (a frame is ~3 to 40 packets; a few
+#: frames' packets can be in flight at once).
+MAX_PENDING_FRAMES = 16
+#: Packets kept for one frame at most (a 1080p keyframe at 1200 bytes a packet is
+#: well under this).
+MAX_FRAME_PACKETS = 1024
+
+
+@dataclass(slots=True)
+class Frame:
+    """One encoded frame as the sender's RTP timestamp dates it."""
+
+    timestamp: int
+    data: bytes
+    keyframe: bool
+
+
+def _newer(a: int, b: int) -> bool:
+    """RTP timestamp ``a`` is after ``b`` (RFC 3550's modular comparison)."""
+    return 0 < (a - b) % TS_MOD < TS_MOD // 2
+
+
+def _behind(a: int, b: int) -> int:
+    """How far timestamp ``a`` is behind ``b`` (negative: ahead)."""
+    distance = (b - a) % TS_MOD
+    return distance if distance < TS_MOD // 2 else distance - TS_MOD
+
+
+class _Partial:
+    """The packets of one VP8 frame seen so far."""
+
+    __slots__ = ("packets", "first", "last")
+
+    def __init__(self) -> None:
+        #: Sequence number -> the packet's payload without its descriptor.
+        self.packets: dict[int, bytes] = {}
+        #: The sequence numbers of the frame's first and last packets, once seen.
+        self.first: Optional[int] = None
+        self.last: Optional[int] = None
+
+    def whole(self) -> Optional[bytes]:
+        first, last = self.first, self.last
+        if first is None or last is None:
+            return None
+        count = (last - first) % SEQ_MOD + 1
+        if count > len(self.packets):
+            return None
+        packets = self.packets
+        parts = []
+        for i in range(count):
+            part = packets.get((first + i) % SEQ_MOD)
+            if part is None:
+                return None
+            parts.append(part)
+        return b"".join(parts)
+
+
+class Vp8Frames:
+    """Assembles VP8 frames from one RTP stream's packets (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._pending: dict[int, _Partial] = {}
+        #: The timestamp of the last frame given out.
+        self._last: Optional[int] = None
+        self.dropped = 0
+
+    def add(self, sequence_number: int, timestamp: int, marker: int, payload: bytes) -> Optional[Frame]:
+        """Take one packet; the frame it completes, if it does."""
+        if self._last is not None and not _newer(timestamp, self._last):
+            return None  # a frame already given out (or given up)
+        size = vp8_descriptor_size(payload)
+        if size < 0 or size >= len(payload):
+            return None  # no VP8 data in it
+        partial = self._pending.get(timestamp)
+        if partial is None:
+            if len(self._pending) >= MAX_PENDING_FRAMES:  # give up the oldest
+                del self._pending[max(self._pending, key=lambda ts: _behind(ts, timestamp))]
+                self.dropped += 1
+            partial = self._pending[timestamp] = _Partial()
+        if len(partial.packets) >= MAX_FRAME_PACKETS:
+            return None
+        partial.packets[sequence_number] = payload[size:]
+        if vp8_partition_start(payload):
+            partial.first = sequence_number
+        if marker:
+            partial.last = sequence_number
+        data = partial.whole()
+        if data is None:
+            return None
+        self._last = timestamp
+        for ts in [ts for ts in self._pending if not _newer(ts, timestamp)]:
+            if ts != timestamp:
+                self.dropped += 1
+            del self._pending[ts]
+        return Frame(timestamp, data, not data[0] & 0x01)
+
+
+class OpusFrames:
+    """Opus: every packet is one frame (RFC 7587, 4.2)."""
+
+    def add(self, sequence_number: int, timestamp: int, marker: int, payload: bytes) -> Optional[Frame]:
+        return Frame(timestamp, payload, True) if payload else None
+
+
+def assembler(kind: str) -> "Vp8Frames | OpusFrames":
+    """The assembler for a stream of ``kind`` (``audio`` or ``video``)."""
+    return OpusFrames() if kind == "audio" else Vp8Frames()
