@@ -84,7 +84,7 @@ from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from ..tasks import TaskSet
 from .passthrough import EncodedFrame, InboundStream, OutboundStream, attach_sink, receive_directly, send_pli
-from .sdp import Numbering, slides_sections
+from .sdp import Numbering, is_mdns_candidate, reachable_candidates, slides_sections
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,10 @@ class Leg:
         #: The payload types and extension ids the client's first offer chose: the
         #: server's own offers are rewritten to them (:mod:`evr.media.sdp`).
         self.numbering = Numbering()
+        #: Whether the client gave a candidate the server can reach (not an mDNS
+        #: name): until then its end-of-candidates is not passed on, so ICE waits
+        #: for its checks (see :func:`evr.media.sdp.reachable_candidates`).
+        self.reachable = False
 
     @property
     def connected(self) -> bool:
@@ -549,7 +553,9 @@ class Room(Roster):
                 self._add_output(p, leg, kind, primary=True,
                                  transceiver=pc.addTransceiver(kind, direction="sendrecv"))
             try:
-                await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+                usable = reachable_candidates(offer_sdp)
+                leg.reachable = "a=candidate:" in usable
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=usable, type="offer"))
             except Exception as exc:  # aiortc raises several types for bad SDP
                 raise OfferError("bad_sdp", f"The offer could not be used: {_short(exc)}") from exc
             transceivers = pc.getTransceivers()
@@ -604,7 +610,8 @@ class Room(Roster):
             if len(sections) > len(known) and not (sections[-1].kind == "video" and sections[-1].slides):
                 raise OfferError("bad_sdp", "The only section a client may add is a screen (a=content:slides).")
             try:
-                await leg.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+                await leg.pc.setRemoteDescription(RTCSessionDescription(sdp=reachable_candidates(offer_sdp),
+                                                                        type="offer"))
             except Exception as exc:
                 raise OfferError("bad_sdp", f"The offer could not be used: {_short(exc)}") from exc
             was_sharing = leg.sharing
@@ -725,7 +732,7 @@ class Room(Roster):
         if p.leg is None:
             raise OfferError("no_offer", "Send an offer before candidates.")
         if candidate is None:
-            await p.leg.pc.addIceCandidate(None)
+            await self._end_of_candidates(p.leg)
             return
         text = candidate.get("candidate")
         if not isinstance(text, str):
@@ -736,7 +743,9 @@ class Room(Roster):
         if index is not None and (isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 1024):
             raise OfferError("bad_candidate", "candidate.sdpMLineIndex must be a small whole number or null.")
         if not text:  # an empty candidate also means end of candidates
-            await p.leg.pc.addIceCandidate(None)
+            await self._end_of_candidates(p.leg)
+            return
+        if is_mdns_candidate(text):  # only the browser's own network can resolve it
             return
         try:
             # aiortc's parser asserts on a short line, so AssertionError is bad input too.
@@ -746,6 +755,14 @@ class Room(Roster):
             await p.leg.pc.addIceCandidate(parsed)
         except (ValueError, IndexError, AssertionError, TypeError) as exc:
             raise OfferError("bad_candidate", "The candidate could not be used.") from exc
+        p.leg.reachable = True
+
+    @staticmethod
+    async def _end_of_candidates(leg: Leg) -> None:
+        """Pass the client's end-of-candidates on, unless none of its candidates could
+        be used: aioice would then give up before the client's checks arrive."""
+        if leg.reachable:
+            await leg.pc.addIceCandidate(None)
 
     async def disconnect(self, p: Participant) -> None:
         """The participant left (or its socket dropped): drop its leg, keep its counters."""

@@ -1,4 +1,5 @@
-"""SDP text the bridge reads and writes beyond what aiortc does: screens and numbering.
+"""SDP text the bridge reads and writes beyond what aiortc does: screens, numbering
+and candidates the server cannot reach.
 
 - A video section marked ``a=content:slides`` (RFC 4796) is a shared screen. aiortc's
   parser drops the attribute, so it is read from the text (:func:`slides_sections`)
@@ -13,6 +14,15 @@
   client's answer then carries them back, and aiortc takes a codec's payload type and
   an extension's id from the remote side, so what it sends and expects agrees with
   what the browser negotiated (``aiortc.rtcpeerconnection.find_common_codecs``).
+- A browser that has no camera permission yet hides its addresses behind mDNS names
+  (``<uuid>.local``), which only its own network can resolve: never the server's.
+  aioice tries anyway, and when every candidate of an offer is such a name and the
+  offer says ``a=end-of-candidates``, it drops the ICE component for want of remote
+  candidates: the server then gathers none of its own, answers with no candidates and
+  can never connect. :func:`reachable_candidates` takes those names out (and the
+  end-of-candidates of a section left with none), so the server answers with its own
+  candidates and connects through the peer-reflexive candidate the browser's first
+  check makes (RFC 8445 7.3.1.3).
 """
 
 from __future__ import annotations
@@ -60,6 +70,24 @@ def mark_slides(sdp: str, mid: str) -> str:
     for section in media:
         if f"a=mid:{mid}" in (line.strip() for line in section):
             section.append(SLIDES)
+    return join(session, media)
+
+
+def is_mdns_candidate(candidate: str) -> bool:
+    """Whether an ``a=candidate`` line (or its value) names its address by mDNS."""
+    fields = candidate.split()
+    return len(fields) > 4 and fields[4].lower().rstrip(".").endswith(".local")
+
+
+def reachable_candidates(sdp: str) -> str:
+    """``sdp`` without mDNS candidates; a section left with no candidate loses its
+    ``a=end-of-candidates`` too, so ICE waits for the browser's checks."""
+    session, media = sections(sdp)
+    for index, section in enumerate(media):
+        kept = [line for line in section if not (line.startswith("a=candidate:") and is_mdns_candidate(line))]
+        if not any(line.startswith("a=candidate:") for line in kept):
+            kept = [line for line in kept if line.strip() != "a=end-of-candidates"]
+        media[index] = kept
     return join(session, media)
 
 
