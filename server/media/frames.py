@@ -9,10 +9,14 @@ after it has been forwarded and costs a few dictionary operations per packet:
 - :class:`Vp8Frames` (RFC 7741): the packets of one timestamp, from the one that
   starts partition 0 (S bit, PID 0) to the one with the marker bit, with no sequence
   number missing between, are one frame; their payloads without descriptors,
-  joined. A frame is given out as soon as it is whole, whatever order its packets
-  came in (a retransmission fills a hole). Frames are given out in timestamp order:
-  a frame older than one already given out is dropped, and so is any frame still
-  incomplete once a newer one is whole (aiortc's buffer drops them too).
+  joined. Frames are given out whole and in timestamp order, each as soon as every
+  older one has been: a frame missing a packet, or one that does not start right
+  after the last frame given out (a whole frame lost between), holds the newer ones
+  back while the repair (a retransmission the live path asked for) can still come, up to
+  :data:`MAX_PENDING_FRAMES` frames; then it is given up (:attr:`Vp8Frames.dropped`
+  counts it, and the caller asks for a keyframe: the frames after a lost one cannot
+  be decoded without one). A packet of a frame already given out or given up is
+  ignored.
 - :class:`OpusFrames`: each Opus packet is a frame (RFC 7587).
 
 Both bound what they keep, so a hostile or broken sender cannot grow them.
@@ -25,8 +29,9 @@ from typing import Optional
 
 from .rtp import SEQ_MOD, TS_MOD, vp8_descriptor_size, vp8_partition_start
 
-#: Frames kept waiting for packets at most (a frame is ~3 to 40 packets; a few
-#: frames' packets can be in flight at once).
+#: Frames kept waiting at most: an incomplete frame holds newer ones back until this
+#: many are waiting (about half a second of video at 30 fps: time for a retransmission
+#: over a slow mobile link), then it is given up.
 MAX_PENDING_FRAMES = 16
 #: Packets kept for one frame at most (a 1080p keyframe at 1200 bytes a packet is
 #: well under this).
@@ -87,46 +92,64 @@ class Vp8Frames:
 
     def __init__(self) -> None:
         self._pending: dict[int, _Partial] = {}
-        #: The timestamp of the last frame given out.
+        #: The timestamp of the last frame given out or given up.
         self._last: Optional[int] = None
+        #: The sequence number the next frame starts at (None: not known).
+        self._next: Optional[int] = None
+        #: Frames given up for a packet that never came.
         self.dropped = 0
 
-    def add(self, sequence_number: int, timestamp: int, marker: int, payload: bytes) -> Optional[Frame]:
-        """Take one packet; the frame it completes, if it does."""
+    def add(self, sequence_number: int, timestamp: int, marker: int, payload: bytes) -> list[Frame]:
+        """Take one packet; the frames that are now whole and next in order (usually
+        none or one; several when a repair completes a frame that held others back)."""
         if self._last is not None and not _newer(timestamp, self._last):
-            return None  # a frame already given out (or given up)
+            return []  # a frame already given out (or given up)
         size = vp8_descriptor_size(payload)
         if size < 0 or size >= len(payload):
-            return None  # no VP8 data in it
+            return []  # no VP8 data in it
         partial = self._pending.get(timestamp)
         if partial is None:
-            if len(self._pending) >= MAX_PENDING_FRAMES:  # give up the oldest
-                del self._pending[max(self._pending, key=lambda ts: _behind(ts, timestamp))]
-                self.dropped += 1
             partial = self._pending[timestamp] = _Partial()
         if len(partial.packets) >= MAX_FRAME_PACKETS:
-            return None
+            return []
         partial.packets[sequence_number] = payload[size:]
         if vp8_partition_start(payload):
             partial.first = sequence_number
         if marker:
             partial.last = sequence_number
-        data = partial.whole()
-        if data is None:
-            return None
-        self._last = timestamp
-        for ts in [ts for ts in self._pending if not _newer(ts, timestamp)]:
-            if ts != timestamp:
+        return self._ready(timestamp)
+
+    def _ready(self, newest: int) -> list[Frame]:
+        frames = []
+        while self._pending:
+            oldest = max(self._pending, key=lambda ts: _behind(ts, newest))
+            partial = self._pending[oldest]
+            data = partial.whole()
+            # Whole, and right after the last frame given out (no frame lost between)?
+            follows = self._next is None or partial.first == self._next
+            if (data is None or not follows) and len(self._pending) <= MAX_PENDING_FRAMES:
+                break  # its repair may still come
+            del self._pending[oldest]
+            self._last = oldest
+            if data is None:
                 self.dropped += 1
-            del self._pending[ts]
-        return Frame(timestamp, data, not data[0] & 0x01)
+                self._next = None  # start again at the next whole frame
+                continue
+            if not follows:
+                self.dropped += 1  # a frame (or its end) was lost before this one
+            assert partial.last is not None  # whole: it has its last packet
+            self._next = (partial.last + 1) % SEQ_MOD
+            frames.append(Frame(oldest, data, not data[0] & 0x01))
+        return frames
 
 
 class OpusFrames:
     """Opus: every packet is one frame (RFC 7587, 4.2)."""
 
-    def add(self, sequence_number: int, timestamp: int, marker: int, payload: bytes) -> Optional[Frame]:
-        return Frame(timestamp, payload, True) if payload else None
+    dropped = 0
+
+    def add(self, sequence_number: int, timestamp: int, marker: int, payload: bytes) -> list[Frame]:
+        return [Frame(timestamp, payload, True)] if payload else []
 
 
 def assembler(kind: str) -> "Vp8Frames | OpusFrames":

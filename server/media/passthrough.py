@@ -277,13 +277,15 @@ class InboundStream:
         return True
 
     def _assemble(self, packet: RtpPacket, now: float) -> None:
-        frame = self._assembler.add(packet.sequence_number, packet.timestamp, packet.marker, packet.payload)
-        if frame is None:
-            return
-        try:
-            self.on_frame(EncodedFrame(frame.data, frame.timestamp, self._time_base, frame.keyframe, now))
-        except Exception:  # a sink's failure is the sink's (the bridge detaches it)
-            log.exception("a frame sink failed")
+        assembler = self._assembler
+        dropped = assembler.dropped
+        for frame in assembler.add(packet.sequence_number, packet.timestamp, packet.marker, packet.payload):
+            try:
+                self.on_frame(EncodedFrame(frame.data, frame.timestamp, self._time_base, frame.keyframe, now))
+            except Exception:  # a sink's failure is the sink's (the bridge detaches it)
+                log.exception("a frame sink failed")
+        if assembler.dropped != dropped:  # the frames after a lost one need a keyframe
+            send_pli(self.receiver)
 
     # -- bandwidth ------------------------------------------------------------
 
