@@ -729,10 +729,11 @@ class Room(Roster):
         await self._offer(p, leg)  # what changed meanwhile
 
     async def add_candidate(self, p: Participant, candidate: Optional[dict[str, Any]]) -> None:
-        if p.leg is None:
+        leg = p.leg  # this connection's, even if a rejoin replaces it meanwhile
+        if leg is None:
             raise OfferError("no_offer", "Send an offer before candidates.")
         if candidate is None:
-            await self._end_of_candidates(p.leg)
+            await self._end_of_candidates(leg)
             return
         text = candidate.get("candidate")
         if not isinstance(text, str):
@@ -743,7 +744,7 @@ class Room(Roster):
         if index is not None and (isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 1024):
             raise OfferError("bad_candidate", "candidate.sdpMLineIndex must be a small whole number or null.")
         if not text:  # an empty candidate also means end of candidates
-            await self._end_of_candidates(p.leg)
+            await self._end_of_candidates(leg)
             return
         if is_mdns_candidate(text):  # only the browser's own network can resolve it
             return
@@ -752,10 +753,10 @@ class Room(Roster):
             parsed = candidate_from_sdp(text.removeprefix("candidate:"))
             parsed.sdpMid = mid
             parsed.sdpMLineIndex = index
-            await p.leg.pc.addIceCandidate(parsed)
+            await leg.pc.addIceCandidate(parsed)
         except (ValueError, IndexError, AssertionError, TypeError) as exc:
             raise OfferError("bad_candidate", "The candidate could not be used.") from exc
-        p.leg.reachable = True
+        leg.reachable = True
 
     @staticmethod
     async def _end_of_candidates(leg: Leg) -> None:

@@ -523,7 +523,10 @@ def send_rtp(dtls: RTCDtlsTransport, data: bytes) -> bool:
         protected = dtls._tx_srtp.protect(data)
     except pylibsrtp.Error:
         return False
-    pair.protocol.transport.sendto(protected, pair.remote_addr)
+    try:
+        pair.protocol.transport.sendto(protected, pair.remote_addr)
+    except (OSError, RuntimeError):  # the socket closed under a connection still marked up
+        return False
     dtls._RTCDtlsTransport__tx_bytes += len(protected)  # type: ignore[attr-defined]
     dtls._RTCDtlsTransport__tx_packets += 1  # type: ignore[attr-defined]
     return True
