@@ -9,6 +9,9 @@ import re
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from conftest import eventually
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from evr.media.bridge import Room
 from evr.media.sdp import is_mdns_candidate, reachable_candidates
@@ -32,6 +35,21 @@ def test_mdns_names_are_taken_out_and_so_is_an_end_they_would_make_fatal():
     assert "a=candidate" not in hidden and "a=end-of-candidates" not in hidden
     assert "a=mid:1" in hidden and hidden.count("m=") == 2
     assert reachable_candidates(offer()) == offer()  # nothing to take out: unchanged
+
+
+@given(st.lists(st.one_of(st.sampled_from([HOST, HIDDEN, "a=end-of-candidates", "a=candidate:", "a=candidate:x y z w .local",
+                                            "m=video 9 UDP/TLS/RTP/SAVPF 96", "a=mid:9"]),
+                          st.text(max_size=40).map(lambda t: "a=candidate:" + t.replace("\r", "").replace("\n", ""))),
+                max_size=30))
+@hypothesis_settings(max_examples=200, deadline=None)
+def test_any_offer_text_keeps_no_mdns_candidate_and_nothing_else_changes(lines):
+    """Offers are outside input: whatever their candidate lines hold, no exception,
+    no mDNS candidate left, and every other line kept in its place."""
+    sdp = offer(*lines)
+    kept = reachable_candidates(sdp).split("\r\n")
+    assert not any(line.startswith("a=candidate:") and is_mdns_candidate(line) for line in kept)
+    dropped = [line for line in sdp.split("\r\n") if line not in kept]
+    assert all(line.startswith("a=candidate:") or line == "a=end-of-candidates" for line in dropped)
 
 
 def hide_addresses(sdp: str) -> str:

@@ -12,7 +12,8 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from conftest import eventually
 
 from evr.media import passthrough
-from evr.media.passthrough import EncodedFrame, InboundStream, OutboundStream, send_pli, vp8_is_keyframe
+from evr.media.passthrough import EncodedFrame, InboundStream, OutboundStream, send_pli
+from evr.media.rtp import vp8_is_keyframe
 from evr.media.sources import EncodedSourceTrack, vp8_clip
 
 TB = Fraction(1, 90000)

@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from .rtp import SEQ_MOD, TS_MOD, vp8_descriptor_size, vp8_partition_start
+from .rtp import SEQ_MOD, TS_MOD, vp8_descriptor_size, vp8_is_keyframe, vp8_partition_start
 
 #: Frames kept waiting at most: an incomplete frame holds newer ones back until this
 #: many are waiting (about half a second of video at 30 fps: time for a retransmission
@@ -139,7 +139,7 @@ class Vp8Frames:
                 self.dropped += 1  # a frame (or its end) was lost before this one
             assert partial.last is not None  # whole: it has its last packet
             self._next = (partial.last + 1) % SEQ_MOD
-            frames.append(Frame(oldest, data, not data[0] & 0x01))
+            frames.append(Frame(oldest, data, vp8_is_keyframe(data)))
         return frames
 
 

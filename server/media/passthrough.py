@@ -64,7 +64,7 @@ from aiortc.utils import random16, random32
 
 from ..tasks import TaskSet
 from .frames import assembler
-from .rtp import PacketWriter, Rewriter, vp8_keyframe_start
+from .rtp import PacketWriter, Rewriter, vp8_is_keyframe, vp8_keyframe_start
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +90,6 @@ class EncodedFrame:
 
     def __bytes__(self) -> bytes:
         return self.data
-
-
-def vp8_is_keyframe(data: bytes) -> bool:
-    """The P bit of a VP8 frame tag is 0 for a keyframe (RFC 6386, 9.1)."""
-    return bool(data) and not data[0] & 0x01
 
 
 class EncodedFrameSink:
@@ -239,19 +234,20 @@ class InboundStream:
         does not know yet (the router learns it here, by payload type)."""
         self.accept(packet)
 
-    def accept(self, packet: RtpPacket) -> bool:
+    def accept(self, packet: RtpPacket) -> None:
         """Forward one decrypted packet, then keep what the receiver keeps and, while
-        :attr:`framing`, add it to the frame being assembled. False when it is not ours."""
+        :attr:`framing`, add it to the frame being assembled (a packet of a payload
+        type the receiver does not know, or of a stopped receiver, is dropped)."""
         known = self._types.get(packet.payload_type)
         if known is None:
             codec = self._codecs.get(packet.payload_type)
             if codec is None:
-                return False
+                return
             rtx = is_rtx(codec)
             known = self._types[packet.payload_type] = (codec, rtx, codec.parameters.get("apt") if rtx else None)
         codec, rtx, apt = known
         if not self.receiver._enabled:
-            return False
+            return
         media: Optional[RtpPacket] = packet
         if rtx:  # a retransmission: the packet it carries
             original = self._rtx_ssrc.get(packet.ssrc)
@@ -274,7 +270,6 @@ class InboundStream:
         stats.add(packet)
         if media is not None and self._nacks is not None and self._nacks.add(media):
             _pli_tasks.spawn(self.receiver._send_rtcp_nack(media.ssrc, sorted(self._nacks.missing)), "NACK")
-        return True
 
     def _assemble(self, packet: RtpPacket, now: float) -> None:
         assembler = self._assembler

@@ -49,6 +49,12 @@ def vp8_descriptor_size(payload: bytes) -> int:
     return pos if pos <= size else -1
 
 
+def vp8_is_keyframe(data: bytes) -> bool:
+    """Whether a whole VP8 frame is a keyframe: the P bit of its frame tag is 0
+    (RFC 6386, 9.1)."""
+    return bool(data) and not data[0] & 0x01
+
+
 def vp8_partition_start(payload: bytes) -> bool:
     """The S bit with partition index 0: the packet starts a frame."""
     return bool(payload) and payload[0] & 0x1F == 0x10
