@@ -60,7 +60,7 @@ from aiortc.rtp import (
     unpack_remb_fci,
     unwrap_rtx,
 )
-from aiortc.utils import random16, random32
+from aiortc.utils import random16, random32, uint16_gt
 
 from ..tasks import TaskSet
 from .frames import assembler
@@ -374,6 +374,8 @@ class OutboundStream(MediaStreamTrack):
         self._writer: Optional[PacketWriter] = None
         self._extensions_map: Any = None
         self._need_keyframe = kind == "video"
+        #: While waiting for a keyframe: the source and the newest sequence number passed over.
+        self._passed: Optional[tuple[Hashable, int]] = None
         self._ended: Optional[asyncio.Future[None]] = None
         #: The watcher's latest REMB (bps) and when it came.
         self._bitrate: Optional[int] = None
@@ -431,6 +433,10 @@ class OutboundStream(MediaStreamTrack):
         if self.kind == "video":
             self._need_keyframe = True
 
+    def _passed_over(self, source: Hashable, sequence_number: int) -> bool:
+        passed = self._passed
+        return passed is not None and passed[0] == source and uint16_gt(passed[1], sequence_number)
+
     def forward(self, packet: RtpPacket, source: Hashable, arrival: float) -> None:
         """Send one source packet on this stream (or drop it, when it cannot start it)."""
         sender = self._sender
@@ -438,11 +444,18 @@ class OutboundStream(MediaStreamTrack):
                 or sender.transport._state is not DtlsState.CONNECTED):  # not .state: an Enum's str
             return
         if self._need_keyframe or source != self.rewriter.source:
-            if self.kind == "video" and not vp8_keyframe_start(packet.payload):
+            if self.kind == "video" and (not vp8_keyframe_start(packet.payload)
+                                         or self._passed_over(source, packet.sequence_number)):
+                # Not a start, or a start older than a packet already passed over (it
+                # came late): starting there would leave that packet out for good.
+                passed = self._passed
+                if passed is None or passed[0] != source or uint16_gt(packet.sequence_number, passed[1]):
+                    self._passed = (source, packet.sequence_number)
                 self._need_keyframe = True
                 self.request_keyframe()  # the source spaces its requests (PLI_INTERVAL)
                 return
             self._need_keyframe = False
+            self._passed = None
             self.rewriter.switch(source, packet.sequence_number, packet.timestamp, arrival)
         mapped = self.rewriter.map(packet.sequence_number, packet.timestamp, arrival)
         # The sender's own send time, so a watcher's REMB estimates the whole path.
